@@ -1,0 +1,106 @@
+"""Turn result rows into the printed table, the ratios and the JSON file."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from bench.common import Results, Row
+
+SUBJECT = "fluxcore"
+MACHINE = "machine"
+COLUMNS = (SUBJECT, "sqlite", "lmdb")
+ORDER = (
+    "append_single",
+    "append_batch",
+    "read_batch",
+    "read_iterate",
+    "route_batch",
+    "memcpy",
+    "rss_outside_maps",
+)
+
+
+def format_value(row: Row) -> str:
+    if row.unit == "msg/s":
+        return f"{row.value / 1e6:.2f}M msg/s"
+    return f"{row.value:.1f} {row.unit}"
+
+
+def _names(rows: Iterable[Row]) -> list[str]:
+    seen = {row.name for row in rows}
+    return [name for name in ORDER if name in seen] + sorted(seen - set(ORDER))
+
+
+def add_memcpy_ratios(results: Results) -> None:
+    """Give every fluxcore throughput row its fraction of the memcpy limit."""
+    memcpy = results.get("memcpy", MACHINE)
+    if memcpy is None:
+        return
+    for row in results.rows:
+        if row.system == SUBJECT and row.unit == "msg/s":
+            row.extra["ratio_to_memcpy"] = row.value / memcpy.value
+
+
+def _ratio_to_best_peer(rows: list[Row]) -> str:
+    subject = next((row for row in rows if row.system == SUBJECT), None)
+    peers = [row for row in rows if row.system not in (SUBJECT, MACHINE)]
+    if subject is None or not peers or subject.unit != "msg/s":
+        return ""
+    best = max(peers, key=lambda row: row.value)
+    return f"{subject.value / best.value:.2f}x {best.system}"
+
+
+def table(results: Results) -> str:
+    lines: list[list[str]] = [["name", *COLUMNS, "ratio vs best peer", "note"]]
+    for name in _names(results.rows):
+        rows = [row for row in results.rows if row.name == name]
+        by_system = {row.system: row for row in rows}
+        cells = [format_value(by_system[s]) if s in by_system else "-" for s in COLUMNS]
+        others = [f"{row.system} {format_value(row)}" for row in rows if row.system not in COLUMNS]
+        notes = [row.note for row in rows if row.system == SUBJECT and row.unit != "msg/s"]
+        lines.append([name, *cells, _ratio_to_best_peer(rows), "; ".join(others + notes)])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    out = [
+        " | ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        for line in lines
+    ]
+    out.insert(1, "-+-".join("-" * width for width in widths))
+    return "\n".join(line.rstrip() for line in out)
+
+
+def setups(results: Results) -> str:
+    """Each system's durability and layout, once (rows of one system share it)."""
+    seen: dict[str, str] = {}
+    for row in results.rows:
+        if row.unit == "msg/s" and row.note:
+            seen.setdefault(row.system, row.note)
+    return "\n".join(f"  {system}: {note}" for system, note in seen.items())
+
+
+def ratios(results: Results) -> str:
+    lines: list[str] = []
+    batch = results.get("append_batch", SUBJECT)
+    for peer in ("sqlite", "lmdb"):
+        other = results.get("append_batch", peer)
+        if batch is not None and other is not None:
+            lines.append(
+                f"  fluxcore append_batch / {peer} append_batch = {batch.value / other.value:.2f}x"
+            )
+    for row in results.rows:
+        if "ratio_to_memcpy" in row.extra:
+            lines.append(f"  fluxcore {row.name} / memcpy = {row.extra['ratio_to_memcpy']:.3f}")
+    return "\n".join(lines)
+
+
+def render(results: Results) -> str:
+    parts = [table(results), "", "setup:", setups(results), "", "ratios:", ratios(results)]
+    if results.skipped:
+        parts += ["", "skipped:", *(f"  {line}" for line in results.skipped)]
+    return "\n".join(parts)
+
+
+def write_json(results: Results, path: Path) -> None:
+    rows = [row.to_json() for row in results.rows]
+    path.write_text(json.dumps(rows, indent=1) + "\n")

@@ -1,0 +1,51 @@
+"""Run a benchmark suite, print the table and write the JSON rows.
+
+python bench/run.py --suite embedded --json FILE [--quick] [--dir DIR]
+python -m bench.run ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+if not __package__:
+    # Run as a script: make the repository root importable so `bench.*` resolves.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench import report
+    from bench.common import FULL, QUICK
+    from bench.suite import run_embedded
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--suite", choices=["embedded"], default="embedded")
+    parser.add_argument("--json", type=Path, required=True, help="where to write the rows")
+    parser.add_argument("--quick", action="store_true", help="small sizes: under a minute")
+    parser.add_argument(
+        "--dir",
+        default=None,
+        help="parent of the scratch directories "
+        "(default: the system temp dir); put it on the disk you care about",
+    )
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per row")
+    args = parser.parse_args(argv)
+
+    sizes = QUICK if args.quick else FULL
+    if args.repeats is not None:
+        sizes = dataclasses.replace(sizes, repeats=args.repeats)
+    results = run_embedded(sizes, args.dir)
+    report.add_memcpy_ratios(results)
+    print(report.render(results))
+    report.write_json(results, args.json)
+    print(f"\nwrote {len(results.rows)} rows to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,8 @@
+# Constants of the log engine (no code).
+cdef enum:
+    PAGE = 4096
+    SEGMENTS = 128
+    FSYNC_NEVER = 0
+    FSYNC_INTERVAL = 1
+    FSYNC_ALWAYS = 2
+    MIN_SEGMENT_FILE_SIZE = 1 << 20

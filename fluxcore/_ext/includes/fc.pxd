@@ -1,0 +1,55 @@
+# Declarations of the project's own C helpers (include/*.h). Nothing here is implemented.
+from libc.stdint cimport uint16_t, uint32_t, uint64_t
+
+
+cdef extern from "fc_crc32c.h" nogil:
+    void crc_init()
+    uint32_t crc32c_value(uint32_t prev, const void *data, size_t n)
+    int crc_uses_hardware()
+
+
+cdef extern from "fc_xxh64.h" nogil:
+    uint64_t xxh64(const void *data, size_t length, uint64_t seed)
+
+
+cdef extern from "fc_seg.h" nogil:
+    const char *SEG_MAGIC
+    unsigned int SEG_VERSION
+    unsigned int SEG_HEADER_SIZE
+    unsigned int SEG_INDEX_STRIDE
+    unsigned int REC_HEADER_SIZE
+    unsigned int REC_ALIGN
+    int MADV_POPULATE_WRITE
+
+    ctypedef struct seg_header_t:
+        char magic[8]
+        uint32_t version
+        uint32_t header_size
+        uint64_t file_size
+        uint64_t first_index
+        uint64_t data_offset
+        uint64_t index_capacity
+        uint64_t index_stride
+        uint64_t created_ms
+        uint64_t sealed_end
+        uint64_t checkpoint_offset
+        uint64_t checkpoint_index
+
+    ctypedef struct rec_header_t:
+        uint32_t length
+        uint32_t crc
+        uint64_t index
+        uint16_t segment
+        uint16_t flags
+        uint32_t reserved
+
+    ctypedef struct seg_index_entry_t:
+        uint64_t index
+        uint64_t offset
+
+    uint64_t rec_stride(uint64_t length)
+    uint32_t seg_load_u32(const uint32_t *p)
+    void seg_store_u32(uint32_t *p, uint32_t v)
+    uint64_t seg_load_u64(const uint64_t *p)
+    void seg_store_u64(uint64_t *p, uint64_t v)
+    uint64_t seg_now_ms()

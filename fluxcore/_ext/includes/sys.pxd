@@ -1,0 +1,44 @@
+# POSIX and Linux calls the log engine makes directly (mapping, syncing, hole punching, locks).
+from posix.types cimport off_t
+
+
+cdef extern from "<sys/mman.h>" nogil:
+    void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
+    int munmap(void *addr, size_t length)
+    int msync(void *addr, size_t length, int flags)
+    int madvise(void *addr, size_t length, int advice)
+    void *MAP_FAILED
+    int PROT_READ
+    int PROT_WRITE
+    int MAP_SHARED
+    int MS_SYNC
+
+
+cdef extern from "<fcntl.h>" nogil:
+    # _GNU_SOURCE is defined by pyconfig.h, which Cython includes first.
+    int fallocate(int fd, int mode, off_t offset, off_t length)
+    int FALLOC_FL_KEEP_SIZE
+    int FALLOC_FL_PUNCH_HOLE
+
+
+cdef extern from "<sys/stat.h>" nogil:
+    cdef struct stat:
+        off_t st_size
+    int fstat(int fd, stat *buf)
+
+
+cdef extern from "<unistd.h>" nogil:
+    int close(int fd)
+    long sysconf(int name)
+    int _SC_PAGESIZE
+    int usleep(unsigned int usec)
+
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    int pthread_mutex_init(pthread_mutex_t *mutex, void *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *mutex)
+    int pthread_mutex_lock(pthread_mutex_t *mutex)
+    int pthread_mutex_trylock(pthread_mutex_t *mutex)
+    int pthread_mutex_unlock(pthread_mutex_t *mutex)

@@ -1,0 +1,469 @@
+# SegmentFile: one preallocated, memory-mapped file of records.
+#
+# Layout: a 4 KiB header page, the sparse-index region (one entry per 4 KiB of records), then
+# 8-byte aligned records from data_offset. A record is published by its length word, stored last
+# with release ordering; a reader (any process) loads it with acquire ordering, so a nonzero length
+# means the whole record is in memory. Files are never resized while mapped.
+
+
+cdef inline uint64_t page_up(uint64_t n) noexcept nogil:
+    return (n + PAGE - 1) & ~(<uint64_t>PAGE - 1)
+
+
+cdef inline uint32_t rec_crc(const char *rec, uint32_t length) noexcept nogil:
+    # The CRC covers the length word and everything after the CRC field.
+    cdef uint32_t crc = crc32c_value(0, &length, 4)
+    return crc32c_value(crc, rec + 8, length - 8)
+
+
+cdef inline int64_t rec_check(const char *base, uint64_t off, uint64_t limit,
+                              bint verify) noexcept nogil:
+    """Length of the committed record at `off`; 0 at the end of the records; -1 if damaged."""
+    cdef const rec_header_t *h
+    cdef uint32_t length
+    if off + REC_HEADER_SIZE > limit:
+        return 0
+    h = <const rec_header_t *>(base + off)
+    length = seg_load_u32(&h.length)
+    if length == 0:
+        return 0
+    if length < REC_HEADER_SIZE or off + length > limit:
+        return -1
+    if verify and rec_crc(base + off, length) != h.crc:
+        return -1
+    return length
+
+
+cdef uint64_t layout_data_offset(uint64_t file_size, uint64_t *capacity) noexcept nogil:
+    capacity[0] = (file_size - SEG_HEADER_SIZE) // SEG_INDEX_STRIDE + 2
+    return page_up(SEG_HEADER_SIZE + capacity[0] * sizeof(seg_index_entry_t))
+
+
+def max_payload_for(uint64_t file_size):
+    """The largest payload a segment file of this size holds."""
+    cdef uint64_t capacity
+    return file_size - layout_data_offset(file_size, &capacity) - REC_HEADER_SIZE
+
+
+@cython.final
+cdef class SegmentFile:
+
+    def __cinit__(self):
+        self.fd = -1
+        self.base = NULL
+
+    def __dealloc__(self):
+        # Reached only when no Batch and no buffer view refers to this file any more.
+        if self.base != NULL:
+            munmap(self.base, self.size)
+            self.base = NULL
+        if self.fd >= 0:
+            close(self.fd)
+            self.fd = -1
+
+    def __getbuffer__(self, Py_buffer *buffer, int flags):
+        if flags & PyBUF_WRITABLE:
+            raise BufferError("segment file views are read-only")
+        if self.base == NULL:
+            raise BufferError("segment file is not mapped")
+        self.shape[0] = <Py_ssize_t>self.size
+        buffer.buf = self.base
+        buffer.len = <Py_ssize_t>self.size
+        buffer.readonly = 1
+        buffer.itemsize = 1
+        buffer.format = "B"
+        buffer.ndim = 1
+        buffer.shape = self.shape
+        buffer.strides = NULL
+        buffer.suboffsets = NULL
+        buffer.internal = NULL
+        buffer.obj = self
+        self.exports += 1
+
+    def __releasebuffer__(self, Py_buffer *buffer):
+        self.exports -= 1
+
+    def __repr__(self):
+        return f"<SegmentFile {self.path!r} first_index={self.first_index}>"
+
+    cdef int _map(self, size_t size, bint writable) except -1:
+        cdef int prot = PROT_READ | (PROT_WRITE if writable else 0)
+        cdef void *p = mmap(NULL, size, prot, MAP_SHARED, self.fd, 0)
+        if p == MAP_FAILED:
+            raise OSError(errno, f"mmap of {self.path} failed: {os.strerror(errno)}")
+        self.base = <char *>p
+        self.size = size
+        self.writable = writable
+        self.hdr = <seg_header_t *>p
+        return 0
+
+    @property
+    def data_offset(self):
+        return self.data_offset
+
+    @property
+    def write_offset(self):
+        return seg_load_u64(&self.write_offset)
+
+    @property
+    def last_index(self):
+        return self.last_index
+
+    @property
+    def sealed_end(self):
+        return seg_load_u64(&self.hdr.sealed_end)
+
+    @property
+    def checkpoint_offset(self):
+        return self.hdr.checkpoint_offset
+
+    @property
+    def file_size(self):
+        return self.size
+
+    cdef uint64_t entry_count(self) noexcept nogil:
+        # Entries are published in order, so the valid ones are a prefix: binary search for it.
+        cdef uint64_t lo = 0, hi = self.index_capacity, mid
+        if self.writable:
+            return self.index_count
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if seg_load_u64(&self.entries[mid].index) != 0:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    cdef uint64_t seek(self, uint64_t after) noexcept nogil:
+        """Offset of the first record with index > after (or of the end of the records)."""
+        cdef uint64_t lo = 0, hi = self.entry_count(), mid
+        cdef uint64_t off = self.data_offset
+        cdef int64_t length
+        while lo < hi:  # last entry with index <= after
+            mid = (lo + hi) // 2
+            if seg_load_u64(&self.entries[mid].index) <= after:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo > 0:
+            off = self.entries[lo - 1].offset
+        while True:  # at most one index stride of records
+            length = rec_check(self.base, off, self.size, False)
+            if length <= 0 or (<const rec_header_t *>(self.base + off)).index > after:
+                return off
+            off += rec_stride(<uint64_t>length)
+
+    cdef bint is_sealed_at(self, uint64_t offset) noexcept nogil:
+        cdef uint64_t end = seg_load_u64(&self.hdr.sealed_end)
+        return end != 0 and offset >= end
+
+    cdef void publish_entry(self, uint64_t off, uint64_t index) noexcept nogil:
+        cdef seg_index_entry_t *e
+        if off >= self.next_entry_at and self.index_count < self.index_capacity:
+            e = &self.entries[self.index_count]
+            e.offset = off
+            seg_store_u64(&e.index, index)
+            self.index_count += 1
+            self.next_entry_at = self.data_offset + (
+                (off - self.data_offset) // SEG_INDEX_STRIDE + 1) * SEG_INDEX_STRIDE
+
+    cdef Py_ssize_t append_records(
+            self, const char **ptrs, const Py_ssize_t *lens, const uint8_t *segs,
+            uint64_t base_index, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:
+        """Writes records start..stop-1 while they fit; returns how many were written."""
+        cdef uint64_t off = self.write_offset
+        cdef uint64_t limit = self.size
+        cdef uint32_t length
+        cdef uint64_t index = 0
+        cdef rec_header_t *h
+        cdef Py_ssize_t i = start
+        while i < stop:
+            length = <uint32_t>(REC_HEADER_SIZE + lens[i])
+            if off + length > limit:
+                break
+            index = base_index + <uint64_t>i
+            h = <rec_header_t *>(self.base + off)
+            h.index = index
+            h.segment = segs[i]
+            h.flags = 0
+            h.reserved = 0
+            memcpy(self.base + off + REC_HEADER_SIZE, ptrs[i], <size_t>lens[i])
+            h.crc = rec_crc(self.base + off, length)
+            seg_store_u32(&h.length, length)  # commit: the record is readable from here on
+            self.publish_entry(off, index)
+            off += rec_stride(length)
+            i += 1
+        if i > start:
+            self.last_index = index
+            seg_store_u64(&self.write_offset, off)
+        return i - start
+
+    cdef Py_ssize_t read_records(
+            self, uint64_t *offset_io, Py_ssize_t max_count, uint64_t max_bytes,
+            int seg_lo, int seg_hi, bint verify, int64_t *out_off, int64_t *out_len,
+            uint64_t *out_idx, uint8_t *out_seg, uint64_t *last_scanned) noexcept nogil:
+        """Collects records from *offset_io on; returns the count, or -1 at a damaged record
+        (then *offset_io is its offset)."""
+        cdef uint64_t off = offset_io[0]
+        cdef uint64_t total = 0
+        cdef int64_t length
+        cdef uint64_t payload
+        cdef const rec_header_t *h
+        cdef Py_ssize_t count = 0
+        while count < max_count:
+            length = rec_check(self.base, off, self.size, verify)
+            if length == 0:
+                break
+            if length < 0:
+                offset_io[0] = off
+                return -1
+            h = <const rec_header_t *>(self.base + off)
+            if seg_lo <= h.segment < seg_hi:
+                payload = <uint64_t>length - REC_HEADER_SIZE
+                if count > 0 and total + payload > max_bytes:
+                    break
+                total += payload
+                out_off[count] = <int64_t>(off + REC_HEADER_SIZE)
+                out_len[count] = <int64_t>payload
+                out_idx[count] = h.index
+                out_seg[count] = <uint8_t>h.segment
+                count += 1
+            last_scanned[0] = h.index
+            off += rec_stride(<uint64_t>length)
+        offset_io[0] = off
+        return count
+
+    cdef int64_t _walk(self, uint64_t start, uint64_t limit, uint64_t verify_from,
+                       bint rebuild_index, uint64_t *last_index, uint64_t *count) noexcept nogil:
+        """Walks records from `start`; returns the end offset, or -(offset)-1 of a damaged
+        record (bad length, bad CRC at or past verify_from, or an index that does not grow)."""
+        cdef uint64_t off = start
+        cdef int64_t length
+        cdef uint64_t index
+        while True:
+            length = rec_check(self.base, off, limit, off >= verify_from)
+            if length == 0:
+                return <int64_t>off
+            if length < 0:
+                return -<int64_t>off - 1
+            index = (<const rec_header_t *>(self.base + off)).index
+            if index <= last_index[0]:
+                return -<int64_t>off - 1
+            if rebuild_index:
+                self.publish_entry(off, index)
+            last_index[0] = index
+            count[0] += 1
+            off += rec_stride(<uint64_t>length)
+
+    cdef int64_t _probe_valid_after(self, uint64_t bad, uint64_t last_index) noexcept nogil:
+        """Offset of the first intact record after a damaged one, or -1 (torn tail)."""
+        cdef uint64_t off = bad + 8
+        cdef int64_t length
+        while off + REC_HEADER_SIZE <= self.size:
+            length = rec_check(self.base, off, self.size, True)
+            if length > 0 and (<const rec_header_t *>(self.base + off)).index > last_index:
+                return <int64_t>off
+            off += 8
+        return -1
+
+    def recover(self, bint repair, uint64_t previous_last_index):
+        """Opening the writer's last file: verify the records past the checkpoint, rebuild the
+        sparse index, cut a torn tail and zero what lies beyond it. A damaged record followed by
+        intact ones is corruption: CorruptLogError, or with repair=True, a cut there as well."""
+        cdef uint64_t last = previous_last_index, count = 0, dropped = 0, dropped_bytes = 0
+        cdef uint64_t verify_from = self.hdr.checkpoint_offset
+        cdef uint64_t sealed = self.hdr.sealed_end
+        cdef uint64_t limit = sealed if sealed else self.size
+        cdef uint64_t end, bad, tail_last
+        cdef int64_t walked, probe, length
+        if verify_from < self.data_offset or verify_from > self.size:
+            verify_from = self.data_offset
+        self.index_count = 0
+        self.next_entry_at = self.data_offset
+        with nogil:
+            walked = self._walk(self.data_offset, limit, verify_from, True, &last, &count)
+        if walked >= 0:
+            end = <uint64_t>walked
+            if sealed and end != sealed:
+                raise CorruptLogError(self.path, end, f"records end at {end}, the file was "
+                                      f"sealed at {sealed}")
+        else:
+            bad = <uint64_t>(-walked - 1)
+            probe = -1 if sealed else self._probe_valid_after(bad, last)
+            if bad < verify_from or probe >= 0 or sealed:
+                if not repair:
+                    raise CorruptLogError(
+                        self.path, bad, "damaged record (bad length, CRC or index) followed by "
+                        "intact records; open with repair=True to truncate the log there")
+            length = rec_check(self.base, bad, self.size, False)
+            dropped = 1
+            dropped_bytes = <uint64_t>length if length > 0 else 0
+            if probe >= 0:
+                tail_last = last
+                walked = self._walk(<uint64_t>probe, self.size, self.size, False, &tail_last,
+                                    &dropped)
+                dropped_bytes = <uint64_t>(walked if walked >= 0 else -walked - 1) - bad
+            elif length <= 0:
+                dropped = 0
+            end = bad
+            if sealed:
+                self.hdr.sealed_end = 0
+        # Unpublish stale sparse-index entries past the rebuilt ones.
+        memset(&self.entries[self.index_count], 0,
+               (self.index_capacity - self.index_count) * sizeof(seg_index_entry_t))
+        self.write_offset = end
+        self.last_index = last if count else 0
+        if not self.hdr.sealed_end:
+            self._zero_tail(end)
+        self._flush_range(self.data_offset if verify_from > end else verify_from, end)
+        self.hdr.checkpoint_offset = end
+        self.hdr.checkpoint_index = self.last_index
+        self.synced_offset = end
+        return {"records": count, "truncated_bytes": dropped_bytes, "dropped_records": dropped}
+
+    cdef int _zero_tail(self, uint64_t end) except -1:
+        # Bytes past the last record may hold the body of a record whose length word never
+        # landed; the next append must not find them. Punch the whole pages out (fast, no
+        # writes), re-reserve them so later appends cannot hit ENOSPC, zero the partial page.
+        cdef uint64_t start = page_up(end)
+        if start < self.size:
+            if fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                         <long>start, <long>(self.size - start)) == 0:
+                os.posix_fallocate(self.fd, start, self.size - start)
+                madvise(self.base + start, self.size - start, MADV_POPULATE_WRITE)
+            else:
+                memset(self.base + start, 0, self.size - start)
+        if start > end:
+            memset(self.base + end, 0, start - end)
+        return 0
+
+    cdef int _flush_range(self, uint64_t start, uint64_t stop) except -1:
+        cdef int rc = 0
+        cdef uint64_t first = start & ~(<uint64_t>PAGE - 1)
+        if stop <= first:
+            return 0
+        with nogil:
+            rc = msync(self.base + first, stop - first, MS_SYNC)
+        if rc != 0:
+            raise OSError(errno, f"msync of {self.path} failed: {os.strerror(errno)}")
+        return 0
+
+    def flush(self, uint64_t upto, uint64_t last_index):
+        """Makes records below `upto` durable and moves the checkpoint there."""
+        if upto <= self.synced_offset:
+            return
+        self._flush_range(self.synced_offset, upto)
+        self.hdr.checkpoint_offset = upto
+        self.hdr.checkpoint_index = last_index
+        self.synced_offset = upto
+
+    def flush_header(self):
+        self._flush_range(0, SEG_HEADER_SIZE)
+
+    def seal(self):
+        """No more records go into this file: readers move on past sealed_end."""
+        seg_store_u64(&self.hdr.sealed_end, self.write_offset)
+
+    def set_first_index(self, uint64_t first_index):
+        self.first_index = first_index
+        self.hdr.first_index = first_index
+
+    def end_and_last_index(self):
+        """(end offset of the records, index of the last record or 0) by a walk from the last
+        sparse-index entry; no CRC checks."""
+        cdef uint64_t n = self.entry_count()
+        cdef uint64_t off = self.data_offset
+        cdef uint64_t last = 0, count = 0
+        cdef int64_t walked
+        if n > 0:
+            off = self.entries[n - 1].offset
+        walked = self._walk(off, self.size, self.size, False, &last, &count)
+        return (walked if walked >= 0 else -walked - 1), last
+
+    def verify_all(self):
+        """CRC-checks every record; returns the count, raises CorruptLogError on damage."""
+        cdef uint64_t last = 0, count = 0
+        cdef uint64_t sealed = seg_load_u64(&self.hdr.sealed_end)
+        cdef int64_t walked
+        with nogil:
+            walked = self._walk(self.data_offset, sealed if sealed else self.size,
+                                self.data_offset, False, &last, &count)
+        if walked < 0:
+            raise CorruptLogError(self.path, -walked - 1, "damaged record (bad length, CRC "
+                                  "or index)")
+        if sealed and <uint64_t>walked != sealed:
+            raise CorruptLogError(self.path, walked, f"records end at {walked}, the file was "
+                                  f"sealed at {sealed}")
+        return count
+
+
+def segment_file_create(str path, int fd, uint64_t file_size, bint populate):
+    """Maps a freshly preallocated file (the caller owns the fd until this returns) and writes
+    its header. The first index is set when the file becomes the active one."""
+    cdef SegmentFile f = SegmentFile.__new__(SegmentFile)
+    cdef uint64_t capacity
+    f.path = path
+    f.fd = fd
+    f._map(file_size, True)
+    if populate:
+        # Pre-fault every page now: a fault costs ~8 us, far more than a 100-byte append.
+        with nogil:
+            madvise(f.base, file_size, MADV_POPULATE_WRITE)
+    f.data_offset = layout_data_offset(file_size, &capacity)
+    f.index_capacity = capacity
+    f.entries = <seg_index_entry_t *>(f.base + SEG_HEADER_SIZE)
+    memcpy(f.hdr.magic, SEG_MAGIC, 8)
+    f.hdr.version = SEG_VERSION
+    f.hdr.header_size = SEG_HEADER_SIZE
+    f.hdr.file_size = file_size
+    f.hdr.data_offset = f.data_offset
+    f.hdr.index_capacity = capacity
+    f.hdr.index_stride = SEG_INDEX_STRIDE
+    f.hdr.created_ms = seg_now_ms()
+    f.hdr.checkpoint_offset = f.data_offset
+    f.write_offset = f.data_offset
+    f.synced_offset = f.data_offset
+    f.next_entry_at = f.data_offset
+    return f
+
+
+def segment_file_open(str path, int fd, bint writable):
+    """Maps an existing segment file after checking its header. A writer extends a file that
+    was cut short back to the size its header states (the lost part reads as zeros)."""
+    cdef SegmentFile f = SegmentFile.__new__(SegmentFile)
+    cdef stat st
+    cdef seg_header_t hdr
+    cdef uint64_t capacity, actual
+    f.path = path
+    f.fd = fd
+    if fstat(fd, &st) != 0:
+        raise OSError(errno, f"fstat of {path} failed: {os.strerror(errno)}")
+    actual = <uint64_t>st.st_size
+    if actual < SEG_HEADER_SIZE:
+        raise CorruptLogError(path, 0, f"file is {actual} bytes, shorter than its header")
+    raw = os.pread(fd, sizeof(seg_header_t), 0)
+    if len(raw) != sizeof(seg_header_t):
+        raise CorruptLogError(path, 0, "unreadable header")
+    memcpy(&hdr, PyBytes_AS_STRING(raw), sizeof(seg_header_t))
+    if memcmp(hdr.magic, SEG_MAGIC, 8) != 0:
+        raise CorruptLogError(path, 0, "not a fluxcore segment file (bad magic)")
+    if hdr.version != SEG_VERSION:
+        raise CorruptLogError(path, 8, f"unsupported segment file version {hdr.version}")
+    if (hdr.file_size < MIN_SEGMENT_FILE_SIZE or hdr.file_size % PAGE
+            or layout_data_offset(hdr.file_size, &capacity) != hdr.data_offset
+            or hdr.index_capacity != capacity):
+        raise CorruptLogError(path, 16, "inconsistent segment file header")
+    if actual < hdr.file_size:
+        if not writable:
+            raise CorruptLogError(path, actual, f"file is {actual} bytes, its header says "
+                                  f"{hdr.file_size}")
+        os.posix_fallocate(fd, 0, hdr.file_size)
+    f._map(hdr.file_size, writable)
+    f.first_index = hdr.first_index
+    f.data_offset = hdr.data_offset
+    f.index_capacity = capacity
+    f.entries = <seg_index_entry_t *>(f.base + SEG_HEADER_SIZE)
+    f.write_offset = f.data_offset
+    f.synced_offset = f.data_offset
+    f.next_entry_at = f.data_offset
+    return f

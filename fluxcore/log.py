@@ -1,0 +1,454 @@
+"""The embedded log: a directory of memory-mapped segment files with one writer and any number
+of readers, in this process or others.
+
+`Log` is a thin typed layer over the compiled core (`fluxcore._ext._log.LogCore`), which owns
+the hot paths (append, append a batch, read a batch). This module owns what happens rarely:
+opening and recovery, the writer's lock, rolling to a new segment file, retention, and the
+background sync thread of the ``interval`` policy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any, Literal
+
+from fluxcore._ext._log import (
+    Batch,
+    LogCore,
+    SegmentFile,
+    max_payload_for,
+    segment_file_create,
+    segment_file_open,
+)
+from fluxcore.errors import LogClosedError, LogError, LogFullError, LogLockedError
+
+__all__ = ["Batch", "FsyncPolicy", "Log"]
+
+FsyncPolicy = Literal["never", "interval", "always"]
+_FSYNC_MODES: dict[str, int] = {"never": 0, "interval": 1, "always": 2}
+_SUFFIX = ".seg"
+_TMP_SUFFIX = ".tmp"
+_LOCK_NAME = "LOCK"
+_NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+logger = logging.getLogger("fluxcore.log")
+
+
+def _fsync_dir(path: str) -> None:
+    # A new or removed directory entry is durable only once the directory itself is synced.
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _file_name(first_index: int) -> str:
+    return f"{first_index:020d}{_SUFFIX}"
+
+
+class Log(LogCore):
+    """An append-only log of records (bytes), each with a 64-bit index and a segment (0-127).
+
+    Open it as a writer (the default: one per directory, enforced with a lock) or with
+    ``readonly=True`` as a reader, which can tail a live writer in another process::
+
+        with Log("/data/events") as log:
+            index = log.append(b"hello", key="user-1")
+            batch = log.read(after=0)
+            for index, payload in batch:
+                ...
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        readonly: bool = False,
+        segment_file_size: int = 64 * 1024 * 1024,
+        fsync: FsyncPolicy = "interval",
+        fsync_interval_ms: int = 100,
+        retention_ms: int | None = None,
+        retention_bytes: int | None = None,
+        repair: bool = False,
+    ) -> None:
+        if fsync not in _FSYNC_MODES:
+            raise ValueError(f"fsync must be one of {sorted(_FSYNC_MODES)}, not {fsync!r}")
+        if not isinstance(segment_file_size, int) or isinstance(segment_file_size, bool):
+            raise TypeError("segment_file_size must be an int")
+        if not isinstance(fsync_interval_ms, int) or fsync_interval_ms <= 0:
+            raise ValueError("fsync_interval_ms must be a positive int")
+        for name, value in (("retention_ms", retention_ms), ("retention_bytes", retention_bytes)):
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be a positive int or None")
+        self._configure(readonly, segment_file_size, _FSYNC_MODES[fsync])
+        self.path = os.fspath(path)
+        self.fsync: FsyncPolicy = fsync
+        self.fsync_interval_ms = fsync_interval_ms
+        self.retention_ms = retention_ms
+        self.retention_bytes = retention_bytes
+        self.recovery: dict[str, int] = {"truncated_bytes": 0, "dropped_records": 0}
+        self._spares: list[SegmentFile] = []
+        self._lock_fd = -1
+        self._stop = threading.Event()
+        self._sync_thread: threading.Thread | None = None
+        self._sync_error: BaseException | None = None
+        self._open_lock = threading.Lock()  # guards _refresh/_map against concurrent readers
+        if not os.path.isdir(self.path):
+            if not create or readonly:
+                raise FileNotFoundError(errno.ENOENT, "no log directory", self.path)
+            os.makedirs(self.path, exist_ok=True)
+        try:
+            if readonly:
+                self._refresh()
+            else:
+                self._open_writer(repair)
+        except BaseException:
+            self._release()
+            raise
+
+    # -- opening -----------------------------------------------------------------------------
+
+    def _list_files(self) -> list[int]:
+        starts = []
+        for name in os.listdir(self.path):
+            if name.endswith(_SUFFIX) and name[: -len(_SUFFIX)].isdigit():
+                starts.append(int(name[: -len(_SUFFIX)]))
+        starts.sort()
+        return starts
+
+    def _open_writer(self, repair: bool) -> None:
+        self._lock_fd = os.open(os.path.join(self.path, _LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LogLockedError(f"{self.path}: another writer has this log open") from None
+        for name in os.listdir(self.path):
+            if name.endswith(_TMP_SUFFIX):  # spare files of a writer that did not close
+                os.unlink(os.path.join(self.path, name))
+        starts = self._list_files()
+        self._starts = starts
+        self._files = [None] * len(starts)
+        last_index = 0
+        while self._starts:
+            pos = len(self._starts) - 1
+            previous = self._last_index_before(pos)
+            f = self._open_file(self._starts[pos], writable=True)
+            self._files[pos] = f
+            report = f.recover(repair, previous)
+            self.recovery = {
+                "truncated_bytes": report["truncated_bytes"],
+                "dropped_records": report["dropped_records"],
+            }
+            if report["records"] == 0 and not f.sealed_end:
+                # A file is named by its first record: an empty one (a crash right after a
+                # roll) goes, so the next append names its file anew.
+                self._files.pop()
+                self._starts.pop()
+                os.unlink(f.path)
+                _fsync_dir(self.path)
+                continue
+            last_index = f.last_index or previous
+            if not f.sealed_end:
+                self._active = f
+            break
+        self._set_last_index(last_index)
+        if self.fsync == "interval":
+            self._sync_thread = threading.Thread(
+                target=self._sync_loop, name=f"fluxcore-sync:{self.path}", daemon=True
+            )
+            self._sync_thread.start()
+
+    def _last_index_before(self, pos: int) -> int:
+        """Index of the last record in the files before position `pos` (0 if none)."""
+        for earlier in range(pos - 1, -1, -1):
+            f = self._map(earlier)
+            if f is not None:
+                _end, last = f.end_and_last_index()
+                if last:
+                    return int(last)
+        return 0
+
+    def _open_file(self, first_index: int, writable: bool) -> SegmentFile:
+        file_path = os.path.join(self.path, _file_name(first_index))
+        fd = os.open(file_path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+        try:
+            return segment_file_open(file_path, fd, writable)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _map(self, pos: int) -> SegmentFile | None:
+        """Maps the file at list position `pos` on first use (read-only); None if it is gone."""
+        with self._open_lock:
+            f = self._files[pos]
+            if f is None:
+                try:
+                    f = self._open_file(self._starts[pos], writable=False)
+                except FileNotFoundError:
+                    return None
+                self._files[pos] = f
+            return f
+
+    def _refresh(self) -> None:
+        """A reader re-lists the directory: new files from the writer, old ones retired."""
+        with self._open_lock:
+            known = dict(zip(self._starts, self._files, strict=True))
+            starts = self._list_files()
+            self._files = [known.get(s) for s in starts]
+            self._starts = starts
+
+    # -- rolling and retention ---------------------------------------------------------------
+
+    def _new_spare(self) -> SegmentFile:
+        """A preallocated, pre-faulted file under a temporary name."""
+        name = f".spare-{os.getpid()}-{time.monotonic_ns()}{_TMP_SUFFIX}"
+        spare_path = os.path.join(self.path, name)
+        fd = os.open(spare_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            os.posix_fallocate(fd, 0, self.segment_file_size)
+            return segment_file_create(spare_path, fd, self.segment_file_size, True)
+        except OSError as exc:
+            os.close(fd)
+            os.unlink(spare_path)
+            if exc.errno in _NO_SPACE:
+                raise LogFullError(
+                    exc.errno,
+                    f"{self.path}: no space for a new {self.segment_file_size}-byte segment "
+                    f"file ({os.strerror(exc.errno)}); nothing was written",
+                ) from exc
+            raise
+        except BaseException:
+            os.close(fd)
+            os.unlink(spare_path)
+            raise
+
+    def _reserve(self, count: int) -> None:
+        while len(self._spares) < count:
+            self._spares.append(self._new_spare())
+
+    def _roll(self, first_index: int) -> None:
+        """Seals the active file and makes a spare the new active file, named `first_index`.
+        Called by the core with the append lock held."""
+        spare = self._spares.pop() if self._spares else self._new_spare()
+        old = self._active
+        if old is not None:
+            old.seal()
+            self._unsynced.append(old)
+        spare.set_first_index(first_index)
+        final = os.path.join(self.path, _file_name(first_index))
+        os.rename(spare.path, final)
+        spare.path = final
+        _fsync_dir(self.path)
+        self._files.append(spare)
+        self._starts.append(first_index)
+        self._active = spare
+        self._apply_retention()
+
+    def _apply_retention(self) -> None:
+        if self.retention_bytes is None and self.retention_ms is None:
+            return
+        removed = False
+        cutoff = (time.time_ns() // 1_000_000 - (self.retention_ms or 0)) << 16
+        while len(self._starts) > 1:  # never the active (last) file
+            too_big = (
+                self.retention_bytes is not None
+                and len(self._starts) * self.segment_file_size > self.retention_bytes
+            )
+            # Every record of file 0 is older than the first record of file 1.
+            too_old = self.retention_ms is not None and self._starts[1] <= cutoff
+            if not (too_big or too_old):
+                break
+            f = self._files.pop(0)
+            first = self._starts.pop(0)
+            if f is not None and f in self._unsynced:
+                self._unsynced.remove(f)
+            # The mapping of a removed file lives on while a Batch or view refers to it.
+            os.unlink(os.path.join(self.path, _file_name(first)))
+            removed = True
+        if removed:
+            _fsync_dir(self.path)
+
+    # -- syncing -----------------------------------------------------------------------------
+
+    def _sync_loop(self) -> None:
+        interval = self.fsync_interval_ms / 1000.0
+        while not self._stop.wait(interval):
+            try:
+                self._sync_to(0)
+            except OSError as exc:  # keep going; sync() re-raises it to the application
+                logger.error("background sync of %s failed: %s", self.path, exc)
+                self._sync_error = exc
+
+    def sync(self) -> int:
+        """Writes every appended record to disk; returns the durable index."""
+        self._check_open()
+        if self.readonly:
+            raise LogError("the log was opened readonly; only a writer syncs")
+        error, self._sync_error = self._sync_error, None
+        if error is not None:
+            raise error
+        return int(self._sync_to(0))
+
+    # -- reading helpers ---------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise LogClosedError("the log is closed")
+
+    def find(self, index: int) -> int | None:
+        """The first index >= `index` present in the log, or None."""
+        self._check_open()
+        if index <= 0:
+            index = 1
+        after = index - 1
+        while True:
+            batch = self.read(after, max_count=1)
+            if len(batch):
+                return int(batch.indexes[0])
+            if batch.next_after == after:
+                return None
+            after = batch.next_after
+
+    def find_time(self, ms: int) -> int | None:
+        """Index of the first record with a timestamp (index >> 16) at or after `ms`, or None."""
+        return self.find(ms << 16)
+
+    def wait(self, after: int, timeout: float | None = 1.0) -> bool:
+        """Waits until a record with index > `after` exists; False at the timeout.
+
+        Works across processes by polling the mapped files: spins briefly, then sleeps in steps
+        growing to 1 ms, so a new record is seen within about a millisecond.
+        """
+        self._check_open()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0
+        while True:
+            if self._has_after(after):
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(0.001, delay * 2 + 0.00005)
+
+    def tail(
+        self, after: int = 0, *, timeout: float | None = None, max_count: int = 10_000
+    ) -> Iterator[Batch]:
+        """Yields non-empty batches as records arrive, until `timeout` passes with none."""
+        while True:
+            batch = self.read(after, max_count=max_count)
+            after = batch.next_after
+            if len(batch):
+                yield batch
+            elif not self.wait(after, timeout):
+                return
+
+    def verify(self) -> int:
+        """CRC-checks every record of every file; returns the count of records."""
+        self._check_open()
+        if self.readonly:
+            self._refresh()
+        total = 0
+        for pos in range(len(self._starts)):
+            f = self._map(pos)
+            if f is not None:
+                total += int(f.verify_all())
+        return total
+
+    @property
+    def first_index(self) -> int:
+        """Index of the oldest record still kept (0 when the log is empty)."""
+        if self.readonly:
+            self._refresh()
+        return int(self._starts[0]) if self._starts else 0
+
+    @property
+    def last_index(self) -> int:  # type: ignore[override]
+        """Index of the newest record (0 when the log is empty)."""
+        if not self.readonly:
+            return int(super().last_index)
+        self._refresh()
+        for pos in range(len(self._starts) - 1, -1, -1):
+            f = self._map(pos)
+            if f is not None:
+                _end, last = f.end_and_last_index()
+                if last:
+                    return int(last)
+        return 0
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and sizes of the log."""
+        files = [f for f in self._files if f is not None]
+        return {
+            "path": self.path,
+            "readonly": self.readonly,
+            "fsync": self.fsync,
+            "files": len(self._starts),
+            "bytes": len(self._starts) * self.segment_file_size,
+            "segment_file_size": self.segment_file_size,
+            "first_index": self.first_index,
+            "last_index": self.last_index,
+            "durable_index": int(self.durable_index),
+            "appended": int(self.appended),
+            "views_alive": sum(f.exports for f in files),
+            "spare_files": len(self._spares),
+            "max_payload": int(max_payload_for(self.segment_file_size)),
+        }
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Syncs (unless the policy is ``never``), stops the sync thread and releases the
+        lock. Batches read before stay valid: their files stay mapped while they live."""
+        if self.closed:
+            return
+        self._stop.set()
+        if self._sync_thread is not None:
+            self._sync_thread.join()
+            self._sync_thread = None
+        try:
+            if not self.readonly and self.fsync != "never":
+                self._sync_to(0)
+                if self._active is not None:
+                    self._active.flush_header()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        for spare in self._spares:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(spare.path)
+        self._spares = []
+        self._mark_closed()
+        self._active = None
+        self._files = []
+        self._starts = []
+        self._unsynced = []
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = -1
+
+    def __enter__(self) -> Log:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "reader" if self.readonly else "writer"
+        state = "closed" if self.closed else f"last_index={self.last_index}"
+        return f"<Log {self.path!r} {mode} {state}>"

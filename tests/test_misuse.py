@@ -1,0 +1,274 @@
+"""Wrong use of the API fails loudly with the documented exception and leaves the log intact."""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fluxcore
+
+HELPER = Path(__file__).with_name("_writer_proc.py")
+MiB = 1 << 20
+
+
+def read_all(log):
+    out, after = [], 0
+    while True:
+        b = log.read(after=after)
+        if len(b) == 0:
+            return out
+        out.extend((int(i), p) for i, p in b)
+        after = b.next_after
+
+
+@pytest.fixture
+def log(tmp_path):
+    with fluxcore.Log(tmp_path / "log", segment_file_size=MiB) as lg:
+        yield lg
+
+
+def test_exception_hierarchy():
+    assert issubclass(fluxcore.LogError, Exception)
+    for exc in (fluxcore.CorruptLogError, fluxcore.LogClosedError, fluxcore.LogLockedError,
+                fluxcore.RecordTooLargeError, fluxcore.LogFullError):
+        assert issubclass(exc, fluxcore.LogError), exc
+
+
+CLOSED_CALLS = {
+    "append": lambda lg: lg.append(b"x"),
+    "append_batch": lambda lg: lg.append_batch([b"x"]),
+    "append_buffer": lambda lg: lg.append_buffer(b"xy", np.array([0, 1, 2], dtype=np.int64)),
+    "read": lambda lg: lg.read(after=0),
+    "find": lambda lg: lg.find(0),
+    "find_time": lambda lg: lg.find_time(0),
+    "wait": lambda lg: lg.wait(0, timeout=0.01),
+    "sync": lambda lg: lg.sync(),
+    "verify": lambda lg: lg.verify(),
+    "stats": lambda lg: lg.stats(),
+}
+
+
+@pytest.mark.parametrize("call", list(CLOSED_CALLS))
+def test_closed_log(tmp_path, call):
+    lg = fluxcore.Log(tmp_path / "log")
+    lg.append(b"before")
+    assert not lg.closed
+    lg.close()
+    assert lg.closed
+    lg.close()  # idempotent
+    with pytest.raises(fluxcore.LogClosedError):
+        CLOSED_CALLS[call](lg)
+
+
+def test_context_manager_closes(tmp_path):
+    with fluxcore.Log(tmp_path / "log") as lg:
+        lg.append(b"x")
+    assert lg.closed
+    with pytest.raises(fluxcore.LogClosedError):
+        lg.append(b"y")
+    with fluxcore.Log(tmp_path / "log") as lg2:  # the lock was released
+        assert len(read_all(lg2)) == 1
+
+
+@pytest.mark.parametrize("bad", ["text", 123, None, 1.5, ["b"]])
+def test_append_wrong_payload_type(log, bad):
+    log.append(b"ok")
+    last = log.last_index
+    with pytest.raises(TypeError):
+        log.append(bad)
+    with pytest.raises(TypeError):
+        log.append_batch([b"a", bad, b"c"])
+    assert log.last_index == last, "a rejected call wrote something"
+    assert [p for _, p in read_all(log)] == [b"ok"]
+
+
+def test_append_batch_wrong_container(log):
+    with pytest.raises(TypeError):
+        log.append_batch(12345)
+    with pytest.raises(TypeError):
+        log.append_buffer("a str is not a buffer", np.array([0, 3], dtype=np.int64))
+    assert log.last_index == 0
+
+
+def test_record_too_large(log):
+    log.append(b"small")
+    last = log.last_index
+    files = sorted(Path(log.path).iterdir())
+    huge = b"\x01" * (2 * MiB)
+    with pytest.raises(fluxcore.RecordTooLargeError):
+        log.append(huge)
+    with pytest.raises(fluxcore.RecordTooLargeError):
+        log.append(b"\x02" * MiB)  # a whole file, plus header: still too large
+    with pytest.raises(fluxcore.RecordTooLargeError):
+        log.append_batch([b"a", b"b", huge, b"c"])
+    buf = b"ab" + huge
+    with pytest.raises(fluxcore.RecordTooLargeError):
+        log.append_buffer(buf, np.array([0, 1, 2, len(buf)], dtype=np.int64))
+    assert log.last_index == last, "part of a rejected batch was written"
+    assert sorted(Path(log.path).iterdir()) == files
+    assert [p for _, p in read_all(log)] == [b"small"]
+    i = log.append(b"after")
+    assert i > last
+    assert [p for _, p in read_all(log)] == [b"small", b"after"]
+    assert log.verify() == 2
+
+
+@pytest.mark.parametrize("kwargs", [{"bogus": 1}, {"segment_size": MiB}, {"fsync_ms": 5}])
+def test_unknown_option(tmp_path, kwargs):
+    with pytest.raises(TypeError):
+        fluxcore.Log(tmp_path / "log", **kwargs)
+
+
+def test_options_are_keyword_only(tmp_path):
+    with pytest.raises(TypeError):
+        fluxcore.Log(tmp_path / "log", True)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"fsync": "sometimes"},
+    {"fsync": ""},
+    {"segment_file_size": 10},
+    {"segment_file_size": MiB - 1},
+    {"segment_file_size": 0},
+    {"segment_file_size": -MiB},
+    {"fsync_interval_ms": -1},
+    {"retention_ms": -1},
+    {"retention_bytes": -1},
+])
+def test_bad_option_value(tmp_path, kwargs):
+    with pytest.raises(ValueError):
+        fluxcore.Log(tmp_path / "log", **kwargs)
+    # a rejected open leaves no lock behind
+    with fluxcore.Log(tmp_path / "log") as lg:
+        lg.append(b"x")
+
+
+def test_second_writer_same_process(tmp_path):
+    path = tmp_path / "log"
+    with fluxcore.Log(path) as first:
+        first.append(b"one")
+        with pytest.raises(fluxcore.LogLockedError):
+            fluxcore.Log(path)
+        # a reader is fine while the writer holds the lock
+        with fluxcore.Log(path, readonly=True) as reader:
+            assert [p for _, p in read_all(reader)] == [b"one"]
+        first.append(b"two")  # the failed open did not disturb the writer
+    with fluxcore.Log(path) as again:
+        assert [p for _, p in read_all(again)] == [b"one", b"two"]
+
+
+def _run(cmd: str, args: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(HELPER), cmd, json.dumps(args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_second_writer_other_process(tmp_path):
+    path = tmp_path / "log"
+    with fluxcore.Log(path) as lg:
+        lg.append(b"mine")
+        r = subprocess.run([sys.executable, str(HELPER), "trylock", json.dumps({"path": str(path)})],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["error"] == "LogLockedError", out
+        assert out["is_log_error"]
+
+
+def test_lock_held_by_other_process_released_on_kill(tmp_path):
+    path = tmp_path / "log"
+    proc = _run("hold", {"path": str(path)})
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        line = proc.stdout.readline() if ready else ""
+        assert line.strip() == "locked", proc.stderr.read() if proc.poll() is not None else line
+        with pytest.raises(fluxcore.LogLockedError):
+            fluxcore.Log(path)
+        with fluxcore.Log(path, readonly=True) as reader:
+            assert [p for _, p in read_all(reader)] == [b"held"]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+    with fluxcore.Log(path) as lg:  # a dead writer's lock is gone
+        assert [p for _, p in read_all(lg)] == [b"held"]
+        lg.append(b"next")
+
+
+def test_append_on_readonly(tmp_path):
+    path = tmp_path / "log"
+    with fluxcore.Log(path) as w:
+        w.append(b"x")
+    with fluxcore.Log(path, readonly=True) as r:
+        with pytest.raises(fluxcore.LogError):
+            r.append(b"y")
+        with pytest.raises(fluxcore.LogError):
+            r.append_batch([b"y"])
+        with pytest.raises(fluxcore.LogError):
+            r.append_buffer(b"y", np.array([0, 1], dtype=np.int64))
+        assert [p for _, p in read_all(r)] == [b"x"]
+
+
+def test_create_false_on_missing_dir(tmp_path):
+    with pytest.raises((fluxcore.LogError, OSError)):
+        fluxcore.Log(tmp_path / "missing", create=False)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_preset_index_must_increase(log):
+    i = log.append(b"a")
+    for bad in (i, i - 1, 1, 0):
+        with pytest.raises(ValueError):
+            log.append(b"b", index=bad)
+    assert log.last_index == i
+    assert log.append(b"c", index=i + 1) == i + 1
+    with pytest.raises(ValueError):
+        log.append(b"d", index=i + 1)
+    assert [p for _, p in read_all(log)] == [b"a", b"c"]
+
+
+def test_keys_or_segments_wrong_length(log):
+    with pytest.raises(ValueError):
+        log.append_batch([b"a", b"b"], keys=["k"])
+    with pytest.raises(ValueError):
+        log.append_batch([b"a", b"b"], keys=["k1", "k2", "k3"])
+    with pytest.raises(ValueError):
+        log.append_batch([b"a", b"b"], segments=np.array([1], dtype=np.uint8))
+    with pytest.raises(ValueError):
+        log.append_batch([b"a"], segments=np.array([1, 2], dtype=np.uint8))
+    assert log.last_index == 0
+
+
+@pytest.mark.parametrize("seg", [128, 255, 1000, -1])
+def test_segment_out_of_range(log, seg):
+    with pytest.raises(ValueError):
+        log.append(b"x", segment=seg)
+    assert log.last_index == 0
+
+
+@pytest.mark.parametrize("seg", [128, 200, 255])
+def test_batch_segment_out_of_range(log, seg):
+    with pytest.raises(ValueError):
+        log.append_batch([b"a", b"b", b"c"], segments=np.array([0, seg, 5], dtype=np.uint8))
+    assert log.last_index == 0
+
+
+@pytest.mark.parametrize("offsets", [[0, 5, 3], [0, 2, 99], [-1, 2]])
+def test_append_buffer_bad_offsets(log, offsets):
+    with pytest.raises(ValueError):
+        log.append_buffer(b"0123456789", np.array(offsets, dtype=np.int64))
+    assert log.last_index == 0
+
+
+def test_batch_data_is_read_only(log):
+    log.append(b"payload")
+    b = log.read(after=0)
+    with pytest.raises(TypeError):
+        b.data[int(b.offsets[0])] = 0
+    assert b.payloads() == [b"payload"]
+
