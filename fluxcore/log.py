@@ -372,7 +372,7 @@ class Log(LogCore):
         return int(self._starts[0]) if self._starts else 0
 
     @property
-    def last_index(self) -> int:  # type: ignore[override]
+    def last_index(self) -> int:
         """Index of the newest record (0 when the log is empty)."""
         if not self.readonly:
             return int(super().last_index)
