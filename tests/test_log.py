@@ -151,7 +151,7 @@ def test_find_and_find_time(log: Log) -> None:
     assert log.find(a + 1) == b
     assert log.find(b + 1) is None
     assert log.find_time(a >> 16) == a
-    assert log.find_time((b >> 16)) == b
+    assert log.find_time(b >> 16) == b
     assert log.find_time((b >> 16) + 1) is None
 
 
@@ -259,16 +259,18 @@ def test_batch_outlives_close(log_dir: Path) -> None:
 
 
 def test_reader_in_process_sees_writer(log_dir: Path) -> None:
-    with Log(log_dir, segment_file_size=1 << 20) as writer:
-        with Log(log_dir, readonly=True) as reader:
-            assert reader.read(0).next_after == 0
-            first = writer.append(b"a")
-            assert reader.wait(0, timeout=5)
-            assert list(reader.read(0)) == [(first, b"a")]
-            writer.append_batch([b"b" * 5000] * 600)  # rolls into new files
-            got = read_all(reader)
-            assert len(got) == 601
-            assert reader.last_index == writer.last_index
-            assert reader.first_index == writer.first_index
-            with pytest.raises(fluxcore.LogError):
-                reader.append(b"no")
+    with (
+        Log(log_dir, segment_file_size=1 << 20) as writer,
+        Log(log_dir, readonly=True) as reader,
+    ):
+        assert reader.read(0).next_after == 0
+        first = writer.append(b"a")
+        assert reader.wait(0, timeout=5)
+        assert list(reader.read(0)) == [(first, b"a")]
+        writer.append_batch([b"b" * 5000] * 600)  # rolls into new files
+        got = read_all(reader)
+        assert len(got) == 601
+        assert reader.last_index == writer.last_index
+        assert reader.first_index == writer.first_index
+        with pytest.raises(fluxcore.LogError):
+            reader.append(b"no")

@@ -1,0 +1,5 @@
+import sys
+
+from fluxcore.cli import main
+
+sys.exit(main())

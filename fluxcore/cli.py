@@ -1,0 +1,94 @@
+"""The `fluxcore` command: look into, check and feed an embedded log from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from fluxcore.errors import LogError
+from fluxcore.log import Log
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    with Log(args.path, readonly=True) as log:
+        print(json.dumps(log.stats(), indent=2))
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    if args.repair:
+        with Log(args.path, repair=True) as log:
+            print(json.dumps({"recovery": log.recovery, "records": log.verify()}))
+        return 0
+    with Log(args.path, readonly=True) as log:
+        print(json.dumps({"records": log.verify()}))
+    return 0
+
+
+def _cmd_append(args: argparse.Namespace) -> int:
+    with Log(args.path, fsync=args.fsync) as log:
+        lines = [line.rstrip(b"\n") for line in sys.stdin.buffer]
+        indexes = log.append_batch(lines, keys=[args.key] * len(lines) if args.key else None)
+        print(json.dumps({"appended": len(indexes), "last_index": log.last_index}))
+    return 0
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    with Log(args.path, readonly=True) as log:
+        after = 0
+        if args.since_ms is not None:
+            first = log.find_time(args.since_ms)
+            after = first - 1 if first is not None else log.last_index
+        elif args.follow:
+            after = log.last_index
+        timeout = None if args.follow else 0.0
+        out = sys.stdout.buffer
+        for batch in log.tail(after, timeout=timeout):
+            for index, payload in batch:
+                out.write(b"%d %d " % (index, index >> 16) + payload + b"\n")
+            out.flush()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fluxcore", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("stats", help="print a log's counters and sizes as JSON")
+    p.add_argument("path")
+    p.set_defaults(func=_cmd_stats)
+
+    p = sub.add_parser("verify", help="CRC-check every record of a log")
+    p.add_argument("path")
+    p.add_argument("--repair", action="store_true", help="open as writer and truncate damage")
+    p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("append", help="append each line of stdin as one record")
+    p.add_argument("path")
+    p.add_argument("--key", help="routing key of every record")
+    p.add_argument("--fsync", default="interval", choices=["never", "interval", "always"])
+    p.set_defaults(func=_cmd_append)
+
+    p = sub.add_parser("tail", help="print records as 'index millis payload' lines")
+    p.add_argument("path")
+    p.add_argument("-f", "--follow", action="store_true", help="wait for new records")
+    p.add_argument("--since-ms", type=int, help="start at this time (epoch ms): time travel")
+    p.set_defaults(func=_cmd_tail)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (LogError, OSError) as exc:
+        print(f"fluxcore: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""The `fluxcore` command, run as a real process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "fluxcore", *args], input=stdin, capture_output=True, timeout=60
+    )
+
+
+def test_append_tail_stats_verify(tmp_path: Path) -> None:
+    path = str(tmp_path / "log")
+    out = run("append", path, "--key", "k", stdin=b"one\ntwo\nthree\n")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["appended"] == 3
+    tail = run("tail", path)
+    assert tail.returncode == 0, tail.stderr
+    lines = tail.stdout.splitlines()
+    assert [line.split(b" ", 2)[2] for line in lines] == [b"one", b"two", b"three"]
+    since = int(lines[1].split()[1])
+    assert run("tail", path, "--since-ms", str(since)).stdout.splitlines()[-1].endswith(b"three")
+    stats = json.loads(run("stats", path).stdout)
+    assert stats["files"] == 1 and stats["last_index"] == int(lines[-1].split()[0])
+    assert json.loads(run("verify", path).stdout) == {"records": 3}
+
+
+def test_errors_are_one_clear_line(tmp_path: Path) -> None:
+    out = run("stats", str(tmp_path / "missing"))
+    assert out.returncode == 1
+    assert out.stderr.startswith(b"fluxcore: ") and b"Traceback" not in out.stderr
