@@ -85,6 +85,10 @@ class Log(LogCore):
             raise ValueError(f"fsync must be one of {sorted(_FSYNC_MODES)}, not {fsync!r}")
         if not isinstance(segment_file_size, int) or isinstance(segment_file_size, bool):
             raise TypeError("segment_file_size must be an int")
+        if segment_file_size < 1 << 20 or segment_file_size % 4096 or segment_file_size >= 1 << 32:
+            raise ValueError(
+                "segment_file_size must be a multiple of 4096, at least 1 MiB and under 4 GiB"
+            )
         if not isinstance(fsync_interval_ms, int) or fsync_interval_ms <= 0:
             raise ValueError("fsync_interval_ms must be a positive int")
         for name, value in (("retention_ms", retention_ms), ("retention_bytes", retention_bytes)):
@@ -184,11 +188,7 @@ class Log(LogCore):
     def _open_file(self, first_index: int, writable: bool) -> SegmentFile:
         file_path = os.path.join(self.path, _file_name(first_index))
         fd = os.open(file_path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
-        try:
-            return segment_file_open(file_path, fd, writable)
-        except BaseException:
-            os.close(fd)
-            raise
+        return segment_file_open(file_path, fd, writable)  # owns fd from here on, even on error
 
     def _map(self, pos: int) -> SegmentFile | None:
         """Maps the file at list position `pos` on first use (read-only); None if it is gone."""
@@ -218,10 +218,14 @@ class Log(LogCore):
         spare_path = os.path.join(self.path, name)
         fd = os.open(spare_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            os.posix_fallocate(fd, 0, self.segment_file_size)
+            try:
+                os.posix_fallocate(fd, 0, self.segment_file_size)
+            except BaseException:
+                os.close(fd)
+                raise
+            # From here on the SegmentFile owns fd, even when it raises.
             return segment_file_create(spare_path, fd, self.segment_file_size, True)
         except OSError as exc:
-            os.close(fd)
             os.unlink(spare_path)
             if exc.errno in _NO_SPACE:
                 raise LogFullError(
@@ -231,7 +235,6 @@ class Log(LogCore):
                 ) from exc
             raise
         except BaseException:
-            os.close(fd)
             os.unlink(spare_path)
             raise
 
@@ -421,6 +424,7 @@ class Log(LogCore):
 
     def stats(self) -> dict[str, Any]:
         """Counters and sizes of the log."""
+        self._check_open()
         files = [f for f in self._files if f is not None]
         return {
             "path": self.path,

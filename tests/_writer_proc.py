@@ -40,6 +40,16 @@ def check_payload(payload: bytes) -> tuple[int, int]:
     return tag, size
 
 
+def child_env() -> dict[str, str]:
+    """Environment for a child that must import the same fluxcore as this process."""
+    import fluxcore
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fluxcore.__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
 def _pick_size(rng: random.Random, big_ok: bool) -> int:
     r = rng.random()
     if r < 0.70:
@@ -71,7 +81,9 @@ def cmd_crash(a: dict) -> None:
             segs = np.array([rng.randrange(128) for _ in range(n)], dtype=np.uint8)
             idx = [int(i) for i in log.append_batch(payloads, segments=segs)]
         elif how < 0.5:
-            idx = [int(i) for i in log.append_batch(payloads, keys=[f"k{tag + k}" for k in range(n)])]
+            idx = [
+                int(i) for i in log.append_batch(payloads, keys=[f"k{tag + k}" for k in range(n)])
+            ]
         elif how < 0.65:
             idx = [int(i) for i in log.append_batch(payloads)]
         elif how < 0.85:
@@ -80,7 +92,8 @@ def cmd_crash(a: dict) -> None:
             idx = [int(i) for i in log.append_buffer(b"".join(payloads), bounds)]
         else:
             idx = [log.append(p, segment=rng.randrange(128)) for p in payloads]
-        side.write(" ".join(f"{i}:{tag + k}:{s}" for k, (i, s) in enumerate(zip(idx, sizes))) + "\n")
+        items = zip(idx, sizes, strict=True)
+        side.write(" ".join(f"{i}:{tag + k}:{s}" for k, (i, s) in enumerate(items)) + "\n")
         side.flush()
         tag += n
 
@@ -129,8 +142,10 @@ def write_paced(log, count: int, seed: int) -> list[int]:
     seq = 0
     while seq < count:
         n = min(count - seq, rng.randint(1, 12))
-        sizes = [rng.randint(60_000, 200_000) if rng.random() < 0.08 else rng.randint(0, 3000)
-                 for _ in range(n)]
+        sizes = [
+            rng.randint(60_000, 200_000) if rng.random() < 0.08 else rng.randint(0, 3000)
+            for _ in range(n)
+        ]
         payloads = [make_payload(seq + k, s) for k, s in enumerate(sizes)]
         if rng.random() < 0.5:
             out.extend(int(i) for i in log.append_batch(payloads))
@@ -155,7 +170,7 @@ def cmd_write(a: dict) -> None:
 
 
 def cmd_fill(a: dict) -> None:
-    """Append records of given sizes (tags 0..n-1), print the indexes, exit with or without close."""
+    """Append records of given sizes (tags 0..n-1), print the indexes, maybe skip close()."""
     import fluxcore
 
     log = fluxcore.Log(a["path"], segment_file_size=a["segment_file_size"], fsync=a["fsync"])
@@ -186,8 +201,16 @@ def cmd_trylock(a: dict) -> None:
     try:
         log = fluxcore.Log(a["path"])
     except Exception as e:  # noqa: BLE001 - reporting which exception to the parent
-        print(json.dumps({"error": type(e).__name__, "is_log_error": isinstance(e, fluxcore.LogError),
-                          "message": str(e)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "error": type(e).__name__,
+                    "is_log_error": isinstance(e, fluxcore.LogError),
+                    "message": str(e),
+                }
+            ),
+            flush=True,
+        )
         return
     log.close()
     print(json.dumps({"error": None}), flush=True)
@@ -213,8 +236,12 @@ def _read_all(log) -> list[tuple[int, bytes]]:
 
 
 def _describe(e: BaseException) -> dict:
-    return {"type": type(e).__name__, "errno": getattr(e, "errno", None), "message": str(e),
-            "is_log_full": type(e).__name__ == "LogFullError"}
+    return {
+        "type": type(e).__name__,
+        "errno": getattr(e, "errno", None),
+        "message": str(e),
+        "is_log_full": type(e).__name__ == "LogFullError",
+    }
 
 
 def cmd_diskfull(a: dict) -> None:
@@ -254,8 +281,10 @@ def cmd_diskfull(a: dict) -> None:
     assert str(err), "error has an empty message"
     assert log.last_index == written[-1][0], "a failed append moved last_index"
     # Trying again fails the same way and writes nothing, also as a batch.
-    for attempt in (lambda: log.append(make_payload(seq, 20_000)),
-                    lambda: log.append_batch([make_payload(seq, 20_000)] * 3)):
+    for attempt in (
+        lambda: log.append(make_payload(seq, 20_000)),
+        lambda: log.append_batch([make_payload(seq, 20_000)] * 3),
+    ):
         try:
             attempt()
         except Exception as e:  # noqa: BLE001

@@ -1,4 +1,4 @@
-"""Running out of space: RLIMIT_FSIZE in a child process, and a tiny tmpfs where mounting is allowed."""
+"""Running out of space: RLIMIT_FSIZE in a child process, and a tiny tmpfs where mounting works."""
 
 from __future__ import annotations
 
@@ -35,9 +35,16 @@ def test_log_full_error_type():
 
 def test_rlimit_fsize(tmp_path):
     args = {"path": str(tmp_path / "log"), "segment_file_size": MiB}
-    proc = subprocess.run([sys.executable, str(HELPER), "diskfull", json.dumps(args)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"rc {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    proc = subprocess.run(
+        [sys.executable, str(HELPER), "diskfull", json.dumps(args)],
+        env=wp.child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, (
+        f"rc {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     first = result["first_error"]
     assert first["errno"] == errno.EFBIG, first
@@ -62,8 +69,9 @@ def tiny_tmpfs(tmp_path):
     mnt.mkdir()
     if shutil.which("mount") is None:
         pytest.skip("no mount command")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import select
 import signal
@@ -15,6 +16,9 @@ import pytest
 import fluxcore
 
 HELPER = Path(__file__).with_name("_writer_proc.py")
+_spec = importlib.util.spec_from_file_location("_fluxcore_writer_proc", HELPER)
+wp = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(wp)
 MiB = 1 << 20
 
 
@@ -36,8 +40,13 @@ def log(tmp_path):
 
 def test_exception_hierarchy():
     assert issubclass(fluxcore.LogError, Exception)
-    for exc in (fluxcore.CorruptLogError, fluxcore.LogClosedError, fluxcore.LogLockedError,
-                fluxcore.RecordTooLargeError, fluxcore.LogFullError):
+    for exc in (
+        fluxcore.CorruptLogError,
+        fluxcore.LogClosedError,
+        fluxcore.LogLockedError,
+        fluxcore.RecordTooLargeError,
+        fluxcore.LogFullError,
+    ):
         assert issubclass(exc, fluxcore.LogError), exc
 
 
@@ -131,17 +140,20 @@ def test_options_are_keyword_only(tmp_path):
         fluxcore.Log(tmp_path / "log", True)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"fsync": "sometimes"},
-    {"fsync": ""},
-    {"segment_file_size": 10},
-    {"segment_file_size": MiB - 1},
-    {"segment_file_size": 0},
-    {"segment_file_size": -MiB},
-    {"fsync_interval_ms": -1},
-    {"retention_ms": -1},
-    {"retention_bytes": -1},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"fsync": "sometimes"},
+        {"fsync": ""},
+        {"segment_file_size": 10},
+        {"segment_file_size": MiB - 1},
+        {"segment_file_size": 0},
+        {"segment_file_size": -MiB},
+        {"fsync_interval_ms": -1},
+        {"retention_ms": -1},
+        {"retention_bytes": -1},
+    ],
+)
 def test_bad_option_value(tmp_path, kwargs):
     with pytest.raises(ValueError):
         fluxcore.Log(tmp_path / "log", **kwargs)
@@ -165,16 +177,26 @@ def test_second_writer_same_process(tmp_path):
 
 
 def _run(cmd: str, args: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(HELPER), cmd, json.dumps(args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(HELPER), cmd, json.dumps(args)],
+        env=wp.child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_second_writer_other_process(tmp_path):
     path = tmp_path / "log"
     with fluxcore.Log(path) as lg:
         lg.append(b"mine")
-        r = subprocess.run([sys.executable, str(HELPER), "trylock", json.dumps({"path": str(path)})],
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [sys.executable, str(HELPER), "trylock", json.dumps({"path": str(path)})],
+            env=wp.child_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
         assert out["error"] == "LogLockedError", out
@@ -271,4 +293,3 @@ def test_batch_data_is_read_only(log):
     with pytest.raises(TypeError):
         b.data[int(b.offsets[0])] = 0
     assert b.payloads() == [b"payload"]
-

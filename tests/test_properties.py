@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import xxhash
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import fluxcore
 
 MiB = 1 << 20
-SETTINGS = settings(max_examples=50, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=50,
+    deadline=None,
+    database=None,  # failures print a reproducible example; keep the tree clean
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def payload(size: int, seed: int) -> bytes:
@@ -27,12 +32,17 @@ def payload(size: int, seed: int) -> bytes:
 sizes = st.integers(0, 5000)
 payloads = st.builds(payload, sizes, st.integers(0, 2**32 - 1))
 keys = st.text(max_size=12)
-routing = st.one_of(st.none(), st.tuples(st.just("segment"), st.integers(0, 127)),
-                    st.tuples(st.just("key"), keys))
+routing = st.one_of(
+    st.none(), st.tuples(st.just("segment"), st.integers(0, 127)), st.tuples(st.just("key"), keys)
+)
 ops = st.one_of(
     st.tuples(st.just("append"), payloads, routing),
-    st.tuples(st.just("batch"), st.lists(payloads, min_size=1, max_size=20), st.sampled_from(["", "k", "s"]),
-              st.randoms(use_true_random=False)),
+    st.tuples(
+        st.just("batch"),
+        st.lists(payloads, min_size=1, max_size=20),
+        st.sampled_from(["", "k", "s"]),
+        st.randoms(use_true_random=False),
+    ),
     st.tuples(st.just("buffer"), st.lists(payloads, min_size=1, max_size=20)),
     st.tuples(st.just("preset"), st.integers(1, 5000 << 16), payloads),
     # a few large records so that examples cross segment-file rolls
@@ -121,9 +131,9 @@ def read_all(log: fluxcore.Log, max_count: int, segments=None):
         got = b.payloads()
         for k in range(len(b)):
             off, ln = int(b.offsets[k]), int(b.lengths[k])
-            assert bytes(data[off:off + ln]) == got[k]
+            assert bytes(data[off : off + ln]) == got[k]
             assert b[k] == (int(b.indexes[k]), got[k])
-        assert list(b) == [(int(i), p) for i, p in zip(b.indexes, got)]
+        assert list(b) == [(int(i), p) for i, p in zip(b.indexes, got, strict=True)]
         idx.extend(int(i) for i in b.indexes)
         segs.extend(int(s) for s in b.segments)
         pls.extend(got)
@@ -134,7 +144,7 @@ def check_log(log: fluxcore.Log, model: Model, max_count: int, ranges) -> None:
     idx, segs, pls = read_all(log, max_count)
     assert idx == model.indexes
     assert pls == model.payloads
-    for want, got in zip(model.segments, segs):
+    for want, got in zip(model.segments, segs, strict=True):
         assert 0 <= got < 128
         if want is not None:
             assert got == want
@@ -169,8 +179,13 @@ def check_log(log: fluxcore.Log, model: Model, max_count: int, ranges) -> None:
         assert log.find_time(ms) == (model.indexes[k] if k < len(model.indexes) else None), ms
 
 
-ranges_st = st.lists(st.tuples(st.integers(0, 127), st.integers(1, 128)).map(lambda t: (min(t), max(t)))
-                     .filter(lambda t: t[0] < t[1]), min_size=1, max_size=3)
+ranges_st = st.lists(
+    st.tuples(st.integers(0, 127), st.integers(1, 128))
+    .map(lambda t: (min(t), max(t)))
+    .filter(lambda t: t[0] < t[1]),
+    min_size=1,
+    max_size=3,
+)
 
 
 @SETTINGS
@@ -183,6 +198,8 @@ def test_model(tmp_path, ops, max_count, ranges):
             for op in ops:
                 apply(log, model, op)
             check_log(log, model, max_count, ranges)
+        files = len(list(path.glob("*.seg")))
+        event("several segment files" if files > 1 else "one segment file")
         with fluxcore.Log(path, segment_file_size=MiB) as log:
             check_log(log, model, max_count, ranges)
             # appends continue after a reopen, above everything that was there
@@ -198,7 +215,7 @@ def test_index_is_millis_and_counter(tmp_path):
         before = int(time.time() * 1000)
         idx = [int(i) for i in log.append_batch([b"x"] * 1000)]
         after = int(time.time() * 1000)
-    assert all(b > a for a, b in zip(idx, idx[1:]))
+    assert all(b > a for a, b in itertools.pairwise(idx))
     # generous bounds: the timestamp part is wall-clock milliseconds
     assert before - 2000 <= idx[0] >> 16 <= after + 2000
 
@@ -209,7 +226,7 @@ def test_clock_behind_preset_still_increases(tmp_path):
         assert log.append(b"a", index=future) == future
         nxt = [log.append(b"b") for _ in range(5)] + [int(i) for i in log.append_batch([b"c"] * 5)]
         assert nxt[0] > future
-        assert all(b > a for a, b in zip(nxt, nxt[1:]))
+        assert all(b > a for a, b in itertools.pairwise(nxt))
         assert log.find_time(future >> 16) == future
 
 

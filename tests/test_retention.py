@@ -1,4 +1,4 @@
-"""Retention drops whole old segment files on roll, never the current one; views outlive the drop."""
+"""Retention drops whole old segment files on roll, never the current one; views outlive it."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def check_suffix(log, written):
     """What is left is exactly a suffix of what was written, starting at the oldest file on disk."""
     got = read_all(log)
     assert got, "retention removed everything"
-    assert got == written[len(written) - len(got):]
+    assert got == written[len(written) - len(got) :]
     files = seg_files(log)
     assert log.first_index == got[0][0]
     assert int(files[0].stem) <= log.first_index
@@ -97,7 +97,9 @@ def test_retention_ms(tmp_path):
             p = payload(k)
             written.append((log.append(p), p))
         now_files = {f.name for f in seg_files(log)}
-        assert not (old_files & now_files), f"expired files still there: {sorted(old_files & now_files)}"
+        assert not (old_files & now_files), (
+            f"expired files still there: {sorted(old_files & now_files)}"
+        )
         assert len(now_files) >= 1
         got = check_suffix(log, written)
         assert got[-1] == written[-1]
@@ -105,8 +107,9 @@ def test_retention_ms(tmp_path):
 
 
 def test_retention_ms_keeps_young_files(tmp_path):
-    with fluxcore.Log(tmp_path / "log", segment_file_size=MiB, retention_ms=3_600_000,
-                      retention_bytes=1 << 40) as log:
+    with fluxcore.Log(
+        tmp_path / "log", segment_file_size=MiB, retention_ms=3_600_000, retention_bytes=1 << 40
+    ) as log:
         written = []
         for k in range(50):
             p = payload(k)
@@ -137,13 +140,13 @@ def test_views_outlive_dropped_file(tmp_path):
         assert list(b.indexes) == idx
         for k in range(5):
             o, n = int(offsets[k]), int(lengths[k])
-            assert bytes(data[o:o + n]) == first[k]
-            assert arr[o:o + n].tobytes() == first[k]
+            assert bytes(data[o : o + n]) == first[k]
+            assert arr[o : o + n].tobytes() == first[k]
         del b
         gc.collect()
         # the numpy array alone keeps the mapping alive
-        assert arr[int(offsets[4]):int(offsets[4]) + int(lengths[4])].tobytes() == first[4]
-        assert bytes(data[int(offsets[0]):int(offsets[0]) + 16]) == first[0][:16]
+        assert arr[int(offsets[4]) : int(offsets[4]) + int(lengths[4])].tobytes() == first[4]
+        assert bytes(data[int(offsets[0]) : int(offsets[0]) + 16]) == first[0][:16]
         del data, arr
         gc.collect()
         assert log.stats()["views_alive"] == 0
@@ -158,6 +161,6 @@ def test_views_outlive_close(tmp_path):
     log.close()
     assert b.payloads() == items
     o, n = int(b.offsets[3]), int(b.lengths[3])
-    assert bytes(mv[o:o + n]) == items[3]
+    assert bytes(mv[o : o + n]) == items[3]
     del b, mv
     gc.collect()

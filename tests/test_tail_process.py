@@ -24,8 +24,14 @@ COUNT = 600  # about 6 MiB with the size mix of write_paced: several 1 MiB files
 
 
 def _start(cmd: str, args: dict, stdin=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(HELPER), cmd, json.dumps(args)], stdin=stdin,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(HELPER), cmd, json.dumps(args)],
+        env=wp.child_env(),
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_ready(proc: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -39,10 +45,10 @@ def _wait_ready(proc: subprocess.Popen, timeout: float = 60.0) -> None:
 
 def _finish(proc: subprocess.Popen, timeout: float = 180.0) -> None:
     try:
-        out, err = proc.communicate(timeout=timeout)
+        _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, err = proc.communicate()
+        _, err = proc.communicate()
         pytest.fail(f"child timed out; stderr:\n{err}")
     assert proc.returncode == 0, f"child failed (rc {proc.returncode}); stderr:\n{err}"
 
@@ -83,8 +89,11 @@ def test_reader_opened_on_empty_dir(tmp_path):
 def test_reader_here_writer_in_child(tmp_path):
     path = tmp_path / "log"
     out = tmp_path / "writer.json"
-    writer = _start("write", {"path": str(path), "count": COUNT, "seed": 11, "out": str(out),
-                              "segment_file_size": MiB}, stdin=subprocess.PIPE)
+    writer = _start(
+        "write",
+        {"path": str(path), "count": COUNT, "seed": 11, "out": str(out), "segment_file_size": MiB},
+        stdin=subprocess.PIPE,
+    )
     got: list[tuple[int, bytes]] = []
     try:
         _wait_ready(writer)

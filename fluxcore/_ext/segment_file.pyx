@@ -398,8 +398,8 @@ cdef class SegmentFile:
 
 
 def segment_file_create(str path, int fd, uint64_t file_size, bint populate):
-    """Maps a freshly preallocated file (the caller owns the fd until this returns) and writes
-    its header. The first index is set when the file becomes the active one."""
+    """Maps a freshly preallocated file and writes its header; the SegmentFile owns `fd` from
+    the call on, even if it raises. The first index is set when the file becomes the active one."""
     cdef SegmentFile f = SegmentFile.__new__(SegmentFile)
     cdef uint64_t capacity
     f.path = path
@@ -428,8 +428,9 @@ def segment_file_create(str path, int fd, uint64_t file_size, bint populate):
 
 
 def segment_file_open(str path, int fd, bint writable):
-    """Maps an existing segment file after checking its header. A writer extends a file that
-    was cut short back to the size its header states (the lost part reads as zeros)."""
+    """Maps an existing segment file after checking its header; owns `fd` from the call on, even
+    if it raises. A writer extends a file that was cut short back to the size its header states
+    (the lost part reads as zeros)."""
     cdef SegmentFile f = SegmentFile.__new__(SegmentFile)
     cdef stat st
     cdef seg_header_t hdr
