@@ -42,6 +42,14 @@ extensions = [
         extra_compile_args=compile_args,
         extra_link_args=link_args,
     ),
+    Extension(
+        "fluxcore._ext._proto",
+        ["fluxcore/_ext/_proto.pyx"],
+        include_dirs=["fluxcore/_ext/include", numpy.get_include()],
+        define_macros=macros,
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+    ),
 ]
 
 setup(

@@ -1,5 +1,5 @@
 # Declarations of the project's own C helpers (include/*.h). Nothing here is implemented.
-from libc.stdint cimport uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 
 cdef extern from "fc_crc32c.h" nogil:
@@ -53,3 +53,41 @@ cdef extern from "fc_seg.h" nogil:
     uint64_t seg_load_u64(const uint64_t *p)
     void seg_store_u64(uint64_t *p, uint64_t v)
     uint64_t seg_now_ms()
+
+
+cdef extern from "fc_msg.h" nogil:
+    unsigned int FRAME_HEADER_SIZE
+    unsigned int MSG_HEADER_SIZE
+    unsigned int MSG_VERSION
+    unsigned int BATCH_HEADER_SIZE
+
+    ctypedef struct frame_header_t:
+        uint32_t length
+        uint8_t op
+        uint8_t flags
+        uint16_t reserved
+        uint32_t request_id
+
+    ctypedef struct msg_header_t:
+        uint8_t version
+        uint8_t flags
+        uint16_t type_len
+        uint16_t message_id_len
+        uint16_t source_len
+        uint16_t target_len
+        uint16_t format_len
+        uint32_t revision
+        uint32_t metadata_len
+        uint32_t data_len
+        int64_t timestamp
+        int64_t request_id
+
+    ctypedef struct batch_header_t:
+        uint16_t segment_start
+        uint16_t segment_end
+        uint8_t caught_up
+        uint64_t last_index
+        uint32_t count
+        uint32_t reserved2
+
+    uint64_t msg_total_size(const msg_header_t *h)

@@ -1,0 +1,587 @@
+# cython: language_level=3
+"""The service's wire format in C: frames parsed many per call, messages encoded and validated
+a batch per call, read batches gathered from the mapped log into one frame, and decoded back
+into Message objects on the client. Layouts: docs/protocol.md and include/fc_msg.h."""
+
+cimport cython
+cimport numpy as cnp
+from cpython.buffer cimport PyBUF_ANY_CONTIGUOUS, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport (
+    PyBytes_AS_STRING,
+    PyBytes_CheckExact,
+    PyBytes_FromStringAndSize,
+    PyBytes_GET_SIZE,
+)
+from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.ref cimport Py_INCREF
+from cpython.sequence cimport PySequence_Fast, PySequence_Fast_GET_ITEM, PySequence_Fast_GET_SIZE
+from cpython.unicode cimport PyUnicode_Check, PyUnicode_DecodeUTF8
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memcpy, memset
+
+from fluxcore._ext._log cimport Batch
+from fluxcore._ext.includes.fc cimport (
+    BATCH_HEADER_SIZE,
+    FRAME_HEADER_SIZE,
+    MSG_HEADER_SIZE,
+    MSG_VERSION,
+    REC_HEADER_SIZE,
+    batch_header_t,
+    frame_header_t,
+    msg_header_t,
+    msg_total_size,
+    rec_stride,
+    xxh64,
+)
+
+import numpy as np
+
+cnp.import_array()
+
+include "consts.pxi"
+include "proto_consts.pxi"
+
+OP_APPEND_CODE = OP_APPEND
+OP_BATCH_CODE = OP_BATCH
+
+
+cdef extern from "Python.h":
+    const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
+
+
+class FrameError(ValueError):
+    """A frame or message that does not follow the protocol."""
+
+
+# -- frames ---------------------------------------------------------------------------------
+
+def frame_scan(buffer, Py_ssize_t start, Py_ssize_t end, uint32_t max_frame):
+    """Finds the complete frames in buffer[start:end]. Returns (frames, consumed, needed):
+    frames is a list of (op, request_id, body_start, body_end); consumed is the offset after the
+    last complete frame; needed is the total size of the incomplete frame at `consumed` (0 if
+    only its length is missing). A length under 8 or over max_frame raises FrameError."""
+    cdef Py_buffer view
+    cdef const char *p
+    cdef frame_header_t h
+    cdef Py_ssize_t pos = start
+    cdef uint64_t total
+    cdef list frames = []
+    cdef Py_ssize_t needed = 0
+    PyObject_GetBuffer(buffer, &view, PyBUF_ANY_CONTIGUOUS)
+    try:
+        if end > view.len or start < 0 or start > end:
+            raise ValueError("range outside the buffer")
+        p = <const char *>view.buf
+        while end - pos >= 4:
+            memcpy(&h.length, p + pos, 4)
+            if h.length < FRAME_HEADER_SIZE - 4 or h.length > max_frame:
+                raise FrameError(f"frame length {h.length} is outside 8..{max_frame}")
+            total = 4 + <uint64_t>h.length
+            if <uint64_t>(end - pos) < total:
+                needed = <Py_ssize_t>total
+                break
+            memcpy(&h, p + pos, FRAME_HEADER_SIZE)
+            frames.append((h.op, h.request_id, pos + FRAME_HEADER_SIZE, pos + <Py_ssize_t>total))
+            pos += <Py_ssize_t>total
+        return frames, pos, needed
+    finally:
+        PyBuffer_Release(&view)
+
+
+def frame_header(uint8_t op, uint32_t request_id, Py_ssize_t body_size):
+    """The 12 header bytes of a frame whose body has body_size bytes."""
+    cdef frame_header_t h
+    h.length = <uint32_t>(body_size + FRAME_HEADER_SIZE - 4)
+    h.op = op
+    h.flags = 0
+    h.reserved = 0
+    h.request_id = request_id
+    return PyBytes_FromStringAndSize(<char *>&h, FRAME_HEADER_SIZE)
+
+
+# -- appends --------------------------------------------------------------------------------
+
+def append_parse(buffer, Py_ssize_t start, Py_ssize_t end):
+    """Validates an APPEND body at buffer[start:end]. Returns (type_code, guarantee, topic,
+    offsets, segments): offsets (int64, count+1) bound each message within `buffer`, so the
+    log can take them in one call without a copy."""
+    cdef Py_buffer view
+    cdef const char *p
+    cdef Py_ssize_t pos, i, n
+    cdef uint16_t topic_len
+    cdef uint32_t count, size
+    cdef uint8_t type_code, guarantee
+    cdef const char *sizes
+    cdef const uint8_t *segs
+    cdef int64_t off
+    cdef msg_header_t h
+    cdef cnp.ndarray offsets, segments
+    cdef int64_t *o
+    cdef str topic
+    PyObject_GetBuffer(buffer, &view, PyBUF_ANY_CONTIGUOUS)
+    try:
+        if end > view.len or start < 0 or end - start < 8:
+            raise FrameError("APPEND body shorter than its 8-byte header")
+        p = <const char *>view.buf
+        type_code = <uint8_t>p[start]
+        guarantee = <uint8_t>p[start + 1]
+        memcpy(&topic_len, p + start + 2, 2)
+        pos = start + 4
+        if pos + topic_len + 4 > end:
+            raise FrameError("APPEND topic runs past the frame")
+        topic = PyUnicode_DecodeUTF8(p + pos, topic_len, "strict") if topic_len else None
+        pos += topic_len
+        memcpy(&count, p + pos, 4)
+        pos += 4
+        n = count
+        if n > (end - pos) // 5:
+            raise FrameError(f"APPEND of {count} messages does not fit its frame")
+        sizes = p + pos
+        segs = <const uint8_t *>(p + pos + 4 * n)
+        pos += 5 * n
+        offsets = cnp.PyArray_EMPTY(1, [n + 1], cnp.NPY_INT64, 0)
+        o = <int64_t *>cnp.PyArray_DATA(offsets)
+        off = pos
+        for i in range(n):
+            memcpy(&size, sizes + 4 * i, 4)
+            if segs[i] >= SEGMENTS:
+                raise FrameError(f"message {i}: segment {segs[i]} is outside 0..127")
+            if size < MSG_HEADER_SIZE or off + size > end:
+                raise FrameError(f"message {i}: size {size} does not fit the frame")
+            memcpy(&h, p + off, MSG_HEADER_SIZE)
+            if h.version != MSG_VERSION:
+                raise FrameError(f"message {i}: unknown message version {h.version}")
+            if msg_total_size(&h) != size:
+                raise FrameError(f"message {i}: field lengths add up to {msg_total_size(&h)}, "
+                                 f"not its size {size}")
+            o[i] = off
+            off += size
+        o[n] = off
+        if off != end:
+            raise FrameError(f"APPEND has {end - off} bytes after its last message")
+        segments = cnp.PyArray_EMPTY(1, [n], cnp.NPY_UINT8, 0)
+        if n:
+            memcpy(cnp.PyArray_DATA(segments), segs, n)
+        return type_code, guarantee, topic, offsets, segments
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef inline int text_arg(object value, const char **ptr, Py_ssize_t *size,
+                         Py_ssize_t limit, str name) except -1:
+    if value is None:
+        ptr[0] = b""
+        size[0] = 0
+    elif PyUnicode_Check(value):
+        ptr[0] = PyUnicode_AsUTF8AndSize(value, size)
+    elif PyBytes_CheckExact(value):
+        ptr[0] = PyBytes_AS_STRING(value)
+        size[0] = PyBytes_GET_SIZE(value)
+    else:
+        raise TypeError(f"{name} must be str, not {type(value).__name__}")
+    if size[0] > limit:
+        raise ValueError(f"{name} is {size[0]} bytes, more than {limit}")
+    return 0
+
+
+cdef inline char *put(char *w, const char *src, Py_ssize_t n) noexcept nogil:
+    if n:
+        memcpy(w, src, n)
+    return w + n
+
+
+cdef inline Py_ssize_t format_id(char *out, const char *prefix, Py_ssize_t prefix_len,
+                                 uint64_t counter) noexcept nogil:
+    # message id = prefix + 16 lowercase hex digits of the counter
+    cdef Py_ssize_t i
+    memcpy(out, prefix, prefix_len)
+    for i in range(16):
+        out[prefix_len + 15 - i] = b"0123456789abcdef"[counter & 15]
+        counter >>= 4
+    return prefix_len + 16
+
+
+def encode_append(uint32_t request_id, uint8_t type_code, uint8_t guarantee, topic, payloads,
+                  payload_type, keys, source, id_prefix, uint64_t id_counter,
+                  bytes metadata=None, int64_t timestamp=0, int64_t message_request_id=-1,
+                  target=None, uint8_t flags=0, uint32_t revision=0, payload_format=None):
+    """One APPEND frame (header included) carrying every payload as a message. Message ids are
+    id_prefix + the hex of id_counter, id_counter + 1, ...; a message's segment is its key's,
+    or its id's when there is no key. Returns (frame bytes, the next id counter)."""
+    cdef object seq = PySequence_Fast(payloads, "payloads must be a sequence of bytes")
+    cdef object key_seq = None
+    cdef Py_ssize_t n = PySequence_Fast_GET_SIZE(seq)
+    cdef Py_ssize_t i, total, topic_len, type_len, source_len, prefix_len, target_len
+    cdef Py_ssize_t format_len, meta_len, key_len, id_len, fixed
+    cdef const char *topic_p
+    cdef const char *type_p
+    cdef const char *source_p
+    cdef const char *prefix_p
+    cdef const char *target_p
+    cdef const char *format_p
+    cdef const char *meta_p
+    cdef const char *key_p
+    cdef object item, out
+    cdef char *w
+    cdef char *sizes
+    cdef uint8_t *segs
+    cdef uint32_t size, count32
+    cdef uint16_t u16
+    cdef msg_header_t h
+    cdef char id_buf[256]
+    text_arg(topic, &topic_p, &topic_len, 100, "topic")
+    text_arg(payload_type, &type_p, &type_len, 65535, "payload type")
+    text_arg(source, &source_p, &source_len, 65535, "source")
+    text_arg(id_prefix, &prefix_p, &prefix_len, 200, "message id prefix")
+    text_arg(target, &target_p, &target_len, 65535, "target")
+    text_arg(payload_format, &format_p, &format_len, 65535, "format")
+    text_arg(metadata, &meta_p, &meta_len, 0xFFFFFFFF, "metadata")
+    if keys is not None:
+        key_seq = PySequence_Fast(keys, "keys must be a sequence of str or bytes")
+        if PySequence_Fast_GET_SIZE(key_seq) != n:
+            raise ValueError(f"got {PySequence_Fast_GET_SIZE(key_seq)} keys for {n} payloads")
+    id_len = prefix_len + 16
+    fixed = MSG_HEADER_SIZE + type_len + id_len + source_len + target_len + format_len + meta_len
+    total = FRAME_HEADER_SIZE + 8 + topic_len + 5 * n + fixed * n
+    for i in range(n):
+        item = <object>PySequence_Fast_GET_ITEM(seq, i)
+        if not PyBytes_CheckExact(item):
+            raise TypeError(f"payload {i} must be bytes, not {type(item).__name__}")
+        total += PyBytes_GET_SIZE(item)
+    if total > 0xFFFFFFFF:
+        raise ValueError("an APPEND frame must stay under 4 GiB")
+    out = PyBytes_FromStringAndSize(NULL, total)
+    w = PyBytes_AS_STRING(out)
+    # frame header
+    size = <uint32_t>(total - 4)
+    memcpy(w, &size, 4)
+    w[4] = OP_APPEND
+    w[5] = 0
+    w[6] = 0
+    w[7] = 0
+    memcpy(w + 8, &request_id, 4)
+    w += FRAME_HEADER_SIZE
+    w[0] = <char>type_code
+    w[1] = <char>guarantee
+    u16 = <uint16_t>topic_len
+    memcpy(w + 2, &u16, 2)
+    w = put(w + 4, topic_p, topic_len)
+    count32 = <uint32_t>n
+    memcpy(w, &count32, 4)
+    w += 4
+    sizes = w
+    segs = <uint8_t *>(w + 4 * n)
+    w += 5 * n
+    h.version = MSG_VERSION
+    h.flags = flags
+    h.type_len = <uint16_t>type_len
+    h.message_id_len = <uint16_t>id_len
+    h.source_len = <uint16_t>source_len
+    h.target_len = <uint16_t>target_len
+    h.format_len = <uint16_t>format_len
+    h.revision = revision
+    h.metadata_len = <uint32_t>meta_len
+    h.timestamp = timestamp
+    h.request_id = message_request_id
+    for i in range(n):
+        item = <object>PySequence_Fast_GET_ITEM(seq, i)
+        h.data_len = <uint32_t>PyBytes_GET_SIZE(item)
+        size = <uint32_t>(fixed + h.data_len)
+        memcpy(sizes + 4 * i, &size, 4)
+        format_id(id_buf, prefix_p, prefix_len, id_counter + <uint64_t>i)
+        if key_seq is not None:
+            text_arg(<object>PySequence_Fast_GET_ITEM(key_seq, i), &key_p, &key_len,
+                     0x7FFFFFFF, "key")
+            segs[i] = <uint8_t>(xxh64(key_p, <size_t>key_len, 0) % SEGMENTS)
+        else:
+            segs[i] = <uint8_t>(xxh64(id_buf, <size_t>id_len, 0) % SEGMENTS)
+        memcpy(w, &h, MSG_HEADER_SIZE)
+        w = put(w + MSG_HEADER_SIZE, type_p, type_len)
+        w = put(w, id_buf, id_len)
+        w = put(w, source_p, source_len)
+        w = put(w, target_p, target_len)
+        w = put(w, format_p, format_len)
+        w = put(w, meta_p, meta_len)
+        w = put(w, PyBytes_AS_STRING(item), h.data_len)
+    return out, id_counter + <uint64_t>n
+
+
+# -- read batches (server) ------------------------------------------------------------------
+
+cdef inline const char *msg_target(const char *msg, uint16_t *length) noexcept nogil:
+    cdef const msg_header_t *h = <const msg_header_t *>msg
+    length[0] = h.target_len
+    return msg + MSG_HEADER_SIZE + h.type_len + h.message_id_len + h.source_len
+
+
+cdef inline bint target_allows(const char *msg, const char *client, Py_ssize_t client_len,
+                               const char *tracker, Py_ssize_t tracker_len) noexcept nogil:
+    # Reference rule: no target passes; a target passes if it names this tracker or client.
+    cdef uint16_t n
+    cdef const char *t = msg_target(msg, &n)
+    if n == 0:
+        return True
+    if n == tracker_len and memcmp(t, tracker, n) == 0:
+        return True
+    return n == client_len and memcmp(t, client, n) == 0
+
+
+def type_hashes(Batch batch):
+    """xxh64 of each record's payload type (for type filters: one regex test per distinct
+    type, then a vectorised mask)."""
+    cdef Py_ssize_t n = len(batch)
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(1, [n], cnp.NPY_UINT64, 0)
+    cdef uint64_t *o = <uint64_t *>cnp.PyArray_DATA(out)
+    cdef Py_ssize_t i
+    cdef const char *msg
+    for i in range(n):
+        msg = batch.base + batch.off_ptr[i]
+        if batch.len_ptr[i] < MSG_HEADER_SIZE:
+            o[i] = 0
+        else:
+            o[i] = xxh64(msg + MSG_HEADER_SIZE, (<const msg_header_t *>msg).type_len, 0)
+    return out
+
+
+def record_type(Batch batch, Py_ssize_t i):
+    """The payload type of record i, as str."""
+    cdef const char *msg = batch.base + batch.off_ptr[i]
+    if batch.len_ptr[i] < MSG_HEADER_SIZE:
+        return ""
+    return PyUnicode_DecodeUTF8(msg + MSG_HEADER_SIZE, (<const msg_header_t *>msg).type_len,
+                                "replace")
+
+
+def batch_frame(uint32_t request_id, Batch batch, positions, client_id, tracker_id,
+                bint filter_target, type_mask, int seg_start, int seg_end,
+                uint64_t last_index, bint caught_up):
+    """One BATCH frame (header included) with the records of `batch` that pass the filters:
+    index above the consumer's position of their segment (positions: uint64[128] or None),
+    the target rule, and type_mask (bool per record, or None). Records are copied as the log
+    stores them, one memcpy each. Returns (frame bytes, count)."""
+    cdef Py_ssize_t n = len(batch)
+    cdef Py_ssize_t i, count = 0
+    cdef uint64_t total = FRAME_HEADER_SIZE + BATCH_HEADER_SIZE
+    cdef const uint64_t *pos = NULL
+    cdef const uint8_t *mask = NULL
+    cdef const uint8_t *segs
+    cdef cnp.ndarray pos_arr, mask_arr, keep_arr
+    cdef uint8_t *keep
+    cdef const char *client_p
+    cdef const char *tracker_p
+    cdef Py_ssize_t client_len = 0, tracker_len = 0
+    cdef const char *base = batch.base
+    cdef uint64_t stride
+    cdef char *w
+    cdef object out
+    cdef frame_header_t fh
+    cdef batch_header_t bh
+    text_arg(client_id, &client_p, &client_len, 65535, "client id")
+    text_arg(tracker_id, &tracker_p, &tracker_len, 65535, "tracker id")
+    if positions is not None:
+        pos_arr = np.ascontiguousarray(positions, dtype=np.uint64)
+        if pos_arr.shape[0] != SEGMENTS:
+            raise ValueError("positions must have 128 entries")
+        pos = <const uint64_t *>cnp.PyArray_DATA(pos_arr)
+    if type_mask is not None:
+        mask_arr = np.ascontiguousarray(type_mask, dtype=np.uint8)
+        if mask_arr.shape[0] != n:
+            raise ValueError("type_mask must have one entry per record")
+        mask = <const uint8_t *>cnp.PyArray_DATA(mask_arr)
+    segs = <const uint8_t *>cnp.PyArray_DATA(batch.segments)
+    keep_arr = cnp.PyArray_EMPTY(1, [n], cnp.NPY_UINT8, 0)
+    keep = <uint8_t *>cnp.PyArray_DATA(keep_arr)
+    for i in range(n):
+        keep[i] = 1
+        if pos != NULL and batch.idx_ptr[i] <= pos[segs[i]]:
+            keep[i] = 0
+        elif mask != NULL and not mask[i]:
+            keep[i] = 0
+        elif filter_target and (batch.len_ptr[i] < MSG_HEADER_SIZE or not target_allows(
+                base + batch.off_ptr[i], client_p, client_len, tracker_p, tracker_len)):
+            keep[i] = 0
+        if keep[i]:
+            total += rec_stride(REC_HEADER_SIZE + <uint64_t>batch.len_ptr[i])
+            count += 1
+    out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>total)
+    w = PyBytes_AS_STRING(out)
+    fh.length = <uint32_t>(total - 4)
+    fh.op = OP_BATCH
+    fh.flags = 0
+    fh.reserved = 0
+    fh.request_id = request_id
+    memcpy(w, &fh, FRAME_HEADER_SIZE)
+    memset(&bh, 0, BATCH_HEADER_SIZE)
+    bh.segment_start = <uint16_t>seg_start
+    bh.segment_end = <uint16_t>seg_end
+    bh.caught_up = caught_up
+    bh.last_index = last_index
+    bh.count = <uint32_t>count
+    memcpy(w + FRAME_HEADER_SIZE, &bh, BATCH_HEADER_SIZE)
+    w += FRAME_HEADER_SIZE + BATCH_HEADER_SIZE
+    with nogil:
+        for i in range(n):
+            if keep[i]:
+                stride = rec_stride(REC_HEADER_SIZE + <uint64_t>batch.len_ptr[i])
+                memcpy(w, base + batch.off_ptr[i] - REC_HEADER_SIZE, stride)
+                w += stride
+    return out, count
+
+
+def empty_batch_frame(uint32_t request_id, int seg_start, int seg_end, uint64_t last_index,
+                      bint caught_up):
+    cdef frame_header_t fh
+    cdef batch_header_t bh
+    cdef char buf[36]  # frame header + batch header
+    fh.length = FRAME_HEADER_SIZE + BATCH_HEADER_SIZE - 4
+    fh.op = OP_BATCH
+    fh.flags = 0
+    fh.reserved = 0
+    fh.request_id = request_id
+    memset(&bh, 0, BATCH_HEADER_SIZE)
+    bh.segment_start = <uint16_t>seg_start
+    bh.segment_end = <uint16_t>seg_end
+    bh.caught_up = caught_up
+    bh.last_index = last_index
+    memcpy(buf, &fh, FRAME_HEADER_SIZE)
+    memcpy(buf + FRAME_HEADER_SIZE, &bh, BATCH_HEADER_SIZE)
+    return PyBytes_FromStringAndSize(buf, FRAME_HEADER_SIZE + BATCH_HEADER_SIZE)
+
+
+# -- messages (client) ----------------------------------------------------------------------
+
+@cython.final
+cdef class Message:
+    """A message as read from the service."""
+    cdef readonly bytes data
+    cdef readonly str type
+    cdef readonly str message_id
+    cdef readonly str source
+    cdef readonly str target
+    cdef readonly str format
+    cdef readonly uint32_t revision
+    cdef readonly int64_t timestamp
+    cdef readonly int64_t request_id
+    cdef readonly uint64_t index
+    cdef readonly int segment
+    cdef readonly int flags
+    cdef bytes _metadata_raw
+    cdef object _metadata
+
+    @property
+    def metadata(self):
+        """The metadata as a dict of str to str (decoded on first use)."""
+        if self._metadata is None:
+            self._metadata = decode_metadata(self._metadata_raw)
+        return self._metadata
+
+    @property
+    def is_error(self):
+        return bool(self.flags & MSG_FLAG_ERROR)
+
+    def __repr__(self):
+        return (f"Message(index={self.index}, type={self.type!r}, segment={self.segment}, "
+                f"data={self.data[:40]!r}{'...' if len(self.data) > 40 else ''})")
+
+
+cdef object decode_metadata_impl = None
+
+
+def set_metadata_decoder(decoder):
+    """The function that turns metadata bytes into a dict (msgpack, from fluxcore.messages)."""
+    global decode_metadata_impl
+    decode_metadata_impl = decoder
+
+
+cdef object decode_metadata(bytes raw):
+    if not raw:
+        return {}
+    return decode_metadata_impl(raw)
+
+
+cdef class _TextCache:
+    # Payload types, sources and formats repeat within a batch: decode each distinct value once.
+    cdef const char *last_p
+    cdef Py_ssize_t last_n
+    cdef str last
+
+    cdef inline str get(self, const char *p, Py_ssize_t n):
+        if n == 0:
+            return ""
+        if self.last is not None and n == self.last_n and memcmp(p, self.last_p, n) == 0:
+            self.last_p = p
+            return self.last
+        self.last = PyUnicode_DecodeUTF8(p, n, "replace")
+        self.last_p = p
+        self.last_n = n
+        return self.last
+
+
+def decode_batch(buffer, Py_ssize_t start, Py_ssize_t end):
+    """Decodes a BATCH body at buffer[start:end]: returns (segment_start, segment_end,
+    caught_up, last_index, list of Message)."""
+    cdef Py_buffer view
+    cdef const char *p
+    cdef batch_header_t bh
+    cdef Py_ssize_t pos, i
+    cdef uint32_t length
+    cdef uint64_t stride
+    cdef const char *rec
+    cdef const char *m
+    cdef msg_header_t h
+    cdef list out
+    cdef Message msg
+    cdef _TextCache types = _TextCache(), sources = _TextCache(), formats = _TextCache()
+    cdef _TextCache targets = _TextCache()
+    cdef Py_ssize_t mlen
+    PyObject_GetBuffer(buffer, &view, PyBUF_ANY_CONTIGUOUS)
+    try:
+        if end > view.len or start < 0 or end - start < BATCH_HEADER_SIZE:
+            raise FrameError("BATCH body shorter than its header")
+        p = <const char *>view.buf
+        memcpy(&bh, p + start, BATCH_HEADER_SIZE)
+        pos = start + BATCH_HEADER_SIZE
+        if bh.count > <uint64_t>(end - pos) // (REC_HEADER_SIZE + MSG_HEADER_SIZE):
+            raise FrameError(f"BATCH of {bh.count} records does not fit its frame")
+        out = PyList_New(bh.count)
+        for i in range(bh.count):
+            if pos + REC_HEADER_SIZE > end:
+                raise FrameError(f"record {i} runs past the frame")
+            rec = p + pos
+            memcpy(&length, rec, 4)
+            stride = rec_stride(length)
+            if length < REC_HEADER_SIZE + MSG_HEADER_SIZE or pos + <Py_ssize_t>stride > end:
+                raise FrameError(f"record {i} has a bad length {length}")
+            m = rec + REC_HEADER_SIZE
+            mlen = length - REC_HEADER_SIZE
+            memcpy(&h, m, MSG_HEADER_SIZE)
+            if msg_total_size(&h) != <uint64_t>mlen:
+                raise FrameError(f"record {i}: message field lengths do not add up")
+            msg = Message.__new__(Message)
+            memcpy(&msg.index, rec + 8, 8)
+            msg.segment = (<const uint8_t *>rec)[16]
+            m += MSG_HEADER_SIZE
+            msg.type = types.get(m, h.type_len)
+            m += h.type_len
+            msg.message_id = PyUnicode_DecodeUTF8(m, h.message_id_len, "replace")
+            m += h.message_id_len
+            msg.source = sources.get(m, h.source_len)
+            m += h.source_len
+            msg.target = targets.get(m, h.target_len)
+            m += h.target_len
+            msg.format = formats.get(m, h.format_len)
+            m += h.format_len
+            msg._metadata_raw = PyBytes_FromStringAndSize(m, h.metadata_len) \
+                if h.metadata_len else b""
+            m += h.metadata_len
+            msg.data = PyBytes_FromStringAndSize(m, h.data_len)
+            msg.revision = h.revision
+            msg.timestamp = h.timestamp
+            msg.request_id = h.request_id
+            msg.flags = h.flags
+            Py_INCREF(msg)
+            PyList_SET_ITEM(out, i, msg)
+            pos += <Py_ssize_t>stride
+        return bh.segment_start, bh.segment_end, bool(bh.caught_up), bh.last_index, out
+    finally:
+        PyBuffer_Release(&view)
