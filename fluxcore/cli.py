@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -52,9 +54,36 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    # The server is a layer above this package; it is looked up only when asked for, so that
+    # nothing in fluxcore depends on it.
+    server = importlib.import_module("fluxcore.server")
+    config = server.ServerConfig.from_sources(
+        args.config, data_dir=args.data, host=args.host, port=args.port, token=args.token,
+        tokens_file=args.tokens, fsync=args.fsync, tls_cert=args.tls_cert, tls_key=args.tls_key,
+    )
+    if not config.tokens.by_project and config.tokens.default is None:
+        print("fluxcore: no --token or --tokens given: every project accepts the token 'dev'",
+              file=sys.stderr)
+        config = dataclasses.replace(config, tokens=server.Tokens(default="dev"))
+    return int(server.run(config))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fluxcore", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the service on its embedded storage")
+    p.add_argument("--data", help="data directory (FLUXCORE_DATA_DIR)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (default 8765; 0 picks a free one)")
+    p.add_argument("--token", help="the token of every project")
+    p.add_argument("--tokens", help='JSON file {"project": "token", "*": "default"}')
+    p.add_argument("--fsync", choices=["never", "interval", "always"])
+    p.add_argument("--tls-cert", help="PEM certificate: serve TLS")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument("--config", help="TOML file with the same keys (data_dir, port, ...)")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("stats", help="print a log's counters and sizes as JSON")
     p.add_argument("path")
@@ -83,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (LogError, OSError) as exc:
+    except (LogError, OSError, ValueError) as exc:
         print(f"fluxcore: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

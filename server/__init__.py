@@ -1,1 +1,6 @@
-"""The fluxcore service (installed as fluxcore.server). Not built yet: see issue 3."""
+"""The fluxcore service (installed as fluxcore.server): one TCP endpoint over the embedded log."""
+
+from .app import Server, run
+from .config import ServerConfig, Tokens
+
+__all__ = ["Server", "ServerConfig", "Tokens", "run"]

@@ -1,0 +1,165 @@
+"""The server: accepts connections, owns the projects, purges silent trackers, records connects
+and disconnects in each project's METRICS log, and shuts down cleanly on SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import fluxcore
+from fluxcore._ext import _proto
+from fluxcore.log import Log
+from fluxcore.protocol import MessageType, ProtocolError, encode_control
+
+from .config import ServerConfig
+from .project import Project
+from .session import Session
+
+__all__ = ["Server", "run"]
+
+logger = logging.getLogger("fluxcore.server")
+
+
+class Server:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.version = fluxcore.__version__
+        self.sessions: set[Session] = set()
+        self.projects: dict[str, Project] = {}
+        self.stopping = False
+        self._server: asyncio.AbstractServer | None = None
+        self._purge_task: asyncio.Task[None] | None = None
+        # fdatasync runs here, off the event loop; one sync serves every append waiting for it.
+        self._sync_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fluxcore-sync")
+        self._metric_counter = 0
+
+    def project(self, name: str) -> Project:
+        project = self.projects.get(name)
+        if project is None:
+            project = Project(name, self.config)
+            self.projects[name] = project
+        return project
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        context = None
+        if self.config.tls_cert:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        self._server = await loop.create_server(
+            lambda: Session(self), self.config.host, self.config.port, ssl=context,
+            reuse_address=True, backlog=1024,
+        )
+        self._purge_task = loop.create_task(self._purge_loop())
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        """Stop accepting, finish what was read (acks included), flush, close."""
+        if self.stopping:
+            return
+        self.stopping = True
+        if self._server is not None:
+            self._server.close()
+        for session in list(self.sessions):
+            if session.transport is not None:
+                session.transport.pause_reading()
+        # Appends are done in the loop as they arrive; wait for acks that wait for a sync.
+        pending = [task for session in self.sessions for task in session.pending_acks]
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+        for session in list(self.sessions):
+            session.close()
+        if self._purge_task is not None:
+            self._purge_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purge_task
+        if self._server is not None:
+            await self._server.wait_closed()
+        for project in self.projects.values():
+            project.close()  # syncs every log (unless fsync is never)
+        self._sync_pool.shutdown(wait=True)
+
+    def session_closed(self, session: Session) -> None:
+        self.sessions.discard(session)
+        project = session.project
+        if project is None or self.stopping:
+            return
+        for cluster in project.clusters():
+            cluster.leave_session(session.session_id)
+        self.record_metric(project, "disconnect", session.metric_body())
+
+    def record_metric(self, project: Project, kind: str, body: dict[str, Any]) -> None:
+        """Appends a message of payload type `kind` to the project's METRICS log."""
+        frame, self._metric_counter = _proto.encode_append(
+            0, MessageType.METRICS, 0, None, [encode_control(body)], kind, None,
+            "fluxcore-server", "server-", self._metric_counter, None, int(time.time() * 1000))
+        frames, _end, _needed = _proto.frame_scan(frame, 0, len(frame), len(frame))
+        _op, _rid, start, end = frames[0]
+        _type, _g, _topic, offsets, segments = _proto.append_parse(frame, start, end)
+        try:
+            project.log("metrics").append_buffer(frame, offsets, segments=segments)
+        except (OSError, ProtocolError) as exc:
+            logger.error("could not record %s in %s: %s", kind, project.name, exc)
+            return
+        project.appended("metrics")
+
+    async def sync_log(self, log: Log, index: int) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._sync_pool, log._sync_to, index)
+
+    def buffered(self) -> int:
+        return sum(s.transport.get_write_buffer_size() for s in self.sessions
+                   if s.transport is not None)
+
+    async def wait_for_buffer_room(self) -> None:
+        while self.buffered() > self.config.server_buffer and not self.stopping:
+            await asyncio.sleep(0.005)
+
+    async def _purge_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.purge_interval_s)
+            now = time.monotonic()
+            for project in self.projects.values():
+                for cluster in project.clusters():
+                    gone = cluster.purge(now)
+                    if gone:
+                        logger.info("purged trackers %s of %s", gone, cluster.consumer)
+
+
+async def _serve(config: ServerConfig) -> None:
+    server = Server(config)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"fluxcore listening on {config.host}:{server.port}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+        print("fluxcore stopped", flush=True)
+
+
+def run(config: ServerConfig) -> int:
+    """Runs the server until SIGTERM or SIGINT; uvloop when it is installed."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(_serve(config))
+    else:
+        uvloop.run(_serve(config))
+    return 0

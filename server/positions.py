@@ -1,0 +1,84 @@
+"""Consumer positions: the last index each consumer processed, per segment, per log. Kept in
+memory and in SQLite (WAL) in the project's directory, so they survive a restart."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["UNSET", "PositionStore"]
+
+SEGMENTS = 128
+UNSET = np.uint64(2**64 - 1)  # a segment the consumer never stored a position for
+
+Positions = npt.NDArray[np.uint64]
+
+
+class PositionStore:
+    def __init__(self, path: str) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS positions ("
+            " log TEXT NOT NULL, consumer TEXT NOT NULL, segments BLOB NOT NULL,"
+            " PRIMARY KEY (log, consumer))"
+        )
+        self._cache: dict[tuple[str, str], Positions] = {}
+
+    def get(self, log: str, consumer: str) -> Positions:
+        """The 128 positions (UNSET where none was stored). Do not modify the array."""
+        key = (log, consumer)
+        found = self._cache.get(key)
+        if found is None:
+            row = self._db.execute(
+                "SELECT segments FROM positions WHERE log = ? AND consumer = ?", key
+            ).fetchone()
+            if row is None:
+                found = np.full(SEGMENTS, UNSET, dtype=np.uint64)
+            else:
+                found = np.frombuffer(row[0], dtype="<u8").astype(np.uint64)
+            self._cache[key] = found
+        return found
+
+    def store(self, log: str, consumer: str, start: int, end: int, index: int) -> None:
+        """Moves segments [start, end) forward to `index`; never back."""
+        current = self.get(log, consumer)
+        span = current[start:end]
+        target = np.uint64(index)
+        moved = np.where((span == UNSET) | (span < target), target, span)
+        if np.array_equal(moved, span):
+            return
+        updated = current.copy()
+        updated[start:end] = moved
+        self._write(log, consumer, updated)
+
+    def reset(self, log: str, consumer: str, index: int) -> None:
+        """Sets every segment to `index`: a rewind (replay) or a skip."""
+        self._write(log, consumer, np.full(SEGMENTS, np.uint64(index), dtype=np.uint64))
+
+    def _write(self, log: str, consumer: str, positions: Positions) -> None:
+        self._db.execute(
+            "INSERT INTO positions (log, consumer, segments) VALUES (?, ?, ?)"
+            " ON CONFLICT (log, consumer) DO UPDATE SET segments = excluded.segments",
+            (log, consumer, positions.astype("<u8").tobytes()),
+        )
+        self._cache[(log, consumer)] = positions
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def merged_ranges(positions: Positions) -> list[object]:
+    """The wire form of a position: [[start, end], index, ...], adjacent equal segments merged,
+    segments without a position left out."""
+    out: list[object] = []
+    start = 0
+    for seg in range(1, SEGMENTS + 1):
+        if seg == SEGMENTS or positions[seg] != positions[start]:
+            if positions[start] != UNSET:
+                out.extend(([start, seg], int(positions[start])))
+            start = seg
+    return out

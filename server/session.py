@@ -1,0 +1,505 @@
+"""One client connection: frames in, answers out (docs/protocol.md).
+
+Frames are found many per call by the compiled parser over a receive buffer that asyncio fills
+in place (BufferedProtocol). An APPEND goes from that buffer into the log in one call, with no
+copy in Python; a READ runs as a task (it may long-poll) and its batch leaves as the log's own
+record bytes. Backpressure: past `connection_buffer` unsent bytes the session stops reading its
+socket, and reads wait while the whole server is past `server_buffer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import struct
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fluxcore._ext import _proto
+from fluxcore.errors import LogFullError, RecordTooLargeError
+from fluxcore.protocol import (
+    PROTOCOL_VERSION,
+    ErrorCode,
+    FrameError,
+    Guarantee,
+    MessageType,
+    Op,
+    ProtocolError,
+    check_name,
+    decode_control,
+    encode_control,
+    log_name,
+)
+
+from .positions import UNSET, merged_ranges
+from .tracking import EMPTY
+
+if TYPE_CHECKING:
+    from .app import Server
+    from .project import Project
+    from .tracking import Cluster
+
+__all__ = ["Session"]
+
+logger = logging.getLogger("fluxcore.server")
+
+_INITIAL_BUFFER = 256 * 1024
+_REQUIRED = object()
+_HTTP_HEALTH = b"GET "
+
+
+def _field(
+    req: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = _REQUIRED
+) -> Any:
+    value = req.get(name, default)
+    if value is _REQUIRED:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"missing field {name!r}")
+    if value is None and default is None:
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"field {name!r} has the wrong type "
+                            f"({type(value).__name__})")
+    return value
+
+
+def _message_type(code: object) -> MessageType:
+    try:
+        return MessageType(code)
+    except ValueError:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown message type {code!r}") from None
+
+
+class Session(asyncio.BufferedProtocol):
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.config = server.config
+        self.session_id = uuid.uuid4().hex
+        self.transport: asyncio.Transport | None = None
+        self.project: Project | None = None
+        self.client_id = ""
+        self.client_name = ""
+        self.closed = False
+        self._buf = bytearray(_INITIAL_BUFFER)
+        self._start = 0
+        self._end = 0
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.pending_acks: set[asyncio.Task[None]] = set()  # acks waiting for a sync
+        self._type_filters: dict[str, tuple[re.Pattern[str], dict[int, bool]]] = {}
+
+    # -- asyncio callbacks -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=self.config.connection_buffer)
+        self.server.sessions.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._writable.set()
+        for task in list(self._tasks - self.pending_acks):
+            task.cancel()
+        self.server.session_closed(self)
+
+    def pause_writing(self) -> None:
+        # The client does not keep up: stop reading its requests until the buffer drains.
+        self._writable.clear()
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+        if self.transport is not None and not self.closed and not self.server.stopping:
+            self.transport.resume_reading()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._end == len(self._buf):
+            if self._start > 0:
+                # Move the partial frame to the front. Slice assignment of equal length does not
+                # resize, which a bytearray with a live view (asyncio's) would refuse.
+                pending = self._end - self._start
+                self._buf[:pending] = self._buf[self._start : self._end]
+                self._start, self._end = 0, pending
+            else:
+                self._grow(2 * len(self._buf))
+        return memoryview(self._buf)[self._end :]
+
+    def _grow(self, size: int) -> None:
+        # A new buffer, never a resize: asyncio may still hold a view of the old one.
+        size = min(max(size, _INITIAL_BUFFER), self.config.max_frame + 4)
+        fresh = bytearray(size)
+        pending = self._end - self._start
+        fresh[:pending] = self._buf[self._start : self._end]
+        self._buf, self._start, self._end = fresh, 0, pending
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._end += nbytes
+        if self.project is None and self._buf[self._start : self._start + 4] == _HTTP_HEALTH:
+            self._answer_http()
+            return
+        try:
+            frames, consumed, needed = _proto.frame_scan(
+                self._buf, self._start, self._end, self.config.max_frame
+            )
+        except FrameError as exc:
+            self._fail(0, ErrorCode.BAD_FRAME, str(exc))
+            return
+        for op, request_id, body_start, body_end in frames:
+            self._dispatch(op, request_id, body_start, body_end)
+            if self.closed:
+                return
+        self._start = consumed
+        if self._start == self._end:
+            self._start = self._end = 0
+        elif needed > len(self._buf) - self._start:
+            self._grow(needed)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def send(self, frame: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(frame)
+
+    def send_control(self, op: Op, request_id: int, value: Any) -> None:
+        body = encode_control(value)
+        self.send(_proto.frame_header(op, request_id, len(body)) + body)
+
+    def send_error(self, request_id: int, code: str, message: str) -> None:
+        self.send_control(Op.ERROR, request_id, {"code": str(code), "message": message})
+
+    def _fail(self, request_id: int, code: str, message: str) -> None:
+        """An error after which the stream cannot be trusted: answer, then close."""
+        logger.info("closing session %s (%s): %s: %s", self.session_id, self.client_name,
+                    code, message)
+        self.send_error(request_id, code, message)
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self.closed = True
+
+    def _answer_http(self) -> None:
+        status = b"503 Service Unavailable" if self.server.stopping else b"200 OK"
+        body = b"Unavailable" if self.server.stopping else b"Healthy"
+        self.send(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain\r\nContent-Length: "
+                  + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+        self.close()
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    def _dispatch(self, op: int, request_id: int, start: int, end: int) -> None:
+        try:
+            if self.project is None:
+                if op != Op.HELLO:
+                    self._fail(request_id, ErrorCode.AUTH, "the first frame must be HELLO")
+                    return
+                self._on_hello(request_id, self._control(start, end))
+                return
+            if op == Op.APPEND:
+                self._on_append(request_id, start, end)
+            elif op == Op.READ:
+                self._spawn(self._on_read(request_id, self._control(start, end)))
+            elif op == Op.PING:
+                self.send(_proto.frame_header(Op.PONG, request_id, 0))
+            elif op in _CONTROL:
+                answer = _CONTROL[op](self, request_id, self._control(start, end))
+                if isinstance(answer, bytes):
+                    self.send(answer)
+                else:
+                    self.send_control(Op.RESULT, request_id, answer)
+            elif op == Op.HELLO:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "HELLO was already sent")
+            else:
+                self.send_error(request_id, ErrorCode.UNKNOWN_OP, f"unknown operation {op}")
+        except ProtocolError as exc:
+            self.send_error(request_id, exc.code, exc.message)
+        except FrameError as exc:
+            self.send_error(request_id, ErrorCode.BAD_FRAME, str(exc))
+        except RecordTooLargeError as exc:
+            self.send_error(request_id, ErrorCode.TOO_LARGE, str(exc))
+        except LogFullError as exc:
+            logger.error("disk full: %s", exc)
+            self.send_error(request_id, ErrorCode.UNAVAILABLE, str(exc))
+        except (ValueError, TypeError, UnicodeDecodeError, OverflowError) as exc:
+            self.send_error(request_id, ErrorCode.BAD_REQUEST, str(exc))
+        except Exception as exc:  # a bug of ours: tell the client, keep serving the others
+            logger.exception("internal error in session %s", self.session_id)
+            self.send_error(request_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+    def _control(self, start: int, end: int) -> dict[str, Any]:
+        return decode_control(bytes(self._buf[start:end]))
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self.pending_acks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("session task failed", exc_info=task.exception())
+
+    # -- operations --------------------------------------------------------------------------
+
+    def _on_hello(self, request_id: int, req: dict[str, Any]) -> None:
+        client_id = _field(req, "client_id", str)
+        client_name = _field(req, "client_name", str)
+        project = req.get("project", "public")
+        if _field(req, "protocol", int, PROTOCOL_VERSION) != PROTOCOL_VERSION:
+            self._fail(request_id, ErrorCode.BAD_REQUEST, "unsupported protocol version")
+            return
+        if not client_id or len(client_id) > 200 or len(client_name) > 200:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "client_id must be 1-200 characters")
+        check_name("project", project)
+        if not self.config.tokens.check(project, req.get("token")):
+            self._fail(request_id, ErrorCode.AUTH, f"wrong or missing token for project "
+                       f"{project!r}")
+            return
+        self.client_id, self.client_name = client_id, client_name
+        self.project = self.server.project(project)
+        self.send_control(Op.WELCOME, request_id, {
+            "server": "fluxcore", "version": self.server.version, "protocol": PROTOCOL_VERSION,
+            "session": self.session_id,
+        })
+        self.server.record_metric(self.project, "connect", self.metric_body())
+
+    def metric_body(self) -> dict[str, Any]:
+        return {"client_id": self.client_id, "client_name": self.client_name,
+                "session": self.session_id, "timestamp": int(time.time() * 1000)}
+
+    def _log_for(self, req: dict[str, Any]) -> tuple[MessageType, str]:
+        message_type = _message_type(_field(req, "type", int))
+        return message_type, log_name(message_type, _field(req, "topic", str, None))
+
+    def _on_append(self, request_id: int, start: int, end: int) -> None:
+        assert self.project is not None
+        type_code, guarantee, topic, offsets, segments = _proto.append_parse(self._buf, start, end)
+        message_type = _message_type(type_code)
+        if message_type is MessageType.NOTIFICATION:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "notifications are read from the "
+                                "event log; append events instead")
+        if guarantee > Guarantee.STORED:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown guarantee {guarantee}")
+        name = log_name(message_type, topic)
+        log = self.project.log(name)
+        indexes = log.append_buffer(self._buf, offsets, segments=segments)
+        self.project.appended(name)
+        if guarantee != Guarantee.STORED or not len(indexes):
+            return
+        ack = _proto.frame_header(Op.ACK, request_id, 12) + struct.pack(
+            "<QI", int(indexes[0]), len(indexes))
+        if self.config.fsync == "always":
+            self.pending_acks.add(self._spawn(self._ack_when_durable(log, int(indexes[-1]), ack)))
+        else:
+            self.send(ack)
+
+    async def _ack_when_durable(self, log: Any, index: int, ack: bytes) -> None:
+        # Group commit: whichever sync runs covers every append waiting for it.
+        await self.server.sync_log(log, index)
+        self.send(ack)
+
+    async def _on_read(self, request_id: int, req: dict[str, Any]) -> None:
+        assert self.project is not None
+        try:
+            frame = await self._tracking_read(request_id, req)
+        except ProtocolError as exc:
+            self.send_error(request_id, exc.code, exc.message)
+            return
+        except (ValueError, TypeError, re.error) as exc:
+            self.send_error(request_id, ErrorCode.BAD_REQUEST, str(exc))
+            return
+        await self._writable.wait()
+        await self.server.wait_for_buffer_room()
+        self.send(frame)
+
+    async def _tracking_read(self, request_id: int, req: dict[str, Any]) -> bytes:
+        assert self.project is not None
+        project = self.project
+        message_type, name = self._log_for(req)
+        consumer = _field(req, "consumer", str)
+        tracker_id = _field(req, "tracker", str)
+        max_size = _field(req, "max_size", int, 1024)
+        if not 0 < max_size <= self.config.max_read_size:
+            raise ProtocolError(ErrorCode.BAD_REQUEST,
+                                f"max_size must be 1..{self.config.max_read_size}")
+        timeout = max(0, _field(req, "max_timeout_ms", int, 10_000)) / 1000.0
+        type_filter = _field(req, "type_filter", str, None)
+        filter_target = bool(_field(req, "filter_target", bool, False))
+        ignore_segment = bool(_field(req, "ignore_segment", bool, False))
+        single = bool(_field(req, "single_tracker", bool, False))
+        client_index = bool(_field(req, "client_index", bool, False))
+        last_index = _field(req, "last_index", int, None)
+        purge_ms = _field(req, "purge_timeout_ms", int, None)
+        if message_type is MessageType.NOTIFICATION:
+            ignore_segment = client_index = True
+        log = project.log(name)
+        cluster = project.cluster(name, consumer, single)
+        tracker = cluster.enter(tracker_id, self.session_id,
+                                None if purge_ms is None else purge_ms / 1000.0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        default_start = last_index if last_index is not None else (
+            (int(time.time() * 1000) - 1000) << 16)
+        while True:
+            if tracker_id not in cluster.trackers:  # disconnected meanwhile
+                return _proto.empty_batch_frame(request_id, 0, 0, 0, True)
+            seg_range = (0, 128) if ignore_segment else tracker.range
+            if seg_range == EMPTY:
+                if await self._wait(deadline, cluster, None):
+                    return _proto.empty_batch_frame(request_id, 0, 0, 0, True)
+                continue
+            if client_index:
+                positions = None
+                start = default_start
+            else:
+                positions = project.positions.get(name, consumer)
+                positions = np.where(positions == UNSET, np.uint64(default_start), positions)
+                lo, hi = seg_range
+                start = int(positions[lo:hi].min())
+            batch = log.read(start, max_count=max_size,
+                             segments=None if ignore_segment else seg_range)
+            mask = self._type_mask(type_filter, batch) if type_filter and len(batch) else None
+            caught_up = len(batch) < max_size
+            frame, count = _proto.batch_frame(
+                request_id, batch, positions, self.client_id, tracker_id, filter_target, mask,
+                seg_range[0], seg_range[1], batch.next_after if len(batch) or
+                batch.next_after != start else 0, caught_up)
+            if count:
+                cluster.processing(tracker)
+                return frame
+            if batch.next_after != start:
+                # Everything read was filtered out: move past it and keep looking, but give
+                # a client-controlled reader its new last index to avoid rescanning.
+                if client_index:
+                    return frame
+                project.positions.store(name, consumer, seg_range[0], seg_range[1],
+                                        batch.next_after)
+                await asyncio.sleep(0)
+                continue
+            if await self._wait(deadline, cluster, name):
+                return frame
+
+    async def _wait(self, deadline: float, cluster: Cluster, log: str | None) -> bool:
+        """Waits for an append to `log`, a change in the cluster or the deadline; True at the
+        deadline."""
+        assert self.project is not None
+        loop = asyncio.get_running_loop()
+        if loop.time() >= deadline:
+            return True
+        future: asyncio.Future[bool] = loop.create_future()
+        cluster.watch(future)
+        if log is not None:
+            self.project.watch_appends(log, future)
+        timer = loop.call_at(deadline, _resolve, future, True)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
+    def _type_mask(self, pattern: str, batch: Any) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        compiled = self._type_filters.get(pattern)
+        if compiled is None:
+            if len(self._type_filters) > 100:
+                self._type_filters.clear()
+            compiled = (re.compile(pattern), {})
+            self._type_filters[pattern] = compiled
+        regex, verdicts = compiled
+        hashes = _proto.type_hashes(batch)
+        unique, first = np.unique(hashes, return_index=True)
+        accepted = []
+        for value, position in zip(unique.tolist(), first.tolist(), strict=True):
+            verdict = verdicts.get(value)
+            if verdict is None:
+                verdict = regex.fullmatch(_proto.record_type(batch, position)) is not None
+                verdicts[value] = verdict
+            if verdict:
+                accepted.append(value)
+        return np.isin(hashes, np.array(accepted, dtype=np.uint64))
+
+    def _cluster_of(self, req: dict[str, Any]) -> tuple[str, str]:
+        _, name = self._log_for(req)
+        return name, _field(req, "consumer", str)
+
+    def _on_store_position(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.project is not None
+        name, consumer = self._cluster_of(req)
+        segment = _field(req, "segment", list)
+        if len(segment) != 2 or not all(isinstance(s, int) for s in segment) or not (
+                0 <= segment[0] <= segment[1] <= 128):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "segment must be [start, end] in 0..128")
+        index = _field(req, "last_index", int)
+        if index < 0:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "last_index must not be negative")
+        self.project.positions.store(name, consumer, segment[0], segment[1], index)
+        return {"ok": True}
+
+    def _on_reset_position(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.project is not None
+        name, consumer = self._cluster_of(req)
+        index = _field(req, "last_index", int)
+        if index < 0:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "last_index must not be negative")
+        self.project.positions.reset(name, consumer, index)
+        cluster = self.project.find_cluster(name, consumer)
+        if cluster is not None:
+            cluster.wake()  # waiting trackers read again from the new position
+        return {"ok": True}
+
+    def _on_get_position(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.project is not None
+        name, consumer = self._cluster_of(req)
+        return {"position": merged_ranges(self.project.positions.get(name, consumer))}
+
+    def _on_disconnect_tracker(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.project is not None
+        name, consumer = self._cluster_of(req)
+        tracker_id = _field(req, "tracker", str)
+        cluster = self.project.find_cluster(name, consumer)
+        return {"ok": bool(cluster is not None and cluster.leave(tracker_id))}
+
+    def _on_read_from_index(self, request_id: int, req: dict[str, Any]) -> bytes:
+        assert self.project is not None
+        _, name = self._log_for(req)
+        min_index = _field(req, "min_index", int)
+        max_size = _field(req, "max_size", int, 1024)
+        if not 0 < max_size <= self.config.max_read_size or min_index < 0:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "bad min_index or max_size")
+        batch = self.project.log(name).read(max(min_index - 1, 0), max_count=max_size)
+        frame, _count = _proto.batch_frame(
+            request_id, batch, None, "", "", False, None, 0, 128, batch.next_after,
+            len(batch) < max_size)
+        return frame
+
+    def _on_set_retention(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.project is not None
+        _, name = self._log_for(req)
+        retention = _field(req, "retention_ms", int, None)
+        if retention is not None and retention <= 0:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "retention_ms must be positive or nil")
+        self.project.log(name).retention_ms = retention
+        return {"ok": True}
+
+
+
+def _resolve(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+_CONTROL: dict[int, Any] = {
+    Op.STORE_POSITION: Session._on_store_position,
+    Op.RESET_POSITION: Session._on_reset_position,
+    Op.GET_POSITION: Session._on_get_position,
+    Op.DISCONNECT_TRACKER: Session._on_disconnect_tracker,
+    Op.READ_FROM_INDEX: Session._on_read_from_index,
+    Op.SET_RETENTION: Session._on_set_retention,
+}
