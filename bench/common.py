@@ -40,28 +40,33 @@ class Sizes:
     route: int  # keys per repeat of route_batch
     repeats: int  # timed repeats (after one untimed warm-up)
     memcpy_bytes: int
+    disk_bytes: int  # written and fdatasync'ed per repeat of disk_write
     rss_bytes: int  # payload bytes appended by rss_outside_maps
     rss_retention_bytes: int
 
 
+# A 64 MiB fluxcore segment file holds ~520k records: every append repeat spans
+# at least two of them, so file rolls (and their page faults) are in every median.
 QUICK = Sizes(
-    single=100_000,
-    batch=500_000,
-    read=500_000,
+    single=1_000_000,
+    batch=1_000_000,
+    read=1_000_000,
     route=1_000_000,
     repeats=3,
     memcpy_bytes=256 * MIB,
+    disk_bytes=512 * MIB,
     rss_bytes=256 * 10**6,
     # Below the appended volume, so retention really drops files in the quick run too.
     rss_retention_bytes=128 * MIB,
 )
 FULL = Sizes(
-    single=500_000,
-    batch=2_000_000,
-    read=2_000_000,
+    single=2_000_000,
+    batch=4_000_000,
+    read=4_000_000,
     route=5_000_000,
-    repeats=7,
+    repeats=5,
     memcpy_bytes=256 * MIB,
+    disk_bytes=2048 * MIB,
     rss_bytes=5 * 10**9,
     rss_retention_bytes=1024 * MIB,
 )
@@ -162,11 +167,12 @@ class Row:
 class Results:
     rows: list[Row] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    context: list[str] = field(default_factory=list)  # versions, load: what to read them against
 
     def skip(self, what: str, reason: str) -> None:
-        message = f"skipped {what}: {reason}"
+        message = f"{what}: {reason}"
         self.skipped.append(message)
-        print(message, file=sys.stderr, flush=True)
+        print(f"skipped {message}", file=sys.stderr, flush=True)
 
     @contextmanager
     def attempt(self, what: str) -> Iterator[None]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.common import BATCH, Dataset
-from bench.workloads import LogStore
+from bench.workloads import LogStore, Router
 
 
 def fluxcore_unavailable() -> str | None:
@@ -81,8 +80,8 @@ def _advance(after: int, batch: Any) -> tuple[int, bool]:
     return next_after, False
 
 
-def fluxcore_router() -> Callable[[list[str]], Sequence[int]]:
+def fluxcore_router() -> Router:
     from fluxcore import segments_of
 
-    route: Callable[[list[str]], Sequence[int]] = segments_of
+    route: Router = segments_of
     return route

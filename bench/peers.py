@@ -6,12 +6,11 @@ import itertools
 import sqlite3
 import struct
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.common import BATCH, Dataset
-from bench.workloads import LogStore
+from bench.workloads import LogStore, Router
 
 # fluxcore's fsync="interval" default; LMDB gets the same group-commit cadence.
 SYNC_INTERVAL_NS = 100_000_000
@@ -181,11 +180,11 @@ def xxhash_unavailable() -> str | None:
     return None
 
 
-def xxhash_router() -> Callable[[list[str]], Sequence[int]]:
+def xxhash_router() -> Router:
     """What routing costs without fluxcore: the xxhash package in a Python loop."""
     from xxhash import xxh64_intdigest
 
-    def route(keys: list[str]) -> Sequence[int]:
+    def route(keys: list[str]) -> list[int]:
         return [xxh64_intdigest(key.encode()) % 128 for key in keys]
 
     return route

@@ -18,47 +18,71 @@ ORDER = (
     "read_iterate",
     "route_batch",
     "memcpy",
+    "page_fault",
+    "disk_write",
     "rss_outside_maps",
+)
+SERVICE_ORDER = (
+    "publish",
+    "consume_batch",
+    "consume_per_message",
+    "request_rate",
+    "request_p50",
+    "request_p99",
 )
 
 
 def format_value(row: Row) -> str:
     if row.unit == "msg/s":
         return f"{row.value / 1e6:.2f}M msg/s"
-    return f"{row.value:.1f} {row.unit}"
+    return f"{row.value:.2f} {row.unit}"
 
 
 def _names(rows: Iterable[Row]) -> list[str]:
     seen = {row.name for row in rows}
-    return [name for name in ORDER if name in seen] + sorted(seen - set(ORDER))
+    order = ORDER + SERVICE_ORDER
+    return [name for name in order if name in seen] + sorted(seen - set(order))
 
 
-def add_memcpy_ratios(results: Results) -> None:
-    """Give every fluxcore throughput row its fraction of the memcpy limit."""
-    memcpy = results.get("memcpy", MACHINE)
-    if memcpy is None:
-        return
-    for row in results.rows:
-        if row.system == SUBJECT and row.unit == "msg/s":
-            row.extra["ratio_to_memcpy"] = row.value / memcpy.value
+# (extra key, machine row, which fluxcore rows): the limits each row is read against.
+MACHINE_LIMITS = (
+    ("ratio_to_memcpy", "memcpy", ORDER),
+    ("ratio_to_disk", "disk_write", ("append_single", "append_batch")),
+)
+
+
+def add_machine_ratios(results: Results) -> None:
+    """Give fluxcore throughput rows their fraction of the machine's limits."""
+    for key, limit_name, names in MACHINE_LIMITS:
+        limit = results.get(limit_name, MACHINE)
+        if limit is None:
+            continue
+        for row in results.rows:
+            if row.system == SUBJECT and row.unit == "msg/s" and row.name in names:
+                row.extra[key] = row.value / limit.value
 
 
 def _ratio_to_best_peer(rows: list[Row]) -> str:
     subject = next((row for row in rows if row.system == SUBJECT), None)
     peers = [row for row in rows if row.system not in (SUBJECT, MACHINE)]
-    if subject is None or not peers or subject.unit != "msg/s":
+    if subject is None or not peers:
+        return ""
+    if subject.unit == "us":  # a latency: the best peer is the lowest
+        best = min(peers, key=lambda row: row.value)
+        return f"{subject.value / best.value:.2f}x {best.system} (<1: lower)"
+    if subject.unit != "msg/s":
         return ""
     best = max(peers, key=lambda row: row.value)
     return f"{subject.value / best.value:.2f}x {best.system}"
 
 
-def table(results: Results) -> str:
-    lines: list[list[str]] = [["name", *COLUMNS, "ratio vs best peer", "note"]]
+def table(results: Results, columns: tuple[str, ...] = COLUMNS) -> str:
+    lines: list[list[str]] = [["name", *columns, "ratio vs best peer", "note"]]
     for name in _names(results.rows):
         rows = [row for row in results.rows if row.name == name]
         by_system = {row.system: row for row in rows}
-        cells = [format_value(by_system[s]) if s in by_system else "-" for s in COLUMNS]
-        others = [f"{row.system} {format_value(row)}" for row in rows if row.system not in COLUMNS]
+        cells = [format_value(by_system[s]) if s in by_system else "-" for s in columns]
+        others = [f"{row.system} {format_value(row)}" for row in rows if row.system not in columns]
         notes = [row.note for row in rows if row.system == SUBJECT and row.unit != "msg/s"]
         lines.append([name, *cells, _ratio_to_best_peer(rows), "; ".join(others + notes)])
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
@@ -88,14 +112,29 @@ def ratios(results: Results) -> str:
             lines.append(
                 f"  fluxcore append_batch / {peer} append_batch = {batch.value / other.value:.2f}x"
             )
-    for row in results.rows:
-        if "ratio_to_memcpy" in row.extra:
-            lines.append(f"  fluxcore {row.name} / memcpy = {row.extra['ratio_to_memcpy']:.3f}")
+    for key, limit_name, _names in MACHINE_LIMITS:
+        for row in results.rows:
+            if key in row.extra:
+                lines.append(f"  fluxcore {row.name} / {limit_name} = {row.extra[key]:.3f}")
     return "\n".join(lines)
 
 
-def render(results: Results) -> str:
-    parts = [table(results), "", "setup:", setups(results), "", "ratios:", ratios(results)]
+def methods(results: Results) -> str:
+    """What each row times on each system, where the row says (extra "how")."""
+    return "\n".join(
+        f"  {row.system} {row.name}: {row.extra['how']}"
+        for row in results.rows
+        if "how" in row.extra
+    )
+
+
+def render(results: Results, columns: tuple[str, ...] = COLUMNS) -> str:
+    parts = [table(results, columns), "", "setup:", setups(results)]
+    if how := methods(results):
+        parts += ["", "how:", how]
+    parts += ["", "ratios:", ratios(results)]
+    if results.context:
+        parts += ["", "context:", *(f"  {line}" for line in results.context)]
     if results.skipped:
         parts += ["", "skipped:", *(f"  {line}" for line in results.skipped)]
     return "\n".join(parts)

@@ -12,6 +12,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
+import numpy.typing as npt
+
 from bench.common import (
     BATCH,
     PAYLOAD_SIZE,
@@ -23,6 +26,10 @@ from bench.common import (
     scratch_dir,
     time_runs,
 )
+
+# Keys in, one segment per key out: a list of ints or a uint8 array.
+Segments = Sequence[int] | npt.NDArray[np.uint8]
+Router = Callable[[list[str]], Segments]
 
 
 class LogStore(abc.ABC):
@@ -143,12 +150,12 @@ def _checked(count: int, expected: int, name: str) -> int:
 
 def run_router(
     system: str,
-    make_router: Callable[[], Callable[[list[str]], Sequence[int]]],
+    make_router: Callable[[], Router],
     data: Dataset,
     sizes: Sizes,
     results: Results,
     note: str = "",
-) -> Sequence[int] | None:
+) -> Segments | None:
     """route_batch: map BATCH string keys to segments per call; returns one call's answer."""
     with results.attempt(f"route_batch on {system}"):
         progress(f"{system}: route_batch")
