@@ -53,7 +53,7 @@ extensions = [
 ]
 
 setup(
-    packages=["fluxcore", "fluxcore._ext", "fluxcore.server"],
+    packages=["fluxcore", "fluxcore._ext", "fluxcore.client", "fluxcore.server"],
     package_dir={"fluxcore.server": "server"},
     ext_modules=cythonize(
         extensions, compiler_directives=directives, include_path=["fluxcore/_ext"]

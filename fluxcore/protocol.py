@@ -81,7 +81,7 @@ class Guarantee(enum.IntEnum):
     STORED = 2  # acknowledged once in the log (and on disk under the `always` fsync policy)
 
 
-class ErrorCode(str, enum.Enum):
+class ErrorCode(enum.StrEnum):
     BAD_FRAME = "bad_frame"
     UNKNOWN_OP = "unknown_op"
     BAD_REQUEST = "bad_request"

@@ -10,6 +10,7 @@ import signal
 import ssl
 import sys
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -34,11 +35,12 @@ class Server:
         self.sessions: set[Session] = set()
         self.projects: dict[str, Project] = {}
         self.stopping = False
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._purge_task: asyncio.Task[None] | None = None
         # fdatasync runs here, off the event loop; one sync serves every append waiting for it.
         self._sync_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fluxcore-sync")
         self._metric_counter = 0
+        self._recent: dict[str, RecentAppends] = {}
 
     def project(self, name: str) -> Project:
         project = self.projects.get(name)
@@ -105,14 +107,23 @@ class Server:
             0, MessageType.METRICS, 0, None, [encode_control(body)], kind, None,
             "fluxcore-server", "server-", self._metric_counter, None, int(time.time() * 1000))
         frames, _end, _needed = _proto.frame_scan(frame, 0, len(frame), len(frame))
-        _op, _rid, start, end = frames[0]
-        _type, _g, _topic, offsets, segments = _proto.append_parse(frame, start, end)
+        _op, _flags, _rid, start, end = frames[0]
+        _type, _g, _topic, offsets, segments, _id = _proto.append_parse(frame, start, end)
         try:
             project.log("metrics").append_buffer(frame, offsets, segments=segments)
         except (OSError, ProtocolError) as exc:
             logger.error("could not record %s in %s: %s", kind, project.name, exc)
             return
         project.appended("metrics")
+
+    def recent_appends(self, client_id: str) -> RecentAppends:
+        """The last appends of a client, by first message id: what a resend must not repeat."""
+        recent = self._recent.get(client_id)
+        if recent is None:
+            if len(self._recent) > 100_000:
+                self._recent.pop(next(iter(self._recent)))
+            recent = self._recent[client_id] = RecentAppends()
+        return recent
 
     async def sync_log(self, log: Log, index: int) -> None:
         loop = asyncio.get_running_loop()
@@ -135,6 +146,17 @@ class Server:
                     gone = cluster.purge(now)
                     if gone:
                         logger.info("purged trackers %s of %s", gone, cluster.consumer)
+
+
+class RecentAppends(OrderedDict[bytes, tuple[int, int]]):
+    """A bounded map of first message id -> (first index, count); oldest out first."""
+
+    limit = 4096
+
+    def __setitem__(self, key: bytes, value: tuple[int, int]) -> None:
+        super().__setitem__(key, value)
+        if len(self) > self.limit:
+            self.popitem(last=False)
 
 
 async def _serve(config: ServerConfig) -> None:

@@ -6,10 +6,9 @@ import dataclasses
 import hmac
 import json
 import os
+import tomllib
 from dataclasses import dataclass, field
 from typing import Any
-
-import tomllib
 
 from fluxcore.protocol import DEFAULT_MAX_FRAME, DEFAULT_PORT
 

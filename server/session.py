@@ -15,7 +15,7 @@ import re
 import struct
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -48,6 +48,7 @@ __all__ = ["Session"]
 logger = logging.getLogger("fluxcore.server")
 
 _INITIAL_BUFFER = 256 * 1024
+FLAG_RESEND = 1  # frame flag: this APPEND was sent before, on a connection that was lost
 _REQUIRED = object()
 _HTTP_HEALTH = b"GET "
 
@@ -66,7 +67,7 @@ def _field(
     return value
 
 
-def _message_type(code: object) -> MessageType:
+def _message_type(code: int) -> MessageType:
     try:
         return MessageType(code)
     except ValueError:
@@ -95,8 +96,8 @@ class Session(asyncio.BufferedProtocol):
     # -- asyncio callbacks -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        transport = self.transport
         transport.set_write_buffer_limits(high=self.config.connection_buffer)
         self.server.sessions.add(self)
 
@@ -150,8 +151,8 @@ class Session(asyncio.BufferedProtocol):
         except FrameError as exc:
             self._fail(0, ErrorCode.BAD_FRAME, str(exc))
             return
-        for op, request_id, body_start, body_end in frames:
-            self._dispatch(op, request_id, body_start, body_end)
+        for op, flags, request_id, body_start, body_end in frames:
+            self._dispatch(op, flags, request_id, body_start, body_end)
             if self.closed:
                 return
         self._start = consumed
@@ -194,7 +195,7 @@ class Session(asyncio.BufferedProtocol):
 
     # -- dispatch ----------------------------------------------------------------------------
 
-    def _dispatch(self, op: int, request_id: int, start: int, end: int) -> None:
+    def _dispatch(self, op: int, flags: int, request_id: int, start: int, end: int) -> None:
         try:
             if self.project is None:
                 if op != Op.HELLO:
@@ -203,7 +204,7 @@ class Session(asyncio.BufferedProtocol):
                 self._on_hello(request_id, self._control(start, end))
                 return
             if op == Op.APPEND:
-                self._on_append(request_id, start, end)
+                self._on_append(request_id, flags, start, end)
             elif op == Op.READ:
                 self._spawn(self._on_read(request_id, self._control(start, end)))
             elif op == Op.PING:
@@ -280,9 +281,10 @@ class Session(asyncio.BufferedProtocol):
         message_type = _message_type(_field(req, "type", int))
         return message_type, log_name(message_type, _field(req, "topic", str, None))
 
-    def _on_append(self, request_id: int, start: int, end: int) -> None:
+    def _on_append(self, request_id: int, flags: int, start: int, end: int) -> None:
         assert self.project is not None
-        type_code, guarantee, topic, offsets, segments = _proto.append_parse(self._buf, start, end)
+        type_code, guarantee, topic, offsets, segments, first_id = _proto.append_parse(
+            self._buf, start, end)
         message_type = _message_type(type_code)
         if message_type is MessageType.NOTIFICATION:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "notifications are read from the "
@@ -291,16 +293,33 @@ class Session(asyncio.BufferedProtocol):
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown guarantee {guarantee}")
         name = log_name(message_type, topic)
         log = self.project.log(name)
+        if flags & FLAG_RESEND and first_id is not None:
+            # The client lost its connection before it got our ack: if we stored this append
+            # already, ack it again instead of storing it twice.
+            stored = self.server.recent_appends(self.client_id).get(first_id)
+            if stored is not None:
+                if guarantee == Guarantee.STORED:
+                    self.send(self._ack(request_id, *stored))
+                return
         indexes = log.append_buffer(self._buf, offsets, segments=segments)
         self.project.appended(name)
-        if guarantee != Guarantee.STORED or not len(indexes):
+        if not len(indexes):
+            if guarantee == Guarantee.STORED:
+                self.send(self._ack(request_id, 0, 0))
             return
-        ack = _proto.frame_header(Op.ACK, request_id, 12) + struct.pack(
-            "<QI", int(indexes[0]), len(indexes))
+        if first_id is not None:
+            self.server.recent_appends(self.client_id)[first_id] = (int(indexes[0]), len(indexes))
+        if guarantee != Guarantee.STORED:
+            return
+        ack = self._ack(request_id, int(indexes[0]), len(indexes))
         if self.config.fsync == "always":
             self.pending_acks.add(self._spawn(self._ack_when_durable(log, int(indexes[-1]), ack)))
         else:
             self.send(ack)
+
+    @staticmethod
+    def _ack(request_id: int, first_index: int, count: int) -> bytes:
+        return _proto.frame_header(Op.ACK, request_id, 12) + struct.pack("<QI", first_index, count)
 
     async def _ack_when_durable(self, log: Any, index: int, ack: bytes) -> None:
         # Group commit: whichever sync runs covers every append waiting for it.

@@ -57,7 +57,7 @@ class FrameError(ValueError):
 
 def frame_scan(buffer, Py_ssize_t start, Py_ssize_t end, uint32_t max_frame):
     """Finds the complete frames in buffer[start:end]. Returns (frames, consumed, needed):
-    frames is a list of (op, request_id, body_start, body_end); consumed is the offset after the
+    frames is a list of (op, flags, request_id, body_start, body_end); consumed is the offset after the
     last complete frame; needed is the total size of the incomplete frame at `consumed` (0 if
     only its length is missing). A length under 8 or over max_frame raises FrameError."""
     cdef Py_buffer view
@@ -81,7 +81,8 @@ def frame_scan(buffer, Py_ssize_t start, Py_ssize_t end, uint32_t max_frame):
                 needed = <Py_ssize_t>total
                 break
             memcpy(&h, p + pos, FRAME_HEADER_SIZE)
-            frames.append((h.op, h.request_id, pos + FRAME_HEADER_SIZE, pos + <Py_ssize_t>total))
+            frames.append((h.op, h.flags, h.request_id, pos + FRAME_HEADER_SIZE,
+                           pos + <Py_ssize_t>total))
             pos += <Py_ssize_t>total
         return frames, pos, needed
     finally:
@@ -103,8 +104,9 @@ def frame_header(uint8_t op, uint32_t request_id, Py_ssize_t body_size):
 
 def append_parse(buffer, Py_ssize_t start, Py_ssize_t end):
     """Validates an APPEND body at buffer[start:end]. Returns (type_code, guarantee, topic,
-    offsets, segments): offsets (int64, count+1) bound each message within `buffer`, so the
-    log can take them in one call without a copy."""
+    offsets, segments, first_id): offsets (int64, count+1) bound each message within `buffer`,
+    so the log can take them in one call without a copy; first_id is the first message's id
+    (bytes; None for an empty append), the key that spots a resent append."""
     cdef Py_buffer view
     cdef const char *p
     cdef Py_ssize_t pos, i, n
@@ -160,9 +162,13 @@ def append_parse(buffer, Py_ssize_t start, Py_ssize_t end):
         if off != end:
             raise FrameError(f"APPEND has {end - off} bytes after its last message")
         segments = cnp.PyArray_EMPTY(1, [n], cnp.NPY_UINT8, 0)
+        first_id = None
         if n:
             memcpy(cnp.PyArray_DATA(segments), segs, n)
-        return type_code, guarantee, topic, offsets, segments
+            memcpy(&h, p + o[0], MSG_HEADER_SIZE)
+            first_id = PyBytes_FromStringAndSize(p + o[0] + MSG_HEADER_SIZE + h.type_len,
+                                                 h.message_id_len)
+        return type_code, guarantee, topic, offsets, segments, first_id
     finally:
         PyBuffer_Release(&view)
 
@@ -204,10 +210,12 @@ cdef inline Py_ssize_t format_id(char *out, const char *prefix, Py_ssize_t prefi
 def encode_append(uint32_t request_id, uint8_t type_code, uint8_t guarantee, topic, payloads,
                   payload_type, keys, source, id_prefix, uint64_t id_counter,
                   bytes metadata=None, int64_t timestamp=0, int64_t message_request_id=-1,
-                  target=None, uint8_t flags=0, uint32_t revision=0, payload_format=None):
+                  target=None, uint8_t flags=0, uint32_t revision=0, payload_format=None,
+                  segments=None):
     """One APPEND frame (header included) carrying every payload as a message. Message ids are
     id_prefix + the hex of id_counter, id_counter + 1, ...; a message's segment is its key's,
-    or its id's when there is no key. Returns (frame bytes, the next id counter)."""
+    or its id's when there is no key, unless `segments` gives them. Returns (frame bytes, the
+    next id counter)."""
     cdef object seq = PySequence_Fast(payloads, "payloads must be a sequence of bytes")
     cdef object key_seq = None
     cdef Py_ssize_t n = PySequence_Fast_GET_SIZE(seq)
@@ -229,6 +237,8 @@ def encode_append(uint32_t request_id, uint8_t type_code, uint8_t guarantee, top
     cdef uint16_t u16
     cdef msg_header_t h
     cdef char id_buf[256]
+    cdef const uint8_t *seg_in = NULL
+    cdef cnp.ndarray seg_arr
     text_arg(topic, &topic_p, &topic_len, 100, "topic")
     text_arg(payload_type, &type_p, &type_len, 65535, "payload type")
     text_arg(source, &source_p, &source_len, 65535, "source")
@@ -240,6 +250,11 @@ def encode_append(uint32_t request_id, uint8_t type_code, uint8_t guarantee, top
         key_seq = PySequence_Fast(keys, "keys must be a sequence of str or bytes")
         if PySequence_Fast_GET_SIZE(key_seq) != n:
             raise ValueError(f"got {PySequence_Fast_GET_SIZE(key_seq)} keys for {n} payloads")
+    if segments is not None:
+        seg_arr = np.ascontiguousarray(segments, dtype=np.uint8)
+        if seg_arr.shape[0] != n or (n and seg_arr.max() >= SEGMENTS):
+            raise ValueError("segments must give one value in 0..127 per payload")
+        seg_in = <const uint8_t *>cnp.PyArray_DATA(seg_arr)
     id_len = prefix_len + 16
     fixed = MSG_HEADER_SIZE + type_len + id_len + source_len + target_len + format_len + meta_len
     total = FRAME_HEADER_SIZE + 8 + topic_len + 5 * n + fixed * n
@@ -289,7 +304,9 @@ def encode_append(uint32_t request_id, uint8_t type_code, uint8_t guarantee, top
         size = <uint32_t>(fixed + h.data_len)
         memcpy(sizes + 4 * i, &size, 4)
         format_id(id_buf, prefix_p, prefix_len, id_counter + <uint64_t>i)
-        if key_seq is not None:
+        if seg_in != NULL:
+            segs[i] = seg_in[i]
+        elif key_seq is not None:
             text_arg(<object>PySequence_Fast_GET_ITEM(key_seq, i), &key_p, &key_len,
                      0x7FFFFFFF, "key")
             segs[i] = <uint8_t>(xxh64(key_p, <size_t>key_len, 0) % SEGMENTS)

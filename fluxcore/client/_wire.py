@@ -1,0 +1,207 @@
+"""What the sync and the asyncio client share: building frames, reading answers, and the state
+of a connection that does not depend on how its bytes move (request ids, messages ids)."""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fluxcore._ext import _proto
+from fluxcore._ext._proto import Message
+from fluxcore.protocol import (
+    PROTOCOL_VERSION,
+    ErrorCode,
+    Guarantee,
+    MessageType,
+    Op,
+    ProtocolError,
+    decode_control,
+    encode_control,
+    encode_metadata,
+)
+
+__all__ = ["FLAG_RESEND", "BatchReply", "Codec", "RequestError", "parse_address"]
+
+FLAG_RESEND = 1
+RESULT_CONSUMER_SUFFIX = "_$request-handler"
+
+
+class RequestError(Exception):
+    """The handler of a request failed; its error message is the text of this exception."""
+
+    def __init__(self, message: str, result: Message) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class ConnectionLost(ConnectionError):
+    """The connection to the server is gone and could not be made again."""
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """'host:port', 'tcp://host:port' or '[::1]:port'."""
+    if "://" in address:
+        address = address.split("://", 1)[1]
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"address must be host:port, not {address!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class BatchReply:
+    """A decoded BATCH: the tracker's segment range, the position to store, the messages."""
+
+    __slots__ = ("caught_up", "last_index", "messages", "segment")
+
+    def __init__(self, body: bytes) -> None:
+        start, end, caught_up, last_index, messages = _proto.decode_batch(body, 0, len(body))
+        self.segment: tuple[int, int] = (start, end)
+        self.caught_up: bool = caught_up
+        self.last_index: int = last_index
+        self.messages: list[Message] = messages
+
+
+def raise_for(op: int, body: bytes) -> None:
+    if op == Op.ERROR:
+        err = decode_control(body)
+        raise ProtocolError(str(err.get("code", ErrorCode.INTERNAL)), str(err.get("message", "")))
+
+
+def parse_ack(body: bytes) -> tuple[int, int]:
+    first, count = struct.unpack("<QI", body[:12])
+    return int(first), int(count)
+
+
+class Codec:
+    """Frames of one client. Not thread-safe: the sync client holds its send lock around it."""
+
+    def __init__(self, client_id: str, client_name: str, project: str, token: str) -> None:
+        self.client_id = client_id
+        self.client_name = client_name
+        self.project = project
+        self.token = token
+        # Message ids are unique per client session: a random prefix and a counter.
+        self.id_prefix = f"{client_id[:40]}-{os.urandom(4).hex()}-"
+        self.id_counter = 0
+        self._request_id = 0
+        self._message_request_id = 0
+
+    def next_request_id(self) -> int:
+        self._request_id = (self._request_id % 0xFFFFFFFF) + 1
+        return self._request_id
+
+    def next_message_request_id(self) -> int:
+        self._message_request_id += 1
+        return self._message_request_id
+
+    def hello(self, request_id: int) -> bytes:
+        return self.control(Op.HELLO, request_id, {
+            "client_id": self.client_id, "client_name": self.client_name,
+            "project": self.project, "token": self.token, "protocol": PROTOCOL_VERSION,
+        })
+
+    @staticmethod
+    def control(op: Op, request_id: int, value: dict[str, Any]) -> bytes:
+        body = encode_control(value)
+        return bytes(_proto.frame_header(op, request_id, len(body))) + body
+
+    def append(
+        self,
+        request_id: int,
+        message_type: MessageType,
+        payloads: Sequence[bytes],
+        *,
+        payload_type: str,
+        guarantee: Guarantee,
+        keys: Sequence[str | bytes] | None = None,
+        segments: npt.ArrayLike | None = None,
+        topic: str | None = None,
+        metadata: dict[str, str] | None = None,
+        message_request_id: int = -1,
+        target: str | None = None,
+        error: bool = False,
+        revision: int = 0,
+        payload_format: str | None = None,
+    ) -> bytes:
+        if message_type is MessageType.NOTIFICATION:
+            raise ValueError("publish notifications as events: NOTIFICATION reads the event log")
+        frame, self.id_counter = _proto.encode_append(
+            request_id, int(message_type), int(guarantee), topic, payloads, payload_type, keys,
+            self.client_id, self.id_prefix, self.id_counter, encode_metadata(metadata),
+            int(time.time() * 1000), message_request_id, target, 1 if error else 0, revision,
+            payload_format, segments,
+        )
+        return bytes(frame)
+
+    def read(
+        self,
+        message_type: MessageType,
+        consumer: str,
+        tracker: str,
+        *,
+        topic: str | None,
+        max_size: int,
+        max_timeout_ms: int,
+        type_filter: str | None = None,
+        filter_target: bool = False,
+        ignore_segment: bool = False,
+        client_index: bool = False,
+        last_index: int | None = None,
+        purge_timeout_ms: int | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "type": int(message_type), "topic": topic, "consumer": consumer, "tracker": tracker,
+            "max_size": max_size, "max_timeout_ms": max_timeout_ms, "type_filter": type_filter,
+            "filter_target": filter_target, "ignore_segment": ignore_segment,
+            "client_index": client_index, "last_index": last_index,
+            "purge_timeout_ms": purge_timeout_ms,
+        }
+
+
+def new_client_id() -> str:
+    return uuid.uuid4().hex
+
+
+def result_consumer(client_name: str) -> str:
+    return client_name + RESULT_CONSUMER_SUFFIX
+
+
+def indexes_of(first: int, count: int) -> npt.NDArray[np.uint64]:
+    return np.arange(first, first + count, dtype=np.uint64)
+
+
+def start_index(ms_ago: int) -> int:
+    """The index `ms_ago` milliseconds back: where a fresh reader of results starts."""
+    return (int(time.time() * 1000) - ms_ago) << 16
+
+
+def result_frames(
+    codec: Codec, done: list[tuple[Message, bytes | None, BaseException | None]]
+) -> tuple[bytes, bytes]:
+    """The RESULT frames answering handled requests, and the ERROR-log frames of the failures.
+    Sent with the SENT guarantee: the server appends them when it reads them."""
+    results: list[bytes] = []
+    errors: list[bytes] = []
+    for request, value, exc in done:
+        if request.request_id < 0 or not request.source:
+            continue
+        if exc is not None:
+            text = f"{type(exc).__name__}: {exc}".encode()
+            for kind, sink in ((MessageType.RESULT, results), (MessageType.ERROR, errors)):
+                sink.append(codec.append(
+                    0, kind, [text], payload_type=type(exc).__name__,
+                    guarantee=Guarantee.SENT, message_request_id=request.request_id,
+                    target=request.source, error=True))
+        else:
+            results.append(codec.append(
+                0, MessageType.RESULT, [value if value is not None else b""],
+                payload_type="result", guarantee=Guarantee.SENT,
+                message_request_id=request.request_id, target=request.source))
+    return b"".join(results), b"".join(errors)

@@ -1,0 +1,667 @@
+"""The blocking client: one connection, a reader thread that routes answers to waiting callers,
+one thread per tracker, reconnection with backoff."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fluxcore._ext import _proto
+from fluxcore._ext._proto import Message
+from fluxcore.protocol import (
+    DEFAULT_MAX_FRAME,
+    FrameError,
+    Guarantee,
+    MessageType,
+    Op,
+    ProtocolError,
+    decode_control,
+)
+
+from ._wire import (
+    FLAG_RESEND,
+    BatchReply,
+    Codec,
+    ConnectionLost,
+    RequestError,
+    indexes_of,
+    new_client_id,
+    parse_ack,
+    parse_address,
+    raise_for,
+    result_consumer,
+    result_frames,
+    start_index,
+)
+
+__all__ = ["Client", "Consumer"]
+
+logger = logging.getLogger("fluxcore.client")
+
+Reply = tuple[int, bytes]
+Handler = Callable[[Message], Any]
+BatchHandler = Callable[[list[Message]], Any]
+
+
+class _Pending:
+    """A request waiting for its answer; `frame` is kept for a resend after a reconnect."""
+
+    __slots__ = ("frame", "future", "resend")
+
+    def __init__(self, frame: bytes, resend: bool) -> None:
+        self.frame = frame
+        self.resend = resend
+        self.future: concurrent.futures.Future[Reply] = concurrent.futures.Future()
+
+
+class Client:
+    """A connection to a fluxcore server. Thread-safe; also a context manager."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str,
+        name: str = "fluxcore-client",
+        project: str = "public",
+        client_id: str | None = None,
+        connect_timeout: float = 10.0,
+        reconnect: bool = True,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.host, self.port = parse_address(address)
+        self.client_id = client_id or new_client_id()
+        self.name = name
+        self._codec = Codec(self.client_id, name, project, token)
+        self._connect_timeout = connect_timeout
+        self._reconnect = reconnect
+        self._tls = tls
+        self._send_lock = threading.Lock()
+        self._pending: dict[int, _Pending] = {}
+        self._closed = False
+        self._connected = threading.Event()
+        self._sock: socket.socket | None = None
+        self._consumers: list[Consumer] = []
+        self._requests: dict[int, concurrent.futures.Future[Message]] = {}
+        self._results: Consumer | None = None
+        self._results_lock = threading.Lock()
+        self._open_connection()
+        self._reader = threading.Thread(target=self._read_loop, name="fluxcore-client-reader",
+                                        daemon=True)
+        self._reader.start()
+
+    @classmethod
+    def connect(cls, address: str, **options: Any) -> Client:
+        return cls(address, **options)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- connection --------------------------------------------------------------------------
+
+    def _open_connection(self) -> None:
+        sock = socket.create_connection((self.host, self.port), timeout=self._connect_timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._tls is not None:
+            sock = self._tls.wrap_socket(sock, server_hostname=self.host)
+        try:
+            sock.sendall(self._codec.hello(0))
+            op, body = self._read_one(sock)
+            raise_for(op, body)
+            if op != Op.WELCOME:
+                raise ProtocolError("bad_frame", f"expected WELCOME, got op {op}")
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(None)
+        self._sock = sock
+        self._connected.set()
+
+    @staticmethod
+    def _read_one(sock: socket.socket) -> Reply:
+        header = _recv_exactly(sock, 12)
+        length = int.from_bytes(header[:4], "little")
+        if length < 8 or length > DEFAULT_MAX_FRAME:
+            raise FrameError(f"bad frame length {length}")
+        return header[4], _recv_exactly(sock, length - 8)
+
+    def _read_loop(self) -> None:
+        buf = bytearray(1 << 20)
+        start = end = 0
+        while not self._closed:
+            sock = self._sock
+            try:
+                assert sock is not None
+                if end == len(buf):
+                    if start:
+                        buf[: end - start] = buf[start:end]
+                        start, end = 0, end - start
+                    else:
+                        buf = buf + bytearray(len(buf))
+                received = sock.recv_into(memoryview(buf)[end:])
+                if not received:
+                    raise ConnectionResetError("the server closed the connection")
+                end += received
+                frames, start, needed = _proto.frame_scan(buf, start, end, DEFAULT_MAX_FRAME)
+                for op, _flags, request_id, body_start, body_end in frames:
+                    self._deliver(op, request_id, bytes(buf[body_start:body_end]))
+                if start == end:
+                    start = end = 0
+                elif needed > len(buf) - start:
+                    fresh = bytearray(max(needed, 2 * len(buf)))
+                    fresh[: end - start] = buf[start:end]
+                    buf, start, end = fresh, 0, end - start
+            except (OSError, FrameError) as exc:
+                if self._closed:
+                    return
+                start = end = 0
+                if not self._recover(exc):
+                    return
+
+    def _deliver(self, op: int, request_id: int, body: bytes) -> None:
+        pending = self._pending.pop(request_id, None)
+        if pending is not None:
+            pending.future.set_result((op, body))
+        elif op == Op.ERROR:
+            err = decode_control(body)
+            logger.error("server error for request %d: %s", request_id, err)
+
+    def _recover(self, exc: BaseException) -> bool:
+        """Reconnects with backoff and resends what was not answered; False if closed."""
+        self._connected.clear()
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+        if not self._reconnect:
+            self._fail_pending(ConnectionLost(str(exc)))
+            return False
+        logger.warning("connection to %s:%d lost (%s); reconnecting", self.host, self.port, exc)
+        delay = 0.05
+        while not self._closed:
+            try:
+                self._open_connection()
+            except (OSError, ProtocolError) as retry_exc:
+                if isinstance(retry_exc, ProtocolError) and retry_exc.code == "auth":
+                    self._fail_pending(retry_exc)
+                    return False
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            with self._send_lock:
+                assert self._sock is not None
+                for pending in list(self._pending.values()):
+                    frame = pending.frame
+                    if pending.resend:  # an append: the server acks it again if it has it
+                        frame = frame[:5] + bytes([frame[5] | FLAG_RESEND]) + frame[6:]
+                    self._sock.sendall(frame)
+            return True
+        return False
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        for request_id in list(self._pending):
+            pending = self._pending.pop(request_id, None)
+            if pending is not None and not pending.future.done():
+                pending.future.set_exception(exc)
+
+    def _send(self, frame_of: Callable[[int], bytes], *, answer: bool, append: bool = False
+              ) -> concurrent.futures.Future[Reply] | None:
+        """Sends the frame built for a fresh request id; returns the future of its answer."""
+        if self._closed:
+            raise ConnectionLost("the client is closed")
+        with self._send_lock:
+            request_id = self._codec.next_request_id()
+            frame = frame_of(request_id)
+            pending = None
+            if answer:
+                pending = self._pending[request_id] = _Pending(frame, append)
+            try:
+                if self._sock is None:
+                    raise ConnectionResetError("not connected")
+                self._sock.sendall(frame)
+            except OSError:
+                if not self._reconnect:
+                    raise
+                # The reader thread reconnects and resends everything pending.
+                if self._sock is not None:
+                    with contextlib.suppress(OSError):
+                        self._sock.shutdown(socket.SHUT_RDWR)
+        return pending.future if pending is not None else None
+
+    def _call(self, op: Op, value: dict[str, Any], timeout: float | None = 30.0) -> Reply:
+        future = self._send(lambda rid: self._codec.control(op, rid, value), answer=True)
+        assert future is not None
+        reply_op, body = future.result(timeout)
+        raise_for(reply_op, body)
+        return reply_op, body
+
+    # -- publishing --------------------------------------------------------------------------
+
+    def publish(
+        self,
+        message_type: MessageType,
+        payload: bytes,
+        *,
+        type: str = "",
+        key: str | bytes | None = None,
+        metadata: dict[str, str] | None = None,
+        topic: str | None = None,
+        guarantee: Guarantee = Guarantee.STORED,
+        timeout: float | None = 30.0,
+    ) -> int | None:
+        """Publishes one message; returns its index once stored (STORED), else None."""
+        indexes = self.publish_batch(
+            message_type, [payload], type=type, keys=None if key is None else [key],
+            metadata=metadata, topic=topic, guarantee=guarantee, timeout=timeout)
+        return None if indexes is None else int(indexes[0])
+
+    def publish_batch(
+        self,
+        message_type: MessageType,
+        payloads: Sequence[bytes],
+        *,
+        type: str = "",
+        keys: Sequence[str | bytes] | None = None,
+        metadata: dict[str, str] | None = None,
+        topic: str | None = None,
+        guarantee: Guarantee = Guarantee.STORED,
+        timeout: float | None = 30.0,
+    ) -> npt.NDArray[np.uint64] | None:
+        """Publishes many messages in one frame; returns their indexes (STORED), else None."""
+        future = self.publish_batch_async(
+            message_type, payloads, type=type, keys=keys, metadata=metadata, topic=topic,
+            guarantee=guarantee)
+        if future is None:
+            return None
+        return future.result(timeout)
+
+    def publish_batch_async(
+        self,
+        message_type: MessageType,
+        payloads: Sequence[bytes],
+        *,
+        type: str = "",
+        keys: Sequence[str | bytes] | None = None,
+        metadata: dict[str, str] | None = None,
+        topic: str | None = None,
+        guarantee: Guarantee = Guarantee.STORED,
+    ) -> concurrent.futures.Future[npt.NDArray[np.uint64]] | None:
+        """Like publish_batch, without waiting: a future of the indexes (STORED), else None."""
+        stored = guarantee == Guarantee.STORED
+
+        def frame_of(request_id: int) -> bytes:
+            return self._codec.append(
+                request_id, message_type, payloads, payload_type=type, guarantee=guarantee,
+                keys=keys, topic=topic, metadata=metadata)
+
+        reply = self._send(frame_of, answer=stored, append=True)
+        if reply is None:
+            return None
+        out: concurrent.futures.Future[npt.NDArray[np.uint64]] = concurrent.futures.Future()
+
+        def done(f: concurrent.futures.Future[Reply]) -> None:
+            try:
+                op, body = f.result()
+                raise_for(op, body)
+                out.set_result(indexes_of(*parse_ack(body)))
+            except Exception as exc:  # noqa: BLE001 - handed to whoever waits on `out`
+                out.set_exception(exc)
+
+        reply.add_done_callback(done)
+        return out
+
+    def flush(self, timeout: float | None = 30.0) -> None:
+        """Waits until every request sent so far is answered (STORED publishes acknowledged)."""
+        with self._send_lock:
+            futures = [p.future for p in self._pending.values() if p.resend]
+        concurrent.futures.wait(futures, timeout)
+
+    # -- consuming ---------------------------------------------------------------------------
+
+    def consume(
+        self,
+        name: str,
+        message_type: MessageType,
+        handler: Handler | BatchHandler,
+        *,
+        trackers: int = 1,
+        batch: bool = False,
+        type_filter: str | None = None,
+        topic: str | None = None,
+        max_size: int = 1024,
+        max_timeout_ms: int = 1000,
+        from_index: int | None = None,
+        purge_timeout_ms: int | None = 60_000,
+    ) -> Consumer:
+        """Starts `trackers` threads that feed `handler` the messages of consumer `name`. A
+        handler of requests (COMMAND, QUERY, ...) answers with what it returns (bytes) or
+        raises. Positions are stored after each batch. `from_index`: where a consumer with no
+        stored position starts (default: now)."""
+        consumer = Consumer(
+            self, name, message_type, handler, trackers=trackers, batch=batch,
+            type_filter=type_filter, topic=topic, max_size=max_size,
+            max_timeout_ms=max_timeout_ms, from_index=from_index,
+            purge_timeout_ms=purge_timeout_ms)
+        self._consumers.append(consumer)
+        consumer.start()
+        return consumer
+
+    def read(self, request: dict[str, Any], timeout: float | None) -> BatchReply:
+        _op, body = self._call(Op.READ, request, timeout)
+        return BatchReply(body)
+
+    def store_position(self, consumer: str, message_type: MessageType, segment: tuple[int, int],
+                       last_index: int, topic: str | None = None) -> None:
+        self._call(Op.STORE_POSITION, {"type": int(message_type), "topic": topic,
+                                       "consumer": consumer, "segment": list(segment),
+                                       "last_index": last_index})
+
+    def reset_position(self, consumer: str, message_type: MessageType, last_index: int,
+                       topic: str | None = None) -> None:
+        """Moves every segment of a consumer to `last_index`: replay from there ("time
+        travel": use `index_from_time`) or skip ahead."""
+        self._call(Op.RESET_POSITION, {"type": int(message_type), "topic": topic,
+                                       "consumer": consumer, "last_index": last_index})
+
+    def get_position(self, consumer: str, message_type: MessageType,
+                     topic: str | None = None) -> list[Any]:
+        _op, body = self._call(Op.GET_POSITION, {"type": int(message_type), "topic": topic,
+                                                 "consumer": consumer})
+        return list(decode_control(body)["position"])
+
+    def disconnect_tracker(self, consumer: str, message_type: MessageType, tracker: str,
+                           topic: str | None = None) -> None:
+        self._call(Op.DISCONNECT_TRACKER, {"type": int(message_type), "topic": topic,
+                                           "consumer": consumer, "tracker": tracker,
+                                           "final_empty_batch": True})
+
+    def read_from_index(self, message_type: MessageType, min_index: int = 0, max_size: int = 1024,
+                        topic: str | None = None) -> list[Message]:
+        """Messages with index >= min_index, with no consumer state."""
+        _op, body = self._call(Op.READ_FROM_INDEX, {"type": int(message_type), "topic": topic,
+                                                    "min_index": min_index,
+                                                    "max_size": max_size})
+        return BatchReply(body).messages
+
+    def set_retention(self, message_type: MessageType, retention_ms: int | None,
+                      topic: str | None = None) -> None:
+        self._call(Op.SET_RETENTION, {"type": int(message_type), "topic": topic,
+                                      "retention_ms": retention_ms})
+
+    def ping(self, timeout: float = 10.0) -> float:
+        """Round trip time in seconds."""
+        began = time.perf_counter()
+        future = self._send(lambda rid: bytes(_proto.frame_header(Op.PING, rid, 0)), answer=True)
+        assert future is not None
+        future.result(timeout)
+        return time.perf_counter() - began
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def request_async(
+        self,
+        message_type: MessageType,
+        payload: bytes,
+        *,
+        type: str = "",
+        key: str | bytes | None = None,
+        metadata: dict[str, str] | None = None,
+        topic: str | None = None,
+    ) -> concurrent.futures.Future[Message]:
+        """Sends a command or query; the future gets the handler's result (a Message) or a
+        RequestError."""
+        self._ensure_result_tracker()
+        future: concurrent.futures.Future[Message] = concurrent.futures.Future()
+        with self._send_lock:
+            number = self._codec.next_message_request_id()
+        self._requests[number] = future
+
+        def frame_of(request_id: int) -> bytes:
+            return self._codec.append(
+                request_id, message_type, [payload], payload_type=type, guarantee=Guarantee.SENT,
+                keys=None if key is None else [key], topic=topic, metadata=metadata,
+                message_request_id=number)
+
+        try:
+            self._send(frame_of, answer=False)
+        except BaseException:
+            self._requests.pop(number, None)
+            raise
+        return future
+
+    def request(
+        self,
+        message_type: MessageType,
+        payload: bytes,
+        *,
+        type: str = "",
+        key: str | bytes | None = None,
+        metadata: dict[str, str] | None = None,
+        topic: str | None = None,
+        timeout: float = 30.0,
+    ) -> Message:
+        """Sends a command or query and waits for its result; RequestError if the handler
+        failed, TimeoutError if no result came in time."""
+        future = self.request_async(message_type, payload, type=type, key=key,
+                                    metadata=metadata, topic=topic)
+        try:
+            return future.result(timeout)
+        finally:
+            if not future.done():
+                future.cancel()
+
+    def _ensure_result_tracker(self) -> None:
+        with self._results_lock:
+            if self._results is None:
+                self._results = Consumer(
+                    self, result_consumer(self.name), MessageType.RESULT, self._on_results,
+                    trackers=1, batch=True, type_filter=None, topic=None, max_size=1024,
+                    max_timeout_ms=1000, from_index=start_index(2000), purge_timeout_ms=None,
+                    results=True)
+                self._results.start()
+
+    def _on_results(self, messages: list[Message]) -> None:
+        for message in messages:
+            future = self._requests.pop(message.request_id, None)
+            if future is None or future.done():
+                continue
+            if message.is_error:
+                future.set_exception(RequestError(message.data.decode(errors="replace"), message))
+            else:
+                future.set_result(message)
+
+    def send_frames(self, frames: bytes) -> None:
+        """Writes ready-made frames (answers to requests) as one write."""
+        if frames:
+            self._send(lambda _rid: frames, answer=False)
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stops the consumers, then closes the connection."""
+        if self._closed:
+            return
+        consumers = list(self._consumers)
+        if self._results is not None:
+            consumers.append(self._results)
+        for consumer in consumers:
+            consumer.stop()
+        with contextlib.suppress(concurrent.futures.TimeoutError):
+            self.flush(timeout=5)
+        self._closed = True
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.close()
+        self._reader.join(timeout=5)
+        self._fail_pending(ConnectionLost("the client is closed"))
+        for future in list(self._requests.values()):
+            future.cancel()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class Consumer:
+    """The trackers of one consumer in this client: a thread each."""
+
+    def __init__(
+        self,
+        client: Client,
+        name: str,
+        message_type: MessageType,
+        handler: Handler | BatchHandler,
+        *,
+        trackers: int,
+        batch: bool,
+        type_filter: str | None,
+        topic: str | None,
+        max_size: int,
+        max_timeout_ms: int,
+        from_index: int | None,
+        purge_timeout_ms: int | None,
+        results: bool = False,
+    ) -> None:
+        if trackers < 1:
+            raise ValueError("trackers must be at least 1")
+        self.client = client
+        self.name = name
+        self.message_type = message_type
+        self.handler = handler
+        self.batch = batch
+        self._topic = topic
+        self._results = results
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.tracker_ids = [f"{client.client_id}/{name}/{i}" for i in range(trackers)]
+        self._type_filter = type_filter
+        self._max_size = max_size
+        self._max_timeout_ms = max_timeout_ms
+        self._purge_timeout_ms = purge_timeout_ms
+        self._from_index = from_index
+        self.handled = 0
+        self.errors = 0
+
+    def start(self) -> None:
+        for tracker_id in self.tracker_ids:
+            thread = threading.Thread(target=self._run, args=(tracker_id,), daemon=True,
+                                      name=f"fluxcore-tracker:{tracker_id}")
+            thread.start()
+            self._threads.append(thread)
+
+    def _run(self, tracker_id: str) -> None:
+        client = self.client
+        codec = client._codec
+        results = self._results
+        last_index = None if self._from_index is None else max(self._from_index - 1, 0)
+        timeout = self._max_timeout_ms / 1000.0 + 30.0
+        while not self._stop.is_set():
+            request = codec.read(
+                self.message_type, self.name, tracker_id, topic=self._topic,
+                max_size=self._max_size, max_timeout_ms=self._max_timeout_ms,
+                type_filter=self._type_filter, filter_target=results, ignore_segment=results,
+                client_index=results, last_index=last_index,
+                purge_timeout_ms=self._purge_timeout_ms)
+            try:
+                reply = client.read(request, timeout)
+            except (ConnectionLost, concurrent.futures.CancelledError):
+                return
+            except (ProtocolError, concurrent.futures.TimeoutError, OSError) as exc:
+                if self._stop.is_set() or client.closed:
+                    return
+                logger.error("tracker %s: read failed: %s", tracker_id, exc)
+                self._stop.wait(0.5)
+                continue
+            if reply.messages:
+                self._handle(reply.messages)
+            if reply.last_index:
+                if results:
+                    last_index = reply.last_index
+                else:
+                    try:
+                        client.store_position(self.name, self.message_type, reply.segment,
+                                              reply.last_index, self._topic)
+                    except (ProtocolError, ConnectionLost, OSError) as exc:
+                        logger.error("tracker %s: storing position failed: %s", tracker_id, exc)
+
+    def _handle(self, messages: list[Message]) -> None:
+        answers: list[tuple[Message, bytes | None, BaseException | None]] = []
+        requests = self.message_type.is_request
+        if self.batch:
+            try:
+                self.handler(messages)  # type: ignore[arg-type]
+            except Exception:  # a handler's failure must not stop the tracker
+                self.errors += 1
+                logger.exception("batch handler of %s failed", self.name)
+        else:
+            handler = self.handler
+            for message in messages:
+                try:
+                    value = handler(message)  # type: ignore[arg-type]
+                    if requests:
+                        value = _as_bytes(value)
+                except Exception as exc:  # reported to the requester and the ERROR log
+                    self.errors += 1
+                    if requests:
+                        answers.append((message, None, exc))
+                    else:
+                        logger.exception("handler of %s failed", self.name)
+                    continue
+                if requests:
+                    answers.append((message, value, None))
+        self.handled += len(messages)
+        if answers:
+            replies, errors = result_frames(self.client._codec, answers)
+            self.client.send_frames(replies + errors)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stops the trackers: each leaves its cluster, so its segments go to the others."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        for tracker_id in self.tracker_ids:
+            with contextlib.suppress(ProtocolError, ConnectionLost, OSError,
+                                     concurrent.futures.TimeoutError):
+                self.client.disconnect_tracker(self.name, self.message_type, tracker_id,
+                                               self._topic)
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout)
+
+
+def _as_bytes(value: Any) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"a handler of requests must return bytes or str, not {type(value).__name__}")
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = sock.recv(size - len(chunks))
+        if not chunk:
+            raise ConnectionResetError("the server closed the connection")
+        chunks += chunk
+    return bytes(chunks)
+
+
+__all__ += ["ConnectionLost", "RequestError"]
