@@ -94,6 +94,7 @@ class Cluster:
         if self.trackers.pop(tracker_id, None) is None:
             return False
         self._rebalance()
+        self.wake()  # the leaver's own pending read must end, whatever the others got
         return True
 
     def leave_session(self, session_id: str) -> None:

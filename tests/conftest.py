@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 import fluxcore
+from fluxcore.client import Client
+
+from .service_harness import TOKEN, ServerProcess
 
 
 @pytest.fixture
@@ -24,3 +27,19 @@ def log(log_dir: Path) -> Iterator[fluxcore.Log]:
 
 def seg_files(path: str | os.PathLike[str]) -> list[str]:
     return sorted(n for n in os.listdir(path) if n.endswith(".seg"))
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A real `fluxcore serve` process on a free loopback port, token `TOKEN`."""
+    proc = ServerProcess(tmp_path / "data").start()
+    try:
+        yield proc
+    finally:
+        proc.kill()
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> Iterator[Client]:
+    with Client.connect(server.address, token=TOKEN, name="test") as c:
+        yield c

@@ -4,9 +4,12 @@ from fluxcore._ext._proto import Message
 from fluxcore.protocol import Guarantee, MessageType, ProtocolError
 
 from ._wire import ConnectionLost, RequestError
+from .aio import AsyncClient, AsyncConsumer
 from .sync import Client, Consumer
 
 __all__ = [
+    "AsyncClient",
+    "AsyncConsumer",
     "Client",
     "ConnectionLost",
     "Consumer",

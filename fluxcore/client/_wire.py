@@ -205,3 +205,16 @@ def result_frames(
                 payload_type="result", guarantee=Guarantee.SENT,
                 message_request_id=request.request_id, target=request.source))
     return b"".join(results), b"".join(errors)
+
+
+def answer_bytes(value: Any) -> bytes:
+    """What a request handler returned, as the payload of its result."""
+    if value is None:
+        return b""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"a handler of requests must return bytes or str, not {type(value).__name__}")

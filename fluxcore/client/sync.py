@@ -34,6 +34,7 @@ from ._wire import (
     Codec,
     ConnectionLost,
     RequestError,
+    answer_bytes,
     indexes_of,
     new_client_id,
     parse_ack,
@@ -612,7 +613,7 @@ class Consumer:
                 try:
                     value = handler(message)  # type: ignore[arg-type]
                     if requests:
-                        value = _as_bytes(value)
+                        value = answer_bytes(value)
                 except Exception as exc:  # reported to the requester and the ERROR log
                     self.errors += 1
                     if requests:
@@ -641,17 +642,6 @@ class Consumer:
             if thread is not threading.current_thread():
                 thread.join(timeout)
 
-
-def _as_bytes(value: Any) -> bytes:
-    if value is None:
-        return b""
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, bytearray | memoryview):
-        return bytes(value)
-    raise TypeError(f"a handler of requests must return bytes or str, not {type(value).__name__}")
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:

@@ -1,0 +1,550 @@
+"""The asyncio client: the same operations as `Client`, awaitable; each tracker is a task."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fluxcore._ext import _proto
+from fluxcore._ext._proto import Message
+from fluxcore.protocol import (
+    DEFAULT_MAX_FRAME,
+    FrameError,
+    Guarantee,
+    MessageType,
+    Op,
+    ProtocolError,
+    decode_control,
+)
+
+from ._wire import (
+    FLAG_RESEND,
+    BatchReply,
+    Codec,
+    ConnectionLost,
+    RequestError,
+    answer_bytes,
+    indexes_of,
+    new_client_id,
+    parse_ack,
+    parse_address,
+    raise_for,
+    result_consumer,
+    result_frames,
+    start_index,
+)
+
+__all__ = ["AsyncClient", "AsyncConsumer"]
+
+logger = logging.getLogger("fluxcore.client")
+
+Reply = tuple[int, bytes]
+AsyncHandler = Callable[[Any], Any | Awaitable[Any]]
+
+
+class _Pending:
+    __slots__ = ("frame", "future", "resend")
+
+    def __init__(self, frame: bytes, resend: bool, future: asyncio.Future[Reply]) -> None:
+        self.frame = frame
+        self.resend = resend
+        self.future = future
+
+
+class _Protocol(asyncio.Protocol):
+    """Bytes in: frames found many per call and handed to the client."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        try:
+            frames, consumed, _needed = _proto.frame_scan(buf, 0, len(buf), DEFAULT_MAX_FRAME)
+        except FrameError as exc:
+            logger.error("bad frame from the server: %s", exc)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for op, _flags, request_id, start, end in frames:
+            self.client._deliver(op, request_id, bytes(buf[start:end]))
+        del buf[:consumed]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._writable.set()
+        if not self.lost.done():
+            self.lost.set_result(None)
+        self.client._connection_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    async def drain(self) -> None:
+        await self._writable.wait()
+
+
+class AsyncClient:
+    """A connection to a fluxcore server for asyncio programs."""
+
+    def __init__(self, address: str, *, token: str, name: str = "fluxcore-client",
+                 project: str = "public", client_id: str | None = None,
+                 reconnect: bool = True, tls: ssl.SSLContext | None = None,
+                 connect_timeout: float = 10.0) -> None:
+        self.host, self.port = parse_address(address)
+        self.client_id = client_id or new_client_id()
+        self.name = name
+        self._codec = Codec(self.client_id, name, project, token)
+        self._reconnect = reconnect
+        self._tls = tls
+        self._connect_timeout = connect_timeout
+        self._protocol: _Protocol | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._closed = False
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._consumers: list[AsyncConsumer] = []
+        self._requests: dict[int, asyncio.Future[Message]] = {}
+        self._results: AsyncConsumer | None = None
+
+    @classmethod
+    async def connect(cls, address: str, **options: Any) -> AsyncClient:
+        client = cls(address, **options)
+        await client._open()
+        return client
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- connection --------------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+        transport, protocol = await asyncio.wait_for(
+            loop.create_connection(lambda: _Protocol(self), self.host, self.port, ssl=self._tls),
+            self._connect_timeout)
+        future: asyncio.Future[Reply] = loop.create_future()
+        self._pending[0] = _Pending(b"", False, future)
+        transport.write(self._codec.hello(0))
+        try:
+            op, body = await asyncio.wait_for(future, self._connect_timeout)
+            raise_for(op, body)
+        except BaseException:
+            transport.close()
+            raise
+        self._protocol = protocol
+
+    def _deliver(self, op: int, request_id: int, body: bytes) -> None:
+        pending = self._pending.pop(request_id, None)
+        if pending is not None:
+            if not pending.future.done():
+                pending.future.set_result((op, body))
+        elif op == Op.ERROR:
+            logger.error("server error for request %d: %s", request_id, decode_control(body))
+
+    def _connection_lost(self, protocol: _Protocol, exc: Exception | None) -> None:
+        if protocol is not self._protocol or self._closed:
+            return
+        self._protocol = None
+        if not self._reconnect:
+            self._fail_pending(ConnectionLost(str(exc or "connection closed")))
+            return
+        if self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        delay = 0.05
+        logger.warning("connection to %s:%d lost; reconnecting", self.host, self.port)
+        while not self._closed:
+            handshake = self._pending.pop(0, None)
+            try:
+                await self._open()
+            except (TimeoutError, OSError, ProtocolError) as exc:
+                if isinstance(exc, ProtocolError) and exc.code == "auth":
+                    self._fail_pending(exc)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            finally:
+                if handshake is not None:
+                    self._pending.setdefault(0, handshake)
+            protocol = self._protocol
+            assert protocol is not None and protocol.transport is not None
+            for pending in list(self._pending.values()):
+                frame = pending.frame
+                if pending.resend:
+                    frame = frame[:5] + bytes([frame[5] | FLAG_RESEND]) + frame[6:]
+                if frame:
+                    protocol.transport.write(frame)
+            return
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        for request_id in list(self._pending):
+            pending = self._pending.pop(request_id)
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+
+    async def _send(self, frame_of: Callable[[int], bytes], *, answer: bool,
+                    append: bool = False) -> asyncio.Future[Reply] | None:
+        if self._closed:
+            raise ConnectionLost("the client is closed")
+        request_id = self._codec.next_request_id()
+        frame = frame_of(request_id)
+        future = None
+        if answer:
+            future = asyncio.get_running_loop().create_future()
+            self._pending[request_id] = _Pending(frame, append, future)
+        protocol = self._protocol
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.write(frame)
+            await protocol.drain()  # backpressure: wait while the socket buffer is full
+        elif not self._reconnect:
+            raise ConnectionLost("not connected")
+        return future
+
+    async def _call(self, op: Op, value: dict[str, Any], timeout: float | None = 30.0) -> Reply:
+        future = await self._send(lambda rid: self._codec.control(op, rid, value), answer=True)
+        assert future is not None
+        reply_op, body = await asyncio.wait_for(future, timeout)
+        raise_for(reply_op, body)
+        return reply_op, body
+
+    # -- publishing --------------------------------------------------------------------------
+
+    async def publish(self, message_type: MessageType, payload: bytes, *, type: str = "",
+                      key: str | bytes | None = None, metadata: dict[str, str] | None = None,
+                      topic: str | None = None, guarantee: Guarantee = Guarantee.STORED,
+                      timeout: float | None = 30.0) -> int | None:
+        indexes = await self.publish_batch(
+            message_type, [payload], type=type, keys=None if key is None else [key],
+            metadata=metadata, topic=topic, guarantee=guarantee, timeout=timeout)
+        return None if indexes is None else int(indexes[0])
+
+    async def publish_batch(self, message_type: MessageType, payloads: Sequence[bytes], *,
+                            type: str = "", keys: Sequence[str | bytes] | None = None,
+                            metadata: dict[str, str] | None = None, topic: str | None = None,
+                            guarantee: Guarantee = Guarantee.STORED,
+                            timeout: float | None = 30.0) -> npt.NDArray[np.uint64] | None:
+        future = await self.publish_batch_nowait(
+            message_type, payloads, type=type, keys=keys, metadata=metadata, topic=topic,
+            guarantee=guarantee)
+        if future is None:
+            return None
+        return await asyncio.wait_for(future, timeout)
+
+    async def publish_batch_nowait(
+        self, message_type: MessageType, payloads: Sequence[bytes], *, type: str = "",
+        keys: Sequence[str | bytes] | None = None, metadata: dict[str, str] | None = None,
+        topic: str | None = None, guarantee: Guarantee = Guarantee.STORED,
+    ) -> asyncio.Future[npt.NDArray[np.uint64]] | None:
+        """Sends the batch; returns a future of its indexes (STORED), else None."""
+        stored = guarantee == Guarantee.STORED
+        reply = await self._send(
+            lambda rid: self._codec.append(
+                rid, message_type, payloads, payload_type=type, guarantee=guarantee, keys=keys,
+                topic=topic, metadata=metadata),
+            answer=stored, append=True)
+        if reply is None:
+            return None
+        loop = asyncio.get_running_loop()
+        out: asyncio.Future[npt.NDArray[np.uint64]] = loop.create_future()
+
+        def done(f: asyncio.Future[Reply]) -> None:
+            if out.done():
+                return
+            if f.cancelled():
+                out.cancel()
+                return
+            try:
+                op, body = f.result()
+                raise_for(op, body)
+                out.set_result(indexes_of(*parse_ack(body)))
+            except Exception as exc:  # noqa: BLE001 - handed to whoever awaits `out`
+                out.set_exception(exc)
+
+        reply.add_done_callback(done)
+        return out
+
+    async def flush(self, timeout: float | None = 30.0) -> None:
+        futures = [p.future for p in self._pending.values() if p.resend]
+        if futures:
+            await asyncio.wait(futures, timeout=timeout)
+
+    # -- consuming ---------------------------------------------------------------------------
+
+    async def consume(self, name: str, message_type: MessageType, handler: AsyncHandler, *,
+                      trackers: int = 1, batch: bool = False, type_filter: str | None = None,
+                      topic: str | None = None, max_size: int = 1024,
+                      max_timeout_ms: int = 1000, from_index: int | None = None,
+                      purge_timeout_ms: int | None = 60_000) -> AsyncConsumer:
+        """Starts `trackers` tasks feeding `handler` (a function or a coroutine function)."""
+        consumer = AsyncConsumer(
+            self, name, message_type, handler, trackers=trackers, batch=batch,
+            type_filter=type_filter, topic=topic, max_size=max_size,
+            max_timeout_ms=max_timeout_ms, from_index=from_index,
+            purge_timeout_ms=purge_timeout_ms)
+        self._consumers.append(consumer)
+        consumer.start()
+        return consumer
+
+    async def read(self, request: dict[str, Any], timeout: float | None) -> BatchReply:
+        _op, body = await self._call(Op.READ, request, timeout)
+        return BatchReply(body)
+
+    async def store_position(self, consumer: str, message_type: MessageType,
+                             segment: tuple[int, int], last_index: int,
+                             topic: str | None = None) -> None:
+        await self._call(Op.STORE_POSITION, {"type": int(message_type), "topic": topic,
+                                             "consumer": consumer, "segment": list(segment),
+                                             "last_index": last_index})
+
+    async def reset_position(self, consumer: str, message_type: MessageType, last_index: int,
+                             topic: str | None = None) -> None:
+        await self._call(Op.RESET_POSITION, {"type": int(message_type), "topic": topic,
+                                             "consumer": consumer, "last_index": last_index})
+
+    async def get_position(self, consumer: str, message_type: MessageType,
+                           topic: str | None = None) -> list[Any]:
+        _op, body = await self._call(Op.GET_POSITION, {"type": int(message_type),
+                                                       "topic": topic, "consumer": consumer})
+        return list(decode_control(body)["position"])
+
+    async def disconnect_tracker(self, consumer: str, message_type: MessageType, tracker: str,
+                                 topic: str | None = None) -> None:
+        await self._call(Op.DISCONNECT_TRACKER, {"type": int(message_type), "topic": topic,
+                                                 "consumer": consumer, "tracker": tracker,
+                                                 "final_empty_batch": True})
+
+    async def read_from_index(self, message_type: MessageType, min_index: int = 0,
+                              max_size: int = 1024, topic: str | None = None) -> list[Message]:
+        _op, body = await self._call(Op.READ_FROM_INDEX, {
+            "type": int(message_type), "topic": topic, "min_index": min_index,
+            "max_size": max_size})
+        return BatchReply(body).messages
+
+    async def ping(self, timeout: float = 10.0) -> float:
+        began = time.perf_counter()
+        future = await self._send(lambda rid: bytes(_proto.frame_header(Op.PING, rid, 0)),
+                                  answer=True)
+        assert future is not None
+        await asyncio.wait_for(future, timeout)
+        return time.perf_counter() - began
+
+    # -- requests ----------------------------------------------------------------------------
+
+    async def request_nowait(self, message_type: MessageType, payload: bytes, *, type: str = "",
+                             key: str | bytes | None = None,
+                             metadata: dict[str, str] | None = None,
+                             topic: str | None = None) -> asyncio.Future[Message]:
+        """Sends a command or query; returns the future of its result."""
+        self._ensure_result_tracker()
+        number = self._codec.next_message_request_id()
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._requests[number] = future
+        try:
+            await self._send(lambda rid: self._codec.append(
+                rid, message_type, [payload], payload_type=type, guarantee=Guarantee.SENT,
+                keys=None if key is None else [key], topic=topic, metadata=metadata,
+                message_request_id=number), answer=False)
+        except BaseException:
+            self._requests.pop(number, None)
+            raise
+        return future
+
+    async def request(self, message_type: MessageType, payload: bytes, *, type: str = "",
+                      key: str | bytes | None = None, metadata: dict[str, str] | None = None,
+                      topic: str | None = None, timeout: float = 30.0) -> Message:
+        future = await self.request_nowait(message_type, payload, type=type, key=key,
+                                           metadata=metadata, topic=topic)
+        return await asyncio.wait_for(future, timeout)
+
+    def _ensure_result_tracker(self) -> None:
+        if self._results is None:
+            self._results = AsyncConsumer(
+                self, result_consumer(self.name), MessageType.RESULT, self._on_results,
+                trackers=1, batch=True, type_filter=None, topic=None, max_size=1024,
+                max_timeout_ms=1000, from_index=start_index(2000), purge_timeout_ms=None,
+                results=True)
+            self._results.start()
+
+    def _on_results(self, messages: list[Message]) -> None:
+        for message in messages:
+            future = self._requests.pop(message.request_id, None)
+            if future is None or future.done():
+                continue
+            if message.is_error:
+                future.set_exception(RequestError(message.data.decode(errors="replace"), message))
+            else:
+                future.set_result(message)
+
+    async def send_frames(self, frames: bytes) -> None:
+        if frames:
+            await self._send(lambda _rid: frames, answer=False)
+
+    # -- closing -----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        consumers = list(self._consumers)
+        if self._results is not None:
+            consumers.append(self._results)
+        for consumer in consumers:
+            await consumer.stop()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await self.flush(timeout=5)
+        self._closed = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+        protocol = self._protocol
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(protocol.lost), 5)
+        self._fail_pending(ConnectionLost("the client is closed"))
+        for future in self._requests.values():
+            future.cancel()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class AsyncConsumer:
+    """The trackers of one consumer in this client: a task each."""
+
+    def __init__(self, client: AsyncClient, name: str, message_type: MessageType,
+                 handler: AsyncHandler, *, trackers: int, batch: bool, type_filter: str | None,
+                 topic: str | None, max_size: int, max_timeout_ms: int, from_index: int | None,
+                 purge_timeout_ms: int | None, results: bool = False) -> None:
+        if trackers < 1:
+            raise ValueError("trackers must be at least 1")
+        self.client = client
+        self.name = name
+        self.message_type = message_type
+        self.handler = handler
+        self.batch = batch
+        self._is_async = inspect.iscoroutinefunction(handler)
+        self._type_filter = type_filter
+        self._topic = topic
+        self._max_size = max_size
+        self._max_timeout_ms = max_timeout_ms
+        self._from_index = from_index
+        self._purge_timeout_ms = purge_timeout_ms
+        self._results = results
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.tracker_ids = [f"{client.client_id}/{name}/{i}" for i in range(trackers)]
+        self.handled = 0
+        self.errors = 0
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run(t)) for t in self.tracker_ids]
+
+    async def _call_handler(self, value: Any) -> Any:
+        result = self.handler(value)
+        if self._is_async:
+            result = await result
+        return result
+
+    async def _run(self, tracker_id: str) -> None:
+        client = self.client
+        results = self._results
+        last_index = None if self._from_index is None else max(self._from_index - 1, 0)
+        timeout = self._max_timeout_ms / 1000.0 + 30.0
+        while not self._stopping:
+            request = client._codec.read(
+                self.message_type, self.name, tracker_id, topic=self._topic,
+                max_size=self._max_size, max_timeout_ms=self._max_timeout_ms,
+                type_filter=self._type_filter, filter_target=results, ignore_segment=results,
+                client_index=results, last_index=last_index,
+                purge_timeout_ms=self._purge_timeout_ms)
+            try:
+                reply = await client.read(request, timeout)
+            except ConnectionLost:
+                return
+            except (TimeoutError, ProtocolError, OSError) as exc:
+                if self._stopping or client.closed:
+                    return
+                logger.error("tracker %s: read failed: %s", tracker_id, exc)
+                await asyncio.sleep(0.5)
+                continue
+            if reply.messages:
+                await self._handle(reply.messages)
+            if reply.last_index:
+                if results:
+                    last_index = reply.last_index
+                else:
+                    try:
+                        await client.store_position(self.name, self.message_type, reply.segment,
+                                                    reply.last_index, self._topic)
+                    except (ProtocolError, ConnectionLost, OSError) as exc:
+                        logger.error("tracker %s: storing position failed: %s", tracker_id, exc)
+
+    async def _handle(self, messages: list[Message]) -> None:
+        answers: list[tuple[Message, bytes | None, BaseException | None]] = []
+        requests = self.message_type.is_request
+        if self.batch:
+            try:
+                await self._call_handler(messages)
+            except Exception:  # a handler's failure must not stop the tracker
+                self.errors += 1
+                logger.exception("batch handler of %s failed", self.name)
+        else:
+            for message in messages:
+                try:
+                    value = await self._call_handler(message)
+                    if requests:
+                        value = answer_bytes(value)
+                except Exception as exc:  # reported to the requester and the ERROR log
+                    self.errors += 1
+                    if requests:
+                        answers.append((message, None, exc))
+                    else:
+                        logger.exception("handler of %s failed", self.name)
+                    continue
+                if requests:
+                    answers.append((message, value, None))
+        self.handled += len(messages)
+        if answers:
+            replies, errors = result_frames(self.client._codec, answers)
+            await self.client.send_frames(replies + errors)
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        for tracker_id in self.tracker_ids:
+            with contextlib.suppress(ProtocolError, ConnectionLost, OSError,
+                                     asyncio.TimeoutError):
+                await self.client.disconnect_tracker(self.name, self.message_type, tracker_id,
+                                                     self._topic)
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+

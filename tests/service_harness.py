@@ -1,0 +1,84 @@
+"""Starts a real `fluxcore serve` process on loopback for the service tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+TOKEN = "test-token"
+_LISTENING = re.compile(r"fluxcore listening on ([\d.]+):(\d+)")
+
+
+class ServerProcess:
+    """`fluxcore serve` in a child process; `address` is host:port once started."""
+
+    def __init__(self, data_dir: Path, *extra: str, token: str = TOKEN, port: int = 0) -> None:
+        self.data_dir = data_dir
+        self.extra = list(extra)
+        self.token = token
+        self.port = port
+        self.proc: subprocess.Popen[str] | None = None
+        self.address = ""
+        self.output: list[str] = []
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        cmd = [sys.executable, "-m", "fluxcore", "serve", "--data", str(self.data_dir),
+               "--port", str(self.port), *self.extra]
+        if self.token is not None and "--tokens" not in self.extra:
+            cmd += ["--token", self.token]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
+        assert self.proc.stdout is not None
+        found = threading.Event()
+
+        def pump() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.output.append(line)
+                match = _LISTENING.search(line)
+                if match and not found.is_set():
+                    self.address = f"{match.group(1)}:{match.group(2)}"
+                    self.port = int(match.group(2))  # a restart reuses the same port
+                    found.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not found.wait(timeout):
+            self.kill()
+            raise RuntimeError("server did not start:\n" + "".join(self.output))
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait: a clean shutdown. Returns the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        """kill -9: no chance to flush or close anything."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
