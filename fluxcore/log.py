@@ -252,6 +252,8 @@ class Log(LogCore):
             spare = self._spares.pop(0) if self._spares else None
         if spare is None:
             spare = self._new_spare()
+        if self._active is None:
+            return spare  # the first file of this session: no sign yet that it will fill up
         # Prepare the next one on the other core: pre-faulting a 64 MiB file takes ~20 ms,
         # the time it takes to fill it at full speed.
         if self._spare_thread is None:

@@ -87,8 +87,8 @@ class Codec:
         self.client_name = client_name
         self.project = project
         self.token = token
-        # Message ids are unique per client session: a random prefix and a counter.
-        self.id_prefix = f"{client_id[:40]}-{os.urandom(4).hex()}-"
+        # Message ids are unique per client session: 48 random bits and a counter.
+        self.id_prefix = f"{os.urandom(6).hex()}-"
         self.id_counter = 0
         self._request_id = 0
         self._message_request_id = 0
@@ -166,7 +166,7 @@ class Codec:
 
 
 def new_client_id() -> str:
-    return uuid.uuid4().hex
+    return uuid.uuid4().hex[:16]
 
 
 def result_consumer(client_name: str) -> str:
