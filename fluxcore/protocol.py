@@ -24,7 +24,9 @@ __all__ = [
     "decode_control",
     "encode_control",
     "encode_metadata",
+    "index_from_time",
     "log_name",
+    "time_from_index",
 ]
 
 PROTOCOL_VERSION = 1
@@ -109,6 +111,16 @@ def check_name(kind: str, value: object) -> str:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"{kind} must be 1-100 of [A-Za-z0-9._-], "
                             f"not {value!r}")
     return value
+
+
+def index_from_time(ms: int) -> int:
+    """The smallest index of a message stored at or after `ms` (epoch milliseconds)."""
+    return ms << 16
+
+
+def time_from_index(index: int) -> int:
+    """The epoch milliseconds at which the message with this index was stored."""
+    return index >> 16
 
 
 def log_name(message_type: MessageType, topic: str | None) -> str:

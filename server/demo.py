@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter
 
-from fluxcore.client import Client, MessageType
+from fluxcore.client import Client, Message, MessageType
 
 TOKEN = "demo-token"
 
@@ -72,7 +72,7 @@ def run_demo(client: Client) -> None:
     lock = threading.Lock()
     done = threading.Event()
 
-    def project(message: object) -> None:
+    def project(message: Message) -> None:
         with lock:
             seen[threading.current_thread().name.rsplit("/", 1)[-1]] += 1
             if sum(seen.values()) >= len(payloads):
@@ -96,7 +96,7 @@ def run_demo(client: Client) -> None:
     replayed = threading.Event()
     count = [0]
 
-    def replay(batch: list[object]) -> None:
+    def replay(batch: list[Message]) -> None:
         count[0] += len(batch)
         if count[0] >= len(payloads) - len(payloads) // 2 - 1:
             replayed.set()

@@ -297,6 +297,11 @@ class Session(asyncio.BufferedProtocol):
             # The client lost its connection before it got our ack: if we stored this append
             # already, ack it again instead of storing it twice.
             stored = self.server.recent_appends(self.client_id).get(first_id)
+            if stored is None:  # not in memory (we restarted): look in the log itself
+                sent_ms = struct.unpack_from("<q", self._buf, int(offsets[0]) + 24)[0]
+                found = _find_stored(log, first_id, sent_ms)
+                if found is not None:
+                    stored = (found, len(offsets) - 1)
             if stored is not None:
                 if guarantee == Guarantee.STORED:
                     self.send(self._ack(request_id, *stored))
@@ -507,6 +512,24 @@ class Session(asyncio.BufferedProtocol):
         self.project.log(name).retention_ms = retention
         return {"ok": True}
 
+
+
+RESEND_SEARCH_MS = 10_000  # clock skew between client and server tolerated by the search
+
+
+def _find_stored(log: Any, message_id: bytes, sent_ms: int) -> int | None:
+    """Index of the message `message_id` if the log has it: a scan from shortly before the
+    time the client says it sent it. Only resends after a restart of the server get here."""
+    after = max(((sent_ms - RESEND_SEARCH_MS) << 16) - 1, 0)
+    while True:
+        batch = log.read(after, max_count=65536)
+        if len(batch):
+            position = _proto.find_message_id(batch, message_id)
+            if position >= 0:
+                return int(batch.indexes[position])
+        elif batch.next_after == after:
+            return None
+        after = batch.next_after
 
 
 def _resolve(future: asyncio.Future[bool], value: bool) -> None:

@@ -4,10 +4,11 @@ of a connection that does not depend on how its bytes move (request ids, message
 from __future__ import annotations
 
 import os
+import re
 import struct
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -218,3 +219,17 @@ def answer_bytes(value: Any) -> bytes:
     if isinstance(value, bytearray | memoryview):
         return bytes(value)
     raise TypeError(f"a handler of requests must return bytes or str, not {type(value).__name__}")
+
+
+def dispatcher(handlers: Mapping[str, Callable[[Message], Any]]) -> tuple[
+        Callable[[Message], Any], str]:
+    """One handler per payload type: the function that picks it, and the type filter that
+    brings the consumer only those types."""
+    if not handlers:
+        raise ValueError("give at least one payload type and its handler")
+    table = dict(handlers)
+
+    def dispatch(message: Message) -> Any:
+        return table[message.type](message)
+
+    return dispatch, "|".join(re.escape(name) for name in table)

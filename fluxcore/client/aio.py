@@ -8,7 +8,7 @@ import inspect
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ from ._wire import (
     ConnectionLost,
     RequestError,
     answer_bytes,
+    dispatcher,
     indexes_of,
     new_client_id,
     parse_ack,
@@ -295,12 +296,19 @@ class AsyncClient:
 
     # -- consuming ---------------------------------------------------------------------------
 
-    async def consume(self, name: str, message_type: MessageType, handler: AsyncHandler, *,
+    async def consume(self, name: str, message_type: MessageType,
+                      handler: AsyncHandler | Mapping[str, AsyncHandler], *,
                       trackers: int = 1, batch: bool = False, type_filter: str | None = None,
                       topic: str | None = None, max_size: int = 1024,
                       max_timeout_ms: int = 1000, from_index: int | None = None,
                       purge_timeout_ms: int | None = 60_000) -> AsyncConsumer:
-        """Starts `trackers` tasks feeding `handler` (a function or a coroutine function)."""
+        """Starts `trackers` tasks feeding `handler` (a function or a coroutine function, or a
+        mapping of payload type -> handler); otherwise as Client.consume."""
+        if isinstance(handler, Mapping):
+            if batch:
+                raise ValueError("a mapping of handlers works per message, not with batch=True")
+            handler, types = dispatcher(handler)
+            type_filter = type_filter or types
         consumer = AsyncConsumer(
             self, name, message_type, handler, trackers=trackers, batch=batch,
             type_filter=type_filter, topic=topic, max_size=max_size,
@@ -447,7 +455,6 @@ class AsyncConsumer:
         self.message_type = message_type
         self.handler = handler
         self.batch = batch
-        self._is_async = inspect.iscoroutinefunction(handler)
         self._type_filter = type_filter
         self._topic = topic
         self._max_size = max_size
@@ -467,7 +474,7 @@ class AsyncConsumer:
 
     async def _call_handler(self, value: Any) -> Any:
         result = self.handler(value)
-        if self._is_async:
+        if inspect.isawaitable(result):
             result = await result
         return result
 

@@ -10,7 +10,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from ._wire import (
     ConnectionLost,
     RequestError,
     answer_bytes,
+    dispatcher,
     indexes_of,
     new_client_id,
     parse_ack,
@@ -335,7 +336,7 @@ class Client:
         self,
         name: str,
         message_type: MessageType,
-        handler: Handler | BatchHandler,
+        handler: Handler | BatchHandler | Mapping[str, Handler],
         *,
         trackers: int = 1,
         batch: bool = False,
@@ -346,10 +347,16 @@ class Client:
         from_index: int | None = None,
         purge_timeout_ms: int | None = 60_000,
     ) -> Consumer:
-        """Starts `trackers` threads that feed `handler` the messages of consumer `name`. A
-        handler of requests (COMMAND, QUERY, ...) answers with what it returns (bytes) or
-        raises. Positions are stored after each batch. `from_index`: where a consumer with no
-        stored position starts (default: now)."""
+        """Starts `trackers` threads that feed `handler` the messages of consumer `name`; a
+        mapping of payload type -> handler picks the handler by type (and reads only those
+        types). A handler of requests (COMMAND, QUERY, ...) answers with what it returns
+        (bytes or str) or raises. Positions are stored after each batch. `from_index`: where
+        a consumer with no stored position starts (default: now)."""
+        if isinstance(handler, Mapping):
+            if batch:
+                raise ValueError("a mapping of handlers works per message, not with batch=True")
+            handler, types = dispatcher(handler)
+            type_filter = type_filter or types
         consumer = Consumer(
             self, name, message_type, handler, trackers=trackers, batch=batch,
             type_filter=type_filter, topic=topic, max_size=max_size,
