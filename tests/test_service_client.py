@@ -1,0 +1,176 @@
+"""The clients against a real server: the asyncio client, handlers per payload type, TLS, and
+resent appends that must not be stored twice (also across a server restart)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from fluxcore._ext import _proto
+from fluxcore.client import AsyncClient, Client, Message, MessageType, RequestError
+from fluxcore.client._wire import Codec
+from fluxcore.protocol import Guarantee, Op, decode_control
+
+from .service_harness import TOKEN, ServerProcess
+
+
+def test_async_client_publish_consume_request(server: ServerProcess) -> None:
+    async def main() -> None:
+        async with await AsyncClient.connect(server.address, token=TOKEN, name="a") as client:
+            first = await client.publish(MessageType.EVENT, b"one", type="T", key="k")
+            assert isinstance(first, int)
+            got: list[Message] = []
+            done = asyncio.Event()
+
+            async def handle(message: Message) -> None:
+                got.append(message)
+                if len(got) == 3:
+                    done.set()
+
+            await client.consume("c", MessageType.EVENT, handle, trackers=2, from_index=first)
+            indexes = await client.publish_batch(MessageType.EVENT, [b"two", b"three"], type="T")
+            assert indexes is not None and indexes[0] > first
+            await asyncio.wait_for(done.wait(), 30)
+            assert sorted(m.data for m in got) == [b"one", b"three", b"two"]
+
+            await client.consume("svc", MessageType.COMMAND, lambda m: b"ok:" + m.data)
+
+            async def fail(message: Message) -> bytes:
+                raise KeyError("missing")
+
+            await client.consume("q", MessageType.QUERY, fail)
+            result = await client.request(MessageType.COMMAND, b"x", type="C", timeout=30)
+            assert result.data == b"ok:x" and result.target == client.client_id
+            with pytest.raises(RequestError, match="missing"):
+                await client.request(MessageType.QUERY, b"y", type="Q", timeout=30)
+            results = await asyncio.gather(*[
+                client.request(MessageType.COMMAND, str(i).encode(), timeout=30)
+                for i in range(50)])
+            assert [r.data for r in results] == [f"ok:{i}".encode() for i in range(50)]
+
+    asyncio.run(main())
+
+
+def test_handlers_per_payload_type(client: Client) -> None:
+    seen: list[tuple[str, bytes]] = []
+    done = threading.Event()
+
+    def on_created(message: Message) -> None:
+        seen.append(("created", message.data))
+
+    def on_shipped(message: Message) -> None:
+        seen.append(("shipped", message.data))
+        done.set()
+
+    start = client.publish(MessageType.EVENT, b"1", type="OrderCreated")
+    client.publish(MessageType.EVENT, b"2", type="OrderPaid")  # no handler: filtered out
+    client.publish(MessageType.EVENT, b"3", type="OrderShipped")
+    client.consume("orders", MessageType.EVENT,
+                   {"OrderCreated": on_created, "OrderShipped": on_shipped}, from_index=start)
+    assert done.wait(30)
+    assert seen == [("created", b"1"), ("shipped", b"3")]
+    with pytest.raises(ValueError):
+        client.consume("x", MessageType.EVENT, {"A": on_created}, batch=True)
+
+
+class RawConnection:
+    """Frames by hand, as a client in another language would send them."""
+
+    def __init__(self, address: str) -> None:
+        host, port = address.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=30)
+        self.codec = Codec("raw-client", "raw", "public", TOKEN)
+        self.sock.sendall(self.codec.hello(1))
+        op, _rid, body = self.read()
+        assert op == Op.WELCOME, decode_control(body)
+
+    def read(self) -> tuple[int, int, bytes]:
+        header = self._exactly(12)
+        length, op, _flags, _reserved, rid = struct.unpack("<IBBHI", header)
+        return op, rid, self._exactly(length - 8)
+
+    def _exactly(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = self.sock.recv(size - len(data))
+            assert chunk, "server closed the connection"
+            data += chunk
+        return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def resent(frame: bytes) -> bytes:
+    return frame[:5] + bytes([frame[5] | 1]) + frame[6:]
+
+
+def test_resent_append_is_acked_not_stored_twice(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        raw = RawConnection(server.address)
+        frame = raw.codec.append(7, MessageType.EVENT, [b"a", b"b", b"c"], payload_type="T",
+                                 guarantee=Guarantee.STORED)
+        raw.sock.sendall(frame)
+        op, rid, body = raw.read()
+        assert (op, rid) == (Op.ACK, 7)
+        first, count = struct.unpack("<QI", body)
+        assert count == 3
+        raw.sock.sendall(resent(frame))  # same connection: remembered in memory
+        assert raw.read() == (Op.ACK, 7, body)
+        raw.close()
+        server.kill()  # kill -9: the server forgets everything but the log
+        server.start()
+        raw = RawConnection(server.address)
+        raw.sock.sendall(resent(frame))
+        assert raw.read() == (Op.ACK, 7, body)  # found in the log itself
+        other = raw.codec.append(8, MessageType.EVENT, [b"d"], payload_type="T",
+                                 guarantee=Guarantee.STORED)
+        raw.sock.sendall(resent(other))  # a resend the server never saw: stored now
+        op, rid, body = raw.read()
+        assert (op, rid) == (Op.ACK, 8)
+        raw.close()
+        with Client.connect(server.address, token=TOKEN) as client:
+            messages = client.read_from_index(MessageType.EVENT, 0, 100)
+        assert [m.data for m in messages] == [b"a", b"b", b"c", b"d"]
+        assert messages[0].index == first
+    finally:
+        server.kill()
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_tls(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    server = ServerProcess(tmp_path / "data", "--tls-cert", str(cert), "--tls-key", str(key))
+    server.start()
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        with Client.connect(server.address, token=TOKEN, tls=context) as client:
+            index = client.publish(MessageType.EVENT, b"secret", type="T")
+            assert [m.data for m in client.read_from_index(MessageType.EVENT, index)] == [
+                b"secret"]
+        # A plaintext client gets nowhere, and the server goes on.
+        with pytest.raises((ConnectionError, OSError, _proto.FrameError)):
+            Client.connect(server.address, token=TOKEN, connect_timeout=5, reconnect=False)
+        with Client.connect(server.address, token=TOKEN, tls=context) as client:
+            assert client.ping() < 30
+    finally:
+        server.kill()
