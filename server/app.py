@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 import ssl
 import sys
 import time
@@ -37,10 +38,13 @@ class Server:
         self.stopping = False
         self._server: asyncio.Server | None = None
         self._purge_task: asyncio.Task[None] | None = None
+        self._flush_task: asyncio.Task[None] | None = None
         # fdatasync runs here, off the event loop; one sync serves every append waiting for it.
         self._sync_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fluxcore-sync")
         self._metric_counter = 0
         self._recent: dict[str, RecentAppends] = {}
+        self._buffered_at = 0.0
+        self._over_buffer = False
 
     def project(self, name: str) -> Project:
         project = self.projects.get(name)
@@ -60,6 +64,7 @@ class Server:
             reuse_address=True, backlog=1024,
         )
         self._purge_task = loop.create_task(self._purge_loop())
+        self._flush_task = loop.create_task(self._flush_loop())
 
     @property
     def port(self) -> int:
@@ -82,10 +87,11 @@ class Server:
             await asyncio.wait(pending, timeout=10)
         for session in list(self.sessions):
             session.close()
-        if self._purge_task is not None:
-            self._purge_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._purge_task
+        for task in (self._purge_task, self._flush_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._server is not None:
             await self._server.wait_closed()
         for project in self.projects.values():
@@ -133,9 +139,23 @@ class Server:
         return sum(s.transport.get_write_buffer_size() for s in self.sessions
                    if s.transport is not None)
 
-    async def wait_for_buffer_room(self) -> None:
-        while self.buffered() > self.config.server_buffer and not self.stopping:
-            await asyncio.sleep(0.005)
+    def over_buffer(self) -> bool:
+        """Whether all connections together hold more unsent bytes than `server_buffer`;
+        the sum is taken at most every 5 ms."""
+        now = time.monotonic()
+        if now - self._buffered_at > 0.005:
+            self._buffered_at = now
+            self._over_buffer = self.buffered() > self.config.server_buffer
+        return self._over_buffer
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            for project in self.projects.values():
+                try:
+                    project.positions.flush()
+                except sqlite3.Error as exc:  # keep them in memory; the next flush tries again
+                    logger.error("storing positions of %s failed: %s", project.name, exc)
 
     async def _purge_loop(self) -> None:
         while True:

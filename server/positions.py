@@ -1,5 +1,9 @@
 """Consumer positions: the last index each consumer processed, per segment, per log. Kept in
-memory and in SQLite (WAL) in the project's directory, so they survive a restart."""
+memory and in SQLite (WAL) in the project's directory, so they survive a restart.
+
+Writes to SQLite are batched: `flush()` (every 100 ms by the server, and on close) writes what
+changed since the last one. A crash loses at most that much progress, which only means some
+messages are delivered again (at least once), never that one is skipped."""
 
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ class PositionStore:
             " PRIMARY KEY (log, consumer))"
         )
         self._cache: dict[tuple[str, str], Positions] = {}
+        self._dirty: set[tuple[str, str]] = set()
 
     def get(self, log: str, consumer: str) -> Positions:
         """The 128 positions (UNSET where none was stored). Do not modify the array."""
@@ -60,14 +65,24 @@ class PositionStore:
         self._write(log, consumer, np.full(SEGMENTS, np.uint64(index), dtype=np.uint64))
 
     def _write(self, log: str, consumer: str, positions: Positions) -> None:
-        self._db.execute(
-            "INSERT INTO positions (log, consumer, segments) VALUES (?, ?, ?)"
-            " ON CONFLICT (log, consumer) DO UPDATE SET segments = excluded.segments",
-            (log, consumer, positions.astype("<u8").tobytes()),
-        )
         self._cache[(log, consumer)] = positions
+        self._dirty.add((log, consumer))
+
+    def flush(self) -> None:
+        """Writes the positions changed since the last flush, in one transaction."""
+        if not self._dirty:
+            return
+        rows = [(log, consumer, self._cache[(log, consumer)].astype("<u8").tobytes())
+                for log, consumer in self._dirty]
+        self._dirty.clear()
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT INTO positions (log, consumer, segments) VALUES (?, ?, ?)"
+                " ON CONFLICT (log, consumer) DO UPDATE SET segments = excluded.segments", rows)
 
     def close(self) -> None:
+        self.flush()
         self._db.close()
 
 

@@ -3,7 +3,6 @@ tracker clusters. Projects are fully isolated: each has its own directory."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 from fluxcore.log import Log
@@ -11,7 +10,7 @@ from fluxcore.protocol import check_name
 
 from .config import ServerConfig
 from .positions import PositionStore
-from .tracking import Cluster
+from .tracking import Cluster, Waiter
 
 __all__ = ["Project"]
 
@@ -25,7 +24,7 @@ class Project:
         self.positions = PositionStore(os.path.join(self.path, "state.sqlite"))
         self._logs: dict[str, Log] = {}
         self._clusters: dict[tuple[str, str], Cluster] = {}
-        self._append_waiters: dict[str, set[asyncio.Future[bool]]] = {}
+        self._append_waiters: dict[str, set[Waiter]] = {}
 
     def log(self, name: str) -> Log:
         """The log called `name`, opened (and created) on first use."""
@@ -60,18 +59,20 @@ class Project:
 
     # -- waiting for appends -------------------------------------------------------------
 
-    def watch_appends(self, log: str, future: asyncio.Future[bool]) -> None:
-        """Resolves `future` (with False) at the next append to `log`."""
-        waiters = self._append_waiters.setdefault(log, set())
-        waiters.add(future)
-        future.add_done_callback(waiters.discard)
+    def watch_appends(self, log: str, waiter: Waiter) -> None:
+        """`waiter.wake()` is called after every append to `log` until unwatched."""
+        self._append_waiters.setdefault(log, set()).add(waiter)
+
+    def unwatch_appends(self, log: str, waiter: Waiter) -> None:
+        waiters = self._append_waiters.get(log)
+        if waiters is not None:
+            waiters.discard(waiter)
 
     def appended(self, log: str) -> None:
         waiters = self._append_waiters.get(log)
         if waiters:
-            for future in list(waiters):
-                if not future.done():
-                    future.set_result(False)
+            for waiter in list(waiters):
+                waiter.wake()
 
     def close(self) -> None:
         for log in self._logs.values():

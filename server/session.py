@@ -17,8 +17,6 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, cast
 
-import numpy as np
-
 from fluxcore._ext import _proto
 from fluxcore.errors import LogFullError, RecordTooLargeError
 from fluxcore.protocol import (
@@ -35,13 +33,12 @@ from fluxcore.protocol import (
     log_name,
 )
 
-from .positions import UNSET, merged_ranges
-from .tracking import EMPTY
+from .positions import merged_ranges
+from .reads import PendingRead, ReadParams, TypeFilter
 
 if TYPE_CHECKING:
     from .app import Server
     from .project import Project
-    from .tracking import Cluster
 
 __all__ = ["Session"]
 
@@ -91,7 +88,9 @@ class Session(asyncio.BufferedProtocol):
         self._writable.set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.pending_acks: set[asyncio.Task[None]] = set()  # acks waiting for a sync
-        self._type_filters: dict[str, tuple[re.Pattern[str], dict[int, bool]]] = {}
+        self._type_filters: dict[str, TypeFilter] = {}
+        self.reads: set[PendingRead] = set()  # parked READs of this connection
+        self._blocked_reads: set[PendingRead] = set()  # ready to answer once writable
 
     # -- asyncio callbacks -------------------------------------------------------------------
 
@@ -106,6 +105,8 @@ class Session(asyncio.BufferedProtocol):
         self._writable.set()
         for task in list(self._tasks - self.pending_acks):
             task.cancel()
+        for read in list(self.reads):
+            read.cancel()
         self.server.session_closed(self)
 
     def pause_writing(self) -> None:
@@ -118,6 +119,9 @@ class Session(asyncio.BufferedProtocol):
         self._writable.set()
         if self.transport is not None and not self.closed and not self.server.stopping:
             self.transport.resume_reading()
+        blocked, self._blocked_reads = self._blocked_reads, set()
+        for read in blocked:
+            read.wake()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._end == len(self._buf):
@@ -206,7 +210,7 @@ class Session(asyncio.BufferedProtocol):
             if op == Op.APPEND:
                 self._on_append(request_id, flags, start, end)
             elif op == Op.READ:
-                self._spawn(self._on_read(request_id, self._control(start, end)))
+                self._on_read(request_id, self._control(start, end))
             elif op == Op.PING:
                 self.send(_proto.frame_header(Op.PONG, request_id, 0))
             elif op in _CONTROL:
@@ -331,21 +335,7 @@ class Session(asyncio.BufferedProtocol):
         await self.server.sync_log(log, index)
         self.send(ack)
 
-    async def _on_read(self, request_id: int, req: dict[str, Any]) -> None:
-        assert self.project is not None
-        try:
-            frame = await self._tracking_read(request_id, req)
-        except ProtocolError as exc:
-            self.send_error(request_id, exc.code, exc.message)
-            return
-        except (ValueError, TypeError, re.error) as exc:
-            self.send_error(request_id, ErrorCode.BAD_REQUEST, str(exc))
-            return
-        await self._writable.wait()
-        await self.server.wait_for_buffer_room()
-        self.send(frame)
-
-    async def _tracking_read(self, request_id: int, req: dict[str, Any]) -> bytes:
+    def _on_read(self, request_id: int, req: dict[str, Any]) -> None:
         assert self.project is not None
         project = self.project
         message_type, name = self._log_for(req)
@@ -355,116 +345,68 @@ class Session(asyncio.BufferedProtocol):
         if not 0 < max_size <= self.config.max_read_size:
             raise ProtocolError(ErrorCode.BAD_REQUEST,
                                 f"max_size must be 1..{self.config.max_read_size}")
-        timeout = max(0, _field(req, "max_timeout_ms", int, 10_000)) / 1000.0
-        type_filter = _field(req, "type_filter", str, None)
-        filter_target = bool(_field(req, "filter_target", bool, False))
         ignore_segment = bool(_field(req, "ignore_segment", bool, False))
-        single = bool(_field(req, "single_tracker", bool, False))
         client_index = bool(_field(req, "client_index", bool, False))
-        last_index = _field(req, "last_index", int, None)
-        purge_ms = _field(req, "purge_timeout_ms", int, None)
         if message_type is MessageType.NOTIFICATION:
             ignore_segment = client_index = True
+        params = ReadParams(
+            log_name=name, consumer=consumer, tracker_id=tracker_id, max_size=max_size,
+            timeout=max(0, _field(req, "max_timeout_ms", int, 10_000)) / 1000.0,
+            type_filter=_field(req, "type_filter", str, None),
+            filter_target=bool(_field(req, "filter_target", bool, False)),
+            ignore_segment=ignore_segment, client_index=client_index,
+            last_index=_field(req, "last_index", int, None))
+        single = bool(_field(req, "single_tracker", bool, False))
+        purge_ms = _field(req, "purge_timeout_ms", int, None)
+        store = _field(req, "store_position", list, None)
+        type_filter = self._type_filter(params.type_filter) if params.type_filter else None
+        if store is not None:  # the position after the tracker's previous batch
+            self._store_position(name, consumer, store[:2], store[2] if len(store) == 3 else -1)
         log = project.log(name)
         cluster = project.cluster(name, consumer, single)
         tracker = cluster.enter(tracker_id, self.session_id,
                                 None if purge_ms is None else purge_ms / 1000.0)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        default_start = last_index if last_index is not None else (
-            (int(time.time() * 1000) - 1000) << 16)
-        while True:
-            if tracker_id not in cluster.trackers:  # disconnected meanwhile
-                return _proto.empty_batch_frame(request_id, 0, 0, 0, True)
-            seg_range = (0, 128) if ignore_segment else tracker.range
-            if seg_range == EMPTY:
-                if await self._wait(deadline, cluster, None):
-                    return _proto.empty_batch_frame(request_id, 0, 0, 0, True)
-                continue
-            if client_index:
-                positions = None
-                start = default_start
-            else:
-                positions = project.positions.get(name, consumer)
-                positions = np.where(positions == UNSET, np.uint64(default_start), positions)
-                lo, hi = seg_range
-                start = int(positions[lo:hi].min())
-            batch = log.read(start, max_count=max_size,
-                             segments=None if ignore_segment else seg_range)
-            mask = self._type_mask(type_filter, batch) if type_filter and len(batch) else None
-            caught_up = len(batch) < max_size
-            frame, count = _proto.batch_frame(
-                request_id, batch, positions, self.client_id, tracker_id, filter_target, mask,
-                seg_range[0], seg_range[1], batch.next_after if len(batch) or
-                batch.next_after != start else 0, caught_up)
-            if count:
-                cluster.processing(tracker)
-                return frame
-            if batch.next_after != start:
-                # Everything read was filtered out: move past it and keep looking, but give
-                # a client-controlled reader its new last index to avoid rescanning.
-                if client_index:
-                    return frame
-                project.positions.store(name, consumer, seg_range[0], seg_range[1],
-                                        batch.next_after)
-                await asyncio.sleep(0)
-                continue
-            if await self._wait(deadline, cluster, name):
-                return frame
+        PendingRead(self, request_id, params, project, log, cluster, tracker, type_filter).start()
 
-    async def _wait(self, deadline: float, cluster: Cluster, log: str | None) -> bool:
-        """Waits for an append to `log`, a change in the cluster or the deadline; True at the
-        deadline."""
-        assert self.project is not None
-        loop = asyncio.get_running_loop()
-        if loop.time() >= deadline:
-            return True
-        future: asyncio.Future[bool] = loop.create_future()
-        cluster.watch(future)
-        if log is not None:
-            self.project.watch_appends(log, future)
-        timer = loop.call_at(deadline, _resolve, future, True)
-        try:
-            return await future
-        finally:
-            timer.cancel()
-
-    def _type_mask(self, pattern: str, batch: Any) -> np.ndarray[Any, np.dtype[np.bool_]]:
-        compiled = self._type_filters.get(pattern)
-        if compiled is None:
+    def _type_filter(self, pattern: str) -> TypeFilter:
+        found = self._type_filters.get(pattern)
+        if found is None:
             if len(self._type_filters) > 100:
                 self._type_filters.clear()
-            compiled = (re.compile(pattern), {})
-            self._type_filters[pattern] = compiled
-        regex, verdicts = compiled
-        hashes = _proto.type_hashes(batch)
-        unique, first = np.unique(hashes, return_index=True)
-        accepted = []
-        for value, position in zip(unique.tolist(), first.tolist(), strict=True):
-            verdict = verdicts.get(value)
-            if verdict is None:
-                verdict = regex.fullmatch(_proto.record_type(batch, position)) is not None
-                verdicts[value] = verdict
-            if verdict:
-                accepted.append(value)
-        return np.isin(hashes, np.array(accepted, dtype=np.uint64))
+            try:
+                found = self._type_filters[pattern] = TypeFilter(pattern)
+            except re.error as exc:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, f"bad type_filter: {exc}") from None
+        return found
+
+    def can_send(self) -> bool:
+        """False while this connection or the whole server has too much unsent."""
+        return self._writable.is_set() and not self.server.over_buffer()
+
+    def when_writable(self, read: PendingRead) -> None:
+        if not self._writable.is_set():
+            self._blocked_reads.add(read)
+        else:  # the server as a whole is over its bound: look again shortly
+            asyncio.get_running_loop().call_later(0.005, read.wake)
 
     def _cluster_of(self, req: dict[str, Any]) -> tuple[str, str]:
         _, name = self._log_for(req)
         return name, _field(req, "consumer", str)
 
     def _on_store_position(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.project is not None
         name, consumer = self._cluster_of(req)
-        segment = _field(req, "segment", list)
-        if len(segment) != 2 or not all(isinstance(s, int) for s in segment) or not (
+        self._store_position(name, consumer, _field(req, "segment", list),
+                             _field(req, "last_index", int))
+        return {"ok": True}
+
+    def _store_position(self, log: str, consumer: str, segment: list[Any], index: object) -> None:
+        assert self.project is not None
+        if len(segment) != 2 or not all(type(s) is int for s in segment) or not (
                 0 <= segment[0] <= segment[1] <= 128):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "segment must be [start, end] in 0..128")
-        index = _field(req, "last_index", int)
-        if index < 0:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "last_index must not be negative")
-        self.project.positions.store(name, consumer, segment[0], segment[1], index)
-        return {"ok": True}
+        if type(index) is not int or index < 0:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "last_index must be an int >= 0")
+        self.project.positions.store(log, consumer, segment[0], segment[1], index)
 
     def _on_reset_position(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
         assert self.project is not None
@@ -530,11 +472,6 @@ def _find_stored(log: Any, message_id: bytes, sent_ms: int) -> int | None:
         elif batch.next_after == after:
             return None
         after = batch.next_after
-
-
-def _resolve(future: asyncio.Future[bool], value: bool) -> None:
-    if not future.done():
-        future.set_result(value)
 
 
 _CONTROL: dict[int, Any] = {

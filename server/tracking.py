@@ -9,15 +9,19 @@ still hold, until those come back.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 __all__ = ["EMPTY", "Cluster", "Tracker", "even_split"]
 
 SEGMENTS = 128
 EMPTY = (0, 0)
 Range = tuple[int, int]
+
+
+class Waiter(Protocol):
+    def wake(self) -> None: ...
 
 
 @dataclass(eq=False)
@@ -66,7 +70,7 @@ class Cluster:
     consumer: str
     single_tracker: bool = False
     trackers: dict[str, Tracker] = field(default_factory=dict)
-    _waiters: set[asyncio.Future[bool]] = field(default_factory=set)
+    _waiters: set[Waiter] = field(default_factory=set)
 
     def enter(
         self, tracker_id: str, session_id: str, purge_timeout: float | None
@@ -137,12 +141,13 @@ class Cluster:
 
     # -- waiting for a change of ranges --------------------------------------------------
 
-    def watch(self, future: asyncio.Future[bool]) -> None:
-        """Resolves `future` (with False) at the next change of ranges or membership."""
-        self._waiters.add(future)
-        future.add_done_callback(self._waiters.discard)
+    def watch(self, waiter: Waiter) -> None:
+        """`waiter.wake()` is called at every change of ranges or membership until unwatched."""
+        self._waiters.add(waiter)
+
+    def unwatch(self, waiter: Waiter) -> None:
+        self._waiters.discard(waiter)
 
     def wake(self) -> None:
-        for future in list(self._waiters):
-            if not future.done():
-                future.set_result(False)
+        for waiter in list(self._waiters):
+            waiter.wake()

@@ -57,9 +57,10 @@ class FrameError(ValueError):
 
 def frame_scan(buffer, Py_ssize_t start, Py_ssize_t end, uint32_t max_frame):
     """Finds the complete frames in buffer[start:end]. Returns (frames, consumed, needed):
-    frames is a list of (op, flags, request_id, body_start, body_end); consumed is the offset after the
-    last complete frame; needed is the total size of the incomplete frame at `consumed` (0 if
-    only its length is missing). A length under 8 or over max_frame raises FrameError."""
+    frames is a list of (op, flags, request_id, body_start, body_end); consumed is the offset
+    after the last complete frame; needed is the total size of the incomplete frame at
+    `consumed` (0 if only its length is missing). A length under 8 or over max_frame raises
+    FrameError."""
     cdef Py_buffer view
     cdef const char *p
     cdef frame_header_t h

@@ -156,14 +156,19 @@ class Codec:
         client_index: bool = False,
         last_index: int | None = None,
         purge_timeout_ms: int | None = None,
+        store: tuple[tuple[int, int], int] | None = None,
     ) -> dict[str, Any]:
-        return {
+        request: dict[str, Any] = {
             "type": int(message_type), "topic": topic, "consumer": consumer, "tracker": tracker,
             "max_size": max_size, "max_timeout_ms": max_timeout_ms, "type_filter": type_filter,
             "filter_target": filter_target, "ignore_segment": ignore_segment,
             "client_index": client_index, "last_index": last_index,
             "purge_timeout_ms": purge_timeout_ms,
         }
+        if store is not None:  # the position after the previous batch, stored first
+            (start, end), index = store
+            request["store_position"] = [start, end, index]
+        return request
 
 
 def new_client_id() -> str:

@@ -481,15 +481,18 @@ class AsyncConsumer:
     async def _run(self, tracker_id: str) -> None:
         client = self.client
         results = self._results
+        # Readers of results and of notifications keep their index here, not on the server.
+        own_index = results or self.message_type is MessageType.NOTIFICATION
         last_index = None if self._from_index is None else max(self._from_index - 1, 0)
         timeout = self._max_timeout_ms / 1000.0 + 30.0
+        unstored: tuple[tuple[int, int], int] | None = None
         while not self._stopping:
             request = client._codec.read(
                 self.message_type, self.name, tracker_id, topic=self._topic,
                 max_size=self._max_size, max_timeout_ms=self._max_timeout_ms,
                 type_filter=self._type_filter, filter_target=results, ignore_segment=results,
-                client_index=results, last_index=last_index,
-                purge_timeout_ms=self._purge_timeout_ms)
+                client_index=own_index, last_index=last_index,
+                purge_timeout_ms=self._purge_timeout_ms, store=unstored)
             try:
                 reply = await client.read(request, timeout)
             except ConnectionLost:
@@ -502,15 +505,17 @@ class AsyncConsumer:
                 continue
             if reply.messages:
                 await self._handle(reply.messages)
+            unstored = None
             if reply.last_index:
-                if results:
+                if own_index:
                     last_index = reply.last_index
-                else:
-                    try:
-                        await client.store_position(self.name, self.message_type, reply.segment,
-                                                    reply.last_index, self._topic)
-                    except (ProtocolError, ConnectionLost, OSError) as exc:
-                        logger.error("tracker %s: storing position failed: %s", tracker_id, exc)
+                else:  # stored by the next read, or below when the tracker stops
+                    unstored = (reply.segment, reply.last_index)
+        if unstored is not None:
+            try:
+                await client.store_position(self.name, self.message_type, *unstored, self._topic)
+            except (ProtocolError, ConnectionLost, OSError) as exc:
+                logger.error("tracker %s: storing position failed: %s", tracker_id, exc)
 
     async def _handle(self, messages: list[Message]) -> None:
         answers: list[tuple[Message, bytes | None, BaseException | None]] = []
