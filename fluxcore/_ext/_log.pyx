@@ -26,7 +26,7 @@ from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.unicode cimport PyUnicode_Check
 from libc.errno cimport errno
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport free, realloc
+from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcmp, memcpy, memset
 
 from fluxcore._ext.includes.fc cimport (
@@ -50,6 +50,8 @@ from fluxcore._ext.includes.fc cimport (
     seg_store_u64,
     xxh64,
 )
+from posix.types cimport off_t
+
 from fluxcore._ext.includes.sys cimport (
     FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE,
@@ -70,6 +72,8 @@ from fluxcore._ext.includes.sys cimport (
     pthread_mutex_lock,
     pthread_mutex_trylock,
     pthread_mutex_unlock,
+    pwrite,
+    ssize_t,
     stat,
 )
 

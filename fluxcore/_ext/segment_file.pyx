@@ -397,6 +397,34 @@ cdef class SegmentFile:
         return count
 
 
+cdef int prefault(SegmentFile f, uint64_t file_size) except -1:
+    # Pre-fault every page before the file is used: a page fault costs 2-15 us on these
+    # machines, far more than a 100-byte append. Writing zeros with pwrite first lets the page
+    # cache use large folios (much cheaper than faulting 4 KiB pages one by one); the mapping
+    # is then populated from the cached pages. The zeros never reach the disk twice: appends
+    # overwrite them long before background writeback.
+    cdef void *zeros = calloc(PREFAULT_CHUNK, 1)
+    cdef uint64_t off = 0
+    cdef ssize_t written = 0
+    if zeros == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            while off < file_size:
+                written = pwrite(f.fd, zeros, min(<uint64_t>PREFAULT_CHUNK, file_size - off),
+                                 <off_t>off)
+                if written <= 0:
+                    break
+                off += <uint64_t>written
+        if written < 0:
+            raise OSError(errno, f"writing {f.path} failed: {os.strerror(errno)}")
+    finally:
+        free(zeros)
+    with nogil:
+        madvise(f.base, file_size, MADV_POPULATE_WRITE)
+    return 0
+
+
 def segment_file_create(str path, int fd, uint64_t file_size, bint populate):
     """Maps a freshly preallocated file and writes its header; the SegmentFile owns `fd` from
     the call on, even if it raises. The first index is set when the file becomes the active one."""
@@ -406,9 +434,7 @@ def segment_file_create(str path, int fd, uint64_t file_size, bint populate):
     f.fd = fd
     f._map(file_size, True)
     if populate:
-        # Pre-fault every page now: a fault costs ~8 us, far more than a 100-byte append.
-        with nogil:
-            madvise(f.base, file_size, MADV_POPULATE_WRITE)
+        prefault(f, file_size)
     f.data_offset = layout_data_offset(file_size, &capacity)
     f.index_capacity = capacity
     f.entries = <seg_index_entry_t *>(f.base + SEG_HEADER_SIZE)

@@ -2,6 +2,10 @@
 from posix.types cimport off_t
 
 
+cdef extern from "<sys/types.h>" nogil:
+    ctypedef long ssize_t
+
+
 cdef extern from "<sys/mman.h>" nogil:
     void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
     int munmap(void *addr, size_t length)
@@ -29,9 +33,7 @@ cdef extern from "<sys/stat.h>" nogil:
 
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
-    long sysconf(int name)
-    int _SC_PAGESIZE
-    int usleep(unsigned int usec)
+    ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
 
 
 cdef extern from "<pthread.h>" nogil:
