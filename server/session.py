@@ -45,6 +45,7 @@ __all__ = ["Session"]
 logger = logging.getLogger("fluxcore.server")
 
 _INITIAL_BUFFER = 256 * 1024
+_FRAME_HEADER = 12
 FLAG_RESEND = 1  # frame flag: this APPEND was sent before, on a connection that was lost
 _REQUIRED = object()
 _HTTP_HEALTH = b"GET "
@@ -117,11 +118,15 @@ class Session(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._writable.set()
-        if self.transport is not None and not self.closed and not self.server.stopping:
-            self.transport.resume_reading()
         blocked, self._blocked_reads = self._blocked_reads, set()
         for read in blocked:
             read.wake()
+        if self.closed or self.server.stopping:
+            return
+        if self._start < self._end:
+            self._process()  # the requests held back while the client was not reading
+        if self.transport is not None and self._writable.is_set():
+            self.transport.resume_reading()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._end == len(self._buf):
@@ -148,6 +153,10 @@ class Session(asyncio.BufferedProtocol):
         if self.project is None and self._buf[self._start : self._start + 4] == _HTTP_HEALTH:
             self._answer_http()
             return
+        self._process()
+
+    def _process(self) -> None:
+        """Answers the complete frames received, until the client stops taking answers."""
         try:
             frames, consumed, needed = _proto.frame_scan(
                 self._buf, self._start, self._end, self.config.max_frame
@@ -156,6 +165,11 @@ class Session(asyncio.BufferedProtocol):
             self._fail(0, ErrorCode.BAD_FRAME, str(exc))
             return
         for op, flags, request_id, body_start, body_end in frames:
+            if not self._writable.is_set():
+                # The client does not read its answers: leave the rest of its requests where
+                # they are (reading from its socket is paused too) until it catches up.
+                self._start = body_start - _FRAME_HEADER
+                return
             self._dispatch(op, flags, request_id, body_start, body_end)
             if self.closed:
                 return
