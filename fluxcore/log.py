@@ -9,6 +9,7 @@ background sync thread of the ``interval`` policy.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import fcntl
@@ -16,6 +17,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Literal
@@ -80,6 +82,7 @@ class Log(LogCore):
         retention_ms: int | None = None,
         retention_bytes: int | None = None,
         repair: bool = False,
+        max_mapped_files: int = 64,
     ) -> None:
         if fsync not in _FSYNC_MODES:
             raise ValueError(f"fsync must be one of {sorted(_FSYNC_MODES)}, not {fsync!r}")
@@ -91,6 +94,8 @@ class Log(LogCore):
             )
         if not isinstance(fsync_interval_ms, int) or fsync_interval_ms <= 0:
             raise ValueError("fsync_interval_ms must be a positive int")
+        if not isinstance(max_mapped_files, int) or max_mapped_files < 2:
+            raise ValueError("max_mapped_files must be an int >= 2")
         for name, value in (("retention_ms", retention_ms), ("retention_bytes", retention_bytes)):
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"{name} must be a positive int or None")
@@ -101,6 +106,8 @@ class Log(LogCore):
         self.retention_ms = retention_ms
         self.retention_bytes = retention_bytes
         self.recovery: dict[str, int] = {"truncated_bytes": 0, "dropped_records": 0}
+        self.max_mapped_files = max_mapped_files
+        self._mapped: deque[int] = deque()  # first indexes of mapped files, oldest mapping first
         self._spares: list[SegmentFile] = []
         self._spare_lock = threading.Lock()
         self._spare_wanted = threading.Event()
@@ -200,7 +207,19 @@ class Log(LogCore):
                 except FileNotFoundError:
                     return None
                 self._files[pos] = f
+                self._remember_mapping(self._starts[pos])
             return f
+
+    def _remember_mapping(self, first_index: int) -> None:
+        """Keeps at most `max_mapped_files` files mapped: the oldest mapping is dropped from the
+        list (it is unmapped once no Batch or view uses it) and mapped again when read."""
+        self._mapped.append(first_index)
+        while len(self._mapped) > self.max_mapped_files:
+            oldest = self._mapped.popleft()
+            pos = bisect.bisect_left(self._starts, oldest)
+            if (pos < len(self._starts) and self._starts[pos] == oldest
+                    and self._files[pos] is not self._active):
+                self._files[pos] = None
 
     def _refresh(self) -> None:
         """A reader re-lists the directory: new files from the writer, old ones retired."""
@@ -291,6 +310,8 @@ class Log(LogCore):
         self._files.append(spare)
         self._starts.append(first_index)
         self._active = spare
+        with self._open_lock:
+            self._remember_mapping(first_index)
         self._apply_retention()
 
     def _apply_retention(self) -> None:

@@ -274,3 +274,21 @@ def test_reader_in_process_sees_writer(log_dir: Path) -> None:
         assert reader.first_index == writer.first_index
         with pytest.raises(fluxcore.LogError):
             reader.append(b"no")
+
+
+def test_at_most_max_mapped_files_stay_mapped(log_dir: Path) -> None:
+    with Log(log_dir, segment_file_size=1 << 20, max_mapped_files=2) as log:
+        payloads = [bytes([i % 256]) * 3000 for i in range(2000)]  # ~6 MB: 6+ files
+        for chunk in range(0, 2000, 250):
+            log.append_batch(payloads[chunk : chunk + 250])
+        assert len(seg_files(log_dir)) >= 6
+        assert sum(f is not None for f in log._files) <= 3  # two plus the active one
+        kept = log.read(0)  # a batch keeps its file mapped even once dropped from the list
+        assert [p for _, p in read_all(log)] == payloads  # maps each file again on the way
+        assert sum(f is not None for f in log._files) <= 3
+        assert kept.payloads() == payloads[: len(kept)]
+    with Log(log_dir, readonly=True, max_mapped_files=2) as reader:
+        assert [p for _, p in read_all(reader)] == payloads
+        assert sum(f is not None for f in reader._files) <= 2
+    with pytest.raises(ValueError):
+        Log(log_dir, max_mapped_files=1)
