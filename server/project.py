@@ -4,6 +4,7 @@ tracker clusters. Projects are fully isolated: each has its own directory."""
 from __future__ import annotations
 
 import os
+import sqlite3
 
 from fluxcore.log import Log
 from fluxcore.protocol import check_name
@@ -21,7 +22,12 @@ class Project:
         self.config = config
         self.path = os.path.join(config.data_dir, name)
         os.makedirs(os.path.join(self.path, "logs"), exist_ok=True)
-        self.positions = PositionStore(os.path.join(self.path, "state.sqlite"))
+        state = os.path.join(self.path, "state.sqlite")
+        self.positions = PositionStore(state)
+        self._settings = sqlite3.connect(state, check_same_thread=False)
+        self._settings.execute("CREATE TABLE IF NOT EXISTS log_settings ("
+                               " log TEXT PRIMARY KEY, retention_ms INTEGER)")
+        self._settings.commit()
         self._logs: dict[str, Log] = {}
         self._clusters: dict[tuple[str, str], Cluster] = {}
         self._append_waiters: dict[str, set[Waiter]] = {}
@@ -30,15 +36,27 @@ class Project:
         """The log called `name`, opened (and created) on first use."""
         log = self._logs.get(name)
         if log is None:
+            retention = self._settings.execute(
+                "SELECT retention_ms FROM log_settings WHERE log = ?", (name,)).fetchone()
             log = Log(
                 os.path.join(self.path, "logs", name),
                 fsync=self.config.fsync,  # type: ignore[arg-type]
                 fsync_interval_ms=self.config.fsync_interval_ms,
                 segment_file_size=self.config.segment_file_size,
-                retention_ms=self.config.retention_ms,
+                retention_ms=retention[0] if retention else self.config.retention_ms,
             )
             self._logs[name] = log
         return log
+
+    def set_retention(self, name: str, retention_ms: int | None) -> None:
+        """Retention of one log (None: the server's default), kept across restarts."""
+        with self._settings:
+            self._settings.execute(
+                "INSERT INTO log_settings (log, retention_ms) VALUES (?, ?)"
+                " ON CONFLICT (log) DO UPDATE SET retention_ms = excluded.retention_ms",
+                (name, retention_ms))
+        self.log(name).retention_ms = (
+            retention_ms if retention_ms is not None else self.config.retention_ms)
 
     def logs(self) -> dict[str, Log]:
         return dict(self._logs)
@@ -79,3 +97,4 @@ class Project:
             log.close()
         self._logs.clear()
         self.positions.close()
+        self._settings.close()

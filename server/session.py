@@ -465,7 +465,7 @@ class Session(asyncio.BufferedProtocol):
         retention = _field(req, "retention_ms", int, None)
         if retention is not None and retention <= 0:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "retention_ms must be positive or nil")
-        self.project.log(name).retention_ms = retention
+        self.project.set_retention(name, retention)
         return {"ok": True}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+import sqlite3
 import ssl
 import struct
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 from fluxcore._ext import _proto
 from fluxcore.client import AsyncClient, Client, Message, MessageType, RequestError
 from fluxcore.client._wire import Codec
-from fluxcore.protocol import Guarantee, Op, decode_control
+from fluxcore.protocol import Guarantee, Op, ProtocolError, decode_control
 
 from .service_harness import TOKEN, ServerProcess
 
@@ -172,5 +173,25 @@ def test_tls(tmp_path: Path) -> None:
             Client.connect(server.address, token=TOKEN, connect_timeout=5, reconnect=False)
         with Client.connect(server.address, token=TOKEN, tls=context) as client:
             assert client.ping() < 30
+    finally:
+        server.kill()
+
+
+def test_retention_of_a_log_is_kept_across_restarts(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        with Client.connect(server.address, token=TOKEN) as client:
+            client.publish(MessageType.CUSTOM, b"x", topic="audit")
+            client.set_retention(MessageType.CUSTOM, 3_600_000, topic="audit")
+            with pytest.raises(ProtocolError):
+                client.set_retention(MessageType.CUSTOM, -1, topic="audit")
+        assert server.stop() == 0
+        server.start()
+        state = sqlite3.connect(tmp_path / "data" / "public" / "state.sqlite")
+        assert state.execute("SELECT log, retention_ms FROM log_settings").fetchall() == [
+            ("custom-audit", 3_600_000)]
+        with Client.connect(server.address, token=TOKEN) as client:
+            assert [m.data for m in client.read_from_index(MessageType.CUSTOM, 0,
+                                                           topic="audit")] == [b"x"]
     finally:
         server.kill()
