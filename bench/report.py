@@ -33,6 +33,8 @@ SERVICE_ORDER = (
 
 
 def format_value(row: Row) -> str:
+    if row.unit == "msg/s" and row.value < 1e6:
+        return f"{row.value / 1e3:.1f}k msg/s"
     if row.unit == "msg/s":
         return f"{row.value / 1e6:.2f}M msg/s"
     return f"{row.value:.2f} {row.unit}"
@@ -78,12 +80,17 @@ def _ratio_to_best_peer(rows: list[Row]) -> str:
 
 def table(results: Results, columns: tuple[str, ...] = COLUMNS) -> str:
     lines: list[list[str]] = [["name", *columns, "ratio vs best peer", "note"]]
+    setup_notes = set(_setup_notes(results).values())  # printed once, under "setup:"
     for name in _names(results.rows):
         rows = [row for row in results.rows if row.name == name]
         by_system = {row.system: row for row in rows}
         cells = [format_value(by_system[s]) if s in by_system else "-" for s in columns]
         others = [f"{row.system} {format_value(row)}" for row in rows if row.system not in columns]
-        notes = [row.note for row in rows if row.system == SUBJECT and row.unit != "msg/s"]
+        notes = [
+            row.note
+            for row in rows
+            if row.system == SUBJECT and row.unit != "msg/s" and row.note not in setup_notes
+        ]
         lines.append([name, *cells, _ratio_to_best_peer(rows), "; ".join(others + notes)])
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     out = [
@@ -94,12 +101,17 @@ def table(results: Results, columns: tuple[str, ...] = COLUMNS) -> str:
     return "\n".join(line.rstrip() for line in out)
 
 
-def setups(results: Results) -> str:
-    """Each system's durability and layout, once (rows of one system share it)."""
+def _setup_notes(results: Results) -> dict[str, str]:
     seen: dict[str, str] = {}
     for row in results.rows:
         if row.unit == "msg/s" and row.note:
             seen.setdefault(row.system, row.note)
+    return seen
+
+
+def setups(results: Results) -> str:
+    """Each system's durability and layout, once (rows of one system share it)."""
+    seen = _setup_notes(results)
     return "\n".join(f"  {system}: {note}" for system, note in seen.items())
 
 

@@ -1,6 +1,7 @@
 """Run a benchmark suite, print the table and write the JSON rows.
 
 python bench/run.py --suite embedded --json FILE [--quick] [--dir DIR]
+python bench/run.py --suite service --json FILE [--quick] [--dir DIR]
 python -m bench.run ...
 """
 
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--suite", choices=["embedded"], default="embedded")
+    parser.add_argument("--suite", choices=["embedded", "service"], default="embedded")
     parser.add_argument("--json", type=Path, required=True, help="where to write the rows")
     parser.add_argument("--quick", action="store_true", help="small sizes: under a minute")
     parser.add_argument(
@@ -35,13 +36,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per row")
     args = parser.parse_args(argv)
+    if args.suite == "service":
+        return _service(args)
 
     sizes = QUICK if args.quick else FULL
     if args.repeats is not None:
         sizes = dataclasses.replace(sizes, repeats=args.repeats)
     results = run_embedded(sizes, args.dir)
-    report.add_memcpy_ratios(results)
+    report.add_machine_ratios(results)
     print(report.render(results))
+    report.write_json(results, args.json)
+    print(f"\nwrote {len(results.rows)} rows to {args.json}")
+    return 0
+
+
+def _service(args: argparse.Namespace) -> int:
+    from bench import report
+    from bench.service import SERVICE_COLUMNS, run_service
+    from bench.service_workloads import SERVICE_FULL, SERVICE_QUICK
+
+    sizes = SERVICE_QUICK if args.quick else SERVICE_FULL
+    if args.repeats is not None:
+        sizes = dataclasses.replace(sizes, repeats=args.repeats)
+    results = run_service(sizes, args.dir)
+    print(report.render(results, SERVICE_COLUMNS))
     report.write_json(results, args.json)
     print(f"\nwrote {len(results.rows)} rows to {args.json}")
     return 0

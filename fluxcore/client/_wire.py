@@ -3,12 +3,14 @@ of a connection that does not depend on how its bytes move (request ids, message
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import struct
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,7 @@ from fluxcore.protocol import (
 __all__ = ["FLAG_RESEND", "BatchReply", "Codec", "RequestError", "parse_address"]
 
 FLAG_RESEND = 1
+logger = logging.getLogger("fluxcore.client")
 RESULT_CONSUMER_SUFFIX = "_$request-handler"
 
 
@@ -238,3 +241,95 @@ def dispatcher(handlers: Mapping[str, Callable[[Message], Any]]) -> tuple[
         return table[message.type](message)
 
     return dispatch, "|".join(re.escape(name) for name in table)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    """What a consumer reads and how: shared by the trackers of the sync and asyncio clients."""
+
+    name: str
+    message_type: MessageType
+    trackers: int
+    batch: bool
+    type_filter: str | None
+    topic: str | None
+    max_size: int
+    max_timeout_ms: int
+    from_index: int | None
+    purge_timeout_ms: int | None
+    results: bool = False  # the client's own reader of the results of its requests
+
+    def __post_init__(self) -> None:
+        if self.trackers < 1:
+            raise ValueError("trackers must be at least 1")
+
+    @property
+    def read_timeout(self) -> float:
+        """How long to wait for the answer to a READ: its long poll plus slack."""
+        return self.max_timeout_ms / 1000.0 + 30.0
+
+    def tracker_ids(self, client_id: str) -> list[str]:
+        return [f"{client_id}/{self.name}/{i}" for i in range(self.trackers)]
+
+
+class TrackerCursor:
+    """Where one tracker is: what its next READ asks for, and the position it still owes the
+    server (stored by that next READ, or explicitly when the tracker stops)."""
+
+    def __init__(self, spec: ConsumerSpec, codec: Codec, tracker_id: str) -> None:
+        self.spec = spec
+        self.codec = codec
+        self.tracker_id = tracker_id
+        # Readers of results and of notifications keep their index here, not on the server.
+        self.own_index = spec.results or spec.message_type is MessageType.NOTIFICATION
+        self.last_index = None if spec.from_index is None else max(spec.from_index - 1, 0)
+        self.unstored: tuple[tuple[int, int], int] | None = None
+
+    def request(self) -> dict[str, Any]:
+        spec = self.spec
+        return self.codec.read(
+            spec.message_type, spec.name, self.tracker_id, topic=spec.topic,
+            max_size=spec.max_size, max_timeout_ms=spec.max_timeout_ms,
+            type_filter=spec.type_filter, filter_target=spec.results,
+            ignore_segment=spec.results, client_index=self.own_index,
+            last_index=self.last_index, purge_timeout_ms=spec.purge_timeout_ms,
+            store=self.unstored)
+
+    def advance(self, reply: BatchReply) -> None:
+        """After a batch is handled: the READ that carried `unstored` has stored it."""
+        self.unstored = None
+        if reply.last_index:
+            if self.own_index:
+                self.last_index = reply.last_index
+            else:
+                self.unstored = (reply.segment, reply.last_index)
+
+
+class Answers:
+    """The outcome of handling one batch: the results owed to requesters, and the count of
+    failures. A handler's failure never stops its tracker."""
+
+    def __init__(self, spec: ConsumerSpec) -> None:
+        self.spec = spec
+        self.requests = spec.message_type.is_request
+        self.done: list[tuple[Message, bytes | None, BaseException | None]] = []
+        self.errors = 0
+
+    def handled(self, message: Message, value: Any) -> None:
+        if self.requests:
+            self.done.append((message, answer_bytes(value), None))
+
+    def failed(self, message: Message | None, exc: BaseException) -> None:
+        """Called from an `except` block: a request's failure goes back to its sender and to
+        the ERROR log; any other is logged here."""
+        self.errors += 1
+        if self.requests and message is not None:
+            self.done.append((message, None, exc))
+        else:
+            logger.exception("handler of %s failed", self.spec.name)
+
+    def frames(self, codec: Codec) -> bytes:
+        if not self.done:
+            return b""
+        results, errors = result_frames(codec, self.done)
+        return results + errors

@@ -30,11 +30,13 @@ from fluxcore.protocol import (
 
 from ._wire import (
     FLAG_RESEND,
+    Answers,
     BatchReply,
     Codec,
     ConnectionLost,
+    ConsumerSpec,
     RequestError,
-    answer_bytes,
+    TrackerCursor,
     dispatcher,
     indexes_of,
     new_client_id,
@@ -42,7 +44,6 @@ from ._wire import (
     parse_address,
     raise_for,
     result_consumer,
-    result_frames,
     start_index,
 )
 
@@ -357,11 +358,9 @@ class Client:
                 raise ValueError("a mapping of handlers works per message, not with batch=True")
             handler, types = dispatcher(handler)
             type_filter = type_filter or types
-        consumer = Consumer(
-            self, name, message_type, handler, trackers=trackers, batch=batch,
-            type_filter=type_filter, topic=topic, max_size=max_size,
-            max_timeout_ms=max_timeout_ms, from_index=from_index,
-            purge_timeout_ms=purge_timeout_ms)
+        consumer = Consumer(self, ConsumerSpec(
+            name, message_type, trackers, batch, type_filter, topic, max_size, max_timeout_ms,
+            from_index, purge_timeout_ms), handler)
         self._consumers.append(consumer)
         consumer.start()
         return consumer
@@ -473,11 +472,9 @@ class Client:
     def _ensure_result_tracker(self) -> None:
         with self._results_lock:
             if self._results is None:
-                self._results = Consumer(
-                    self, result_consumer(self.name), MessageType.RESULT, self._on_results,
-                    trackers=1, batch=True, type_filter=None, topic=None, max_size=1024,
-                    max_timeout_ms=1000, from_index=start_index(2000), purge_timeout_ms=None,
-                    results=True)
+                self._results = Consumer(self, ConsumerSpec(
+                    result_consumer(self.name), MessageType.RESULT, 1, True, None, None, 1024,
+                    1000, start_index(2000), None, results=True), self._on_results)
                 self._results.start()
 
     def _on_results(self, messages: list[Message]) -> None:
@@ -526,40 +523,16 @@ class Client:
 class Consumer:
     """The trackers of one consumer in this client: a thread each."""
 
-    def __init__(
-        self,
-        client: Client,
-        name: str,
-        message_type: MessageType,
-        handler: Handler | BatchHandler,
-        *,
-        trackers: int,
-        batch: bool,
-        type_filter: str | None,
-        topic: str | None,
-        max_size: int,
-        max_timeout_ms: int,
-        from_index: int | None,
-        purge_timeout_ms: int | None,
-        results: bool = False,
-    ) -> None:
-        if trackers < 1:
-            raise ValueError("trackers must be at least 1")
+    def __init__(self, client: Client, spec: ConsumerSpec, handler: Handler | BatchHandler
+                 ) -> None:
         self.client = client
-        self.name = name
-        self.message_type = message_type
+        self.spec = spec
+        self.name = spec.name
+        self.message_type = spec.message_type
         self.handler = handler
-        self.batch = batch
-        self._topic = topic
-        self._results = results
+        self.tracker_ids = spec.tracker_ids(client.client_id)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.tracker_ids = [f"{client.client_id}/{name}/{i}" for i in range(trackers)]
-        self._type_filter = type_filter
-        self._max_size = max_size
-        self._max_timeout_ms = max_timeout_ms
-        self._purge_timeout_ms = purge_timeout_ms
-        self._from_index = from_index
         self.handled = 0
         self.errors = 0
 
@@ -571,23 +544,11 @@ class Consumer:
             self._threads.append(thread)
 
     def _run(self, tracker_id: str) -> None:
-        client = self.client
-        codec = client._codec
-        results = self._results
-        # Readers of results and of notifications keep their index here, not on the server.
-        own_index = results or self.message_type is MessageType.NOTIFICATION
-        last_index = None if self._from_index is None else max(self._from_index - 1, 0)
-        timeout = self._max_timeout_ms / 1000.0 + 30.0
-        unstored: tuple[tuple[int, int], int] | None = None
+        client, spec = self.client, self.spec
+        cursor = TrackerCursor(spec, client._codec, tracker_id)
         while not self._stop.is_set():
-            request = codec.read(
-                self.message_type, self.name, tracker_id, topic=self._topic,
-                max_size=self._max_size, max_timeout_ms=self._max_timeout_ms,
-                type_filter=self._type_filter, filter_target=results, ignore_segment=results,
-                client_index=own_index, last_index=last_index,
-                purge_timeout_ms=self._purge_timeout_ms, store=unstored)
             try:
-                reply = client.read(request, timeout)
+                reply = client.read(cursor.request(), spec.read_timeout)
             except (ConnectionLost, concurrent.futures.CancelledError):
                 return
             except (ProtocolError, concurrent.futures.TimeoutError, OSError) as exc:
@@ -598,47 +559,30 @@ class Consumer:
                 continue
             if reply.messages:
                 self._handle(reply.messages)
-            unstored = None
-            if reply.last_index:
-                if own_index:
-                    last_index = reply.last_index
-                else:  # stored by the next read, or below when the tracker stops
-                    unstored = (reply.segment, reply.last_index)
-        if unstored is not None:
+            cursor.advance(reply)
+        if cursor.unstored is not None:
             try:
-                client.store_position(self.name, self.message_type, *unstored, self._topic)
+                client.store_position(spec.name, spec.message_type, *cursor.unstored, spec.topic)
             except (ProtocolError, ConnectionLost, OSError) as exc:
                 logger.error("tracker %s: storing position failed: %s", tracker_id, exc)
 
     def _handle(self, messages: list[Message]) -> None:
-        answers: list[tuple[Message, bytes | None, BaseException | None]] = []
-        requests = self.message_type.is_request
-        if self.batch:
+        answers = Answers(self.spec)
+        if self.spec.batch:
             try:
                 self.handler(messages)  # type: ignore[arg-type]
-            except Exception:  # a handler's failure must not stop the tracker
-                self.errors += 1
-                logger.exception("batch handler of %s failed", self.name)
+            except Exception as exc:  # noqa: BLE001 - logged by Answers; the tracker goes on
+                answers.failed(None, exc)
         else:
             handler = self.handler
             for message in messages:
                 try:
-                    value = handler(message)  # type: ignore[arg-type]
-                    if requests:
-                        value = answer_bytes(value)
-                except Exception as exc:  # reported to the requester and the ERROR log
-                    self.errors += 1
-                    if requests:
-                        answers.append((message, None, exc))
-                    else:
-                        logger.exception("handler of %s failed", self.name)
-                    continue
-                if requests:
-                    answers.append((message, value, None))
+                    answers.handled(message, handler(message))  # type: ignore[arg-type]
+                except Exception as exc:  # noqa: BLE001 - to the requester, or logged
+                    answers.failed(message, exc)
         self.handled += len(messages)
-        if answers:
-            replies, errors = result_frames(self.client._codec, answers)
-            self.client.send_frames(replies + errors)
+        self.errors += answers.errors
+        self.client.send_frames(answers.frames(self.client._codec))
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stops the trackers: each leaves its cluster, so its segments go to the others."""
@@ -649,11 +593,10 @@ class Consumer:
             with contextlib.suppress(ProtocolError, ConnectionLost, OSError,
                                      concurrent.futures.TimeoutError):
                 self.client.disconnect_tracker(self.name, self.message_type, tracker_id,
-                                               self._topic)
+                                               self.spec.topic)
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout)
-
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:

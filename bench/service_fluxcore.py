@@ -1,0 +1,234 @@
+"""fluxcore as a service: `fluxcore serve` started by the harness, driven by fluxcore.client."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, ClassVar
+
+from bench.common import Dataset
+from bench.servers import fluxcore_argv, fluxcore_ready, free_port, running_server
+from bench.service_workloads import (
+    CONSUME_BATCH,
+    CONSUME_TIMEOUT_S,
+    REQUEST_TIMEOUT_S,
+    Consumed,
+    ServiceSystem,
+    check_reply,
+    chunks,
+)
+
+TOKEN = "bench"
+PAYLOAD_TYPE = "Bench"
+PROBE_TIMEOUT_S = 2.0
+PROBE_TRIES = 10
+
+
+class FluxcoreSystem(ServiceSystem):
+    system = "fluxcore"
+    setup = (
+        "fluxcore serve --fsync interval: a STORED publish is acked once appended to the"
+        " log (page cache), group fdatasync every 100 ms"
+    )
+    how: ClassVar[dict[str, str]] = {
+        "publish": (
+            "client.publish_batch(EVENT, 1,000 payloads, guarantee=STORED): one frame and"
+            " one ACK per 1,000"
+        ),
+        "consume_batch": (
+            "client.consume(new consumer, EVENT, handler, batch=True, trackers=1,"
+            " max_size=1000, from_index=first of the fill); positions stored per batch"
+        ),
+        "consume_per_message": "as consume_batch, handler(msg) once per message",
+        "request_rate": (
+            "client.request_async(COMMAND) futures, 64 in flight; the responder is a"
+            " COMMAND consumer on a second connection whose handler returns the payload"
+            " (request and result both stored in their logs)"
+        ),
+        "request_p50": "client.request(COMMAND), one in flight",
+        "request_p99": "client.request(COMMAND), one in flight",
+    }
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        try:
+            from fluxcore.client import Client, Guarantee, MessageType  # noqa: F401
+        except ImportError as exc:
+            return f"fluxcore.client not importable ({type(exc).__name__}: {exc})"
+        return None
+
+    @classmethod
+    def versions(cls) -> str:
+        try:
+            version = importlib.metadata.version("fluxcore")
+        except importlib.metadata.PackageNotFoundError:
+            version = "?"
+        return f"fluxcore: {version} (server and client)"
+
+    def __init__(self, directory: Path, data: Dataset) -> None:
+        from fluxcore.client import Client
+
+        self._data = data
+        self._stack = contextlib.ExitStack()
+        self._client: Any = None
+        self._responder_client: Any = None
+        self._responder: Any = None
+        self._fill_first: int | None = None
+        self._consumers = 0
+        try:
+            port = free_port()
+            (directory / "data").mkdir()
+            server = self._stack.enter_context(
+                running_server(
+                    "fluxcore",
+                    fluxcore_argv(port, directory, TOKEN),
+                    port,
+                    directory,
+                    ready=fluxcore_ready,
+                )
+            )
+            self._server = server
+            self._client = Client.connect(server.address, token=TOKEN, name="bench")
+        except BaseException:
+            self.close()
+            raise
+
+    def _publish_all(self, count: int) -> int | None:
+        from fluxcore.client import Guarantee, MessageType
+
+        publish_batch = self._client.publish_batch
+        first = None
+        for chunk in chunks(self._data, count):
+            indexes = publish_batch(
+                MessageType.EVENT, chunk, type=PAYLOAD_TYPE, guarantee=Guarantee.STORED
+            )
+            if indexes is None or len(indexes) != len(chunk):
+                raise RuntimeError(f"publish_batch of {len(chunk)} returned {indexes!r}")
+            if first is None:
+                first = int(indexes[0])
+        return first
+
+    def publish(self, count: int) -> None:
+        self._publish_all(count)
+
+    def fill(self, count: int) -> None:
+        # The consumers start at the fill's first index; nothing is appended to
+        # the EVENT log after it, so each reads exactly `count` messages.
+        self._fill_first = self._publish_all(count)
+
+    def consume(self, count: int, per_message: bool) -> Consumed:
+        from fluxcore.client import MessageType
+
+        self._consumers += 1
+        done = threading.Event()
+        got = touched = 0
+
+        def on_batch(messages: list[Any]) -> None:
+            nonlocal got, touched
+            got += len(messages)
+            touched += sum(len(message.data) for message in messages)
+            if got >= count:
+                done.set()
+
+        def on_message(message: Any) -> None:
+            nonlocal got, touched
+            got += 1
+            touched += len(message.data)
+            if got >= count:
+                done.set()
+
+        start = time.perf_counter_ns()
+        consumer = self._client.consume(
+            f"bench-consumer-{self._consumers}",
+            MessageType.EVENT,
+            on_message if per_message else on_batch,
+            trackers=1,
+            batch=not per_message,
+            max_size=CONSUME_BATCH,
+            from_index=self._fill_first,
+        )
+        try:
+            if not done.wait(CONSUME_TIMEOUT_S):
+                raise RuntimeError(f"consumer got {got} of {count} in {CONSUME_TIMEOUT_S:.0f} s")
+            seconds = (time.perf_counter_ns() - start) / 1e9
+        finally:
+            consumer.stop()
+        return Consumed(got, touched, seconds)
+
+    def start_responder(self) -> None:
+        from fluxcore.client import Client, MessageType
+
+        self._responder_client = Client.connect(
+            self._server.address, token=TOKEN, name="bench-responder"
+        )
+        self._responder = self._responder_client.consume(
+            "bench-responder", MessageType.COMMAND, lambda message: message.data, trackers=1
+        )
+        # The responder starts reading at "now": wait until it answers.
+        for _ in range(PROBE_TRIES):
+            future = self._request_async(b"probe")
+            with contextlib.suppress(TimeoutError):
+                check_reply(b"probe", future.result(PROBE_TIMEOUT_S).data)
+                return
+        raise RuntimeError(f"the responder answered no probe in {PROBE_TRIES} tries")
+
+    def _request_async(self, payload: bytes) -> Future[Any]:
+        from fluxcore.client import MessageType
+
+        future: Future[Any] = self._client.request_async(
+            MessageType.COMMAND, payload, type=PAYLOAD_TYPE
+        )
+        return future
+
+    def request_rate(self, count: int, in_flight: int) -> None:
+        from fluxcore.client import MessageType
+
+        payloads = self._data.payloads
+        request_async = self._client.request_async
+        pending: deque[tuple[bytes, Future[Any]]] = deque()
+        for i in range(count):
+            if len(pending) >= in_flight:
+                payload, future = pending.popleft()
+                check_reply(payload, future.result(REQUEST_TIMEOUT_S).data)
+            payload = payloads[i % len(payloads)]
+            pending.append(
+                (payload, request_async(MessageType.COMMAND, payload, type=PAYLOAD_TYPE))
+            )
+        while pending:
+            payload, future = pending.popleft()
+            check_reply(payload, future.result(REQUEST_TIMEOUT_S).data)
+
+    def request_latencies(self, count: int) -> list[int]:
+        from fluxcore.client import MessageType
+
+        payloads = self._data.payloads
+        request = self._client.request
+        clock = time.perf_counter_ns
+        samples = []
+        for i in range(count):
+            payload = payloads[i % len(payloads)]
+            start = clock()
+            answer = request(
+                MessageType.COMMAND, payload, type=PAYLOAD_TYPE, timeout=REQUEST_TIMEOUT_S
+            )
+            samples.append(clock() - start)
+            check_reply(payload, answer.data)
+        return samples
+
+    def close(self) -> None:
+        try:
+            for closing in (
+                getattr(self._responder, "stop", None),
+                getattr(self._responder_client, "close", None),
+                getattr(self._client, "close", None),
+            ):
+                if closing is not None:
+                    with contextlib.suppress(Exception):
+                        closing()
+        finally:
+            self._stack.close()

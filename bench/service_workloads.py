@@ -1,0 +1,266 @@
+"""The service workloads, written once and run unchanged over every message service.
+
+A system plugs in as a `ServiceSystem`: it starts its own server on loopback
+(in `__init__`, stopped again by `close`) and offers publish, consume and
+request/response the way a user of that system would write them. This module
+decides what is timed, what is warm-up and what is checked.
+"""
+
+from __future__ import annotations
+
+import abc
+import gc
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from bench.common import (
+    PAYLOAD_SIZE,
+    Dataset,
+    JsonValue,
+    Results,
+    Row,
+    Timing,
+    progress,
+    scratch_dir,
+)
+
+PUBLISH_BATCH = 1_000  # messages per publish call / pipeline / ack window
+CONSUME_BATCH = 1_000  # messages per read
+IN_FLIGHT = 64  # concurrent requests of request_rate
+CONSUME_TIMEOUT_S = 60.0
+REQUEST_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class ServiceSizes:
+    """How much work one run does; message counts are per timed repeat."""
+
+    publish: int
+    consume: int
+    request: int  # requests per repeat of request_rate
+    latency: int  # requests per repeat of request_p50 / request_p99 (one in flight)
+    repeats: int
+
+
+SERVICE_QUICK = ServiceSizes(
+    publish=100_000, consume=100_000, request=10_000, latency=2_000, repeats=3
+)
+SERVICE_FULL = ServiceSizes(
+    publish=300_000, consume=300_000, request=30_000, latency=10_000, repeats=5
+)
+
+
+@dataclass(frozen=True)
+class Consumed:
+    count: int
+    payload_bytes: int
+    seconds: float  # from creating the consumer to handling the last message
+
+
+class ServiceSystem(abc.ABC):
+    """One running server of a system and the client connections that talk to it."""
+
+    system: ClassVar[str]
+    setup: ClassVar[str]  # durability of an acknowledged publish: the note of every row
+    how: ClassVar[dict[str, str]]  # per row name: which API calls the row times
+
+    @classmethod
+    @abc.abstractmethod
+    def unavailable(cls) -> str | None:
+        """Why this system cannot run here (a missing binary or package), or None."""
+
+    @classmethod
+    @abc.abstractmethod
+    def versions(cls) -> str:
+        """Server and client versions, for the context lines."""
+
+    @abc.abstractmethod
+    def __init__(self, directory: Path, data: Dataset) -> None:
+        """Start the server with its data in `directory` and connect to it."""
+
+    @abc.abstractmethod
+    def publish(self, count: int) -> None:
+        """Publish `count` messages in batches of PUBLISH_BATCH, each batch acked as stored."""
+
+    @abc.abstractmethod
+    def fill(self, count: int) -> None:
+        """Publish `count` messages for the consumers to read (untimed)."""
+
+    @abc.abstractmethod
+    def consume(self, count: int, per_message: bool) -> Consumed:
+        """Read the `count` messages of `fill` with a new consumer, from the first one.
+
+        The handler gets a batch, or (per_message) one message per call.
+        """
+
+    @abc.abstractmethod
+    def start_responder(self) -> None:
+        """Start a handler that answers each request with its payload."""
+
+    @abc.abstractmethod
+    def request_rate(self, count: int, in_flight: int) -> None:
+        """Send `count` requests, `in_flight` awaiting an answer at any time."""
+
+    @abc.abstractmethod
+    def request_latencies(self, count: int) -> list[int]:
+        """Send `count` requests one after the other; return each round trip in ns."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close the connections and stop the server (also after a failed __init__)."""
+
+
+def time_repeats(work: Callable[[], tuple[int, float]], repeats: int) -> Timing:
+    """Like common.time_runs, for work that times itself: it returns (messages, seconds).
+
+    So starting and stopping a consumer (a long-poll read may take its timeout
+    to end) stays outside the timed part.
+    """
+    expected, _ = work()
+    seconds: list[float] = []
+    for _ in range(repeats):
+        gc.collect()
+        gc.disable()
+        try:
+            n, elapsed = work()
+        finally:
+            gc.enable()
+        if n != expected:
+            raise RuntimeError(f"work did {n} messages in a repeat, {expected} in warm-up")
+        seconds.append(elapsed)
+    return Timing(expected, seconds)
+
+
+def _timed(action: Callable[[], None], count: int) -> Callable[[], tuple[int, float]]:
+    def work() -> tuple[int, float]:
+        start = time.perf_counter_ns()
+        action()
+        return count, (time.perf_counter_ns() - start) / 1e9
+
+    return work
+
+
+def chunks(data: Dataset, count: int) -> Iterator[list[bytes]]:
+    """`count` payloads of the data set, in publish batches."""
+    payloads = data.payloads
+    for start in range(0, count, PUBLISH_BATCH):
+        offset = start % len(payloads)
+        size = min(PUBLISH_BATCH, count - start)
+        chunk = payloads[offset : offset + size]
+        if len(chunk) < size:
+            chunk = [payloads[(start + i) % len(payloads)] for i in range(size)]
+        yield chunk
+
+
+def check_reply(sent: bytes, answer: bytes) -> None:
+    if answer != sent:
+        raise RuntimeError(f"request answered {answer[:20]!r}..., sent {sent[:20]!r}...")
+
+
+def percentile(sorted_values: list[int], fraction: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    rank = max(0, min(len(sorted_values) - 1, round(fraction * len(sorted_values)) - 1))
+    return float(sorted_values[rank])
+
+
+def run_service_system(
+    system_type: type[ServiceSystem],
+    data: Dataset,
+    sizes: ServiceSizes,
+    base: str | None,
+    results: Results,
+) -> None:
+    """Every row of one system against one fresh server."""
+    name = system_type.system
+    reason = system_type.unavailable()
+    if reason is not None:
+        results.skip(name, reason)
+        return
+    results.context.append(system_type.versions())
+    with results.attempt(f"server of {name}"), scratch_dir(base, f"service-{name}") as path:
+        progress(f"{name}: starting the server")
+        system = system_type(path, data)
+        try:
+            _run_rows(system, sizes, results)
+        finally:
+            system.close()
+
+
+def _row(system: ServiceSystem, row: Row) -> Row:
+    how = type(system).how.get(row.name)
+    if how:
+        row.extra["how"] = how
+    return row
+
+
+def _run_rows(system: ServiceSystem, sizes: ServiceSizes, results: Results) -> None:
+    name, note = system.system, system.setup
+
+    with results.attempt(f"publish on {name}"):
+        progress(f"{name}: publish")
+        work = _timed(lambda: system.publish(sizes.publish), sizes.publish)
+        timing = time_repeats(work, sizes.repeats)
+        results.rows.append(_row(system, Row.throughput("publish", name, timing, note)))
+
+    with results.attempt(f"consume on {name}"):
+        progress(f"{name}: fill {sizes.consume} messages for the consumers")
+        system.fill(sizes.consume)
+        for row_name, per_message in (("consume_batch", False), ("consume_per_message", True)):
+            with results.attempt(f"{row_name} on {name}"):
+                progress(f"{name}: {row_name}")
+
+                def consume(per_message: bool = per_message) -> tuple[int, float]:
+                    done = system.consume(sizes.consume, per_message)
+                    if done.count != sizes.consume or done.payload_bytes != done.count * (
+                        PAYLOAD_SIZE
+                    ):
+                        raise RuntimeError(
+                            f"consumed {done.count} messages of {done.payload_bytes} bytes,"
+                            f" expected {sizes.consume} of {PAYLOAD_SIZE}"
+                        )
+                    return done.count, done.seconds
+
+                timing = time_repeats(consume, sizes.repeats)
+                results.rows.append(_row(system, Row.throughput(row_name, name, timing, note)))
+
+    with results.attempt(f"requests on {name}"):
+        system.start_responder()
+        with results.attempt(f"request_rate on {name}"):
+            progress(f"{name}: request_rate ({IN_FLIGHT} in flight)")
+            work = _timed(lambda: system.request_rate(sizes.request, IN_FLIGHT), sizes.request)
+            timing = time_repeats(work, sizes.repeats)
+            row = Row.throughput("request_rate", name, timing, note)
+            row.extra["in_flight"] = IN_FLIGHT
+            results.rows.append(_row(system, row))
+        with results.attempt(f"request latency on {name}"):
+            progress(f"{name}: request latency (1 in flight)")
+            results.rows.extend(_row(system, r) for r in _latency_rows(system, sizes, note))
+
+
+def _latency_rows(system: ServiceSystem, sizes: ServiceSizes, note: str) -> list[Row]:
+    system.request_latencies(max(100, sizes.latency // 5))  # warm-up
+    samples: list[int] = []
+    for _ in range(sizes.repeats):
+        gc.collect()
+        gc.disable()
+        try:
+            samples.extend(system.request_latencies(sizes.latency))
+        finally:
+            gc.enable()
+    samples.sort()
+    extra: dict[str, JsonValue] = {
+        "repeats": sizes.repeats,
+        "in_flight": 1,
+        "min_us": samples[0] / 1e3,
+        "mean_us": statistics.fmean(samples) / 1e3,
+        "max_us": samples[-1] / 1e3,
+    }
+    rows = []
+    for row_name, fraction in (("request_p50", 0.50), ("request_p99", 0.99)):
+        value = percentile(samples, fraction) / 1e3
+        rows.append(Row(row_name, system.system, "us", value, len(samples), note, dict(extra)))
+    return rows
