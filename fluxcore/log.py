@@ -112,6 +112,8 @@ class Log(LogCore):
         self._spare_lock = threading.Lock()
         self._spare_wanted = threading.Event()
         self._spare_thread: threading.Thread | None = None
+        self._spare_needed = False
+        self._to_populate: deque[SegmentFile] = deque()
         self._lock_fd = -1
         self._stop = threading.Event()
         self._sync_thread: threading.Thread | None = None
@@ -174,6 +176,7 @@ class Log(LogCore):
             last_index = f.last_index or previous
             if not f.sealed_end:
                 self._active = f
+                self._set_spare_at(f.data_offset + (self.segment_file_size - f.data_offset) // 2)
             break
         self._set_last_index(last_index)
         if self.fsync == "interval":
@@ -231,8 +234,9 @@ class Log(LogCore):
 
     # -- rolling and retention ---------------------------------------------------------------
 
-    def _new_spare(self) -> SegmentFile:
-        """A preallocated, pre-faulted file under a temporary name."""
+    def _new_spare(self, populate: bool = True) -> SegmentFile:
+        """A preallocated file under a temporary name, pre-faulted unless `populate` is False
+        (then the caller needs it now and the spare thread pre-faults it while it fills)."""
         name = f".spare-{os.getpid()}-{time.monotonic_ns()}{_TMP_SUFFIX}"
         spare_path = os.path.join(self.path, name)
         fd = os.open(spare_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -243,7 +247,7 @@ class Log(LogCore):
                 os.close(fd)
                 raise
             # From here on the SegmentFile owns fd, even when it raises.
-            return segment_file_create(spare_path, fd, self.segment_file_size, True)
+            return segment_file_create(spare_path, fd, self.segment_file_size, populate)
         except OSError as exc:
             os.unlink(spare_path)
             if exc.errno in _NO_SPACE:
@@ -258,41 +262,63 @@ class Log(LogCore):
             raise
 
     def _reserve(self, count: int) -> None:
+        """Makes sure `count` spare files exist (space reserved, so a batch cannot fail half
+        way for lack of it) without waiting for any to be pre-faulted: those made here are
+        pre-faulted by the spare thread, or fault in as they fill."""
         while True:
             with self._spare_lock:
                 if len(self._spares) >= count:
                     return
-            spare = self._new_spare()
+            spare = self._new_spare(populate=False)
             with self._spare_lock:
                 self._spares.append(spare)
+                self._to_populate.append(spare)
+            self._want_spare(prepare=False)
 
     def _take_spare(self) -> SegmentFile:
+        self._reserve(1)
         with self._spare_lock:
-            spare = self._spares.pop(0) if self._spares else None
-        if spare is None:
-            spare = self._new_spare()
-        if self._active is None:
-            return spare  # the first file of this session: no sign yet that it will fill up
-        # Prepare the next one on the other core: pre-faulting a 64 MiB file takes ~20 ms,
-        # the time it takes to fill it at full speed.
+            return self._spares.pop(0)
+
+    def _want_spare(self, prepare: bool = True) -> None:
+        """Wakes the spare thread: to pre-fault files made in a hurry, and (`prepare`, called
+        by the core half way through the active file) to prepare the next file, so that the
+        roll to it costs no page faults. Pre-faulting 64 MiB takes about as long as filling it
+        at full speed, so it has to start early and run on the other core."""
+        if self.closed:
+            return
         if self._spare_thread is None:
             self._spare_thread = threading.Thread(
                 target=self._spare_loop, name=f"fluxcore-spare:{self.path}", daemon=True
             )
             self._spare_thread.start()
+        self._spare_needed = self._spare_needed or prepare
         self._spare_wanted.set()
-        return spare
 
     def _spare_loop(self) -> None:
-        while True:
+        while not self._stop.is_set():
             self._spare_wanted.wait()
             self._spare_wanted.clear()
-            if self._stop.is_set():
-                return
-            try:
-                self._reserve(1)
-            except OSError as exc:  # the next roll creates its file itself and raises
-                logger.warning("preparing a segment file in %s failed: %s", self.path, exc)
+            while not self._stop.is_set():
+                with self._spare_lock:
+                    unpopulated = self._to_populate.popleft() if self._to_populate else None
+                if unpopulated is None:
+                    break
+                unpopulated.populate()  # maps pages only: safe while appends go on
+            if self._spare_needed and not self._stop.is_set():
+                self._spare_needed = False
+                with self._spare_lock:
+                    ready = len(self._spares) > 0
+                if ready:
+                    continue
+                try:
+                    spare = self._new_spare(populate=True)
+                except OSError as exc:  # the next roll makes its file itself, and raises
+                    logger.warning("preparing a segment file in %s failed: %s", self.path,
+                                   exc)
+                    continue
+                with self._spare_lock:
+                    self._spares.append(spare)
 
     def _roll(self, first_index: int) -> None:
         """Seals the active file and makes a spare the new active file, named `first_index`.
@@ -310,6 +336,7 @@ class Log(LogCore):
         self._files.append(spare)
         self._starts.append(first_index)
         self._active = spare
+        self._set_spare_at(spare.data_offset + (self.segment_file_size - spare.data_offset) // 2)
         with self._open_lock:
             self._remember_mapping(first_index)
         self._apply_retention()

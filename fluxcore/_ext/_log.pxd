@@ -72,6 +72,7 @@ cdef class LogCore:
         readonly uint64_t durable_index
         readonly uint64_t appended
         uint64_t _last_index
+        uint64_t _spare_at            # write offset past which the next file is prepared
         int _fsync_mode
         pthread_mutex_t _append_mu
         pthread_mutex_t _sync_mu
@@ -91,5 +92,6 @@ cdef class LogCore:
     cdef int _grow_scratch(self, Py_ssize_t n) except -1
     cdef uint64_t _max_payload(self)
     cdef object _append_gathered(self, Py_ssize_t n, object keys, object segments)
+    cdef int _check_spare(self) except -1
     cdef SegmentFile _file_at(self, Py_ssize_t pos)
     cdef Py_ssize_t _locate(self, uint64_t after, uint64_t *offset) except -2

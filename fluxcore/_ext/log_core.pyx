@@ -9,6 +9,7 @@ cdef class LogCore:
     def __cinit__(self, *args, **kwargs):
         pthread_mutex_init(&self._append_mu, NULL)
         pthread_mutex_init(&self._sync_mu, NULL)
+        self._spare_at = 0xFFFFFFFFFFFFFFFF
         self._files = []
         self._starts = []
         self._unsynced = []
@@ -32,6 +33,17 @@ cdef class LogCore:
     def _set_last_index(self, uint64_t last_index):
         self._last_index = last_index
         self.durable_index = last_index
+
+    def _set_spare_at(self, uint64_t offset):
+        self._spare_at = offset
+
+    cdef int _check_spare(self) except -1:
+        # Half way through the active file: time to have the next one prepared (off the
+        # appending thread), so that rolling to it costs no page faults.
+        if self._active is not None and self._active.write_offset >= self._spare_at:
+            self._spare_at = 0xFFFFFFFFFFFFFFFF
+            self._want_spare()
+        return 0
 
     def _mark_closed(self):
         self.closed = True
@@ -143,6 +155,8 @@ cdef class LogCore:
                 f.append_records(&ptr, &size, &seg, idx, 0, 1)
                 self._last_index = idx
                 self.appended += 1
+                if f.write_offset >= self._spare_at:
+                    self._check_spare()
             finally:
                 pthread_mutex_unlock(&self._append_mu)
         finally:
@@ -289,6 +303,7 @@ cdef class LogCore:
             pos += written
             self._last_index = base + <uint64_t>pos - 1
             self.appended += <uint64_t>written
+        self._check_spare()
         return out
 
     # -- syncing -----------------------------------------------------------------------------

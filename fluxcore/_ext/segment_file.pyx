@@ -357,6 +357,12 @@ cdef class SegmentFile:
         self.hdr.checkpoint_index = last_index
         self.synced_offset = upto
 
+    def populate(self):
+        """Pre-faults the mapping (a file created without it). Safe while appends go on: it
+        maps pages and writes nothing."""
+        with nogil:
+            madvise(self.base, self.size, MADV_POPULATE_WRITE)
+
     def flush_header(self):
         self._flush_range(0, SEG_HEADER_SIZE)
 
