@@ -212,11 +212,12 @@ def encode_append(uint32_t request_id, uint8_t type_code, uint8_t guarantee, top
                   payload_type, keys, source, id_prefix, uint64_t id_counter,
                   bytes metadata=None, int64_t timestamp=0, int64_t message_request_id=-1,
                   target=None, uint8_t flags=0, uint32_t revision=0, payload_format=None,
-                  segments=None):
+                  segments=None, targets=None, request_ids=None):
     """One APPEND frame (header included) carrying every payload as a message. Message ids are
     id_prefix + the hex of id_counter, id_counter + 1, ...; a message's segment is its key's,
-    or its id's when there is no key, unless `segments` gives them. Returns (frame bytes, the
-    next id counter)."""
+    or its id's when there is no key, unless `segments` gives them. `targets` and
+    `request_ids` (sequences) give each message its own target and request id, as results
+    answering many requests need. Returns (frame bytes, the next id counter)."""
     cdef object seq = PySequence_Fast(payloads, "payloads must be a sequence of bytes")
     cdef object key_seq = None
     cdef Py_ssize_t n = PySequence_Fast_GET_SIZE(seq)
@@ -239,7 +240,11 @@ def encode_append(uint32_t request_id, uint8_t type_code, uint8_t guarantee, top
     cdef msg_header_t h
     cdef char id_buf[256]
     cdef const uint8_t *seg_in = NULL
-    cdef cnp.ndarray seg_arr
+    cdef cnp.ndarray seg_arr, rid_arr
+    cdef object target_seq = None
+    cdef const int64_t *rid_in = NULL
+    cdef const char *each_p
+    cdef Py_ssize_t each_len = 0
     text_arg(topic, &topic_p, &topic_len, 100, "topic")
     text_arg(payload_type, &type_p, &type_len, 65535, "payload type")
     text_arg(source, &source_p, &source_len, 65535, "source")
@@ -256,9 +261,24 @@ def encode_append(uint32_t request_id, uint8_t type_code, uint8_t guarantee, top
         if seg_arr.shape[0] != n or (n and seg_arr.max() >= SEGMENTS):
             raise ValueError("segments must give one value in 0..127 per payload")
         seg_in = <const uint8_t *>cnp.PyArray_DATA(seg_arr)
+    if request_ids is not None:
+        rid_arr = np.ascontiguousarray(request_ids, dtype=np.int64)
+        if rid_arr.shape[0] != n:
+            raise ValueError("request_ids must give one value per payload")
+        rid_in = <const int64_t *>cnp.PyArray_DATA(rid_arr)
     id_len = prefix_len + 16
     fixed = MSG_HEADER_SIZE + type_len + id_len + source_len + target_len + format_len + meta_len
     total = FRAME_HEADER_SIZE + 8 + topic_len + 5 * n + fixed * n
+    if targets is not None:
+        if target_len:
+            raise ValueError("give a target or targets, not both")
+        target_seq = PySequence_Fast(targets, "targets must be a sequence of str")
+        if PySequence_Fast_GET_SIZE(target_seq) != n:
+            raise ValueError("targets must give one value per payload")
+        for i in range(n):
+            text_arg(<object>PySequence_Fast_GET_ITEM(target_seq, i), &each_p, &each_len,
+                     65535, "target")
+            total += each_len
     for i in range(n):
         item = <object>PySequence_Fast_GET_ITEM(seq, i)
         if not PyBytes_CheckExact(item):
@@ -302,7 +322,14 @@ def encode_append(uint32_t request_id, uint8_t type_code, uint8_t guarantee, top
     for i in range(n):
         item = <object>PySequence_Fast_GET_ITEM(seq, i)
         h.data_len = <uint32_t>PyBytes_GET_SIZE(item)
-        size = <uint32_t>(fixed + h.data_len)
+        if target_seq is not None:
+            text_arg(<object>PySequence_Fast_GET_ITEM(target_seq, i), &target_p, &target_len,
+                     65535, "target")
+            h.target_len = <uint16_t>target_len
+        if rid_in != NULL:
+            h.request_id = rid_in[i]
+        size = <uint32_t>(fixed + target_len + h.data_len) if target_seq is not None else \
+            <uint32_t>(fixed + h.data_len)
         memcpy(sizes + 4 * i, &size, 4)
         format_id(id_buf, prefix_p, prefix_len, id_counter + <uint64_t>i)
         if seg_in != NULL:

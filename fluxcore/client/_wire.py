@@ -130,6 +130,8 @@ class Codec:
         metadata: dict[str, str] | None = None,
         message_request_id: int = -1,
         target: str | None = None,
+        targets: Sequence[str] | None = None,
+        request_ids: Sequence[int] | None = None,
         error: bool = False,
         revision: int = 0,
         payload_format: str | None = None,
@@ -140,7 +142,7 @@ class Codec:
             request_id, int(message_type), int(guarantee), topic, payloads, payload_type, keys,
             self.client_id, self.id_prefix, self.id_counter, encode_metadata(metadata),
             int(time.time() * 1000), message_request_id, target, 1 if error else 0, revision,
-            payload_format, segments,
+            payload_format, segments, targets, request_ids,
         )
         return bytes(frame)
 
@@ -198,6 +200,9 @@ def result_frames(
     Sent with the SENT guarantee: the server appends them when it reads them."""
     results: list[bytes] = []
     errors: list[bytes] = []
+    values: list[bytes] = []
+    targets: list[str] = []
+    request_ids: list[int] = []
     for request, value, exc in done:
         if request.request_id < 0 or not request.source:
             continue
@@ -209,10 +214,13 @@ def result_frames(
                     guarantee=Guarantee.SENT, message_request_id=request.request_id,
                     target=request.source, error=True))
         else:
-            results.append(codec.append(
-                0, MessageType.RESULT, [value if value is not None else b""],
-                payload_type="result", guarantee=Guarantee.SENT,
-                message_request_id=request.request_id, target=request.source))
+            values.append(value if value is not None else b"")
+            targets.append(request.source)
+            request_ids.append(request.request_id)
+    if values:  # every result of the batch in one frame, each to its own requester
+        results.append(codec.append(
+            0, MessageType.RESULT, values, payload_type="result", guarantee=Guarantee.SENT,
+            targets=targets, request_ids=request_ids))
     return b"".join(results), b"".join(errors)
 
 
