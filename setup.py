@@ -33,24 +33,19 @@ if ASAN:
     compile_args += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
     link_args += ["-fsanitize=address,undefined"]
 
-extensions = [
-    Extension(
-        "fluxcore._ext._log",
-        ["fluxcore/_ext/_log.pyx"],
+def extension(name: str) -> Extension:
+    """One compiled module of fluxcore._ext, from its composition root `<name>.pyx`."""
+    return Extension(
+        f"fluxcore._ext.{name}",
+        [f"fluxcore/_ext/{name}.pyx"],
         include_dirs=["fluxcore/_ext/include", numpy.get_include()],
         define_macros=macros,
         extra_compile_args=compile_args,
         extra_link_args=link_args,
-    ),
-    Extension(
-        "fluxcore._ext._proto",
-        ["fluxcore/_ext/_proto.pyx"],
-        include_dirs=["fluxcore/_ext/include", numpy.get_include()],
-        define_macros=macros,
-        extra_compile_args=compile_args,
-        extra_link_args=link_args,
-    ),
-]
+    )
+
+
+extensions = [extension("_log"), extension("_proto")]
 
 setup(
     packages=["fluxcore", "fluxcore._ext", "fluxcore.client", "fluxcore.server"],

@@ -2,9 +2,10 @@
 
 Frames are found many per call by the compiled parser over a receive buffer that asyncio fills
 in place (BufferedProtocol). An APPEND goes from that buffer into the log in one call, with no
-copy in Python; a READ runs as a task (it may long-poll) and its batch leaves as the log's own
-record bytes. Backpressure: past `connection_buffer` unsent bytes the session stops reading its
-socket, and reads wait while the whole server is past `server_buffer`.
+copy in Python; a READ is answered at once or parked until messages come (reads.py), and its
+batch leaves as the log's own record bytes. Backpressure: past `connection_buffer` unsent bytes
+the session stops reading its socket and leaves the requests it has not answered yet in its
+buffer; reads also wait while the whole server is past `server_buffer`.
 """
 
 from __future__ import annotations
@@ -85,9 +86,7 @@ class Session(asyncio.BufferedProtocol):
         self._buf = bytearray(_INITIAL_BUFFER)
         self._start = 0
         self._end = 0
-        self._writable = asyncio.Event()
-        self._writable.set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._writable = True  # false while the client is not reading its answers
         self.pending_acks: set[asyncio.Task[None]] = set()  # acks waiting for a sync
         self._type_filters: dict[str, TypeFilter] = {}
         self.reads: set[PendingRead] = set()  # parked READs of this connection
@@ -103,21 +102,19 @@ class Session(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._writable.set()
-        for task in list(self._tasks - self.pending_acks):
-            task.cancel()
+        self._writable = True
         for read in list(self.reads):
             read.cancel()
         self.server.session_closed(self)
 
     def pause_writing(self) -> None:
         # The client does not keep up: stop reading its requests until the buffer drains.
-        self._writable.clear()
+        self._writable = False
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self._writable.set()
+        self._writable = True
         blocked, self._blocked_reads = self._blocked_reads, set()
         for read in blocked:
             read.wake()
@@ -125,7 +122,7 @@ class Session(asyncio.BufferedProtocol):
             return
         if self._start < self._end:
             self._process()  # the requests held back while the client was not reading
-        if self.transport is not None and self._writable.is_set():
+        if self.transport is not None and self._writable:
             self.transport.resume_reading()
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -165,7 +162,7 @@ class Session(asyncio.BufferedProtocol):
             self._fail(0, ErrorCode.BAD_FRAME, str(exc))
             return
         for op, flags, request_id, body_start, body_end in frames:
-            if not self._writable.is_set():
+            if not self._writable:
                 # The client does not read its answers: leave the rest of its requests where
                 # they are (reading from its socket is paused too) until it catches up.
                 self._start = body_start - _FRAME_HEADER
@@ -255,17 +252,15 @@ class Session(asyncio.BufferedProtocol):
     def _control(self, start: int, end: int) -> dict[str, Any]:
         return decode_control(bytes(self._buf[start:end]))
 
-    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+    def _spawn_ack(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
+        self.pending_acks.add(task)
+        task.add_done_callback(self._ack_done)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+    def _ack_done(self, task: asyncio.Task[None]) -> None:
         self.pending_acks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            logger.error("session task failed", exc_info=task.exception())
+            logger.error("acknowledging an append failed", exc_info=task.exception())
 
     # -- operations --------------------------------------------------------------------------
 
@@ -336,7 +331,7 @@ class Session(asyncio.BufferedProtocol):
             return
         ack = self._ack(request_id, int(indexes[0]), len(indexes))
         if self.config.fsync == "always":
-            self.pending_acks.add(self._spawn(self._ack_when_durable(log, int(indexes[-1]), ack)))
+            self._spawn_ack(self._ack_when_durable(log, int(indexes[-1]), request_id, ack))
         else:
             self.send(ack)
 
@@ -344,9 +339,14 @@ class Session(asyncio.BufferedProtocol):
     def _ack(request_id: int, first_index: int, count: int) -> bytes:
         return _proto.frame_header(Op.ACK, request_id, 12) + struct.pack("<QI", first_index, count)
 
-    async def _ack_when_durable(self, log: Any, index: int, ack: bytes) -> None:
+    async def _ack_when_durable(self, log: Any, index: int, request_id: int, ack: bytes) -> None:
         # Group commit: whichever sync runs covers every append waiting for it.
-        await self.server.sync_log(log, index)
+        try:
+            await self.server.sync_log(log, index)
+        except OSError as exc:  # in the log, but not known to be on disk: no ack
+            logger.error("sync of %s failed: %s", log.path, exc)
+            self.send_error(request_id, ErrorCode.UNAVAILABLE, f"stored but not synced: {exc}")
+            return
         self.send(ack)
 
     def _on_read(self, request_id: int, req: dict[str, Any]) -> None:
@@ -395,10 +395,10 @@ class Session(asyncio.BufferedProtocol):
 
     def can_send(self) -> bool:
         """False while this connection or the whole server has too much unsent."""
-        return self._writable.is_set() and not self.server.over_buffer()
+        return self._writable and not self.server.over_buffer()
 
     def when_writable(self, read: PendingRead) -> None:
-        if not self._writable.is_set():
+        if not self._writable:
             self._blocked_reads.add(read)
         else:  # the server as a whole is over its bound: look again shortly
             asyncio.get_running_loop().call_later(0.005, read.wake)

@@ -195,3 +195,21 @@ def test_retention_of_a_log_is_kept_across_restarts(tmp_path: Path) -> None:
                                                            topic="audit")] == [b"x"]
     finally:
         server.kill()
+
+
+def test_fsync_always_acks_after_sync_and_survives_kill(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", "--fsync", "always").start()
+    try:
+        with Client.connect(server.address, token=TOKEN) as client:
+            futures = [client.publish_batch_async(MessageType.EVENT, [b"%d" % i] * 10, type="T")
+                       for i in range(50)]
+            acked = [f.result(60) for f in futures if f is not None]
+        assert len(acked) == 50
+        server.kill()
+        server.start()
+        with Client.connect(server.address, token=TOKEN) as client:
+            stored = client.read_from_index(MessageType.EVENT, 0, 1000)
+        assert sorted(m.index for m in stored) == sorted(
+            int(i) for batch in acked for i in batch)
+    finally:
+        server.kill()

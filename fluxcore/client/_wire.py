@@ -176,6 +176,11 @@ class Codec:
         return request
 
 
+def log_request(message_type: MessageType, topic: str | None, **fields: Any) -> dict[str, Any]:
+    """The body of a control request about one log (docs/protocol.md)."""
+    return {"type": int(message_type), "topic": topic, **fields}
+
+
 def new_client_id() -> str:
     return uuid.uuid4().hex[:16]
 

@@ -37,6 +37,7 @@ from ._wire import (
     TrackerCursor,
     dispatcher,
     indexes_of,
+    log_request,
     new_client_id,
     parse_ack,
     parse_address,
@@ -324,33 +325,35 @@ class AsyncClient:
     async def store_position(self, consumer: str, message_type: MessageType,
                              segment: tuple[int, int], last_index: int,
                              topic: str | None = None) -> None:
-        await self._call(Op.STORE_POSITION, {"type": int(message_type), "topic": topic,
-                                             "consumer": consumer, "segment": list(segment),
-                                             "last_index": last_index})
+        await self._call(Op.STORE_POSITION, log_request(
+            message_type, topic, consumer=consumer, segment=list(segment), last_index=last_index))
 
     async def reset_position(self, consumer: str, message_type: MessageType, last_index: int,
                              topic: str | None = None) -> None:
-        await self._call(Op.RESET_POSITION, {"type": int(message_type), "topic": topic,
-                                             "consumer": consumer, "last_index": last_index})
+        await self._call(Op.RESET_POSITION, log_request(
+            message_type, topic, consumer=consumer, last_index=last_index))
 
     async def get_position(self, consumer: str, message_type: MessageType,
                            topic: str | None = None) -> list[Any]:
-        _op, body = await self._call(Op.GET_POSITION, {"type": int(message_type),
-                                                       "topic": topic, "consumer": consumer})
+        _op, body = await self._call(Op.GET_POSITION,
+                                     log_request(message_type, topic, consumer=consumer))
         return list(decode_control(body)["position"])
 
     async def disconnect_tracker(self, consumer: str, message_type: MessageType, tracker: str,
                                  topic: str | None = None) -> None:
-        await self._call(Op.DISCONNECT_TRACKER, {"type": int(message_type), "topic": topic,
-                                                 "consumer": consumer, "tracker": tracker,
-                                                 "final_empty_batch": True})
+        await self._call(Op.DISCONNECT_TRACKER, log_request(
+            message_type, topic, consumer=consumer, tracker=tracker, final_empty_batch=True))
 
     async def read_from_index(self, message_type: MessageType, min_index: int = 0,
                               max_size: int = 1024, topic: str | None = None) -> list[Message]:
-        _op, body = await self._call(Op.READ_FROM_INDEX, {
-            "type": int(message_type), "topic": topic, "min_index": min_index,
-            "max_size": max_size})
+        _op, body = await self._call(Op.READ_FROM_INDEX, log_request(
+            message_type, topic, min_index=min_index, max_size=max_size))
         return BatchReply(body).messages
+
+    async def set_retention(self, message_type: MessageType, retention_ms: int | None,
+                            topic: str | None = None) -> None:
+        await self._call(Op.SET_RETENTION, log_request(
+            message_type, topic, retention_ms=retention_ms))
 
     async def ping(self, timeout: float = 10.0) -> float:
         began = time.perf_counter()

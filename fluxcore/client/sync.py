@@ -39,6 +39,7 @@ from ._wire import (
     TrackerCursor,
     dispatcher,
     indexes_of,
+    log_request,
     new_client_id,
     parse_ack,
     parse_address,
@@ -371,41 +372,38 @@ class Client:
 
     def store_position(self, consumer: str, message_type: MessageType, segment: tuple[int, int],
                        last_index: int, topic: str | None = None) -> None:
-        self._call(Op.STORE_POSITION, {"type": int(message_type), "topic": topic,
-                                       "consumer": consumer, "segment": list(segment),
-                                       "last_index": last_index})
+        self._call(Op.STORE_POSITION, log_request(
+            message_type, topic, consumer=consumer, segment=list(segment), last_index=last_index))
 
     def reset_position(self, consumer: str, message_type: MessageType, last_index: int,
                        topic: str | None = None) -> None:
         """Moves every segment of a consumer to `last_index`: replay from there ("time
         travel": use `index_from_time`) or skip ahead."""
-        self._call(Op.RESET_POSITION, {"type": int(message_type), "topic": topic,
-                                       "consumer": consumer, "last_index": last_index})
+        self._call(Op.RESET_POSITION, log_request(
+            message_type, topic, consumer=consumer, last_index=last_index))
 
     def get_position(self, consumer: str, message_type: MessageType,
                      topic: str | None = None) -> list[Any]:
-        _op, body = self._call(Op.GET_POSITION, {"type": int(message_type), "topic": topic,
-                                                 "consumer": consumer})
+        _op, body = self._call(Op.GET_POSITION,
+                               log_request(message_type, topic, consumer=consumer))
         return list(decode_control(body)["position"])
 
     def disconnect_tracker(self, consumer: str, message_type: MessageType, tracker: str,
                            topic: str | None = None) -> None:
-        self._call(Op.DISCONNECT_TRACKER, {"type": int(message_type), "topic": topic,
-                                           "consumer": consumer, "tracker": tracker,
-                                           "final_empty_batch": True})
+        self._call(Op.DISCONNECT_TRACKER, log_request(
+            message_type, topic, consumer=consumer, tracker=tracker, final_empty_batch=True))
 
     def read_from_index(self, message_type: MessageType, min_index: int = 0, max_size: int = 1024,
                         topic: str | None = None) -> list[Message]:
         """Messages with index >= min_index, with no consumer state."""
-        _op, body = self._call(Op.READ_FROM_INDEX, {"type": int(message_type), "topic": topic,
-                                                    "min_index": min_index,
-                                                    "max_size": max_size})
+        _op, body = self._call(Op.READ_FROM_INDEX, log_request(
+            message_type, topic, min_index=min_index, max_size=max_size))
         return BatchReply(body).messages
 
     def set_retention(self, message_type: MessageType, retention_ms: int | None,
                       topic: str | None = None) -> None:
-        self._call(Op.SET_RETENTION, {"type": int(message_type), "topic": topic,
-                                      "retention_ms": retention_ms})
+        self._call(Op.SET_RETENTION, log_request(
+            message_type, topic, retention_ms=retention_ms))
 
     def ping(self, timeout: float = 10.0) -> float:
         """Round trip time in seconds."""
