@@ -276,6 +276,10 @@ class Log(LogCore):
             self._want_spare(prepare=False)
 
     def _take_spare(self) -> SegmentFile:
+        if self._active is None and not self._spares:
+            # The first file of this session: pre-fault it now, the cheapest way (a new log,
+            # or a full last file; a few ms to ~200 ms on a machine short of warm memory).
+            return self._new_spare(populate=True)
         self._reserve(1)
         with self._spare_lock:
             return self._spares.pop(0)
