@@ -176,7 +176,7 @@ class Log(LogCore):
             last_index = f.last_index or previous
             if not f.sealed_end:
                 self._active = f
-                self._set_spare_at(f.data_offset + (self.segment_file_size - f.data_offset) // 2)
+                self._set_spare_at(f.data_offset + (f.file_size - f.data_offset) // 2)
             break
         self._set_last_index(last_index)
         if self.fsync == "interval":
