@@ -108,12 +108,7 @@ class Log(LogCore):
         self.recovery: dict[str, int] = {"truncated_bytes": 0, "dropped_records": 0}
         self.max_mapped_files = max_mapped_files
         self._mapped: deque[int] = deque()  # first indexes of mapped files, oldest mapping first
-        self._spares: list[SegmentFile] = []
-        self._spare_lock = threading.Lock()
-        self._spare_wanted = threading.Event()
-        self._spare_thread: threading.Thread | None = None
-        self._spare_needed = False
-        self._to_populate: deque[SegmentFile] = deque()
+        self._spares: list[SegmentFile] = []  # files ready to roll into (the append lock guards)
         self._lock_fd = -1
         self._stop = threading.Event()
         self._sync_thread: threading.Thread | None = None
@@ -176,7 +171,6 @@ class Log(LogCore):
             last_index = f.last_index or previous
             if not f.sealed_end:
                 self._active = f
-                self._set_spare_at(f.data_offset + (f.file_size - f.data_offset) // 2)
             break
         self._set_last_index(last_index)
         if self.fsync == "interval":
@@ -234,9 +228,10 @@ class Log(LogCore):
 
     # -- rolling and retention ---------------------------------------------------------------
 
-    def _new_spare(self, populate: bool = True) -> SegmentFile:
-        """A preallocated file under a temporary name, pre-faulted unless `populate` is False
-        (then the caller needs it now and the spare thread pre-faults it while it fills)."""
+    def _new_spare(self) -> SegmentFile:
+        """A new file under a temporary name, its blocks reserved (posix_fallocate): appends
+        into it cannot fail for lack of space. Nothing is pre-faulted: batches reach the file
+        through pwrite, which needs no page faults."""
         name = f".spare-{os.getpid()}-{time.monotonic_ns()}{_TMP_SUFFIX}"
         spare_path = os.path.join(self.path, name)
         fd = os.open(spare_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -247,7 +242,7 @@ class Log(LogCore):
                 os.close(fd)
                 raise
             # From here on the SegmentFile owns fd, even when it raises.
-            return segment_file_create(spare_path, fd, self.segment_file_size, populate)
+            return segment_file_create(spare_path, fd, self.segment_file_size)
         except OSError as exc:
             os.unlink(spare_path)
             if exc.errno in _NO_SPACE:
@@ -262,67 +257,14 @@ class Log(LogCore):
             raise
 
     def _reserve(self, count: int) -> None:
-        """Makes sure `count` spare files exist (space reserved, so a batch cannot fail half
-        way for lack of it) without waiting for any to be pre-faulted: those made here are
-        pre-faulted by the spare thread, or fault in as they fill."""
-        while True:
-            with self._spare_lock:
-                if len(self._spares) >= count:
-                    return
-            spare = self._new_spare(populate=False)
-            with self._spare_lock:
-                self._spares.append(spare)
-                self._to_populate.append(spare)
-            self._want_spare(prepare=False)
+        """Makes sure `count` spare files exist: a batch that will roll into new files gets
+        them before it writes anything, so that a full disk fails it whole."""
+        while len(self._spares) < count:
+            self._spares.append(self._new_spare())
 
     def _take_spare(self) -> SegmentFile:
-        if self._active is None and not self._spares:
-            # The first file of this session: pre-fault it now, the cheapest way (a new log,
-            # or a full last file; a few ms to ~200 ms on a machine short of warm memory).
-            return self._new_spare(populate=True)
         self._reserve(1)
-        with self._spare_lock:
-            return self._spares.pop(0)
-
-    def _want_spare(self, prepare: bool = True) -> None:
-        """Wakes the spare thread: to pre-fault files made in a hurry, and (`prepare`, called
-        by the core half way through the active file) to prepare the next file, so that the
-        roll to it costs no page faults. Pre-faulting 64 MiB takes about as long as filling it
-        at full speed, so it has to start early and run on the other core."""
-        if self.closed:
-            return
-        if self._spare_thread is None:
-            self._spare_thread = threading.Thread(
-                target=self._spare_loop, name=f"fluxcore-spare:{self.path}", daemon=True
-            )
-            self._spare_thread.start()
-        self._spare_needed = self._spare_needed or prepare
-        self._spare_wanted.set()
-
-    def _spare_loop(self) -> None:
-        while not self._stop.is_set():
-            self._spare_wanted.wait()
-            self._spare_wanted.clear()
-            while not self._stop.is_set():
-                with self._spare_lock:
-                    unpopulated = self._to_populate.popleft() if self._to_populate else None
-                if unpopulated is None:
-                    break
-                unpopulated.populate()  # maps pages only: safe while appends go on
-            if self._spare_needed and not self._stop.is_set():
-                self._spare_needed = False
-                with self._spare_lock:
-                    ready = len(self._spares) > 0
-                if ready:
-                    continue
-                try:
-                    spare = self._new_spare(populate=True)
-                except OSError as exc:  # the next roll makes its file itself, and raises
-                    logger.warning("preparing a segment file in %s failed: %s", self.path,
-                                   exc)
-                    continue
-                with self._spare_lock:
-                    self._spares.append(spare)
+        return self._spares.pop(0)
 
     def _roll(self, first_index: int) -> None:
         """Seals the active file and makes a spare the new active file, named `first_index`.
@@ -340,7 +282,6 @@ class Log(LogCore):
         self._files.append(spare)
         self._starts.append(first_index)
         self._active = spare
-        self._set_spare_at(spare.data_offset + (self.segment_file_size - spare.data_offset) // 2)
         with self._open_lock:
             self._remember_mapping(first_index)
         self._apply_retention()
@@ -504,11 +445,9 @@ class Log(LogCore):
         if self.closed:
             return
         self._stop.set()
-        self._spare_wanted.set()
-        for thread in (self._sync_thread, self._spare_thread):
-            if thread is not None:
-                thread.join()
-        self._sync_thread = self._spare_thread = None
+        if self._sync_thread is not None:
+            self._sync_thread.join()
+            self._sync_thread = None
         try:
             if not self.readonly and self.fsync != "never":
                 self._sync_to(0)
@@ -518,8 +457,7 @@ class Log(LogCore):
             self._release()
 
     def _release(self) -> None:
-        with self._spare_lock:
-            spares, self._spares = self._spares, []
+        spares, self._spares = self._spares, []
         for spare in spares:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(spare.path)

@@ -36,9 +36,17 @@ cdef class SegmentFile:
     cdef uint64_t entry_count(self) noexcept nogil
     cdef uint64_t seek(self, uint64_t after) noexcept nogil
     cdef bint is_sealed_at(self, uint64_t offset) noexcept nogil
+    cdef uint64_t committed(self) noexcept nogil
+    cdef int _write_stage(self, const char *stage, size_t used, uint64_t off,
+                          int *error) noexcept nogil
+    cdef void _publish(self, uint64_t end, uint64_t last) noexcept nogil
     cdef Py_ssize_t append_records(
         self, const char **ptrs, const Py_ssize_t *lens, const uint8_t *segs,
         uint64_t base_index, Py_ssize_t start, Py_ssize_t stop) noexcept nogil
+    cdef Py_ssize_t write_records(
+        self, char *stage, size_t stage_size, const char **ptrs, const Py_ssize_t *lens,
+        const uint8_t *segs, uint64_t base_index, Py_ssize_t start, Py_ssize_t stop,
+        int *error) noexcept nogil
     cdef Py_ssize_t read_records(
         self, uint64_t *offset_io, Py_ssize_t max_count, uint64_t max_bytes,
         int seg_lo, int seg_hi, bint verify, int64_t *out_off, int64_t *out_len,
@@ -72,7 +80,6 @@ cdef class LogCore:
         readonly uint64_t durable_index
         readonly uint64_t appended
         uint64_t _last_index
-        uint64_t _spare_at            # write offset past which the next file is prepared
         int _fsync_mode
         pthread_mutex_t _append_mu
         pthread_mutex_t _sync_mu
@@ -81,6 +88,7 @@ cdef class LogCore:
         Py_ssize_t *_lens
         uint8_t *_segs
         Py_ssize_t _scratch_cap
+        char *_stage                  # records of a batch are built here, then pwrite()n
         # read cursor: where the read after `_cur_after` starts
         uint64_t _cur_after
         uint64_t _cur_start
@@ -92,6 +100,5 @@ cdef class LogCore:
     cdef int _grow_scratch(self, Py_ssize_t n) except -1
     cdef uint64_t _max_payload(self)
     cdef object _append_gathered(self, Py_ssize_t n, object keys, object segments)
-    cdef int _check_spare(self) except -1
     cdef SegmentFile _file_at(self, Py_ssize_t pos)
     cdef Py_ssize_t _locate(self, uint64_t after, uint64_t *offset) except -2

@@ -24,13 +24,12 @@ from cpython.ref cimport Py_INCREF
 from cpython.sequence cimport PySequence_Fast, PySequence_Fast_GET_ITEM, PySequence_Fast_GET_SIZE
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.unicode cimport PyUnicode_Check
-from libc.errno cimport errno
+from libc.errno cimport EINTR, EIO, errno
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, realloc
+from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset
 
 from fluxcore._ext.includes.fc cimport (
-    MADV_POPULATE_WRITE,
     REC_HEADER_SIZE,
     SEG_HEADER_SIZE,
     SEG_INDEX_STRIDE,
@@ -63,7 +62,6 @@ from fluxcore._ext.includes.sys cimport (
     close,
     fallocate,
     fstat,
-    madvise,
     mmap,
     msync,
     munmap,
@@ -72,7 +70,8 @@ from fluxcore._ext.includes.sys cimport (
     pthread_mutex_lock,
     pthread_mutex_trylock,
     pthread_mutex_unlock,
-    pwrite,
+    iovec,
+    pwritev,
     ssize_t,
     stat,
 )

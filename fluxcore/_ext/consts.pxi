@@ -6,4 +6,4 @@ cdef enum:
     FSYNC_INTERVAL = 1
     FSYNC_ALWAYS = 2
     MIN_SEGMENT_FILE_SIZE = 1 << 20
-    PREFAULT_CHUNK = 2 << 20
+    STAGE_SIZE = 1 << 20  # a batch is built here and written a stage per pwrite

@@ -9,7 +9,6 @@ cdef class LogCore:
     def __cinit__(self, *args, **kwargs):
         pthread_mutex_init(&self._append_mu, NULL)
         pthread_mutex_init(&self._sync_mu, NULL)
-        self._spare_at = 0xFFFFFFFFFFFFFFFF
         self._files = []
         self._starts = []
         self._unsynced = []
@@ -20,6 +19,7 @@ cdef class LogCore:
         free(<void *>self._ptrs)
         free(self._lens)
         free(self._segs)
+        free(self._stage)
         pthread_mutex_destroy(&self._append_mu)
         pthread_mutex_destroy(&self._sync_mu)
 
@@ -33,17 +33,6 @@ cdef class LogCore:
     def _set_last_index(self, uint64_t last_index):
         self._last_index = last_index
         self.durable_index = last_index
-
-    def _set_spare_at(self, uint64_t offset):
-        self._spare_at = offset
-
-    cdef int _check_spare(self) except -1:
-        # Half way through the active file: time to have the next one prepared (off the
-        # appending thread), so that rolling to it costs no page faults.
-        if self._active is not None and self._active.write_offset >= self._spare_at:
-            self._spare_at = 0xFFFFFFFFFFFFFFFF
-            self._want_spare()
-        return 0
 
     def _mark_closed(self):
         self.closed = True
@@ -155,8 +144,6 @@ cdef class LogCore:
                 f.append_records(&ptr, &size, &seg, idx, 0, 1)
                 self._last_index = idx
                 self.appended += 1
-                if f.write_offset >= self._spare_at:
-                    self._check_spare()
             finally:
                 pthread_mutex_unlock(&self._append_mu)
         finally:
@@ -241,6 +228,7 @@ cdef class LogCore:
         cdef uint64_t *out_idx
         cdef uint64_t base, now, need, off, length, limit, first_off, max_payload
         cdef Py_ssize_t i, pos, written
+        cdef int error = 0
         cdef Py_ssize_t longest = 0
         cdef bint seg_from_index = False
         cdef SegmentFile f
@@ -295,6 +283,10 @@ cdef class LogCore:
         if seg_from_index:
             for i in range(n):
                 self._segs[i] = route_index(base + <uint64_t>i)
+        if self._stage == NULL:
+            self._stage = <char *>malloc(STAGE_SIZE)
+            if self._stage == NULL:
+                raise MemoryError()
         pos = 0
         while pos < n:
             f = self._active
@@ -302,11 +294,15 @@ cdef class LogCore:
                 self._roll(base + <uint64_t>pos)
                 f = self._active
             with nogil:
-                written = f.append_records(self._ptrs, self._lens, self._segs, base, pos, n)
+                written = f.write_records(self._stage, STAGE_SIZE, self._ptrs, self._lens,
+                                          self._segs, base, pos, n, &error)
             pos += written
-            self._last_index = base + <uint64_t>pos - 1
-            self.appended += <uint64_t>written
-        self._check_spare()
+            if written:
+                self._last_index = base + <uint64_t>pos - 1
+                self.appended += <uint64_t>written
+            if error:
+                raise OSError(error, f"writing {f.path} failed after {pos} of {n} records "
+                              f"(those are stored): {os.strerror(error)}")
         return out
 
     # -- syncing -----------------------------------------------------------------------------
@@ -454,7 +450,7 @@ cdef class LogCore:
             f = self._file_at(pos)
             if f is None:
                 return False
-            if rec_check(f.base, offset, f.size, False) != 0:
+            if rec_check(f.base, offset, f.committed(), False) != 0:
                 return True
             if not f.is_sealed_at(offset):
                 return False

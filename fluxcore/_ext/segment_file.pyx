@@ -1,9 +1,11 @@
 # SegmentFile: one preallocated, memory-mapped file of records.
 #
 # Layout: a 4 KiB header page, the sparse-index region (one entry per 4 KiB of records), then
-# 8-byte aligned records from data_offset. A record is published by its length word, stored last
-# with release ordering; a reader (any process) loads it with acquire ordering, so a nonzero length
-# means the whole record is in memory. Files are never resized while mapped.
+# 8-byte aligned records from data_offset. Readers (any process) read the mapping, below the
+# header's committed_end only. The writer writes a batch with pwrite (the page cache takes it in
+# large folios: no page faults, and no pages dirtied ahead of the data, which would make every
+# sync write them twice), a single record through the mapping; then it moves committed_end.
+# Files are never resized while mapped.
 
 
 cdef inline uint64_t page_up(uint64_t n) noexcept nogil:
@@ -32,6 +34,32 @@ cdef inline int64_t rec_check(const char *base, uint64_t off, uint64_t limit,
     if verify and rec_crc(base + off, length) != h.crc:
         return -1
     return length
+
+
+cdef int write_fully(int fd, iovec *iov, int count, uint64_t off, uint64_t total,
+                     int *error) noexcept nogil:
+    """pwritev until `total` bytes are written (a write may be short); -1 and *error else."""
+    cdef ssize_t n
+    cdef uint64_t done = 0
+    while done < total:
+        n = pwritev(fd, iov, count, <off_t>(off + done))
+        if n < 0:
+            if errno == EINTR:
+                continue
+            error[0] = errno
+            return -1
+        if n == 0:
+            error[0] = EIO
+            return -1
+        done += <uint64_t>n
+        while count > 0 and <size_t>n >= iov[0].iov_len:  # skip what was written
+            n -= <ssize_t>iov[0].iov_len
+            iov += 1
+            count -= 1
+        if count > 0:
+            iov[0].iov_base = (<char *>iov[0].iov_base) + n
+            iov[0].iov_len -= <size_t>n
+    return 0
 
 
 cdef uint64_t layout_data_offset(uint64_t file_size, uint64_t *capacity) noexcept nogil:
@@ -138,6 +166,7 @@ cdef class SegmentFile:
         """Offset of the first record with index > after (or of the end of the records)."""
         cdef uint64_t lo = 0, hi = self.entry_count(), mid
         cdef uint64_t off = self.data_offset
+        cdef uint64_t limit
         cdef int64_t length
         while lo < hi:  # last entry with index <= after
             mid = (lo + hi) // 2
@@ -147,11 +176,15 @@ cdef class SegmentFile:
                 hi = mid
         if lo > 0:
             off = self.entries[lo - 1].offset
+        limit = self.committed()
         while True:  # at most one index stride of records
-            length = rec_check(self.base, off, self.size, False)
+            length = rec_check(self.base, off, limit, False)
             if length <= 0 or (<const rec_header_t *>(self.base + off)).index > after:
                 return off
             off += rec_stride(<uint64_t>length)
+
+    cdef uint64_t committed(self) noexcept nogil:
+        return seg_load_u64(&self.hdr.committed_end)
 
     cdef bint is_sealed_at(self, uint64_t offset) noexcept nogil:
         cdef uint64_t end = seg_load_u64(&self.hdr.sealed_end)
@@ -170,7 +203,8 @@ cdef class SegmentFile:
     cdef Py_ssize_t append_records(
             self, const char **ptrs, const Py_ssize_t *lens, const uint8_t *segs,
             uint64_t base_index, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:
-        """Writes records start..stop-1 while they fit; returns how many were written."""
+        """Writes records start..stop-1 through the mapping while they fit (for one or a few
+        small records, cheaper than a system call); returns how many were written."""
         cdef uint64_t off = self.write_offset
         cdef uint64_t limit = self.size
         cdef uint32_t length
@@ -196,7 +230,106 @@ cdef class SegmentFile:
         if i > start:
             self.last_index = index
             seg_store_u64(&self.write_offset, off)
+            seg_store_u64(&self.hdr.committed_end, off)  # publish
         return i - start
+
+    cdef Py_ssize_t write_records(
+            self, char *stage, size_t stage_size, const char **ptrs, const Py_ssize_t *lens,
+            const uint8_t *segs, uint64_t base_index, Py_ssize_t start, Py_ssize_t stop,
+            int *error) noexcept nogil:
+        """Writes records start..stop-1 while they fit: built in `stage` and written with
+        pwrite a stage at a time (a record larger than the stage straight from its payload,
+        with pwritev), each stage published once written. Returns how many were written and
+        published; on a write error *error is the errno."""
+        cdef uint64_t off = self.write_offset  # file offset of the stage's first byte
+        cdef uint64_t limit = self.size
+        cdef size_t used = 0
+        cdef Py_ssize_t i = start
+        cdef Py_ssize_t staged = start  # first record in the stage
+        cdef uint32_t length
+        cdef uint64_t stride, index
+        cdef rec_header_t *h
+        cdef rec_header_t big
+        cdef iovec iov[3]
+        cdef char padding[8]
+        error[0] = 0
+        memset(padding, 0, 8)
+        while i < stop:
+            length = <uint32_t>(REC_HEADER_SIZE + lens[i])
+            stride = rec_stride(length)
+            if off + used + length > limit:
+                break
+            if used + stride > stage_size:
+                if used:
+                    if self._write_stage(stage, used, off, error) < 0:
+                        return staged - start
+                    off += used
+                    used = 0
+                    staged = i
+                if stride > stage_size:  # too big for the stage: write it from where it is
+                    index = base_index + <uint64_t>i
+                    big.length = length
+                    big.index = index
+                    big.segment = segs[i]
+                    big.flags = 0
+                    big.reserved = 0
+                    big.crc = crc32c_value(crc32c_value(crc32c_value(0, &length, 4),
+                                                        (<char *>&big) + 8, REC_HEADER_SIZE - 8),
+                                           ptrs[i], <size_t>lens[i])
+                    iov[0].iov_base = &big
+                    iov[0].iov_len = REC_HEADER_SIZE
+                    iov[1].iov_base = <void *>ptrs[i]
+                    iov[1].iov_len = <size_t>lens[i]
+                    iov[2].iov_base = padding
+                    iov[2].iov_len = stride - length
+                    if write_fully(self.fd, iov, 3, off, stride, error) < 0:
+                        return i - start
+                    self.publish_entry(off, index)
+                    self._publish(off + stride, index)
+                    off += stride
+                    i += 1
+                    staged = i
+                    continue
+            h = <rec_header_t *>(stage + used)
+            h.length = length
+            h.index = base_index + <uint64_t>i
+            h.segment = segs[i]
+            h.flags = 0
+            h.reserved = 0
+            memcpy(stage + used + REC_HEADER_SIZE, ptrs[i], <size_t>lens[i])
+            if stride > length:
+                memset(stage + used + length, 0, stride - length)
+            h.crc = rec_crc(stage + used, length)
+            used += stride
+            i += 1
+        if used and self._write_stage(stage, used, off, error) < 0:
+            return staged - start
+        return i - start
+
+    cdef int _write_stage(self, const char *stage, size_t used, uint64_t off,
+                          int *error) noexcept nogil:
+        """Writes a built stage at `off`, then indexes and publishes its records; -1 (and
+        *error) if the write failed (nothing of the stage is published)."""
+        cdef iovec iov[1]
+        cdef size_t pos = 0
+        cdef uint32_t length
+        cdef uint64_t last = 0
+        iov[0].iov_base = <void *>stage
+        iov[0].iov_len = used
+        if write_fully(self.fd, iov, 1, off, used, error) < 0:
+            return -1
+        while pos < used:  # the sparse index, now that the records are in the file
+            memcpy(&length, stage + pos, 4)
+            memcpy(&last, stage + pos + 8, 8)
+            self.publish_entry(off + pos, last)
+            pos += rec_stride(length)
+        self._publish(off + used, last)
+        return 0
+
+    cdef void _publish(self, uint64_t end, uint64_t last) noexcept nogil:
+        self.last_index = last
+        seg_store_u64(&self.write_offset, end)
+        seg_store_u64(&self.hdr.committed_end, end)  # readers may read up to here now
 
     cdef Py_ssize_t read_records(
             self, uint64_t *offset_io, Py_ssize_t max_count, uint64_t max_bytes,
@@ -210,8 +343,9 @@ cdef class SegmentFile:
         cdef uint64_t payload
         cdef const rec_header_t *h
         cdef Py_ssize_t count = 0
+        cdef uint64_t limit = self.committed()
         while count < max_count:
-            length = rec_check(self.base, off, self.size, verify)
+            length = rec_check(self.base, off, limit, verify)
             if length == 0:
                 break
             if length < 0:
@@ -315,6 +449,7 @@ cdef class SegmentFile:
         self.last_index = last if count else 0
         if not self.hdr.sealed_end:
             self._zero_tail(end)
+        seg_store_u64(&self.hdr.committed_end, end)
         self._flush_range(self.data_offset if verify_from > end else verify_from, end)
         self.hdr.checkpoint_offset = end
         self.hdr.checkpoint_index = self.last_index
@@ -330,7 +465,6 @@ cdef class SegmentFile:
             if fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                          <long>start, <long>(self.size - start)) == 0:
                 os.posix_fallocate(self.fd, start, self.size - start)
-                madvise(self.base + start, self.size - start, MADV_POPULATE_WRITE)
             else:
                 memset(self.base + start, 0, self.size - start)
         if start > end:
@@ -357,12 +491,6 @@ cdef class SegmentFile:
         self.hdr.checkpoint_index = last_index
         self.synced_offset = upto
 
-    def populate(self):
-        """Pre-faults the mapping (a file created without it). Safe while appends go on: it
-        maps pages and writes nothing."""
-        with nogil:
-            madvise(self.base, self.size, MADV_POPULATE_WRITE)
-
     def flush_header(self):
         self._flush_range(0, SEG_HEADER_SIZE)
 
@@ -379,11 +507,12 @@ cdef class SegmentFile:
         sparse-index entry; no CRC checks."""
         cdef uint64_t n = self.entry_count()
         cdef uint64_t off = self.data_offset
-        cdef uint64_t last = 0, count = 0
+        cdef uint64_t last = 0, count = 0, limit
         cdef int64_t walked
         if n > 0:
             off = self.entries[n - 1].offset
-        walked = self._walk(off, self.size, self.size, False, &last, &count)
+        limit = self.committed()
+        walked = self._walk(off, limit, limit, False, &last, &count)
         return (walked if walked >= 0 else -walked - 1), last
 
     def verify_all(self):
@@ -392,7 +521,7 @@ cdef class SegmentFile:
         cdef uint64_t sealed = seg_load_u64(&self.hdr.sealed_end)
         cdef int64_t walked
         with nogil:
-            walked = self._walk(self.data_offset, sealed if sealed else self.size,
+            walked = self._walk(self.data_offset, sealed if sealed else self.committed(),
                                 self.data_offset, False, &last, &count)
         if walked < 0:
             raise CorruptLogError(self.path, -walked - 1, "damaged record (bad length, CRC "
@@ -403,35 +532,7 @@ cdef class SegmentFile:
         return count
 
 
-cdef int prefault(SegmentFile f, uint64_t file_size) except -1:
-    # Pre-fault every page before the file is used: a page fault costs 2-15 us on these
-    # machines, far more than a 100-byte append. Writing zeros with pwrite first lets the page
-    # cache use large folios (much cheaper than faulting 4 KiB pages one by one); the mapping
-    # is then populated from the cached pages. The zeros never reach the disk twice: appends
-    # overwrite them long before background writeback.
-    cdef void *zeros = calloc(PREFAULT_CHUNK, 1)
-    cdef uint64_t off = 0
-    cdef ssize_t written = 0
-    if zeros == NULL:
-        raise MemoryError()
-    try:
-        with nogil:
-            while off < file_size:
-                written = pwrite(f.fd, zeros, min(<uint64_t>PREFAULT_CHUNK, file_size - off),
-                                 <off_t>off)
-                if written <= 0:
-                    break
-                off += <uint64_t>written
-        if written < 0:
-            raise OSError(errno, f"writing {f.path} failed: {os.strerror(errno)}")
-    finally:
-        free(zeros)
-    with nogil:
-        madvise(f.base, file_size, MADV_POPULATE_WRITE)
-    return 0
-
-
-def segment_file_create(str path, int fd, uint64_t file_size, bint populate):
+def segment_file_create(str path, int fd, uint64_t file_size):
     """Maps a freshly preallocated file and writes its header; the SegmentFile owns `fd` from
     the call on, even if it raises. The first index is set when the file becomes the active one."""
     cdef SegmentFile f = SegmentFile.__new__(SegmentFile)
@@ -439,8 +540,6 @@ def segment_file_create(str path, int fd, uint64_t file_size, bint populate):
     f.path = path
     f.fd = fd
     f._map(file_size, True)
-    if populate:
-        prefault(f, file_size)
     f.data_offset = layout_data_offset(file_size, &capacity)
     f.index_capacity = capacity
     f.entries = <seg_index_entry_t *>(f.base + SEG_HEADER_SIZE)
@@ -453,6 +552,7 @@ def segment_file_create(str path, int fd, uint64_t file_size, bint populate):
     f.hdr.index_stride = SEG_INDEX_STRIDE
     f.hdr.created_ms = seg_now_ms()
     f.hdr.checkpoint_offset = f.data_offset
+    f.hdr.committed_end = f.data_offset
     f.write_offset = f.data_offset
     f.synced_offset = f.data_offset
     f.next_entry_at = f.data_offset

@@ -1,5 +1,10 @@
-/* On-disk layout of a segment file and of a record, plus the atomics that order a record's
- * commit word after its body. Shared by the writer and by readers in other processes. */
+/* On-disk layout of a segment file and of a record, plus the atomics that publish records.
+ * Shared by the writer and by readers in other processes.
+ *
+ * Publication: the writer writes records (a batch with pwrite, a single record through the
+ * mapping with its length word last), then stores committed_end with release ordering. Readers
+ * load committed_end with acquire ordering and read only below it, so they never see a record
+ * the kernel is still copying in. */
 #ifndef FC_SEG_H
 #define FC_SEG_H
 
@@ -12,7 +17,7 @@
 #endif
 
 #define SEG_MAGIC "FLUXSEG1"
-#define SEG_VERSION 1u
+#define SEG_VERSION 2u
 #define SEG_HEADER_SIZE 4096u
 #define SEG_INDEX_STRIDE 4096u /* one sparse-index entry per 4 KiB of records */
 #define REC_HEADER_SIZE 24u
@@ -31,6 +36,7 @@ typedef struct {
     uint64_t sealed_end;      /* 0 while appendable; end of the last record once rolled past */
     uint64_t checkpoint_offset; /* records below this offset were verified and synced */
     uint64_t checkpoint_index;  /* index of the last record below checkpoint_offset (0: none) */
+    uint64_t committed_end;     /* readers read records below this offset only (release store) */
 } seg_header_t;
 
 typedef struct {

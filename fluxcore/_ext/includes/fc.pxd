@@ -19,7 +19,6 @@ cdef extern from "fc_seg.h" nogil:
     unsigned int SEG_INDEX_STRIDE
     unsigned int REC_HEADER_SIZE
     unsigned int REC_ALIGN
-    int MADV_POPULATE_WRITE
 
     ctypedef struct seg_header_t:
         char magic[8]
@@ -34,6 +33,7 @@ cdef extern from "fc_seg.h" nogil:
         uint64_t sealed_end
         uint64_t checkpoint_offset
         uint64_t checkpoint_index
+        uint64_t committed_end
 
     ctypedef struct rec_header_t:
         uint32_t length

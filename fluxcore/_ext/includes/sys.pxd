@@ -10,7 +10,6 @@ cdef extern from "<sys/mman.h>" nogil:
     void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
     int munmap(void *addr, size_t length)
     int msync(void *addr, size_t length, int flags)
-    int madvise(void *addr, size_t length, int advice)
     void *MAP_FAILED
     int PROT_READ
     int PROT_WRITE
@@ -33,7 +32,13 @@ cdef extern from "<sys/stat.h>" nogil:
 
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
-    ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
+
+
+cdef extern from "<sys/uio.h>" nogil:
+    cdef struct iovec:
+        void *iov_base
+        size_t iov_len
+    ssize_t pwritev(int fd, const iovec *iov, int iovcnt, off_t offset)
 
 
 cdef extern from "<pthread.h>" nogil:
