@@ -438,8 +438,6 @@ def batch_frame(uint32_t request_id, Batch batch, positions, client_id, tracker_
     cdef uint64_t stride
     cdef char *w
     cdef object out
-    cdef frame_header_t fh
-    cdef batch_header_t bh
     text_arg(client_id, &client_p, &client_len, 65535, "client id")
     text_arg(tracker_id, &tracker_p, &tracker_len, 65535, "tracker id")
     if positions is not None:
@@ -469,19 +467,8 @@ def batch_frame(uint32_t request_id, Batch batch, positions, client_id, tracker_
             count += 1
     out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>total)
     w = PyBytes_AS_STRING(out)
-    fh.length = <uint32_t>(total - 4)
-    fh.op = OP_BATCH
-    fh.flags = 0
-    fh.reserved = 0
-    fh.request_id = request_id
-    memcpy(w, &fh, FRAME_HEADER_SIZE)
-    memset(&bh, 0, BATCH_HEADER_SIZE)
-    bh.segment_start = <uint16_t>seg_start
-    bh.segment_end = <uint16_t>seg_end
-    bh.caught_up = caught_up
-    bh.last_index = last_index
-    bh.count = <uint32_t>count
-    memcpy(w + FRAME_HEADER_SIZE, &bh, BATCH_HEADER_SIZE)
+    put_batch_headers(w, request_id, total, seg_start, seg_end, last_index, caught_up,
+                      <uint32_t>count)
     w += FRAME_HEADER_SIZE + BATCH_HEADER_SIZE
     with nogil:
         for i in range(n):
@@ -494,22 +481,31 @@ def batch_frame(uint32_t request_id, Batch batch, positions, client_id, tracker_
 
 def empty_batch_frame(uint32_t request_id, int seg_start, int seg_end, uint64_t last_index,
                       bint caught_up):
+    cdef char buf[36]  # frame header + batch header
+    put_batch_headers(buf, request_id, FRAME_HEADER_SIZE + BATCH_HEADER_SIZE, seg_start,
+                      seg_end, last_index, caught_up, 0)
+    return PyBytes_FromStringAndSize(buf, FRAME_HEADER_SIZE + BATCH_HEADER_SIZE)
+
+
+cdef void put_batch_headers(char *w, uint32_t request_id, uint64_t total, int seg_start,
+                            int seg_end, uint64_t last_index, bint caught_up,
+                            uint32_t count) noexcept:
+    """The frame header and the batch header of a BATCH frame of `total` bytes."""
     cdef frame_header_t fh
     cdef batch_header_t bh
-    cdef char buf[36]  # frame header + batch header
-    fh.length = FRAME_HEADER_SIZE + BATCH_HEADER_SIZE - 4
+    fh.length = <uint32_t>(total - 4)
     fh.op = OP_BATCH
     fh.flags = 0
     fh.reserved = 0
     fh.request_id = request_id
+    memcpy(w, &fh, FRAME_HEADER_SIZE)
     memset(&bh, 0, BATCH_HEADER_SIZE)
     bh.segment_start = <uint16_t>seg_start
     bh.segment_end = <uint16_t>seg_end
     bh.caught_up = caught_up
     bh.last_index = last_index
-    memcpy(buf, &fh, FRAME_HEADER_SIZE)
-    memcpy(buf + FRAME_HEADER_SIZE, &bh, BATCH_HEADER_SIZE)
-    return PyBytes_FromStringAndSize(buf, FRAME_HEADER_SIZE + BATCH_HEADER_SIZE)
+    bh.count = count
+    memcpy(w + FRAME_HEADER_SIZE, &bh, BATCH_HEADER_SIZE)
 
 
 # -- messages (client) ----------------------------------------------------------------------
