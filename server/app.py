@@ -126,7 +126,7 @@ class Server:
         """The last appends of a client, by first message id: what a resend must not repeat."""
         recent = self._recent.get(client_id)
         if recent is None:
-            if len(self._recent) > 100_000:
+            if len(self._recent) >= 4096:  # bounded: ~50 MB at most, oldest client first
                 self._recent.pop(next(iter(self._recent)))
             recent = self._recent[client_id] = RecentAppends()
         return recent
@@ -171,7 +171,7 @@ class Server:
 class RecentAppends(OrderedDict[bytes, tuple[int, int]]):
     """A bounded map of first message id -> (first index, count); oldest out first."""
 
-    limit = 4096
+    limit = 128  # more than a client keeps in flight; older resends are found in the log
 
     def __setitem__(self, key: bytes, value: tuple[int, int]) -> None:
         super().__setitem__(key, value)
