@@ -17,8 +17,10 @@ _LISTENING = re.compile(r"fluxcore listening on ([\d.]+):(\d+)")
 class ServerProcess:
     """`fluxcore serve` in a child process; `address` is host:port once started."""
 
-    def __init__(self, data_dir: Path, *extra: str, token: str = TOKEN, port: int = 0) -> None:
+    def __init__(self, data_dir: Path, *extra: str, token: str = TOKEN, port: int = 0,
+                 env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
+        self.env = env or {}
         self.extra = list(extra)
         self.token = token
         self.port = port
@@ -33,7 +35,7 @@ class ServerProcess:
             cmd += ["--token", self.token]
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
+            env=dict(os.environ, PYTHONUNBUFFERED="1", **self.env), start_new_session=True)
         assert self.proc.stdout is not None
         found = threading.Event()
 

@@ -213,3 +213,35 @@ def test_fsync_always_acks_after_sync_and_survives_kill(tmp_path: Path) -> None:
             int(i) for batch in acked for i in batch)
     finally:
         server.kill()
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)")
+def test_full_disk_is_a_clear_error_and_loses_nothing(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data",
+                           env={"FLUXCORE_SEGMENT_FILE_SIZE": str(1 << 20)}).start()
+    try:
+        with Client.connect(server.address, token=TOKEN, reconnect=False) as client:
+            first = client.publish_batch(MessageType.EVENT, [b"before"] * 10, type="T")
+            assert first is not None
+            acked = {int(i): b"before" for i in first}
+            # No new segment file may be made now (RLIMIT_FSIZE below the file size).
+            subprocess.run(["prlimit", f"--pid={server.pid}", "--fsize=524288:unlimited"],
+                           check=True)
+            payload = b"p" * 50_000
+            with pytest.raises(ProtocolError) as refused:
+                for _ in range(100):  # ~5 MB: the first roll fails
+                    indexes = client.publish_batch(MessageType.EVENT, [payload] * 2, type="T")
+                    assert indexes is not None
+                    acked.update({int(i): payload for i in indexes})
+            assert refused.value.code == "unavailable"
+            assert "no space" in refused.value.message
+            assert client.ping() < 30  # the server goes on
+            subprocess.run(["prlimit", f"--pid={server.pid}", "--fsize=unlimited:unlimited"],
+                           check=True)
+            index = client.publish(MessageType.EVENT, b"after", type="T")
+            assert index is not None
+            acked[index] = b"after"
+            stored = {m.index: m.data for m in client.read_from_index(MessageType.EVENT, 0, 10_000)}
+        assert stored == acked  # everything acknowledged, nothing half-written
+    finally:
+        server.kill()

@@ -39,7 +39,6 @@ cdef class SegmentFile:
     cdef uint64_t committed(self) noexcept nogil
     cdef int _write_stage(self, const char *stage, size_t used, uint64_t off,
                           int *error) noexcept nogil
-    cdef void _publish(self, uint64_t end, uint64_t last) noexcept nogil
     cdef Py_ssize_t append_records(
         self, const char **ptrs, const Py_ssize_t *lens, const uint8_t *segs,
         uint64_t base_index, Py_ssize_t start, Py_ssize_t stop) noexcept nogil

@@ -24,7 +24,7 @@ from cpython.ref cimport Py_INCREF
 from cpython.sequence cimport PySequence_Fast, PySequence_Fast_GET_ITEM, PySequence_Fast_GET_SIZE
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.unicode cimport PyUnicode_Check
-from libc.errno cimport EINTR, EIO, errno
+from libc.errno cimport EDQUOT, EFBIG, EINTR, EIO, ENOSPC, errno
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset
@@ -81,7 +81,13 @@ import os
 
 import numpy as np
 
-from fluxcore.errors import CorruptLogError, LogClosedError, LogError, RecordTooLargeError
+from fluxcore.errors import (
+    CorruptLogError,
+    LogClosedError,
+    LogError,
+    LogFullError,
+    RecordTooLargeError,
+)
 
 cnp.import_array()
 crc_init()

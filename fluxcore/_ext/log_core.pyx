@@ -301,8 +301,12 @@ cdef class LogCore:
                 self._last_index = base + <uint64_t>pos - 1
                 self.appended += <uint64_t>written
             if error:
-                raise OSError(error, f"writing {f.path} failed after {pos} of {n} records "
-                              f"(those are stored): {os.strerror(error)}")
+                stored = (f"; the first {pos} of the {n} records, written to earlier files, "
+                          f"are stored" if pos else "; nothing of it was stored")
+                if error in (ENOSPC, EFBIG, EDQUOT):
+                    raise LogFullError(error, f"{f.path}: no space to write a batch "
+                                       f"({os.strerror(error)}){stored}")
+                raise OSError(error, f"writing {f.path} failed ({os.strerror(error)}){stored}")
         return out
 
     # -- syncing -----------------------------------------------------------------------------

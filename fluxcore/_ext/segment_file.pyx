@@ -239,15 +239,19 @@ cdef class SegmentFile:
             int *error) noexcept nogil:
         """Writes records start..stop-1 while they fit: built in `stage` and written with
         pwrite a stage at a time (a record larger than the stage straight from its payload,
-        with pwritev), each stage published once written. Returns how many were written and
-        published; on a write error *error is the errno."""
-        cdef uint64_t off = self.write_offset  # file offset of the stage's first byte
+        with pwritev), then published together. Returns how many were written; on a write
+        error, none of them: *error is the errno, nothing is published and the sparse index is
+        as it was (the next append overwrites what was written)."""
+        cdef uint64_t start_off = self.write_offset
+        cdef uint64_t off = start_off  # file offset of the stage's first byte
         cdef uint64_t limit = self.size
+        cdef uint64_t entries_before = self.index_count
+        cdef uint64_t next_entry_before = self.next_entry_at
+        cdef uint64_t last = 0
         cdef size_t used = 0
         cdef Py_ssize_t i = start
-        cdef Py_ssize_t staged = start  # first record in the stage
         cdef uint32_t length
-        cdef uint64_t stride, index
+        cdef uint64_t stride
         cdef rec_header_t *h
         cdef rec_header_t big
         cdef iovec iov[3]
@@ -259,17 +263,16 @@ cdef class SegmentFile:
             stride = rec_stride(length)
             if off + used + length > limit:
                 break
+            last = base_index + <uint64_t>i
             if used + stride > stage_size:
                 if used:
                     if self._write_stage(stage, used, off, error) < 0:
-                        return staged - start
+                        break
                     off += used
                     used = 0
-                    staged = i
                 if stride > stage_size:  # too big for the stage: write it from where it is
-                    index = base_index + <uint64_t>i
                     big.length = length
-                    big.index = index
+                    big.index = last
                     big.segment = segs[i]
                     big.flags = 0
                     big.reserved = 0
@@ -283,16 +286,14 @@ cdef class SegmentFile:
                     iov[2].iov_base = padding
                     iov[2].iov_len = stride - length
                     if write_fully(self.fd, iov, 3, off, stride, error) < 0:
-                        return i - start
-                    self.publish_entry(off, index)
-                    self._publish(off + stride, index)
+                        break
+                    self.publish_entry(off, last)
                     off += stride
                     i += 1
-                    staged = i
                     continue
             h = <rec_header_t *>(stage + used)
             h.length = length
-            h.index = base_index + <uint64_t>i
+            h.index = last
             h.segment = segs[i]
             h.flags = 0
             h.reserved = 0
@@ -302,34 +303,39 @@ cdef class SegmentFile:
             h.crc = rec_crc(stage + used, length)
             used += stride
             i += 1
-        if used and self._write_stage(stage, used, off, error) < 0:
-            return staged - start
+        if used and error[0] == 0 and self._write_stage(stage, used, off, error) == 0:
+            off += used
+        if error[0] != 0:
+            # Nothing of it becomes visible: unpublish the index entries made on the way.
+            memset(&self.entries[entries_before], 0,
+                   (self.index_count - entries_before) * sizeof(seg_index_entry_t))
+            self.index_count = entries_before
+            self.next_entry_at = next_entry_before
+            return 0
+        if i > start:
+            self.last_index = last
+            seg_store_u64(&self.write_offset, off)
+            seg_store_u64(&self.hdr.committed_end, off)  # readers may read up to here now
         return i - start
 
     cdef int _write_stage(self, const char *stage, size_t used, uint64_t off,
                           int *error) noexcept nogil:
-        """Writes a built stage at `off`, then indexes and publishes its records; -1 (and
-        *error) if the write failed (nothing of the stage is published)."""
+        """Writes a built stage at `off` and adds its records to the sparse index (readers
+        do not use entries past committed_end); -1 and *error if the write failed."""
         cdef iovec iov[1]
         cdef size_t pos = 0
         cdef uint32_t length
-        cdef uint64_t last = 0
+        cdef uint64_t index
         iov[0].iov_base = <void *>stage
         iov[0].iov_len = used
         if write_fully(self.fd, iov, 1, off, used, error) < 0:
             return -1
-        while pos < used:  # the sparse index, now that the records are in the file
+        while pos < used:
             memcpy(&length, stage + pos, 4)
-            memcpy(&last, stage + pos + 8, 8)
-            self.publish_entry(off + pos, last)
+            memcpy(&index, stage + pos + 8, 8)
+            self.publish_entry(off + pos, index)
             pos += rec_stride(length)
-        self._publish(off + used, last)
         return 0
-
-    cdef void _publish(self, uint64_t end, uint64_t last) noexcept nogil:
-        self.last_index = last
-        seg_store_u64(&self.write_offset, end)
-        seg_store_u64(&self.hdr.committed_end, end)  # readers may read up to here now
 
     cdef Py_ssize_t read_records(
             self, uint64_t *offset_io, Py_ssize_t max_count, uint64_t max_bytes,
