@@ -13,6 +13,7 @@ import msgspec
 from fluxcore._ext import _proto
 
 __all__ = [
+    "FLAG_RESEND",
     "PROTOCOL_VERSION",
     "ErrorCode",
     "FrameError",
@@ -30,6 +31,7 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
+FLAG_RESEND = 1  # frame flag: an APPEND sent before, on a connection lost before its answer
 DEFAULT_PORT = 8765
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 FrameError = _proto.FrameError

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 from fluxcore._ext import _proto
 from fluxcore.errors import LogFullError, RecordTooLargeError
 from fluxcore.protocol import (
+    FLAG_RESEND,
     PROTOCOL_VERSION,
     ErrorCode,
     FrameError,
@@ -47,7 +48,6 @@ logger = logging.getLogger("fluxcore.server")
 
 _INITIAL_BUFFER = 256 * 1024
 _FRAME_HEADER = 12
-FLAG_RESEND = 1  # frame flag: this APPEND was sent before, on a connection that was lost
 _REQUIRED = object()
 _HTTP_HEALTH = b"GET "
 

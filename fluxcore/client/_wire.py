@@ -19,6 +19,7 @@ import numpy.typing as npt
 from fluxcore._ext import _proto
 from fluxcore._ext._proto import Message
 from fluxcore.protocol import (
+    FLAG_RESEND,
     PROTOCOL_VERSION,
     ErrorCode,
     Guarantee,
@@ -32,7 +33,6 @@ from fluxcore.protocol import (
 
 __all__ = ["FLAG_RESEND", "BatchReply", "Codec", "RequestError", "parse_address"]
 
-FLAG_RESEND = 1
 logger = logging.getLogger("fluxcore.client")
 RESULT_CONSUMER_SUFFIX = "_$request-handler"
 
