@@ -13,7 +13,9 @@ from .config import ServerConfig
 from .positions import PositionStore
 from .tracking import Cluster, Waiter
 
-__all__ = ["Project"]
+__all__ = ["METRICS_RETENTION_MS", "Project"]
+
+METRICS_RETENTION_MS = 30 * 24 * 3600 * 1000
 
 
 class Project:
@@ -43,10 +45,17 @@ class Project:
                 fsync=self.config.fsync,  # type: ignore[arg-type]
                 fsync_interval_ms=self.config.fsync_interval_ms,
                 segment_file_size=self.config.segment_file_size,
-                retention_ms=retention[0] if retention else self.config.retention_ms,
+                retention_ms=retention[0] if retention else self._default_retention(name),
             )
             self._logs[name] = log
         return log
+
+    def _default_retention(self, name: str) -> int | None:
+        # As the original service: metrics are kept a month, everything else indefinitely
+        # (unless the server is configured with a retention for every log).
+        if self.config.retention_ms is None and name == "metrics":
+            return METRICS_RETENTION_MS
+        return self.config.retention_ms
 
     def set_retention(self, name: str, retention_ms: int | None) -> None:
         """Retention of one log (None: the server's default), kept across restarts."""
@@ -56,7 +65,7 @@ class Project:
                 " ON CONFLICT (log) DO UPDATE SET retention_ms = excluded.retention_ms",
                 (name, retention_ms))
         self.log(name).retention_ms = (
-            retention_ms if retention_ms is not None else self.config.retention_ms)
+            retention_ms if retention_ms is not None else self._default_retention(name))
 
     def logs(self) -> dict[str, Log]:
         return dict(self._logs)
