@@ -188,3 +188,10 @@ def test_late_handler_answers_a_waiting_request(client: Client,
     assert not future.done()
     handler_client.consume("late", MessageType.QUERY, lambda m: b"here", from_index=0)
     assert future.result(30).data == b"here"
+
+
+def test_timed_out_requests_are_not_kept(client: Client) -> None:
+    for _ in range(5):
+        with pytest.raises(TimeoutError):
+            client.request(MessageType.QUERY, b"nobody answers", type="Unanswered", timeout=0.2)
+    assert client._requests == {}

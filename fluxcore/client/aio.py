@@ -374,6 +374,8 @@ class AsyncClient:
         number = self._codec.next_message_request_id()
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._requests[number] = future
+        # However it ends (result, timeout, cancel), the request stops being waited for.
+        future.add_done_callback(lambda _f: self._requests.pop(number, None))
         try:
             await self._send(lambda rid: self._codec.append(
                 rid, message_type, [payload], payload_type=type, guarantee=Guarantee.SENT,
@@ -389,7 +391,7 @@ class AsyncClient:
                       topic: str | None = None, timeout: float = 30.0) -> Message:
         future = await self.request_nowait(message_type, payload, type=type, key=key,
                                            metadata=metadata, topic=topic)
-        return await asyncio.wait_for(future, timeout)
+        return await asyncio.wait_for(future, timeout)  # cancels it on timeout
 
     def _ensure_result_tracker(self) -> None:
         if self._results is None:

@@ -432,6 +432,8 @@ class Client:
         with self._send_lock:
             number = self._codec.next_message_request_id()
         self._requests[number] = future
+        # However it ends (result, timeout, cancel), the request stops being waited for.
+        future.add_done_callback(lambda _f: self._requests.pop(number, None))
 
         def frame_of(request_id: int) -> bytes:
             return self._codec.append(
