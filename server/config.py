@@ -28,6 +28,17 @@ class Tokens:
             return False
         return hmac.compare_digest(expected.encode(), token.encode())
 
+    @staticmethod
+    def parse(listed: str) -> dict[str, str]:
+        """`project=token,project=token` (FLUXCORE_TOKENS)."""
+        tokens: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in listed.split(","))):
+            project, sep, token = item.partition("=")
+            if not sep or not project or not token:
+                raise ValueError(f"FLUXCORE_TOKENS: expected project=token, got {item!r}")
+            tokens[project] = token
+        return tokens
+
     @classmethod
     def load(cls, path: str) -> Tokens:
         """A JSON file {"project": "token", ..., "*": "token for every other project"}."""
@@ -80,6 +91,10 @@ class ServerConfig:
         tokens_file = values.pop("tokens_file", None) or os.environ.get("FLUXCORE_TOKENS_FILE")
         if "tokens" not in values:
             tokens = Tokens.load(tokens_file) if tokens_file else Tokens()
+            listed = os.environ.get("FLUXCORE_TOKENS")
+            if listed:
+                tokens = Tokens(by_project={**tokens.by_project, **Tokens.parse(listed)},
+                                default=tokens.default)
             if token is not None:
                 tokens = Tokens(by_project=tokens.by_project, default=token)
             values["tokens"] = tokens

@@ -52,3 +52,13 @@ def test_bad_configuration_is_refused(tmp_path: Path, monkeypatch: pytest.Monkey
     toml.write_text('data_dir = "x"\nunknown_key = 1\n')
     with pytest.raises(ValueError, match="unknown_key"):
         ServerConfig.from_sources(str(toml))
+
+
+def test_tokens_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLUXCORE_TOKENS", "shop=s1, billing=b2")
+    config = ServerConfig.from_sources(data_dir=str(tmp_path))
+    assert config.tokens.check("shop", "s1") and config.tokens.check("billing", "b2")
+    assert not config.tokens.check("shop", "b2") and not config.tokens.check("other", "s1")
+    monkeypatch.setenv("FLUXCORE_TOKENS", "shop")
+    with pytest.raises(ValueError, match="project=token"):
+        ServerConfig.from_sources(data_dir=str(tmp_path))
