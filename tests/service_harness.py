@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 TOKEN = "test-token"
 _LISTENING = re.compile(r"fluxcore listening on ([\d.]+):(\d+)")
@@ -84,3 +89,21 @@ class ServerProcess:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
         return 0
+
+
+CLIENT_CHILD = Path(__file__).with_name("_client_proc.py")
+
+
+def start_worker(options: dict[str, Any]) -> subprocess.Popen[str]:
+    """A client process (tests/_client_proc.py) running with `options`, once it says ready."""
+    proc = subprocess.Popen(
+        [sys.executable, str(CLIENT_CHILD), json.dumps(options)], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    line = proc.stdout.readline() if ready else ""
+    if line.strip() != "ready":
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"worker did not start ({line!r}):\n{err}")
+    return proc

@@ -10,11 +10,8 @@ import collections
 import concurrent.futures
 import json
 import random
-import select
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,9 +23,8 @@ import pytest
 
 from fluxcore.client import Client, Guarantee, Message, MessageType, ProtocolError
 
-from .service_harness import TOKEN, ServerProcess
+from .service_harness import TOKEN, ServerProcess, start_worker
 
-CHILD = Path(__file__).with_name("_client_proc.py")
 HEADER = struct.Struct("<IBBHI")  # length, op, flags, reserved, request_id
 HELLO, APPEND, READ, STORE_POSITION, RESET_POSITION, GET_POSITION = 1, 2, 3, 4, 5, 6
 DISCONNECT_TRACKER, READ_FROM_INDEX, SET_RETENTION, PING = 7, 8, 9, 10
@@ -658,20 +654,6 @@ class LoadPublisher(threading.Thread):
         self.halt.set()
         self.join(60)
         assert self.error is None, f"publishing failed: {self.error!r}"
-
-
-def start_worker(options: dict[str, Any]) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(CHILD), json.dumps(options)], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], 60)
-    line = proc.stdout.readline() if ready else ""
-    if line.strip() != "ready":
-        proc.kill()
-        _, err = proc.communicate()
-        pytest.fail(f"worker did not start ({line!r}):\n{err}")
-    return proc
 
 
 def worker_handled(path: Path) -> list[tuple[int, int]]:

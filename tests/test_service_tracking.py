@@ -4,24 +4,18 @@ restart, type filters, read_from_index, get_position. Flux semantics, docs/proto
 from __future__ import annotations
 
 import collections
-import json
-import select
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from fluxcore.client import Client, Message, MessageType
 
-from .service_harness import TOKEN, ServerProcess
-
-CHILD = Path(__file__).with_name("_client_proc.py")
+from .service_harness import TOKEN, ServerProcess, start_worker
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -201,20 +195,6 @@ def test_per_routing_key_order(client: Client) -> None:
     assert len({t for trackers in holder.values() for t in trackers}) == 3
 
 
-def _start_worker(options: dict[str, Any]) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(CHILD), json.dumps(options)], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], 60)
-    line = proc.stdout.readline() if ready else ""
-    if line.strip() != "ready":
-        proc.kill()
-        _, err = proc.communicate()
-        pytest.fail(f"worker did not start ({line!r}):\n{err}")
-    return proc
-
-
 def _handled(paths: list[Path]) -> list[tuple[int, int, str, bytes]]:
     """(index, segment, tracker, data) of every complete line the workers wrote."""
     out = []
@@ -274,7 +254,7 @@ def test_tracker_processes_exactly_once_then_join_kill_and_freeze(
     def start(n: int) -> None:
         out = tmp_path / f"worker{n}.txt"
         outs.append(out)
-        workers.append(_start_worker({
+        workers.append(start_worker({
             "address": server.address, "token": TOKEN, "consumer": "workers", "out": str(out),
             "purge_timeout_ms": purge_ms, "max_size": 50, "delay_ms": 20, "from_index": 0,
             "name": f"worker{n}"}))
