@@ -21,7 +21,10 @@ def fluxcore_unavailable() -> str | None:
 
 class FluxcoreStore(LogStore):
     system = "fluxcore"
-    setup = 'Log(fsync="interval"): group fdatasync every 100 ms'
+    setup = (
+        'Log(fsync="interval"): group fdatasync every 100 ms; synced records over 1 GiB'
+        " behind the end leave the page cache"
+    )
 
     @classmethod
     def unavailable(cls) -> str | None:

@@ -40,6 +40,9 @@ _SUFFIX = ".seg"
 _TMP_SUFFIX = ".tmp"
 _LOCK_NAME = "LOCK"
 _NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+# Synced records further than this behind the newest stay out of the page cache: readers near
+# the end of the log read from memory, a replay from further back reads from disk.
+DEFAULT_PAGE_CACHE_BYTES = 1 << 30
 
 logger = logging.getLogger("fluxcore.log")
 
@@ -83,6 +86,7 @@ class Log(LogCore):
         retention_bytes: int | None = None,
         repair: bool = False,
         max_mapped_files: int = 64,
+        page_cache_bytes: int | None = DEFAULT_PAGE_CACHE_BYTES,
     ) -> None:
         if fsync not in _FSYNC_MODES:
             raise ValueError(f"fsync must be one of {sorted(_FSYNC_MODES)}, not {fsync!r}")
@@ -96,10 +100,16 @@ class Log(LogCore):
             raise ValueError("fsync_interval_ms must be a positive int")
         if not isinstance(max_mapped_files, int) or max_mapped_files < 2:
             raise ValueError("max_mapped_files must be an int >= 2")
-        for name, value in (("retention_ms", retention_ms), ("retention_bytes", retention_bytes)):
-            if value is not None and (not isinstance(value, int) or value <= 0):
+        for name, value in (
+            ("retention_ms", retention_ms),
+            ("retention_bytes", retention_bytes),
+            ("page_cache_bytes", page_cache_bytes),
+        ):
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value <= 0
+            ):
                 raise ValueError(f"{name} must be a positive int or None")
-        self._configure(readonly, segment_file_size, _FSYNC_MODES[fsync])
+        self._configure(readonly, segment_file_size, _FSYNC_MODES[fsync], page_cache_bytes or 0)
         self.path = os.fspath(path)
         self.fsync: FsyncPolicy = fsync
         self.fsync_interval_ms = fsync_interval_ms
@@ -107,6 +117,7 @@ class Log(LogCore):
         self.retention_bytes = retention_bytes
         self.recovery: dict[str, int] = {"truncated_bytes": 0, "dropped_records": 0}
         self.max_mapped_files = max_mapped_files
+        self.page_cache_bytes = page_cache_bytes
         self._mapped: deque[int] = deque()  # first indexes of mapped files, oldest mapping first
         self._spares: list[SegmentFile] = []  # files ready to roll into (the append lock guards)
         self._lock_fd = -1
@@ -304,6 +315,8 @@ class Log(LogCore):
             first = self._starts.pop(0)
             if f is not None and f in self._unsynced:
                 self._unsynced.remove(f)
+            if f is not None and f in self._cached:
+                self._cached.remove(f)
             # The mapping of a removed file lives on while a Batch or view refers to it.
             os.unlink(os.path.join(self.path, _file_name(first)))
             removed = True
@@ -466,6 +479,7 @@ class Log(LogCore):
         self._files = []
         self._starts = []
         self._unsynced = []
+        self._cached = []
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # closing the descriptor drops the flock
             self._lock_fd = -1

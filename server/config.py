@@ -10,6 +10,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from fluxcore.log import DEFAULT_PAGE_CACHE_BYTES
 from fluxcore.protocol import DEFAULT_MAX_FRAME, DEFAULT_PORT
 
 __all__ = ["ServerConfig", "Tokens"]
@@ -62,6 +63,7 @@ class ServerConfig:
     fsync_interval_ms: int = 100
     segment_file_size: int = 64 * 1024 * 1024
     retention_ms: int | None = None
+    page_cache_bytes: int | None = DEFAULT_PAGE_CACHE_BYTES  # per log; see fluxcore.Log
     tls_cert: str | None = None
     tls_key: str | None = None
     max_frame: int = DEFAULT_MAX_FRAME

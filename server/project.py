@@ -45,6 +45,7 @@ class Project:
                 fsync=self.config.fsync,  # type: ignore[arg-type]
                 fsync_interval_ms=self.config.fsync_interval_ms,
                 segment_file_size=self.config.segment_file_size,
+                page_cache_bytes=self.config.page_cache_bytes,
                 retention_ms=retention[0] if retention else self._default_retention(name),
             )
             self._logs[name] = log

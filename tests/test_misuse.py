@@ -152,6 +152,10 @@ def test_options_are_keyword_only(tmp_path):
         {"fsync_interval_ms": -1},
         {"retention_ms": -1},
         {"retention_bytes": -1},
+        {"page_cache_bytes": 0},
+        {"page_cache_bytes": -1},
+        {"page_cache_bytes": True},
+        {"page_cache_bytes": "1G"},
     ],
 )
 def test_bad_option_value(tmp_path, kwargs):

@@ -28,6 +28,14 @@ def test_sources_and_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert not config.tokens.check("p", "env-token")
 
 
+def test_page_cache_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ServerConfig.from_sources(data_dir="d").page_cache_bytes == 1 << 30
+    monkeypatch.setenv("FLUXCORE_PAGE_CACHE_BYTES", "")  # empty: no limit
+    assert ServerConfig.from_sources(data_dir="d").page_cache_bytes is None
+    monkeypatch.setenv("FLUXCORE_PAGE_CACHE_BYTES", "4096")
+    assert ServerConfig.from_sources(data_dir="d").page_cache_bytes == 4096
+
+
 def test_tokens_file(tmp_path: Path) -> None:
     path = tmp_path / "tokens.json"
     path.write_text(json.dumps({"shop": "s3cret", "*": "fallback"}))

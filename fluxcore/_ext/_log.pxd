@@ -25,10 +25,12 @@ cdef class SegmentFile:
         uint64_t index_count          # sparse-index entries published
         uint64_t next_entry_at        # offset at which the next entry is due
         uint64_t synced_offset        # records below this offset are on disk
+        uint64_t cache_dropped        # below this offset the page cache was dropped (sync thread)
 
     cdef int _map(self, size_t size, bint writable) except -1
     cdef int _zero_tail(self, uint64_t end) except -1
     cdef int _flush_range(self, uint64_t start, uint64_t stop) except -1
+    cdef int drop_cache(self, uint64_t upto) except -1
     cdef int64_t _walk(self, uint64_t start, uint64_t limit, uint64_t verify_from,
                        bint rebuild_index, uint64_t *last_index, uint64_t *count) noexcept nogil
     cdef int64_t _probe_valid_after(self, uint64_t bad, uint64_t last_index) noexcept nogil
@@ -72,6 +74,7 @@ cdef class LogCore:
         public list _files            # SegmentFile, or None until first mapped
         public list _starts           # first index of each file, ascending
         public list _unsynced         # sealed files whose tail is not yet on disk
+        public list _cached           # files whose synced records may be in the page cache
         public SegmentFile _active    # the file being appended to (writer), or None
         readonly bint readonly
         readonly bint closed
@@ -80,6 +83,7 @@ cdef class LogCore:
         readonly uint64_t appended
         uint64_t _last_index
         int _fsync_mode
+        uint64_t _cache_window        # synced bytes left in the page cache (0: no limit)
         pthread_mutex_t _append_mu
         pthread_mutex_t _sync_mu
         # scratch arrays for gathering a batch; grown on demand, freed on dealloc
@@ -99,5 +103,6 @@ cdef class LogCore:
     cdef int _grow_scratch(self, Py_ssize_t n) except -1
     cdef uint64_t _max_payload(self)
     cdef object _append_gathered(self, Py_ssize_t n, object keys, object segments)
+    cdef int _trim_page_cache(self, list synced, SegmentFile active) except -1
     cdef SegmentFile _file_at(self, Py_ssize_t pos)
     cdef Py_ssize_t _locate(self, uint64_t after, uint64_t *offset) except -2

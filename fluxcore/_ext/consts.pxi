@@ -7,3 +7,4 @@ cdef enum:
     FSYNC_ALWAYS = 2
     MIN_SEGMENT_FILE_SIZE = 1 << 20
     STAGE_SIZE = 1 << 20  # a batch is built here and written a stage per pwrite
+    TRIM_STEP = 1 << 20   # page cache beyond the window that is dropped in one go

@@ -12,6 +12,7 @@ cdef class LogCore:
         self._files = []
         self._starts = []
         self._unsynced = []
+        self._cached = []
         self._active = None
         self.closed = False
 
@@ -23,12 +24,14 @@ cdef class LogCore:
         pthread_mutex_destroy(&self._append_mu)
         pthread_mutex_destroy(&self._sync_mu)
 
-    def _configure(self, bint readonly, uint64_t segment_file_size, int fsync_mode):
+    def _configure(self, bint readonly, uint64_t segment_file_size, int fsync_mode,
+                   uint64_t cache_window):
         if segment_file_size < MIN_SEGMENT_FILE_SIZE or segment_file_size % PAGE:
             raise ValueError("segment_file_size must be a multiple of 4096 and at least 1 MiB")
         self.readonly = readonly
         self.segment_file_size = segment_file_size
         self._fsync_mode = fsync_mode
+        self._cache_window = cache_window
 
     def _set_last_index(self, uint64_t last_index):
         self._last_index = last_index
@@ -339,9 +342,50 @@ cdef class LogCore:
                 active.flush(end, last)
             if last > self.durable_index:
                 self.durable_index = last
+            if self._cache_window:
+                self._trim_page_cache(files, active)
             return self.durable_index
         finally:
             pthread_mutex_unlock(&self._sync_mu)
+
+    cdef int _trim_page_cache(self, list synced, SegmentFile active) except -1:
+        """Drops from the page cache the synced records that lie more than `_cache_window`
+        bytes behind the newest synced one, oldest file first. Called with the sync lock held.
+
+        A log that only grows would otherwise fill the page cache with records nobody reads
+        again, pushing out what other programs cache. On a virtual machine it is also slow:
+        each page taken from memory the guest has not touched yet costs a fault in the host,
+        and a writer that recycles its own pages keeps several times the append rate there."""
+        cdef list plan = []
+        cdef SegmentFile f
+        cdef uint64_t cached = 0, excess, upto
+        self._lock_append()  # `_cached` is shared with retention, which runs under this lock
+        try:
+            for f in synced:
+                if f not in self._cached:
+                    self._cached.append(f)
+            if active is not None and active not in self._cached:
+                self._cached.append(active)
+            for f in self._cached:
+                cached += f.synced_offset - f.cache_dropped
+            # Dropping waits until a few pages are due: one pair of calls per sync, not per
+            # record, when every append is synced on its own (the `always` policy).
+            excess = cached - self._cache_window if cached > self._cache_window + TRIM_STEP else 0
+            while excess and self._cached:
+                f = self._cached[0]
+                upto = f.synced_offset
+                if upto - f.cache_dropped > excess:
+                    upto = f.cache_dropped + excess
+                excess -= upto - f.cache_dropped
+                plan.append((f, upto))
+                if f is self._active or upto < f.write_offset:
+                    break  # more of this file is still to be synced or dropped
+                self._cached.pop(0)
+        finally:
+            pthread_mutex_unlock(&self._append_mu)
+        for f, upto in plan:  # outside the append lock: the writer goes on meanwhile
+            f.drop_cache(upto)
+        return 0
 
     # -- reading -----------------------------------------------------------------------------
 

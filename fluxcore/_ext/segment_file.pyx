@@ -500,6 +500,34 @@ cdef class SegmentFile:
     def flush_header(self):
         self._flush_range(0, SEG_HEADER_SIZE)
 
+    cdef int drop_cache(self, uint64_t upto) except -1:
+        """Takes the records from `cache_dropped` to `upto` (whole pages, synced) out of the
+        page cache: first out of this mapping (a later read faults them back in from disk), then
+        out of the cache itself. Pages that another process has mapped stay where they are."""
+        cdef uint64_t start = self.cache_dropped & ~(<uint64_t>PAGE - 1)
+        cdef uint64_t stop = upto & ~(<uint64_t>PAGE - 1)
+        cdef int rc = 0
+        if upto > self.synced_offset:
+            raise ValueError(f"{self.path}: cannot drop unsynced records from the page cache")
+        if upto == self.write_offset and seg_load_u64(&self.hdr.sealed_end):
+            stop = (upto + PAGE - 1) & ~(<uint64_t>PAGE - 1)  # nothing is written here again
+        if upto > self.cache_dropped:
+            self.cache_dropped = upto
+        if stop <= start:
+            return 0
+        with nogil:
+            # The pages are clean (synced and never written again), so neither call loses data.
+            rc = madvise(self.base + start, stop - start, MADV_DONTNEED)
+            if rc == 0:
+                rc = posix_fadvise(self.fd, <off_t>start, <off_t>(stop - start),
+                                   POSIX_FADV_DONTNEED)
+            else:
+                rc = errno
+        if rc != 0:
+            raise OSError(rc, f"dropping {self.path} from the page cache failed: "
+                          f"{os.strerror(rc)}")
+        return 0
+
     def seal(self):
         """No more records go into this file: readers move on past sealed_end."""
         seg_store_u64(&self.hdr.sealed_end, self.write_offset)
@@ -561,6 +589,7 @@ def segment_file_create(str path, int fd, uint64_t file_size):
     f.hdr.committed_end = f.data_offset
     f.write_offset = f.data_offset
     f.synced_offset = f.data_offset
+    f.cache_dropped = f.data_offset
     f.next_entry_at = f.data_offset
     return f
 
@@ -604,5 +633,6 @@ def segment_file_open(str path, int fd, bint writable):
     f.entries = <seg_index_entry_t *>(f.base + SEG_HEADER_SIZE)
     f.write_offset = f.data_offset
     f.synced_offset = f.data_offset
+    f.cache_dropped = f.data_offset
     f.next_entry_at = f.data_offset
     return f

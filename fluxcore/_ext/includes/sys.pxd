@@ -15,6 +15,8 @@ cdef extern from "<sys/mman.h>" nogil:
     int PROT_WRITE
     int MAP_SHARED
     int MS_SYNC
+    int madvise(void *addr, size_t length, int advice)
+    int MADV_DONTNEED
 
 
 cdef extern from "<fcntl.h>" nogil:
@@ -22,6 +24,8 @@ cdef extern from "<fcntl.h>" nogil:
     int fallocate(int fd, int mode, off_t offset, off_t length)
     int FALLOC_FL_KEEP_SIZE
     int FALLOC_FL_PUNCH_HOLE
+    int posix_fadvise(int fd, off_t offset, off_t length, int advice)  # returns the error
+    int POSIX_FADV_DONTNEED
 
 
 cdef extern from "<sys/stat.h>" nogil:
