@@ -66,7 +66,12 @@ def cmd_crash(a: dict) -> None:
     import fluxcore
 
     rng = random.Random(a["seed"])
-    log = fluxcore.Log(a["path"], segment_file_size=a["segment_file_size"], fsync=a["fsync"])
+    log = fluxcore.Log(
+        a["path"],
+        segment_file_size=a["segment_file_size"],
+        fsync=a["fsync"],
+        page_cache_bytes=a.get("page_cache_bytes", fluxcore.log.DEFAULT_PAGE_CACHE_BYTES),
+    )
     side = open(a["side"], "w", buffering=1)  # noqa: SIM115 - lives until SIGKILL
     print("ready", flush=True)
     tag = a["seed"] << 32

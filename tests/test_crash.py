@@ -93,6 +93,8 @@ def _crash_rounds(tmp_path: Path, fsync: str, rounds: int, seed: int, min_files:
             "fsync": fsync,
             "segment_file_size": SEGMENT_FILE_SIZE,
             "budget": 2 << 20,
+            # Small enough that the writer drops synced pages from the cache while it is killed.
+            "page_cache_bytes": SEGMENT_FILE_SIZE,
         }
         proc = subprocess.Popen(
             [sys.executable, str(HELPER), "crash", json.dumps(args)],
