@@ -39,7 +39,7 @@ cdef class SegmentFile:
     cdef uint64_t seek(self, uint64_t after) noexcept nogil
     cdef bint is_sealed_at(self, uint64_t offset) noexcept nogil
     cdef uint64_t committed(self) noexcept nogil
-    cdef int _write_stage(self, const char *stage, size_t used, uint64_t off,
+    cdef int _write_stage(self, char *stage, size_t used, uint64_t off,
                           int *error) noexcept nogil
     cdef Py_ssize_t append_records(
         self, const char **ptrs, const Py_ssize_t *lens, const uint8_t *segs,

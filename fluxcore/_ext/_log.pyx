@@ -38,6 +38,8 @@ from fluxcore._ext.includes.fc cimport (
     crc32c_value,
     crc_init,
     crc_uses_hardware,
+    rec_crc,
+    rec_fill_crcs,
     rec_header_t,
     rec_stride,
     seg_header_t,

@@ -12,12 +12,6 @@ cdef inline uint64_t page_up(uint64_t n) noexcept nogil:
     return (n + PAGE - 1) & ~(<uint64_t>PAGE - 1)
 
 
-cdef inline uint32_t rec_crc(const char *rec, uint32_t length) noexcept nogil:
-    # The CRC covers the length word and everything after the CRC field.
-    cdef uint32_t crc = crc32c_value(0, &length, 4)
-    return crc32c_value(crc, rec + 8, length - 8)
-
-
 cdef inline int64_t rec_check(const char *base, uint64_t off, uint64_t limit,
                               bint verify) noexcept nogil:
     """Length of the committed record at `off`; 0 at the end of the records; -1 if damaged."""
@@ -300,8 +294,7 @@ cdef class SegmentFile:
             memcpy(stage + used + REC_HEADER_SIZE, ptrs[i], <size_t>lens[i])
             if stride > length:
                 memset(stage + used + length, 0, stride - length)
-            h.crc = rec_crc(stage + used, length)
-            used += stride
+            used += stride  # its CRC is filled in with the stage's others, before the write
             i += 1
         if used and error[0] == 0 and self._write_stage(stage, used, off, error) == 0:
             off += used
@@ -318,14 +311,16 @@ cdef class SegmentFile:
             seg_store_u64(&self.hdr.committed_end, off)  # readers may read up to here now
         return i - start
 
-    cdef int _write_stage(self, const char *stage, size_t used, uint64_t off,
+    cdef int _write_stage(self, char *stage, size_t used, uint64_t off,
                           int *error) noexcept nogil:
-        """Writes a built stage at `off` and adds its records to the sparse index (readers
-        do not use entries past committed_end); -1 and *error if the write failed."""
+        """Fills in the CRCs of a built stage, writes it at `off` and adds its records to the
+        sparse index (readers do not use entries past committed_end); -1 and *error if the
+        write failed."""
         cdef iovec iov[1]
         cdef size_t pos = 0
         cdef uint32_t length
         cdef uint64_t index
+        rec_fill_crcs(stage, used)
         iov[0].iov_base = <void *>stage
         iov[0].iov_len = used
         if write_fully(self.fd, iov, 1, off, used, error) < 0:

@@ -19,6 +19,8 @@ cdef extern from "fc_seg.h" nogil:
     unsigned int SEG_INDEX_STRIDE
     unsigned int REC_HEADER_SIZE
     unsigned int REC_ALIGN
+    uint32_t rec_crc(const char *rec, uint32_t length)
+    void rec_fill_crcs(char *stage, size_t used)
 
     ctypedef struct seg_header_t:
         char magic[8]
