@@ -48,6 +48,9 @@ class Op(enum.IntEnum):
     READ_FROM_INDEX = 8
     SET_RETENTION = 9
     PING = 10
+    SCHEDULE = 11
+    CANCEL_SCHEDULE = 12
+    GET_SCHEDULE = 13
     WELCOME = 129
     ACK = 130
     BATCH = 131

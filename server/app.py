@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sqlite3
 import ssl
@@ -21,7 +22,8 @@ from fluxcore.log import Log
 from fluxcore.protocol import MessageType, ProtocolError, encode_control
 
 from .config import ServerConfig
-from .project import Project
+from .project import SCHEDULES_FILE, Project
+from .schedules import has_schedules
 from .session import Session
 
 __all__ = ["Server", "run"]
@@ -65,6 +67,11 @@ class Server:
         )
         self._purge_task = loop.create_task(self._purge_loop())
         self._flush_task = loop.create_task(self._flush_loop())
+        # Schedules fire whether or not a client of their project connects after a restart.
+        os.makedirs(self.config.data_dir, exist_ok=True)
+        for name in sorted(os.listdir(self.config.data_dir)):
+            if has_schedules(os.path.join(self.config.data_dir, name, SCHEDULES_FILE)):
+                self.project(name).schedules.start()
 
     @property
     def port(self) -> int:

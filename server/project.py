@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from typing import Any
 
 from fluxcore.log import Log
 from fluxcore.protocol import check_name
 
 from .config import ServerConfig
 from .positions import PositionStore
+from .schedules import ScheduleStore
 from .tracking import Cluster, Waiter
 
-__all__ = ["METRICS_RETENTION_MS", "Project"]
+__all__ = ["METRICS_RETENTION_MS", "SCHEDULES_FILE", "Project"]
 
 METRICS_RETENTION_MS = 30 * 24 * 3600 * 1000
+SCHEDULES_FILE = "schedules.sqlite"
 
 
 class Project:
@@ -33,6 +36,11 @@ class Project:
         self._logs: dict[str, Log] = {}
         self._clusters: dict[tuple[str, str], Cluster] = {}
         self._append_waiters: dict[str, set[Waiter]] = {}
+        self.schedules = ScheduleStore(
+            os.path.join(self.path, SCHEDULES_FILE),
+            durable=config.fsync == "always",
+            deliver=self._deliver_schedules,
+        )
 
     def log(self, name: str) -> Log:
         """The log called `name`, opened (and created) on first use."""
@@ -102,7 +110,12 @@ class Project:
             for waiter in list(waiters):
                 waiter.wake()
 
+    def _deliver_schedules(self, buffer: bytes, offsets: Any, segments: Any) -> None:
+        self.log("schedule").append_buffer(buffer, offsets, segments=segments)
+        self.appended("schedule")
+
     def close(self) -> None:
+        self.schedules.close()
         for log in self._logs.values():
             log.close()
         self._logs.clear()

@@ -19,6 +19,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, cast
 
 from fluxcore._ext import _proto
+from fluxcore._ext._log import max_payload_for
 from fluxcore.errors import LogFullError, RecordTooLargeError
 from fluxcore.protocol import (
     FLAG_RESEND,
@@ -37,6 +38,7 @@ from fluxcore.protocol import (
 
 from .positions import merged_ranges
 from .reads import PendingRead, ReadParams, TypeFilter
+from .schedules import Schedule
 
 if TYPE_CHECKING:
     from .app import Server
@@ -49,6 +51,8 @@ logger = logging.getLogger("fluxcore.server")
 _INITIAL_BUFFER = 256 * 1024
 _FRAME_HEADER = 12
 _REQUIRED = object()
+MAX_SCHEDULE_ID = 200
+MAX_DEADLINE_MS = 1 << 47  # an index is milliseconds << 16 in 64 bits
 _HTTP_HEALTH = b"GET "
 
 
@@ -64,6 +68,24 @@ def _field(
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"field {name!r} has the wrong type "
                             f"({type(value).__name__})")
     return value
+
+
+def _schedule_id(req: dict[str, Any]) -> str:
+    schedule_id = _field(req, "id", str)
+    if not 0 < len(schedule_id) <= MAX_SCHEDULE_ID:
+        raise ProtocolError(ErrorCode.BAD_REQUEST,
+                            f"a schedule id is 1 to {MAX_SCHEDULE_ID} characters")
+    return cast(str, schedule_id)
+
+
+def _schedule_entry(entry: Any) -> Schedule:
+    if not isinstance(entry, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "each schedule is a map")
+    deadline = _field(entry, "deadline", int)
+    if not 0 <= deadline < MAX_DEADLINE_MS:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"deadline {deadline} is not epoch "
+                            "milliseconds an index can hold")
+    return Schedule(_schedule_id(entry), deadline, bool(_field(entry, "if_absent", bool, False)))
 
 
 def _message_type(code: int) -> MessageType:
@@ -224,6 +246,8 @@ class Session(asyncio.BufferedProtocol):
                 self._on_read(request_id, self._control(start, end))
             elif op == Op.PING:
                 self.send(_proto.frame_header(Op.PONG, request_id, 0))
+            elif op == Op.SCHEDULE:
+                self._on_schedule(request_id, start, end)
             elif op in _CONTROL:
                 answer = _CONTROL[op](self, request_id, self._control(start, end))
                 if isinstance(answer, bytes):
@@ -302,6 +326,9 @@ class Session(asyncio.BufferedProtocol):
         if message_type is MessageType.NOTIFICATION:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "notifications are read from the "
                                 "event log; append events instead")
+        if message_type is MessageType.SCHEDULE:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "schedule messages with SCHEDULE (op "
+                                f"{int(Op.SCHEDULE)}): the server appends them at their deadline")
         if guarantee > Guarantee.STORED:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown guarantee {guarantee}")
         name = log_name(message_type, topic)
@@ -459,6 +486,52 @@ class Session(asyncio.BufferedProtocol):
             len(batch) < max_size)
         return frame
 
+    def _on_schedule(self, request_id: int, start: int, end: int) -> None:
+        """SCHEDULE: u32 control length, msgpack {"schedules": [{id, deadline, if_absent}]},
+        then an APPEND body of SCHEDULE messages, one per schedule."""
+        assert self.project is not None
+        if end - start < 4:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "SCHEDULE body shorter than 4 bytes")
+        (control_len,) = struct.unpack_from("<I", self._buf, start)
+        body = start + 4 + control_len
+        if body > end:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "SCHEDULE control runs past the frame")
+        control = self._control(start + 4, body)
+        type_code, guarantee, _topic, offsets, segments, _first = _proto.append_parse(
+            self._buf, body, end)
+        if type_code != MessageType.SCHEDULE:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "SCHEDULE carries messages of type "
+                                f"SCHEDULE ({int(MessageType.SCHEDULE)}), not {type_code}")
+        if guarantee > Guarantee.STORED:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown guarantee {guarantee}")
+        entries = _field(control, "schedules", list)
+        if len(entries) != len(offsets) - 1:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{len(entries)} schedules for "
+                                f"{len(offsets) - 1} messages")
+        schedules = [_schedule_entry(entry) for entry in entries]
+        largest = int((offsets[1:] - offsets[:-1]).max()) if len(entries) else 0
+        limit = max_payload_for(self.config.segment_file_size)
+        if largest > limit:
+            raise RecordTooLargeError(f"a scheduled message of {largest} bytes is over the "
+                                      f"schedule log's limit of {limit}")
+        stored = self.project.schedules.schedule(schedules, self._buf, offsets, segments)
+        if guarantee == Guarantee.STORED:
+            self.send_control(Op.RESULT, request_id, {"stored": stored})
+
+    def _on_cancel_schedule(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.project is not None
+        return {"cancelled": self.project.schedules.cancel(_schedule_id(req))}
+
+    def _on_get_schedule(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.project is not None
+        schedule_id = _schedule_id(req)
+        found = self.project.schedules.get(schedule_id)
+        if found is None:
+            return {"schedule": None}
+        deadline, segment, message = found
+        return {"schedule": {"id": schedule_id, "deadline": deadline, "segment": segment,
+                             "message": message}}
+
     def _on_set_retention(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
         assert self.project is not None
         _, name = self._log_for(req)
@@ -495,4 +568,6 @@ _CONTROL: dict[int, Any] = {
     Op.DISCONNECT_TRACKER: Session._on_disconnect_tracker,
     Op.READ_FROM_INDEX: Session._on_read_from_index,
     Op.SET_RETENTION: Session._on_set_retention,
+    Op.CANCEL_SCHEDULE: Session._on_cancel_schedule,
+    Op.GET_SCHEDULE: Session._on_get_schedule,
 }

@@ -3,7 +3,7 @@
 from fluxcore._ext._proto import Message
 from fluxcore.protocol import Guarantee, MessageType, ProtocolError
 
-from ._wire import ConnectionLost, RequestError
+from ._wire import ConnectionLost, RequestError, Scheduled
 from .aio import AsyncClient, AsyncConsumer
 from .sync import Client, Consumer
 
@@ -18,4 +18,5 @@ __all__ = [
     "MessageType",
     "ProtocolError",
     "RequestError",
+    "Scheduled",
 ]

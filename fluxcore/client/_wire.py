@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -31,10 +32,11 @@ from fluxcore.protocol import (
     encode_metadata,
 )
 
-__all__ = ["FLAG_RESEND", "BatchReply", "Codec", "RequestError", "parse_address"]
+__all__ = ["FLAG_RESEND", "BatchReply", "Codec", "RequestError", "Scheduled", "parse_address"]
 
 logger = logging.getLogger("fluxcore.client")
 RESULT_CONSUMER_SUFFIX = "_$request-handler"
+FRAME_HEADER_SIZE = 12
 
 
 class RequestError(Exception):
@@ -70,6 +72,53 @@ class BatchReply:
         self.caught_up: bool = caught_up
         self.last_index: int = last_index
         self.messages: list[Message] = messages
+
+
+# When a scheduled message is due: a datetime, a delay from now, or epoch seconds.
+Deadline = datetime | timedelta | float
+
+
+def deadline_ms(deadline: Deadline) -> int:
+    if isinstance(deadline, timedelta):
+        return round((time.time() + deadline.total_seconds()) * 1000)
+    if isinstance(deadline, datetime):
+        return round(deadline.timestamp() * 1000)
+    if isinstance(deadline, (int, float)) and not isinstance(deadline, bool):
+        return round(deadline * 1000)
+    raise TypeError(f"a deadline is a datetime, a timedelta or epoch seconds, not "
+                    f"{type(deadline).__name__}")
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """A pending schedule: its id, its deadline (epoch ms) and the message it will deliver."""
+
+    schedule_id: str
+    deadline_ms: int
+    message: Message
+
+
+_BATCH_HEADER = struct.Struct("<HHB3xQI4x")
+_RECORD_HEADER = struct.Struct("<IIQHHI")
+
+
+def scheduled_from(answer: dict[str, Any] | None) -> Scheduled | None:
+    """The GET_SCHEDULE answer as a Scheduled; its message's index is the deadline's."""
+    if answer is None:
+        return None
+    message = bytes(answer["message"])
+    length = _RECORD_HEADER.size + len(message)
+    index = int(answer["deadline"]) << 16
+    # Decoded as a one-record BATCH, so that it is the same Message a consumer gets.
+    body = (_BATCH_HEADER.pack(0, 0, 1, index, 1)
+            + _RECORD_HEADER.pack(length, 0, index, int(answer["segment"]), 0, 0)
+            + message + bytes(-length % 8))
+    messages = _proto.decode_batch(body, 0, len(body))[4]
+    return Scheduled(str(answer["id"]), int(answer["deadline"]), messages[0])
+
+
+def new_schedule_id() -> str:
+    return uuid.uuid4().hex
 
 
 def raise_for(op: int, body: bytes) -> None:
@@ -145,6 +194,26 @@ class Codec:
             payload_format, segments, targets, request_ids,
         )
         return bytes(frame)
+
+    def schedule(
+        self,
+        request_id: int,
+        schedules: Sequence[tuple[str, int, bool]],
+        payloads: Sequence[bytes],
+        *,
+        payload_type: str,
+        keys: Sequence[str | bytes] | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> bytes:
+        """A SCHEDULE frame: (schedule id, deadline ms, if_absent) per payload."""
+        append = self.append(0, MessageType.SCHEDULE, payloads, payload_type=payload_type,
+                             guarantee=Guarantee.STORED, keys=keys, metadata=metadata)
+        control = encode_control({"schedules": [
+            {"id": sid, "deadline": deadline, "if_absent": if_absent}
+            for sid, deadline, if_absent in schedules
+        ]})
+        body = struct.pack("<I", len(control)) + control + append[FRAME_HEADER_SIZE:]
+        return bytes(_proto.frame_header(Op.SCHEDULE, request_id, len(body))) + body
 
     def read(
         self,

@@ -33,16 +33,21 @@ from ._wire import (
     Codec,
     ConnectionLost,
     ConsumerSpec,
+    Deadline,
     RequestError,
+    Scheduled,
     TrackerCursor,
+    deadline_ms,
     dispatcher,
     indexes_of,
     log_request,
     new_client_id,
+    new_schedule_id,
     parse_ack,
     parse_address,
     raise_for,
     result_consumer,
+    scheduled_from,
     start_index,
 )
 
@@ -229,7 +234,10 @@ class AsyncClient:
         return future
 
     async def _call(self, op: Op, value: dict[str, Any], timeout: float | None = 30.0) -> Reply:
-        future = await self._send(lambda rid: self._codec.control(op, rid, value), answer=True)
+        return await self._exchange(lambda rid: self._codec.control(op, rid, value), timeout)
+
+    async def _exchange(self, frame_of: Callable[[int], bytes], timeout: float | None) -> Reply:
+        future = await self._send(frame_of, answer=True)
         assert future is not None
         reply_op, body = await asyncio.wait_for(future, timeout)
         raise_for(reply_op, body)
@@ -290,6 +298,40 @@ class AsyncClient:
 
         reply.add_done_callback(done)
         return out
+
+    # -- scheduling --------------------------------------------------------------------------
+
+    async def schedule(
+        self,
+        payload: bytes,
+        deadline: Deadline,
+        *,
+        schedule_id: str | None = None,
+        type: str = "",
+        key: str | bytes | None = None,
+        metadata: dict[str, str] | None = None,
+        if_absent: bool = False,
+        timeout: float | None = 30.0,
+    ) -> str | None:
+        """As Client.schedule: the server appends `payload` to the SCHEDULE log at
+        `deadline`; returns the schedule id, or None if `if_absent` found one pending."""
+        sid = new_schedule_id() if schedule_id is None else schedule_id
+        entry = (sid, deadline_ms(deadline), if_absent)
+        _op, body = await self._exchange(
+            lambda rid: self._codec.schedule(
+                rid, [entry], [payload], payload_type=type,
+                keys=None if key is None else [key], metadata=metadata),
+            timeout)
+        return sid if decode_control(body)["stored"][0] else None
+
+    async def cancel_schedule(self, schedule_id: str, timeout: float | None = 30.0) -> bool:
+        _op, body = await self._call(Op.CANCEL_SCHEDULE, {"id": schedule_id}, timeout)
+        return bool(decode_control(body)["cancelled"])
+
+    async def get_schedule(self, schedule_id: str,
+                           timeout: float | None = 30.0) -> Scheduled | None:
+        _op, body = await self._call(Op.GET_SCHEDULE, {"id": schedule_id}, timeout)
+        return scheduled_from(decode_control(body)["schedule"])
 
     async def flush(self, timeout: float | None = 30.0) -> None:
         futures = [p.future for p in self._pending.values() if p.resend]

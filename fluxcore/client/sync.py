@@ -35,16 +35,21 @@ from ._wire import (
     Codec,
     ConnectionLost,
     ConsumerSpec,
+    Deadline,
     RequestError,
+    Scheduled,
     TrackerCursor,
+    deadline_ms,
     dispatcher,
     indexes_of,
     log_request,
     new_client_id,
+    new_schedule_id,
     parse_ack,
     parse_address,
     raise_for,
     result_consumer,
+    scheduled_from,
     start_index,
 )
 
@@ -245,7 +250,10 @@ class Client:
         return pending.future if pending is not None else None
 
     def _call(self, op: Op, value: dict[str, Any], timeout: float | None = 30.0) -> Reply:
-        future = self._send(lambda rid: self._codec.control(op, rid, value), answer=True)
+        return self._exchange(lambda rid: self._codec.control(op, rid, value), timeout)
+
+    def _exchange(self, frame_of: Callable[[int], bytes], timeout: float | None) -> Reply:
+        future = self._send(frame_of, answer=True)
         assert future is not None
         reply_op, body = future.result(timeout)
         raise_for(reply_op, body)
@@ -325,6 +333,43 @@ class Client:
 
         reply.add_done_callback(done)
         return out
+
+    # -- scheduling --------------------------------------------------------------------------
+
+    def schedule(
+        self,
+        payload: bytes,
+        deadline: Deadline,
+        *,
+        schedule_id: str | None = None,
+        type: str = "",
+        key: str | bytes | None = None,
+        metadata: dict[str, str] | None = None,
+        if_absent: bool = False,
+        timeout: float | None = 30.0,
+    ) -> str | None:
+        """Has the server append `payload` to the SCHEDULE log at `deadline` (a datetime, a
+        delay from now, or epoch seconds), where consumers of SCHEDULE get it. The same id
+        again replaces a pending schedule; with `if_absent` it leaves it be and returns None.
+        Returns the schedule id (new unless given) once the schedule is stored."""
+        sid = new_schedule_id() if schedule_id is None else schedule_id
+        entry = (sid, deadline_ms(deadline), if_absent)
+        _op, body = self._exchange(
+            lambda rid: self._codec.schedule(
+                rid, [entry], [payload], payload_type=type,
+                keys=None if key is None else [key], metadata=metadata),
+            timeout)
+        return sid if decode_control(body)["stored"][0] else None
+
+    def cancel_schedule(self, schedule_id: str, timeout: float | None = 30.0) -> bool:
+        """Cancels a pending schedule; False if there was none (or it already fired)."""
+        _op, body = self._call(Op.CANCEL_SCHEDULE, {"id": schedule_id}, timeout)
+        return bool(decode_control(body)["cancelled"])
+
+    def get_schedule(self, schedule_id: str, timeout: float | None = 30.0) -> Scheduled | None:
+        """The pending schedule with this id, or None."""
+        _op, body = self._call(Op.GET_SCHEDULE, {"id": schedule_id}, timeout)
+        return scheduled_from(decode_control(body)["schedule"])
 
     def flush(self, timeout: float | None = 30.0) -> None:
         """Waits until every request sent so far is answered (STORED publishes acknowledged)."""
