@@ -117,8 +117,31 @@ def scheduled_from(answer: dict[str, Any] | None) -> Scheduled | None:
     return Scheduled(str(answer["id"]), int(answer["deadline"]), messages[0])
 
 
-def new_schedule_id() -> str:
-    return uuid.uuid4().hex
+def schedule_request(
+    codec: Codec,
+    payload: bytes,
+    deadline: Deadline,
+    schedule_id: str | None,
+    *,
+    payload_type: str,
+    key: str | bytes | None,
+    metadata: dict[str, str] | None,
+    if_absent: bool,
+) -> tuple[str, Callable[[int], bytes]]:
+    """The schedule id (a new one unless given) and the SCHEDULE frame for a request id."""
+    sid = uuid.uuid4().hex if schedule_id is None else schedule_id
+    entry = (sid, deadline_ms(deadline), if_absent)
+
+    def frame_of(request_id: int) -> bytes:
+        return codec.schedule(request_id, [entry], [payload], payload_type=payload_type,
+                              keys=None if key is None else [key], metadata=metadata)
+
+    return sid, frame_of
+
+
+def schedule_answer(schedule_id: str, body: bytes) -> str | None:
+    """The id if the schedule was stored, None if `if_absent` found one pending."""
+    return schedule_id if decode_control(body)["stored"][0] else None
 
 
 def raise_for(op: int, body: bytes) -> None:

@@ -37,16 +37,16 @@ from ._wire import (
     RequestError,
     Scheduled,
     TrackerCursor,
-    deadline_ms,
     dispatcher,
     indexes_of,
     log_request,
     new_client_id,
-    new_schedule_id,
     parse_ack,
     parse_address,
     raise_for,
     result_consumer,
+    schedule_answer,
+    schedule_request,
     scheduled_from,
     start_index,
 )
@@ -315,14 +315,11 @@ class AsyncClient:
     ) -> str | None:
         """As Client.schedule: the server appends `payload` to the SCHEDULE log at
         `deadline`; returns the schedule id, or None if `if_absent` found one pending."""
-        sid = new_schedule_id() if schedule_id is None else schedule_id
-        entry = (sid, deadline_ms(deadline), if_absent)
-        _op, body = await self._exchange(
-            lambda rid: self._codec.schedule(
-                rid, [entry], [payload], payload_type=type,
-                keys=None if key is None else [key], metadata=metadata),
-            timeout)
-        return sid if decode_control(body)["stored"][0] else None
+        sid, frame_of = schedule_request(self._codec, payload, deadline, schedule_id,
+                                         payload_type=type, key=key, metadata=metadata,
+                                         if_absent=if_absent)
+        _op, body = await self._exchange(frame_of, timeout)
+        return schedule_answer(sid, body)
 
     async def cancel_schedule(self, schedule_id: str, timeout: float | None = 30.0) -> bool:
         _op, body = await self._call(Op.CANCEL_SCHEDULE, {"id": schedule_id}, timeout)
