@@ -51,6 +51,9 @@ class Op(enum.IntEnum):
     SCHEDULE = 11
     CANCEL_SCHEDULE = 12
     GET_SCHEDULE = 13
+    STORE_VALUES = 14
+    GET_VALUE = 15
+    DELETE_VALUE = 16
     WELCOME = 129
     ACK = 130
     BATCH = 131

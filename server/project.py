@@ -14,6 +14,7 @@ from .config import ServerConfig
 from .positions import PositionStore
 from .schedules import ScheduleStore
 from .tracking import Cluster, Waiter
+from .values import VALUES_FILE, ValueStore
 
 __all__ = ["METRICS_RETENTION_MS", "SCHEDULES_FILE", "Project"]
 
@@ -41,6 +42,8 @@ class Project:
             durable=config.fsync == "always",
             deliver=self._deliver_schedules,
         )
+        self.values = ValueStore(
+            os.path.join(self.path, VALUES_FILE), durable=config.fsync == "always")
 
     def log(self, name: str) -> Log:
         """The log called `name`, opened (and created) on first use."""
@@ -116,6 +119,7 @@ class Project:
 
     def close(self) -> None:
         self.schedules.close()
+        self.values.close()
         for log in self._logs.values():
             log.close()
         self._logs.clear()

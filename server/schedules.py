@@ -26,6 +26,8 @@ import numpy.typing as npt
 
 from fluxcore.errors import LogError
 
+from .store import connect
+
 __all__ = ["Schedule", "ScheduleStore", "has_schedules"]
 
 logger = logging.getLogger("fluxcore.server")
@@ -60,10 +62,7 @@ def now_ms() -> int:
 
 class ScheduleStore:
     def __init__(self, path: str, *, durable: bool, deliver: Deliver) -> None:
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # WAL commits survive a crash of the process; FULL also a power loss (fsync "always").
-        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self._db = connect(path, durable=durable)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS schedules (id TEXT PRIMARY KEY,"
             " deadline INTEGER NOT NULL, segment INTEGER NOT NULL, message BLOB NOT NULL)"

@@ -52,6 +52,7 @@ _INITIAL_BUFFER = 256 * 1024
 _FRAME_HEADER = 12
 _REQUIRED = object()
 MAX_SCHEDULE_ID = 200
+MAX_VALUE_KEY = 1000
 MAX_DEADLINE_MS = 1 << 47  # an index is milliseconds << 16 in 64 bits
 _HTTP_HEALTH = b"GET "
 
@@ -76,6 +77,13 @@ def _schedule_id(req: dict[str, Any]) -> str:
         raise ProtocolError(ErrorCode.BAD_REQUEST,
                             f"a schedule id is 1 to {MAX_SCHEDULE_ID} characters")
     return cast(str, schedule_id)
+
+
+def _value_key(req: dict[str, Any]) -> str:
+    key = _field(req, "key", str)
+    if not 0 < len(key) <= MAX_VALUE_KEY:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"a key is 1 to {MAX_VALUE_KEY} characters")
+    return cast(str, key)
 
 
 def _schedule_entry(entry: Any) -> Schedule:
@@ -532,6 +540,25 @@ class Session(asyncio.BufferedProtocol):
         return {"schedule": {"id": schedule_id, "deadline": deadline, "segment": segment,
                              "message": message}}
 
+    def _on_store_values(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.project is not None
+        entries = _field(req, "values", list)
+        pairs = []
+        for entry in entries:
+            if not isinstance(entry, dict):
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "each value is a map")
+            pairs.append((_value_key(entry), bytes(_field(entry, "value", bytes))))
+        if_absent = bool(_field(req, "if_absent", bool, False))
+        return {"stored": self.project.values.store(pairs, if_absent)}
+
+    def _on_get_value(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.project is not None
+        return {"value": self.project.values.get(_value_key(req))}
+
+    def _on_delete_value(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.project is not None
+        return {"deleted": self.project.values.delete(_value_key(req))}
+
     def _on_set_retention(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
         assert self.project is not None
         _, name = self._log_for(req)
@@ -570,4 +597,7 @@ _CONTROL: dict[int, Any] = {
     Op.SET_RETENTION: Session._on_set_retention,
     Op.CANCEL_SCHEDULE: Session._on_cancel_schedule,
     Op.GET_SCHEDULE: Session._on_get_schedule,
+    Op.STORE_VALUES: Session._on_store_values,
+    Op.GET_VALUE: Session._on_get_value,
+    Op.DELETE_VALUE: Session._on_delete_value,
 }

@@ -144,6 +144,20 @@ def schedule_answer(schedule_id: str, body: bytes) -> str | None:
     return schedule_id if decode_control(body)["stored"][0] else None
 
 
+def values_request(values: Mapping[str, bytes], if_absent: bool) -> dict[str, Any]:
+    """The body of a STORE_VALUES request."""
+    for key, value in values.items():
+        if not isinstance(key, str) or not isinstance(value, (bytes, bytearray, memoryview)):
+            raise TypeError("values map str keys to bytes")
+    return {"values": [{"key": k, "value": bytes(v)} for k, v in values.items()],
+            "if_absent": if_absent}
+
+
+def value_answer(body: bytes) -> bytes | None:
+    value = decode_control(body)["value"]
+    return None if value is None else bytes(value)
+
+
 def raise_for(op: int, body: bytes) -> None:
     if op == Op.ERROR:
         err = decode_control(body)

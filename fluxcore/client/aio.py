@@ -49,6 +49,8 @@ from ._wire import (
     schedule_request,
     scheduled_from,
     start_index,
+    value_answer,
+    values_request,
 )
 
 __all__ = ["AsyncClient", "AsyncConsumer"]
@@ -329,6 +331,29 @@ class AsyncClient:
                            timeout: float | None = 30.0) -> Scheduled | None:
         _op, body = await self._call(Op.GET_SCHEDULE, {"id": schedule_id}, timeout)
         return scheduled_from(decode_control(body)["schedule"])
+
+    # -- key-value store ---------------------------------------------------------------------
+
+    async def store_values(self, values: Mapping[str, bytes], timeout: float | None = 30.0) -> None:
+        """Stores each value under its key, overwriting, all in one transaction."""
+        await self._call(Op.STORE_VALUES, values_request(values, False), timeout)
+
+    async def store_value(self, key: str, value: bytes, *, if_absent: bool = False,
+                    timeout: float | None = 30.0) -> bool:
+        """Stores one value; with `if_absent` only if the key has none. True if stored."""
+        _op, body = await self._call(Op.STORE_VALUES, values_request({key: value}, if_absent),
+                                 timeout)
+        return bool(decode_control(body)["stored"][0])
+
+    async def get_value(self, key: str, timeout: float | None = 30.0) -> bytes | None:
+        """The value stored under `key`, or None."""
+        _op, body = await self._call(Op.GET_VALUE, {"key": key}, timeout)
+        return value_answer(body)
+
+    async def delete_value(self, key: str, timeout: float | None = 30.0) -> bool:
+        """Deletes the value under `key`; False if there was none."""
+        _op, body = await self._call(Op.DELETE_VALUE, {"key": key}, timeout)
+        return bool(decode_control(body)["deleted"])
 
     async def flush(self, timeout: float | None = 30.0) -> None:
         futures = [p.future for p in self._pending.values() if p.resend]
