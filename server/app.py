@@ -22,8 +22,7 @@ from fluxcore.log import Log
 from fluxcore.protocol import MessageType, ProtocolError, encode_control
 
 from .config import ServerConfig
-from .project import SCHEDULES_FILE, Project
-from .schedules import has_schedules
+from .project import Project
 from .session import Session
 
 __all__ = ["Server", "run"]
@@ -67,10 +66,11 @@ class Server:
         )
         self._purge_task = loop.create_task(self._purge_loop())
         self._flush_task = loop.create_task(self._flush_loop())
-        # Schedules fire whether or not a client of their project connects after a restart.
+        # Every project opens now, not on its first client: schedules fire and events a crash
+        # left unpublished go out whether or not one of its clients comes back.
         os.makedirs(self.config.data_dir, exist_ok=True)
         for name in sorted(os.listdir(self.config.data_dir)):
-            if has_schedules(os.path.join(self.config.data_dir, name, SCHEDULES_FILE)):
+            if os.path.isdir(os.path.join(self.config.data_dir, name, "logs")):
                 self.project(name).schedules.start()
 
     @property

@@ -11,6 +11,7 @@ from fluxcore.log import Log
 from fluxcore.protocol import check_name
 
 from .config import ServerConfig
+from .events import EVENTS_FILE, EventStore
 from .positions import PositionStore
 from .schedules import ScheduleStore
 from .tracking import Cluster, Waiter
@@ -44,6 +45,12 @@ class Project:
         )
         self.values = ValueStore(
             os.path.join(self.path, VALUES_FILE), durable=config.fsync == "always")
+        self.events = EventStore(
+            os.path.join(self.path, EVENTS_FILE),
+            durable=config.fsync == "always",
+            publish=self._publish_events,
+        )
+        self.events.publish_pending()  # what a crash left unpublished
 
     def log(self, name: str) -> Log:
         """The log called `name`, opened (and created) on first use."""
@@ -117,9 +124,15 @@ class Project:
         self.log("schedule").append_buffer(buffer, offsets, segments=segments)
         self.appended("schedule")
 
+    def _publish_events(self, buffer: Any, offsets: Any, segments: Any) -> int:
+        indexes = self.log("event").append_buffer(buffer, offsets, segments=segments)
+        self.appended("event")
+        return int(indexes[-1]) if len(indexes) else 0
+
     def close(self) -> None:
         self.schedules.close()
         self.values.close()
+        self.events.close()
         for log in self._logs.values():
             log.close()
         self._logs.clear()

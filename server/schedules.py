@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import pathlib
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -28,7 +25,7 @@ from fluxcore.errors import LogError
 
 from .store import connect
 
-__all__ = ["Schedule", "ScheduleStore", "has_schedules"]
+__all__ = ["Schedule", "ScheduleStore"]
 
 logger = logging.getLogger("fluxcore.server")
 
@@ -43,17 +40,6 @@ class Schedule(NamedTuple):
     schedule_id: str
     deadline: int  # epoch ms
     if_absent: bool
-
-
-def has_schedules(path: str) -> bool:
-    """Whether the store at `path` exists and holds a pending schedule (opened read-only)."""
-    if not os.path.exists(path):
-        return False
-    db = sqlite3.connect(f"{pathlib.Path(path).resolve().as_uri()}?mode=ro", uri=True)
-    try:
-        return db.execute("SELECT 1 FROM schedules LIMIT 1").fetchone() is not None
-    finally:
-        db.close()
 
 
 def now_ms() -> int:

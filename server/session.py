@@ -36,6 +36,7 @@ from fluxcore.protocol import (
     log_name,
 )
 
+from .events import EventBatch
 from .positions import merged_ranges
 from .reads import PendingRead, ReadParams, TypeFilter
 from .schedules import Schedule
@@ -84,6 +85,37 @@ def _value_key(req: dict[str, Any]) -> str:
     if not 0 < len(key) <= MAX_VALUE_KEY:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"a key is 1 to {MAX_VALUE_KEY} characters")
     return cast(str, key)
+
+
+def _aggregate_id(req: dict[str, Any], name: str) -> str:
+    value = _field(req, name, str)
+    if not 0 < len(value) <= MAX_VALUE_KEY:
+        raise ProtocolError(ErrorCode.BAD_REQUEST,
+                            f"{name} is an id of 1 to {MAX_VALUE_KEY} characters")
+    return cast(str, value)
+
+
+def _event_batch(entry: Any) -> EventBatch:
+    if not isinstance(entry, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "each batch is a map")
+    count = _field(entry, "count", int)
+    if count < 0:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "a batch's count must not be negative")
+    return EventBatch(_aggregate_id(entry, "aggregate"), count,
+                      bool(_field(entry, "store_only", bool, False)))
+
+
+def _relationships(req: dict[str, Any], name: str) -> list[tuple[str, str, str]]:
+    """[aggregate id, aggregate type, entity id] triples."""
+    out = []
+    for item in _field(req, name, list, []):
+        if not (isinstance(item, list) and len(item) == 3
+                and all(isinstance(x, str) and 0 < len(x) <= MAX_VALUE_KEY for x in item)):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"each of {name} is [aggregate id, "
+                                "aggregate type, entity id], strings of 1 to "
+                                f"{MAX_VALUE_KEY} characters")
+        out.append((item[0], item[1], item[2]))
+    return out
 
 
 def _schedule_entry(entry: Any) -> Schedule:
@@ -256,6 +288,8 @@ class Session(asyncio.BufferedProtocol):
                 self.send(_proto.frame_header(Op.PONG, request_id, 0))
             elif op == Op.SCHEDULE:
                 self._on_schedule(request_id, start, end)
+            elif op == Op.APPEND_EVENTS:
+                self._on_append_events(request_id, start, end)
             elif op in _CONTROL:
                 answer = _CONTROL[op](self, request_id, self._control(start, end))
                 if isinstance(answer, bytes):
@@ -494,37 +528,108 @@ class Session(asyncio.BufferedProtocol):
             len(batch) < max_size)
         return frame
 
-    def _on_schedule(self, request_id: int, start: int, end: int) -> None:
-        """SCHEDULE: u32 control length, msgpack {"schedules": [{id, deadline, if_absent}]},
-        then an APPEND body of SCHEDULE messages, one per schedule."""
+    def _control_and_messages(
+        self, start: int, end: int, name: str, message_type: MessageType
+    ) -> tuple[dict[str, Any], int, Any, Any]:
+        """The body of SCHEDULE and APPEND_EVENTS: u32 control length, the msgpack control,
+        then an APPEND body of `message_type` messages. Returns (control, guarantee, offsets,
+        segments); message i is self._buf[offsets[i]:offsets[i + 1]]."""
         assert self.project is not None
         if end - start < 4:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "SCHEDULE body shorter than 4 bytes")
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{name} body shorter than 4 bytes")
         (control_len,) = struct.unpack_from("<I", self._buf, start)
         body = start + 4 + control_len
         if body > end:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "SCHEDULE control runs past the frame")
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{name} control runs past the frame")
         control = self._control(start + 4, body)
         type_code, guarantee, _topic, offsets, segments, _first = _proto.append_parse(
             self._buf, body, end)
-        if type_code != MessageType.SCHEDULE:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "SCHEDULE carries messages of type "
-                                f"SCHEDULE ({int(MessageType.SCHEDULE)}), not {type_code}")
+        if type_code != message_type:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{name} carries messages of type "
+                                f"{message_type.name} ({int(message_type)}), not {type_code}")
         if guarantee > Guarantee.STORED:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown guarantee {guarantee}")
+        if len(offsets) > 1:
+            largest = int((offsets[1:] - offsets[:-1]).max())
+            limit = max_payload_for(self.config.segment_file_size)
+            if largest > limit:
+                raise RecordTooLargeError(f"a message of {largest} bytes is over the log's "
+                                          f"limit of {limit}")
+        return control, guarantee, offsets, segments
+
+    def _on_schedule(self, request_id: int, start: int, end: int) -> None:
+        """SCHEDULE: {"schedules": [{id, deadline, if_absent}]} and one message each."""
+        assert self.project is not None
+        control, guarantee, offsets, segments = self._control_and_messages(
+            start, end, "SCHEDULE", MessageType.SCHEDULE)
         entries = _field(control, "schedules", list)
         if len(entries) != len(offsets) - 1:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"{len(entries)} schedules for "
                                 f"{len(offsets) - 1} messages")
         schedules = [_schedule_entry(entry) for entry in entries]
-        largest = int((offsets[1:] - offsets[:-1]).max()) if len(entries) else 0
-        limit = max_payload_for(self.config.segment_file_size)
-        if largest > limit:
-            raise RecordTooLargeError(f"a scheduled message of {largest} bytes is over the "
-                                      f"schedule log's limit of {limit}")
         stored = self.project.schedules.schedule(schedules, self._buf, offsets, segments)
         if guarantee == Guarantee.STORED:
             self.send_control(Op.RESULT, request_id, {"stored": stored})
+
+    def _on_append_events(self, request_id: int, start: int, end: int) -> None:
+        """APPEND_EVENTS: {"batches": [{aggregate, count, store_only}]} and the events."""
+        assert self.project is not None
+        control, guarantee, offsets, segments = self._control_and_messages(
+            start, end, "APPEND_EVENTS", MessageType.EVENT)
+        batches = [_event_batch(entry) for entry in _field(control, "batches", list)]
+        total = sum(batch.event_count for batch in batches)
+        if total != len(offsets) - 1:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"the batches count {total} events, "
+                                f"the request carries {len(offsets) - 1}")
+        last, index = self.project.events.append(batches, self._buf, offsets, segments)
+        if guarantee != Guarantee.STORED:
+            return
+        body = encode_control({"last_sequence": last})
+        answer = bytes(_proto.frame_header(Op.RESULT, request_id, len(body))) + body
+        if self.config.fsync == "always" and index:
+            self._spawn_ack(self._ack_when_durable(
+                self.project.log("event"), index, request_id, answer))
+        else:
+            self.send(answer)
+
+    def _on_get_events(self, request_id: int, req: dict[str, Any]) -> bytes:
+        assert self.project is not None
+        aggregate = _aggregate_id(req, "aggregate")
+        after = _field(req, "after", int, -1)
+        max_size = _field(req, "max_size", int, 1024)
+        if not 0 < max_size <= self.config.max_read_size:
+            raise ProtocolError(ErrorCode.BAD_REQUEST,
+                                f"max_size must be 1..{self.config.max_read_size}")
+        records = self.project.events.read(aggregate, after, max_size)
+        last = struct.unpack_from("<Q", records[-1], 8)[0] if records else 0
+        header = struct.pack("<HHB3xQI4x", 0, 0, len(records) < max_size, last, len(records))
+        body = header + b"".join(records)
+        return bytes(_proto.frame_header(Op.BATCH, request_id, len(body))) + body
+
+    def _on_delete_events(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.project is not None
+        return {"deleted": self.project.events.delete(_aggregate_id(req, "aggregate"))}
+
+    def _on_update_relationships(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.project is not None
+        self.project.events.update_relationships(
+            _relationships(req, "associations"), _relationships(req, "dissociations"))
+        return {"ok": True}
+
+    def _on_repair_relationships(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.project is not None
+        entities = _field(req, "entities", list)
+        if not all(isinstance(e, str) and 0 < len(e) <= MAX_VALUE_KEY for e in entities):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "entities are ids of 1 to "
+                                f"{MAX_VALUE_KEY} characters")
+        self.project.events.repair_relationships(
+            _aggregate_id(req, "aggregate"), _field(req, "aggregate_type", str), entities)
+        return {"ok": True}
+
+    def _on_get_relationships(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.project is not None
+        found = self.project.events.relationships(_aggregate_id(req, "entity"))
+        return {"relationships": [list(r) for r in found]}
 
     def _on_cancel_schedule(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
         assert self.project is not None
@@ -600,4 +705,9 @@ _CONTROL: dict[int, Any] = {
     Op.STORE_VALUES: Session._on_store_values,
     Op.GET_VALUE: Session._on_get_value,
     Op.DELETE_VALUE: Session._on_delete_value,
+    Op.GET_EVENTS: Session._on_get_events,
+    Op.DELETE_EVENTS: Session._on_delete_events,
+    Op.UPDATE_RELATIONSHIPS: Session._on_update_relationships,
+    Op.REPAIR_RELATIONSHIPS: Session._on_repair_relationships,
+    Op.GET_RELATIONSHIPS: Session._on_get_relationships,
 }

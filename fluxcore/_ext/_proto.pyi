@@ -41,7 +41,16 @@ def encode_append(
     segments: Any = None,
     targets: Sequence[str] | None = None,
     request_ids: Any = None,
+    payload_types: Sequence[str] | None = None,
 ) -> tuple[bytes, int]: ...
+def stream_records(
+    buffer: Any,
+    offsets: npt.NDArray[np.int64],
+    segments: npt.NDArray[np.uint8],
+    start: int,
+    stop: int,
+    first_number: int,
+) -> list[bytes]: ...
 def type_hashes(batch: Batch) -> npt.NDArray[np.uint64]: ...
 def record_type(batch: Batch, i: int) -> str: ...
 def find_message_id(batch: Batch, message_id: bytes) -> int: ...

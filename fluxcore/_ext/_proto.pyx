@@ -29,7 +29,10 @@ from fluxcore._ext.includes.fc cimport (
     batch_header_t,
     frame_header_t,
     msg_header_t,
+    crc_init,
     msg_total_size,
+    rec_crc,
+    rec_header_t,
     rec_stride,
     xxh64,
 )
@@ -37,6 +40,7 @@ from fluxcore._ext.includes.fc cimport (
 import numpy as np
 
 cnp.import_array()
+crc_init()  # this module's own copy of the CRC32C code picks its implementation here
 
 include "consts.pxi"
 include "proto_consts.pxi"
@@ -212,12 +216,13 @@ def encode_append(uint32_t request_id, uint8_t type_code, uint8_t guarantee, top
                   payload_type, keys, source, id_prefix, uint64_t id_counter,
                   bytes metadata=None, int64_t timestamp=0, int64_t message_request_id=-1,
                   target=None, uint8_t flags=0, uint32_t revision=0, payload_format=None,
-                  segments=None, targets=None, request_ids=None):
+                  segments=None, targets=None, request_ids=None, payload_types=None):
     """One APPEND frame (header included) carrying every payload as a message. Message ids are
     id_prefix + the hex of id_counter, id_counter + 1, ...; a message's segment is its key's,
     or its id's when there is no key, unless `segments` gives them. `targets` and
     `request_ids` (sequences) give each message its own target and request id, as results
-    answering many requests need. Returns (frame bytes, the next id counter)."""
+    answering many requests need; `payload_types` its own payload type, as the events of one
+    aggregate have. Returns (frame bytes, the next id counter)."""
     cdef object seq = PySequence_Fast(payloads, "payloads must be a sequence of bytes")
     cdef object key_seq = None
     cdef Py_ssize_t n = PySequence_Fast_GET_SIZE(seq)
@@ -242,6 +247,7 @@ def encode_append(uint32_t request_id, uint8_t type_code, uint8_t guarantee, top
     cdef const uint8_t *seg_in = NULL
     cdef cnp.ndarray seg_arr, rid_arr
     cdef object target_seq = None
+    cdef object types_seq = None
     cdef const int64_t *rid_in = NULL
     cdef const char *each_p
     cdef Py_ssize_t each_len = 0
@@ -278,6 +284,16 @@ def encode_append(uint32_t request_id, uint8_t type_code, uint8_t guarantee, top
         for i in range(n):
             text_arg(<object>PySequence_Fast_GET_ITEM(target_seq, i), &each_p, &each_len,
                      65535, "target")
+            total += each_len
+    if payload_types is not None:
+        if type_len:
+            raise ValueError("give a payload_type or payload_types, not both")
+        types_seq = PySequence_Fast(payload_types, "payload_types must be a sequence of str")
+        if PySequence_Fast_GET_SIZE(types_seq) != n:
+            raise ValueError("payload_types must give one value per payload")
+        for i in range(n):
+            text_arg(<object>PySequence_Fast_GET_ITEM(types_seq, i), &each_p, &each_len,
+                     65535, "payload type")
             total += each_len
     for i in range(n):
         item = <object>PySequence_Fast_GET_ITEM(seq, i)
@@ -328,8 +344,16 @@ def encode_append(uint32_t request_id, uint8_t type_code, uint8_t guarantee, top
             h.target_len = <uint16_t>target_len
         if rid_in != NULL:
             h.request_id = rid_in[i]
-        size = <uint32_t>(fixed + target_len + h.data_len) if target_seq is not None else \
-            <uint32_t>(fixed + h.data_len)
+        if types_seq is not None:
+            text_arg(<object>PySequence_Fast_GET_ITEM(types_seq, i), &type_p, &type_len,
+                     65535, "payload type")
+            h.type_len = <uint16_t>type_len
+        # `fixed` counts the shared target and type; a message's own ones come on top.
+        size = <uint32_t>(fixed + h.data_len)
+        if target_seq is not None:
+            size += <uint32_t>target_len
+        if types_seq is not None:
+            size += <uint32_t>type_len
         memcpy(sizes + 4 * i, &size, 4)
         format_id(id_buf, prefix_p, prefix_len, id_counter + <uint64_t>i)
         if seg_in != NULL:
@@ -349,6 +373,52 @@ def encode_append(uint32_t request_id, uint8_t type_code, uint8_t guarantee, top
         w = put(w, meta_p, meta_len)
         w = put(w, PyBytes_AS_STRING(item), h.data_len)
     return out, id_counter + <uint64_t>n
+
+
+def stream_records(buffer, const int64_t[::1] offsets, const uint8_t[::1] segments,
+                   Py_ssize_t start, Py_ssize_t stop, uint64_t first_number):
+    """Messages start..stop-1 of a parsed APPEND (buffer[offsets[i]:offsets[i + 1]], segment
+    segments[i]) as records in the log's layout, one bytes object each, numbered
+    first_number, first_number + 1, ... in the index field: an aggregate's events as they are
+    stored, ready to go out back to back in a BATCH."""
+    cdef Py_buffer view
+    cdef const char *p
+    cdef Py_ssize_t i
+    cdef uint32_t length
+    cdef uint64_t stride
+    cdef char *w
+    cdef rec_header_t h
+    cdef list out
+    cdef object rec
+    if not 0 <= start <= stop < offsets.shape[0] or segments.shape[0] < stop:
+        raise ValueError("start and stop must be message positions of the APPEND")
+    PyObject_GetBuffer(buffer, &view, PyBUF_ANY_CONTIGUOUS)
+    try:
+        if offsets[stop] > view.len or offsets[start] < 0:
+            raise ValueError("offsets run past the buffer")
+        p = <const char *>view.buf
+        out = PyList_New(stop - start)
+        for i in range(start, stop):
+            length = <uint32_t>(REC_HEADER_SIZE + offsets[i + 1] - offsets[i])
+            stride = rec_stride(length)
+            rec = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>stride)
+            w = PyBytes_AS_STRING(rec)
+            h.length = length
+            h.crc = 0
+            h.index = first_number + <uint64_t>(i - start)
+            h.segment = segments[i]
+            h.flags = 0
+            h.reserved = 0
+            memcpy(w, &h, REC_HEADER_SIZE)
+            memcpy(w + REC_HEADER_SIZE, p + offsets[i], length - REC_HEADER_SIZE)
+            memset(w + length, 0, stride - length)
+            h.crc = rec_crc(w, length)
+            memcpy(w + 4, &h.crc, 4)
+            Py_INCREF(rec)
+            PyList_SET_ITEM(out, i - start, rec)
+        return out
+    finally:
+        PyBuffer_Release(&view)
 
 
 # -- read batches (server) ------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from fluxcore._ext._proto import Message
 from fluxcore.protocol import Guarantee, MessageType, ProtocolError
 
-from ._wire import ConnectionLost, RequestError, Scheduled
+from ._wire import ConnectionLost, Relationship, RequestError, Scheduled
 from .aio import AsyncClient, AsyncConsumer
 from .sync import Client, Consumer
 
@@ -17,6 +17,7 @@ __all__ = [
     "Message",
     "MessageType",
     "ProtocolError",
+    "Relationship",
     "RequestError",
     "Scheduled",
 ]

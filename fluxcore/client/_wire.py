@@ -9,15 +9,16 @@ import re
 import struct
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from fluxcore._ext import _proto
+from fluxcore._ext._log import segment_of
 from fluxcore._ext._proto import Message
 from fluxcore.protocol import (
     FLAG_RESEND,
@@ -32,7 +33,15 @@ from fluxcore.protocol import (
     encode_metadata,
 )
 
-__all__ = ["FLAG_RESEND", "BatchReply", "Codec", "RequestError", "Scheduled", "parse_address"]
+__all__ = [
+    "FLAG_RESEND",
+    "BatchReply",
+    "Codec",
+    "Relationship",
+    "RequestError",
+    "Scheduled",
+    "parse_address",
+]
 
 logger = logging.getLogger("fluxcore.client")
 RESULT_CONSUMER_SUFFIX = "_$request-handler"
@@ -144,6 +153,23 @@ def schedule_answer(schedule_id: str, body: bytes) -> str | None:
     return schedule_id if decode_control(body)["stored"][0] else None
 
 
+class Relationship(NamedTuple):
+    """An entity belongs to an aggregate (of a type)."""
+
+    aggregate_id: str
+    aggregate_type: str
+    entity_id: str
+
+
+def relationships_of(body: bytes) -> list[Relationship]:
+    return [Relationship(*item) for item in decode_control(body)["relationships"]]
+
+
+def relationship_lists(items: Iterable[tuple[str, str, str]]) -> list[list[str]]:
+    return [[aggregate_id, aggregate_type, entity_id]
+            for aggregate_id, aggregate_type, entity_id in items]
+
+
 def values_request(values: Mapping[str, bytes], if_absent: bool) -> dict[str, Any]:
     """The body of a STORE_VALUES request."""
     for key, value in values.items():
@@ -221,6 +247,7 @@ class Codec:
         error: bool = False,
         revision: int = 0,
         payload_format: str | None = None,
+        payload_types: Sequence[str] | None = None,
     ) -> bytes:
         if message_type is MessageType.NOTIFICATION:
             raise ValueError("publish notifications as events: NOTIFICATION reads the event log")
@@ -228,7 +255,7 @@ class Codec:
             request_id, int(message_type), int(guarantee), topic, payloads, payload_type, keys,
             self.client_id, self.id_prefix, self.id_counter, encode_metadata(metadata),
             int(time.time() * 1000), message_request_id, target, 1 if error else 0, revision,
-            payload_format, segments, targets, request_ids,
+            payload_format, segments, targets, request_ids, payload_types,
         )
         return bytes(frame)
 
@@ -249,8 +276,27 @@ class Codec:
             {"id": sid, "deadline": deadline, "if_absent": if_absent}
             for sid, deadline, if_absent in schedules
         ]})
-        body = struct.pack("<I", len(control)) + control + append[FRAME_HEADER_SIZE:]
-        return bytes(_proto.frame_header(Op.SCHEDULE, request_id, len(body))) + body
+        return _with_control(Op.SCHEDULE, request_id, control, append)
+
+    def append_events(
+        self,
+        request_id: int,
+        aggregate_id: str,
+        payloads: Sequence[bytes],
+        *,
+        types: str | Sequence[str],
+        metadata: dict[str, str] | None,
+        store_only: bool,
+    ) -> bytes:
+        """An APPEND_EVENTS frame: the events of one aggregate, routed by its id."""
+        append = self.append(
+            0, MessageType.EVENT, payloads, payload_type=types if isinstance(types, str) else "",
+            payload_types=None if isinstance(types, str) else types, guarantee=Guarantee.STORED,
+            segments=np.full(len(payloads), segment_of(aggregate_id), dtype=np.uint8),
+            metadata=metadata)
+        control = encode_control({"batches": [
+            {"aggregate": aggregate_id, "count": len(payloads), "store_only": store_only}]})
+        return _with_control(Op.APPEND_EVENTS, request_id, control, append)
 
     def read(
         self,
@@ -280,6 +326,12 @@ class Codec:
             (start, end), index = store
             request["store_position"] = [start, end, index]
         return request
+
+
+def _with_control(op: Op, request_id: int, control: bytes, append: bytes) -> bytes:
+    """A frame whose body is a u32-length-prefixed control map, then an APPEND frame's body."""
+    body = struct.pack("<I", len(control)) + control + append[FRAME_HEADER_SIZE:]
+    return bytes(_proto.frame_header(op, request_id, len(body))) + body
 
 
 def log_request(message_type: MessageType, topic: str | None, **fields: Any) -> dict[str, Any]:

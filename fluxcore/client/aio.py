@@ -8,7 +8,7 @@ import inspect
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ from ._wire import (
     ConnectionLost,
     ConsumerSpec,
     Deadline,
+    Relationship,
     RequestError,
     Scheduled,
     TrackerCursor,
@@ -44,6 +45,8 @@ from ._wire import (
     parse_ack,
     parse_address,
     raise_for,
+    relationship_lists,
+    relationships_of,
     result_consumer,
     schedule_answer,
     schedule_request,
@@ -331,6 +334,79 @@ class AsyncClient:
                            timeout: float | None = 30.0) -> Scheduled | None:
         _op, body = await self._call(Op.GET_SCHEDULE, {"id": schedule_id}, timeout)
         return scheduled_from(decode_control(body)["schedule"])
+
+    # -- event sourcing ----------------------------------------------------------------------
+
+    async def append_events(
+        self,
+        aggregate_id: str,
+        payloads: Sequence[bytes],
+        *,
+        types: str | Sequence[str] = "",
+        metadata: dict[str, str] | None = None,
+        store_only: bool = False,
+        timeout: float | None = 30.0,
+    ) -> int:
+        """Appends events to the aggregate's stream (numbered from 0) and, unless
+        `store_only`, publishes them to the EVENT log, routed by the aggregate id. `types`:
+        one payload type for all, or one per event. Returns the stream's last number."""
+        _op, body = await self._exchange(
+            lambda rid: self._codec.append_events(
+                rid, aggregate_id, payloads, types=types, metadata=metadata,
+                store_only=store_only),
+            timeout)
+        return int(decode_control(body)["last_sequence"][0])
+
+    async def get_events(self, aggregate_id: str, *, after_sequence: int = -1,
+                   page_size: int = 1000, timeout: float | None = 30.0) -> list[Message]:
+        """The aggregate's events after `after_sequence` (all by default), in order, read a
+        page at a time; a message's `index` is its number in the stream."""
+        events: list[Message] = []
+        after = after_sequence
+        while True:
+            _op, body = await self._call(
+                Op.GET_EVENTS, {"aggregate": aggregate_id, "after": after, "max_size": page_size},
+                timeout)
+            page = BatchReply(body)
+            events.extend(page.messages)
+            if page.caught_up or not page.messages:
+                return events
+            after = page.last_index
+
+    async def delete_events(self, aggregate_id: str, timeout: float | None = 30.0) -> bool:
+        """Deletes the aggregate's stream (the EVENT log keeps what was published)."""
+        _op, body = await self._call(Op.DELETE_EVENTS, {"aggregate": aggregate_id}, timeout)
+        return bool(decode_control(body)["deleted"])
+
+    async def update_relationships(
+        self,
+        associations: Iterable[tuple[str, str, str]] = (),
+        dissociations: Iterable[tuple[str, str, str]] = (),
+        timeout: float | None = 30.0,
+    ) -> None:
+        """Links to add and to remove, each (aggregate id, aggregate type, entity id)."""
+        await self._call(Op.UPDATE_RELATIONSHIPS, {
+            "associations": relationship_lists(associations),
+            "dissociations": relationship_lists(dissociations)}, timeout)
+
+    async def repair_relationships(self, aggregate_id: str, aggregate_type: str,
+                             entity_ids: Iterable[str], timeout: float | None = 30.0) -> None:
+        """Makes `entity_ids` all the entities of the aggregate."""
+        await self._call(Op.REPAIR_RELATIONSHIPS, {
+            "aggregate": aggregate_id, "aggregate_type": aggregate_type,
+            "entities": list(entity_ids)}, timeout)
+
+    async def get_relationships(self, entity_id: str,
+                          timeout: float | None = 30.0) -> list[Relationship]:
+        """Every aggregate the entity belongs to."""
+        _op, body = await self._call(Op.GET_RELATIONSHIPS, {"entity": entity_id}, timeout)
+        return relationships_of(body)
+
+    async def get_aggregate_ids(self, entity_id: str,
+                          timeout: float | None = 30.0) -> dict[str, str]:
+        """Aggregate id -> aggregate type, of every aggregate the entity belongs to."""
+        found = await self.get_relationships(entity_id, timeout)
+        return {r.aggregate_id: r.aggregate_type for r in found}
 
     # -- key-value store ---------------------------------------------------------------------
 
