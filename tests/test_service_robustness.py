@@ -28,6 +28,9 @@ from .service_harness import TOKEN, ServerProcess, start_worker
 HEADER = struct.Struct("<IBBHI")  # length, op, flags, reserved, request_id
 HELLO, APPEND, READ, STORE_POSITION, RESET_POSITION, GET_POSITION = 1, 2, 3, 4, 5, 6
 DISCONNECT_TRACKER, READ_FROM_INDEX, SET_RETENTION, PING = 7, 8, 9, 10
+SCHEDULE, CANCEL_SCHEDULE, GET_SCHEDULE, STORE_VALUES, GET_VALUE, DELETE_VALUE = range(11, 17)
+APPEND_EVENTS, GET_EVENTS, DELETE_EVENTS, UPDATE_RELATIONSHIPS = range(17, 21)
+REPAIR_RELATIONSHIPS, GET_RELATIONSHIPS = 21, 22
 WELCOME, ACK, BATCH, RESULT, PONG, ERROR = 129, 130, 131, 132, 138, 143
 ERROR_CODES = {"bad_frame", "unknown_op", "bad_request", "auth", "too_large", "unavailable",
                "internal"}
@@ -338,8 +341,11 @@ def test_projects_are_isolated(two_projects: ServerProcess) -> None:
 
 # -- fuzz ------------------------------------------------------------------------------------
 
-KNOWN_OPS = [HELLO, APPEND, READ, STORE_POSITION, RESET_POSITION, GET_POSITION,
-             DISCONNECT_TRACKER, READ_FROM_INDEX, SET_RETENTION, PING]
+CONTROL_OPS = [READ, STORE_POSITION, RESET_POSITION, GET_POSITION, DISCONNECT_TRACKER,
+               READ_FROM_INDEX, SET_RETENTION, HELLO, CANCEL_SCHEDULE, GET_SCHEDULE,
+               STORE_VALUES, GET_VALUE, DELETE_VALUE, GET_EVENTS, DELETE_EVENTS,
+               UPDATE_RELATIONSHIPS, REPAIR_RELATIONSHIPS, GET_RELATIONSHIPS]
+KNOWN_OPS = [*CONTROL_OPS, APPEND, PING, SCHEDULE, APPEND_EVENTS]
 FUZZ_VALUES: list[Any] = [None, True, -1, 0, 1, 128, 2**31, 2**63, -(2**63), 1.5, "", "x" * 300,
                           "..", "A", b"\x00\xff", [], [1], [0, 129], [5, 2], [1, 2, 3], {},
                           {"a": 1}, ["0", "1"], "Order.*", "(", "[", 10**9]
@@ -350,10 +356,16 @@ def fuzz_control(rng: random.Random, op: int) -> bytes:
     keys = ["type", "topic", "consumer", "tracker", "max_size", "max_timeout_ms", "type_filter",
             "filter_target", "ignore_segment", "single_tracker", "client_index", "last_index",
             "purge_timeout_ms", "segment", "min_index", "retention_ms", "final_empty_batch",
-            "store_position", "client_id", "client_name", "project", "token", "protocol"]
+            "store_position", "client_id", "client_name", "project", "token", "protocol",
+            "id", "key", "value", "values", "if_absent", "aggregate", "after", "entity",
+            "entities", "aggregate_type", "associations", "dissociations", "schedules",
+            "batches", "deadline", "count", "store_only"]
     body: dict[str, Any] = {}
     for key in rng.sample(keys, rng.randint(0, len(keys))):
-        body[key] = rng.choice([*FUZZ_VALUES, rng.randint(-5, 20), f"c{rng.randint(0, 9)}"])
+        body[key] = rng.choice([*FUZZ_VALUES, rng.randint(-5, 20), f"c{rng.randint(0, 9)}",
+                                [], [{"key": "k", "value": b"v", "id": "s", "deadline": 0,
+                                      "aggregate": "a", "count": 1}], [["a", "A", "e"]],
+                                b"bytes"])
     if rng.random() < 0.5:  # often a valid type, so that the other fields get checked
         body["type"] = rng.choice([1, 4, 5, 6, 7, 8, 11, 12])
     if op in (SET_RETENTION, RESET_POSITION, STORE_POSITION) and body.get("type") in (2, 3):
@@ -372,7 +384,7 @@ def fuzz_append(rng: random.Random) -> bytes:
                 for _ in range(count)]
     sizes = [len(m) for m in messages]
     segments = [rng.randint(0, 127) for _ in messages]
-    type_code = rng.choice([1, 2, 3, 4, 6, 11, 12, 0, 13, 255])
+    type_code = rng.choice([1, 2, 3, 4, 6, 7, 11, 12, 0, 13, 255])
     guarantee = rng.choice([0, 1, 2, 2, 3, 255])
     topic = rng.choice(["", "t", "bad topic", "x" * 101])
     damage = rng.randint(0, 9)
@@ -414,14 +426,19 @@ def fuzz_frames(rng: random.Random) -> bytes:
         length = rng.choice([2**32 - 1, 2**31, 64 * 1024 * 1024 + 1, 0, 1, 7])
         return struct.pack("<I", length) + rng.randbytes(rng.randint(0, 64))
     if kind == 3:  # unknown ops, also the server's own answer ops
-        op = rng.choice([0, 11, 100, 128, 129, 130, 131, 143, 255])
+        op = rng.choice([0, 23, 100, 128, 129, 130, 131, 143, 255])
         return frame(op, rid, rng.randbytes(rng.randint(0, 30)), flags=rng.randint(0, 255))
     if kind in (4, 5):  # msgpack with wrong types
-        op = rng.choice([READ, STORE_POSITION, RESET_POSITION, GET_POSITION,
-                         DISCONNECT_TRACKER, READ_FROM_INDEX, SET_RETENTION, HELLO])
+        op = rng.choice(CONTROL_OPS)
         return frame(op, rid, fuzz_control(rng, op))
-    if kind == 6:  # APPEND with inconsistent lengths
-        return frame(APPEND, rid, fuzz_append(rng), flags=rng.choice([0, 0, 1]))
+    if kind == 6:  # APPEND with inconsistent lengths, alone or after a control map
+        op = rng.choice([APPEND, APPEND, SCHEDULE, APPEND_EVENTS])
+        body = fuzz_append(rng)
+        if op != APPEND:
+            control = fuzz_control(rng, op)
+            length = rng.choice([len(control)] * 4 + [len(control) + 1, 2**31])
+            body = struct.pack("<I", length) + control + body
+        return frame(op, rid, body, flags=rng.choice([0, 0, 1]))
     full = frame(rng.choice(KNOWN_OPS), rid, fuzz_control(rng, READ))  # truncated frame
     return full[: rng.randint(1, len(full) - 1)]
 
