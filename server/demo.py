@@ -2,8 +2,9 @@
 
 Starts `fluxcore serve` on a free loopback port over a fresh data directory, then, as a client:
 publishes events, consumes them with two trackers of one consumer, answers a command (request and
-response), replays a consumer from a point in time, shows the metrics log, and stops the server
-with SIGTERM (a clean shutdown).
+response), replays a consumer from a point in time, keeps an aggregate's event stream with a
+snapshot in the key-value store, has a message delivered at a deadline, shows the metrics log,
+and stops the server with SIGTERM (a clean shutdown).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
-        print(f"7. server stopped cleanly (SIGTERM, exit code {code})")
+        print(f"9. server stopped cleanly (SIGTERM, exit code {code})")
         if not args.keep and not args.data:
             shutil.rmtree(data, ignore_errors=True)
     return 0
@@ -107,9 +108,35 @@ def run_demo(client: Client) -> None:
     print(f"5. time travel: consumer reset to index {middle} (t={middle >> 16} ms); "
           f"{count[0]:,} events replayed from there")
 
+    last = client.append_events("cart-42", [b'{"sku": "tea"}', b'{"sku": "cups"}'],
+                                types=["ItemAdded", "ItemAdded"])
+    client.store_values({"$snapshot_cart-42": b'{"items": 2, "sequence": %d}' % last})
+    client.append_events("cart-42", [b'{"sku": "tea"}'], types="ItemRemoved")
+    history = client.get_events("cart-42")
+    snapshot = client.get_value("$snapshot_cart-42")
+    print(f"6. event sourcing: aggregate cart-42 has events "
+          f"{[(e.index, e.type) for e in history]} (also published as EVENTs); "
+          f"snapshot in the key-value store: {snapshot!r}")
+
+    delivered: list[tuple[float, Message]] = []
+    arrived = threading.Event()
+
+    def remind(message: Message) -> None:
+        delivered.append((time.time(), message))
+        arrived.set()
+
+    client.consume("reminders", MessageType.SCHEDULE, remind, from_index=0)
+    deadline = time.time() + 0.5
+    client.schedule(b'{"cart": "cart-42"}', deadline, type="CartAbandoned",
+                    schedule_id="cart-42-abandoned")
+    arrived.wait(10)
+    at, message = delivered[0]
+    print(f"7. scheduled message {message.type!r} delivered {(at - deadline) * 1000:+.0f} ms "
+          f"from its deadline")
+
     metrics = client.read_from_index(MessageType.METRICS, 0, 100)
     kinds = Counter(m.type for m in metrics)
-    print(f"6. metrics log: {dict(kinds)} (every connect and disconnect is recorded)")
+    print(f"8. metrics log: {dict(kinds)} (every connect and disconnect is recorded)")
 
 
 if __name__ == "__main__":

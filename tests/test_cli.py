@@ -34,3 +34,18 @@ def test_errors_are_one_clear_line(tmp_path: Path) -> None:
     out = run("stats", str(tmp_path / "missing"))
     assert out.returncode == 1
     assert out.stderr.startswith(b"fluxcore: ") and b"Traceback" not in out.stderr
+
+
+def test_demo_runs_every_step(tmp_path: Path) -> None:
+    # README's main command: every step of the tour must keep working.
+    out = subprocess.run(
+        [sys.executable, "-m", "fluxcore.server.demo", "--data", str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    steps = [line.split(".", 1)[0] for line in out.stdout.splitlines()]
+    assert steps == [str(n) for n in range(1, 10)], out.stdout
+    assert "10,000 events handled" in out.stdout
+    assert "[(0, 'ItemAdded'), (1, 'ItemAdded'), (2, 'ItemRemoved')]" in out.stdout
+    assert "scheduled message 'CartAbandoned' delivered" in out.stdout
+    assert "exit code 0" in out.stdout

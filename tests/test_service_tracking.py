@@ -3,6 +3,7 @@ restart, type filters, read_from_index, get_position. Flux semantics, docs/proto
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import signal
 import subprocess
@@ -473,3 +474,80 @@ def test_stored_position_is_per_message_type(client: Client) -> None:
         consumer.stop()
     assert got.indexes() == sorted(commands)
     assert client.get_position("same-name", MessageType.EVENT) == []
+
+
+def _keys_in(lo: int, hi: int, count: int) -> list[str]:
+    from fluxcore import segment_of
+
+    keys = (f"key-{i}" for i in range(1_000_000))
+    return [k for k in keys if lo <= segment_of(k) < hi][:count]
+
+
+def test_stop_hands_over_without_redelivery(client: Client) -> None:
+    # Every message goes to the first tracker's half. When the consumer stops while that
+    # tracker still handles its last batch, the other tracker, waiting in a READ, must not
+    # get the range (and that batch again) before the position of the batch is stored.
+    keys = _keys_in(0, 64, 50)
+    start = client.publish_batch(MessageType.EVENT, [b"m%d" % i for i in range(500)],
+                                 type="T", keys=[keys[i % 50] for i in range(500)])
+    assert start is not None
+    for round_ in range(3):
+        name = f"handover-{round_}"
+        seen: list[int] = []
+        done = threading.Event()
+
+        def handle(message: Message, seen: list[int] = seen, done: threading.Event = done
+                   ) -> None:
+            seen.append(message.index)
+            if len(seen) == 500:
+                done.set()
+                time.sleep(0.3)  # still handling when stop() comes
+
+        consumer = client.consume(name, MessageType.EVENT, handle, trackers=2, max_size=100,
+                                  from_index=int(start[0]))
+        assert done.wait(30)
+        consumer.stop()
+        time.sleep(0.3)
+        assert len(seen) == len(set(seen)) == 500, f"{len(seen) - len(set(seen))} handled twice"
+        # The position of the last batch is stored: a new run of the consumer gets nothing.
+        again: list[Message] = []
+        consumer = client.consume(name, MessageType.EVENT, again.append, trackers=2)
+        time.sleep(0.5)
+        consumer.stop()
+        assert again == []
+
+
+def test_async_stop_hands_over_without_redelivery(server: ServerProcess) -> None:
+    from fluxcore.client import AsyncClient
+
+    keys = _keys_in(0, 64, 50)
+
+    async def main() -> None:
+        async with await AsyncClient.connect(server.address, token=TOKEN, name="a") as client:
+            start = await client.publish_batch(
+                MessageType.EVENT, [b"m%d" % i for i in range(500)], type="T",
+                keys=[keys[i % 50] for i in range(500)])
+            assert start is not None
+            seen: list[int] = []
+            done = asyncio.Event()
+
+            async def handle(message: Message) -> None:
+                seen.append(message.index)
+                if len(seen) == 500:
+                    done.set()
+                    await asyncio.sleep(0.3)  # still handling when stop() comes
+
+            consumer = await client.consume("handover", MessageType.EVENT, handle, trackers=2,
+                                            max_size=100, from_index=int(start[0]))
+            await asyncio.wait_for(done.wait(), 30)
+            await consumer.stop()
+            await asyncio.sleep(0.3)
+            assert len(seen) == len(set(seen)) == 500
+            again: list[Message] = []
+            consumer = await client.consume("handover", MessageType.EVENT, again.append,
+                                            trackers=2)
+            await asyncio.sleep(0.5)
+            await consumer.stop()
+            assert again == []
+
+    asyncio.run(main())

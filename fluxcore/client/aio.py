@@ -594,6 +594,7 @@ class AsyncConsumer:
         self.handler = handler
         self.tracker_ids = spec.tracker_ids(client.client_id)
         self._stopping = False
+        self._handling: set[str] = set()  # trackers handling a batch now
         self._tasks: list[asyncio.Task[None]] = []
         self.handled = 0
         self.errors = 0
@@ -622,15 +623,25 @@ class AsyncConsumer:
                 logger.error("tracker %s: read failed: %s", tracker_id, exc)
                 await asyncio.sleep(0.5)
                 continue
-            if reply.messages:
-                await self._handle(reply.messages)
-            cursor.advance(reply)
-        if cursor.unstored is not None:
+            if self._stopping:
+                break  # as in the sync client: left unhandled, for whoever reads next
+            self._handling.add(tracker_id)
             try:
+                if reply.messages:
+                    await self._handle(reply.messages)
+                cursor.advance(reply)
+            finally:
+                self._handling.discard(tracker_id)
+        # Store what was handled, then leave: the next owner of the segments starts after it.
+        try:
+            if cursor.unstored is not None:
                 await client.store_position(spec.name, spec.message_type, *cursor.unstored,
                                             spec.topic)
-            except (ProtocolError, ConnectionLost, OSError) as exc:
-                logger.error("tracker %s: storing position failed: %s", tracker_id, exc)
+            await client.disconnect_tracker(spec.name, spec.message_type, tracker_id,
+                                            spec.topic)
+        except (ProtocolError, ConnectionLost, OSError, TimeoutError) as exc:
+            logger.error("tracker %s: storing its position or leaving failed: %s",
+                         tracker_id, exc)
 
     async def _handle(self, messages: list[Message]) -> None:
         answers = Answers(self.spec)
@@ -654,6 +665,8 @@ class AsyncConsumer:
             return
         self._stopping = True
         for tracker_id in self.tracker_ids:
+            if tracker_id in self._handling:
+                continue  # it stores its position and leaves when its batch is done
             with contextlib.suppress(ProtocolError, ConnectionLost, OSError,
                                      asyncio.TimeoutError):
                 await self.client.disconnect_tracker(self.name, self.message_type, tracker_id,

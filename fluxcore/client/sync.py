@@ -675,6 +675,8 @@ class Consumer:
         self.handler = handler
         self.tracker_ids = spec.tracker_ids(client.client_id)
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # orders stop() against a tracker starting on a batch
+        self._handling: set[str] = set()  # trackers handling a batch now
         self._threads: list[threading.Thread] = []
         self.handled = 0
         self.errors = 0
@@ -700,14 +702,29 @@ class Consumer:
                 logger.error("tracker %s: read failed: %s", tracker_id, exc)
                 self._stop.wait(0.5)
                 continue
-            if reply.messages:
-                self._handle(reply.messages)
-            cursor.advance(reply)
-        if cursor.unstored is not None:
+            with self._lock:
+                if self._stop.is_set():
+                    # A batch that came after stop() stays unhandled and its position unstored:
+                    # whoever reads these segments next gets it.
+                    break
+                self._handling.add(tracker_id)
             try:
-                client.store_position(spec.name, spec.message_type, *cursor.unstored, spec.topic)
-            except (ProtocolError, ConnectionLost, OSError) as exc:
-                logger.error("tracker %s: storing position failed: %s", tracker_id, exc)
+                if reply.messages:
+                    self._handle(reply.messages)
+                cursor.advance(reply)
+            finally:
+                with self._lock:
+                    self._handling.discard(tracker_id)
+        # Stopping: store what was handled, then leave, in this order, so that the tracker
+        # that gets these segments next starts after the messages handled here.
+        try:
+            if cursor.unstored is not None:
+                client.store_position(spec.name, spec.message_type, *cursor.unstored,
+                                      spec.topic)
+            client.disconnect_tracker(spec.name, spec.message_type, tracker_id, spec.topic)
+        except (ProtocolError, ConnectionLost, OSError, concurrent.futures.TimeoutError) as exc:
+            logger.error("tracker %s: storing its position or leaving failed: %s",
+                         tracker_id, exc)
 
     def _handle(self, messages: list[Message]) -> None:
         answers = Answers(self.spec)
@@ -729,10 +746,16 @@ class Consumer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stops the trackers: each leaves its cluster, so its segments go to the others."""
-        if self._stop.is_set():
-            return
-        self._stop.set()
+        with self._lock:
+            if self._stop.is_set():
+                return
+            self._stop.set()
+            handling = set(self._handling)
+        # A tracker waiting for a batch has stored its last position with that READ: leaving
+        # ends the wait. One handling a batch stores its position and leaves by itself.
         for tracker_id in self.tracker_ids:
+            if tracker_id in handling:
+                continue
             with contextlib.suppress(ProtocolError, ConnectionLost, OSError,
                                      concurrent.futures.TimeoutError):
                 self.client.disconnect_tracker(self.name, self.message_type, tracker_id,
