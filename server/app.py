@@ -22,6 +22,7 @@ from fluxcore.log import Log
 from fluxcore.protocol import MessageType, ProtocolError, encode_control
 
 from .config import ServerConfig
+from .metrics import consumer_stats
 from .project import Project
 from .session import Session
 
@@ -40,6 +41,7 @@ class Server:
         self._server: asyncio.Server | None = None
         self._purge_task: asyncio.Task[None] | None = None
         self._flush_task: asyncio.Task[None] | None = None
+        self._metrics_task: asyncio.Task[None] | None = None
         # fdatasync runs here, off the event loop; one sync serves every append waiting for it.
         self._sync_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fluxcore-sync")
         self._metric_counter = 0
@@ -66,6 +68,8 @@ class Server:
         )
         self._purge_task = loop.create_task(self._purge_loop())
         self._flush_task = loop.create_task(self._flush_loop())
+        if self.config.metrics_interval_s > 0:
+            self._metrics_task = loop.create_task(self._metrics_loop())
         # Every project opens now, not on its first client: schedules fire and events a crash
         # left unpublished go out whether or not one of its clients comes back.
         os.makedirs(self.config.data_dir, exist_ok=True)
@@ -94,7 +98,7 @@ class Server:
             await asyncio.wait(pending, timeout=10)
         for session in list(self.sessions):
             session.close()
-        for task in (self._purge_task, self._flush_task):
+        for task in (self._purge_task, self._flush_task, self._metrics_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -110,9 +114,42 @@ class Server:
         project = session.project
         if project is None or self.stopping:
             return
-        for cluster in project.clusters():
-            cluster.leave_session(session.session_id)
+        self._report_session(session)  # its traffic since the last report
+        for (log_name, consumer), cluster in project.cluster_items():
+            for tracker_id in cluster.leave_session(session.session_id):
+                self.tracker_gone(project, log_name, consumer, tracker_id, "disconnected",
+                                  session)
         self.record_metric(project, "disconnect", session.metric_body())
+
+    def tracker_gone(self, project: Project, log_name: str, consumer: str, tracker_id: str,
+                     reason: str, session: Session | None = None) -> None:
+        """A `disconnect_tracker` metric: a tracker left (or was purged, or its connection
+        closed) and its segments went to the others."""
+        body = {"log": log_name, "consumer": consumer, "tracker": tracker_id, "reason": reason,
+                "timestamp": int(time.time() * 1000)}
+        if session is not None:
+            body.update(client_id=session.client_id, session=session.session_id)
+        self.record_metric(project, "disconnect_tracker", body)
+
+    def _report_session(self, session: Session) -> None:
+        counts = session.stats.take()
+        if counts is not None and session.project is not None:
+            now = time.monotonic()
+            interval_ms = int((now - session.reported_at) * 1000)
+            session.reported_at = now
+            self.record_metric(session.project, "client_stats",
+                               {**session.metric_body(), "interval_ms": interval_ms, **counts})
+
+    async def _metrics_loop(self) -> None:
+        interval = self.config.metrics_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            for session in list(self.sessions):
+                self._report_session(session)
+            for project in list(self.projects.values()):
+                for stats in consumer_stats(project):
+                    self.record_metric(project, "consumer_stats",
+                                       {**stats, "timestamp": int(time.time() * 1000)})
 
     def record_metric(self, project: Project, kind: str, body: dict[str, Any]) -> None:
         """Appends a message of payload type `kind` to the project's METRICS log."""
@@ -169,10 +206,12 @@ class Server:
             await asyncio.sleep(self.config.purge_interval_s)
             now = time.monotonic()
             for project in self.projects.values():
-                for cluster in project.clusters():
+                for (log_name, consumer), cluster in project.cluster_items():
                     gone = cluster.purge(now)
                     if gone:
-                        logger.info("purged trackers %s of %s", gone, cluster.consumer)
+                        logger.info("purged trackers %s of %s", gone, consumer)
+                    for tracker_id in gone:
+                        self.tracker_gone(project, log_name, consumer, tracker_id, "purged")
 
 
 class RecentAppends(OrderedDict[bytes, tuple[int, int]]):

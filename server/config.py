@@ -72,6 +72,7 @@ class ServerConfig:
     server_buffer: int = 256 * 1024 * 1024
     max_read_size: int = 10_000
     purge_interval_s: float = 1.0
+    metrics_interval_s: float = 10.0  # traffic and consumer reports to METRICS; 0: none
 
     @classmethod
     def from_sources(cls, file: str | None = None, **options: Any) -> ServerConfig:

@@ -97,6 +97,10 @@ class Project:
             self._clusters[key] = cluster
         return cluster
 
+    def cluster_items(self) -> list[tuple[tuple[str, str], Cluster]]:
+        """((log, consumer), cluster) of every consumer that has read this project."""
+        return list(self._clusters.items())
+
     def find_cluster(self, log: str, consumer: str) -> Cluster | None:
         return self._clusters.get((log, consumer))
 

@@ -135,7 +135,7 @@ class PendingRead:
                 # that it does not scan the filtered-out messages again.
                 if count:
                     cluster.processing(tracker)
-                self._send(frame)
+                self.session.delivered(frame, count)
                 return True
             if not scanned:
                 return False

@@ -37,6 +37,7 @@ from fluxcore.protocol import (
 )
 
 from .events import EventBatch
+from .metrics import SessionStats
 from .positions import merged_ranges
 from .reads import PendingRead, ReadParams, TypeFilter
 from .schedules import Schedule
@@ -152,6 +153,8 @@ class Session(asyncio.BufferedProtocol):
         self.pending_acks: set[asyncio.Task[None]] = set()  # acks waiting for a sync
         self._type_filters: dict[str, TypeFilter] = {}
         self.reads: set[PendingRead] = set()  # parked READs of this connection
+        self.stats = SessionStats()
+        self.reported_at = time.monotonic()  # when `stats` was last written to METRICS
         self._blocked_reads: set[PendingRead] = set()  # ready to answer once writable
 
     # -- asyncio callbacks -------------------------------------------------------------------
@@ -249,7 +252,16 @@ class Session(asyncio.BufferedProtocol):
         self.send(_proto.frame_header(op, request_id, len(body)) + body)
 
     def send_error(self, request_id: int, code: str, message: str) -> None:
+        self.stats.errors += 1
         self.send_control(Op.ERROR, request_id, {"code": str(code), "message": message})
+
+    def delivered(self, frame: bytes, count: int) -> None:
+        """A READ's batch of `count` messages goes out."""
+        stats = self.stats
+        stats.batches_out += 1
+        stats.messages_out += count
+        stats.bytes_out += len(frame)
+        self.send(frame)
 
     def _fail(self, request_id: int, code: str, message: str) -> None:
         """An error after which the stream cannot be trusted: answer, then close."""
@@ -273,6 +285,7 @@ class Session(asyncio.BufferedProtocol):
     # -- dispatch ----------------------------------------------------------------------------
 
     def _dispatch(self, op: int, flags: int, request_id: int, start: int, end: int) -> None:
+        self.stats.requests += 1
         try:
             if self.project is None:
                 if op != Op.HELLO:
@@ -390,6 +403,10 @@ class Session(asyncio.BufferedProtocol):
                 return
         indexes = log.append_buffer(self._buf, offsets, segments=segments)
         self.project.appended(name)
+        stats = self.stats
+        stats.appends += 1
+        stats.messages_in += len(indexes)
+        stats.bytes_in += end - start
         if not len(indexes):
             if guarantee == Guarantee.STORED:
                 self.send(self._ack(request_id, 0, 0))
@@ -420,6 +437,7 @@ class Session(asyncio.BufferedProtocol):
 
     def _on_read(self, request_id: int, req: dict[str, Any]) -> None:
         assert self.project is not None
+        self.stats.reads += 1
         project = self.project
         message_type, name = self._log_for(req)
         consumer = _field(req, "consumer", str)
@@ -513,7 +531,10 @@ class Session(asyncio.BufferedProtocol):
         name, consumer = self._cluster_of(req)
         tracker_id = _field(req, "tracker", str)
         cluster = self.project.find_cluster(name, consumer)
-        return {"ok": bool(cluster is not None and cluster.leave(tracker_id))}
+        left = bool(cluster is not None and cluster.leave(tracker_id))
+        if left:
+            self.server.tracker_gone(self.project, name, consumer, tracker_id, "left", self)
+        return {"ok": left}
 
     def _on_read_from_index(self, request_id: int, req: dict[str, Any]) -> bytes:
         assert self.project is not None

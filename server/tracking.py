@@ -101,12 +101,14 @@ class Cluster:
         self.wake()  # the leaver's own pending read must end, whatever the others got
         return True
 
-    def leave_session(self, session_id: str) -> None:
+    def leave_session(self, session_id: str) -> list[str]:
+        """Removes the trackers of a closed connection; returns their ids."""
         gone = [t for t, tr in self.trackers.items() if tr.session_id == session_id]
         for tracker_id in gone:
             del self.trackers[tracker_id]
         if gone:
             self._rebalance()
+        return gone
 
     def purge(self, now: float) -> list[str]:
         """Removes trackers that stayed away (active) longer than their purge timeout."""
