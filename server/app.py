@@ -200,6 +200,10 @@ class Server:
                     project.positions.flush()
                 except sqlite3.Error as exc:  # keep them in memory; the next flush tries again
                     logger.error("storing positions of %s failed: %s", project.name, exc)
+                try:
+                    project.events.retry()
+                except sqlite3.Error as exc:
+                    logger.error("publishing stored events of %s failed: %s", project.name, exc)
 
     async def _purge_loop(self) -> None:
         while True:

@@ -15,6 +15,7 @@ in Python.
 from __future__ import annotations
 
 import itertools
+import logging
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
@@ -23,12 +24,14 @@ import numpy as np
 import numpy.typing as npt
 
 from fluxcore._ext import _proto
+from fluxcore.errors import LogError
 
 from .store import connect
 
 __all__ = ["EVENTS_FILE", "EventBatch", "EventStore"]
 
 EVENTS_FILE = "events.sqlite"
+logger = logging.getLogger("fluxcore.server")
 _RECORD_LENGTH = struct.Struct("<I")
 
 # Appends the messages buffer[offsets[i]:offsets[i + 1]] to the EVENT log; returns the last index.
@@ -59,6 +62,7 @@ class EventStore:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
         self._publish = publish
+        self.backlog = False  # events committed that the log did not take yet
 
     # -- streams -----------------------------------------------------------------------------
 
@@ -94,10 +98,32 @@ class EventStore:
             self._db.execute("ROLLBACK")
             raise
         index = 0
-        if published:
-            index = self._publish_ranges(buffer, offsets, segments, published)
-            self._mark_published()
+        if self.backlog:  # earlier events still wait for the log: these go after them
+            index = self._publish_backlog()
+        elif published:
+            try:
+                index = self._publish_ranges(buffer, offsets, segments, published)
+            except (OSError, LogError) as exc:
+                # Stored all the same: they go to the log once it takes them again.
+                logger.error("publishing %d events failed, kept for later: %s",
+                             sum(b - a for a, b in published), exc)
+                self.backlog = True
+            else:
+                self._mark_published()
         return last, index
+
+    def retry(self) -> None:
+        """Publishes the backlog if there is one (the server calls this every 100 ms)."""
+        if self.backlog:
+            self._publish_backlog()
+
+    def _publish_backlog(self) -> int:
+        try:
+            index = self.publish_pending()
+        except (OSError, LogError) as exc:
+            logger.error("publishing stored events failed, kept for later: %s", exc)
+            return 0
+        return index
 
     def _next_sequence(self, aggregate: str) -> int:
         (top,) = self._db.execute(
@@ -130,23 +156,27 @@ class EventStore:
             " SELECT 'published_upto', COALESCE(MAX(id), 0) FROM events")
 
     def publish_pending(self) -> int:
-        """Publishes what a crash left committed but not published; returns how many."""
+        """Publishes the events committed but not yet published (after a crash, or while the
+        log could not take them); returns the last EVENT log index written (0: none)."""
         row = self._db.execute(
             "SELECT value FROM meta WHERE key = 'published_upto'").fetchone()
         upto = 0 if row is None else int(row[0])
         records = [bytes(r[0]) for r in self._db.execute(
             "SELECT record FROM events WHERE id > ? AND publish = 1 ORDER BY id", (upto,))]
+        index = 0
         if records:
             messages, segments = [], []
-            for record in records:  # only after a crash, only what it interrupted
+            for record in records:  # the rare path: after a crash or a full disk
                 (length,) = _RECORD_LENGTH.unpack_from(record)
                 messages.append(record[24:length])
                 segments.append(record[16])
             offsets = np.zeros(len(messages) + 1, dtype=np.int64)
             np.cumsum([len(m) for m in messages], out=offsets[1:])
-            self._publish(b"".join(messages), offsets, np.array(segments, dtype=np.uint8))
+            index = self._publish(b"".join(messages), offsets,
+                                  np.array(segments, dtype=np.uint8))
         self._mark_published()
-        return len(records)
+        self.backlog = False
+        return index
 
     def read(self, aggregate: str, after: int, max_size: int) -> list[bytes]:
         """Up to `max_size` records of the stream after sequence number `after`, in order."""

@@ -50,7 +50,8 @@ class Project:
             durable=config.fsync == "always",
             publish=self._publish_events,
         )
-        self.events.publish_pending()  # what a crash left unpublished
+        self.events.backlog = True  # what a crash left unpublished goes out first
+        self.events.retry()
 
     def log(self, name: str) -> Log:
         """The log called `name`, opened (and created) on first use."""

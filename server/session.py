@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sqlite3
 import struct
 import time
 import uuid
@@ -322,6 +323,11 @@ class Session(asyncio.BufferedProtocol):
         except LogFullError as exc:
             logger.error("disk full: %s", exc)
             self.send_error(request_id, ErrorCode.UNAVAILABLE, str(exc))
+        except sqlite3.OperationalError as exc:  # a full disk or an I/O error: nothing stored
+            logger.error("a store of %s failed: %s", self.project.name if self.project else "?",
+                         exc)
+            self.send_error(request_id, ErrorCode.UNAVAILABLE, f"the store failed ({exc}); "
+                            "nothing of the request was stored")
         except (ValueError, TypeError, UnicodeDecodeError, OverflowError) as exc:
             self.send_error(request_id, ErrorCode.BAD_REQUEST, str(exc))
         except Exception as exc:  # a bug of ours: tell the client, keep serving the others

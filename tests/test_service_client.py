@@ -245,3 +245,33 @@ def test_full_disk_is_a_clear_error_and_loses_nothing(tmp_path: Path) -> None:
         assert stored == acked  # everything acknowledged, nothing half-written
     finally:
         server.kill()
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)")
+def test_full_disk_under_the_stores_is_a_clear_error(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        with Client.connect(server.address, token=TOKEN, reconnect=False) as client:
+            client.store_values({"k": b"old"})
+            assert client.append_events("agg", [b"e0"]) == 0
+            # No file may grow past 64 KiB now: a large value or event cannot be committed.
+            subprocess.run(["prlimit", f"--pid={server.pid}", "--fsize=65536:unlimited"],
+                           check=True)
+            big = b"v" * 300_000
+            with pytest.raises(ProtocolError) as refused:
+                client.store_values({"k": big})
+            assert refused.value.code == "unavailable"
+            assert "nothing of the request was stored" in refused.value.message
+            with pytest.raises(ProtocolError) as refused:
+                client.append_events("agg", [big])
+            assert refused.value.code == "unavailable"
+            assert client.ping() < 30  # the server goes on
+            subprocess.run(["prlimit", f"--pid={server.pid}", "--fsize=unlimited:unlimited"],
+                           check=True)
+            assert client.get_value("k") == b"old"
+            assert [e.data for e in client.get_events("agg")] == [b"e0"]
+            client.store_values({"k": big})
+            assert client.append_events("agg", [big]) == 1
+            assert client.get_value("k") == big
+    finally:
+        server.kill()
