@@ -73,6 +73,8 @@ class ServerConfig:
     max_read_size: int = 10_000
     purge_interval_s: float = 1.0
     metrics_interval_s: float = 10.0  # traffic and consumer reports to METRICS; 0: none
+    web_project: str | None = None  # HTTP requests become WEBREQUESTs of this project
+    web_timeout_s: float = 30.0  # then a web request without a response gets a 504
 
     @classmethod
     def from_sources(cls, file: str | None = None, **options: Any) -> ServerConfig:

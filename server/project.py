@@ -16,6 +16,7 @@ from .positions import PositionStore
 from .schedules import ScheduleStore
 from .tracking import Cluster, Waiter
 from .values import VALUES_FILE, ValueStore
+from .web import WebProxy
 
 __all__ = ["METRICS_RETENTION_MS", "SCHEDULES_FILE", "Project"]
 
@@ -52,6 +53,7 @@ class Project:
         )
         self.events.backlog = True  # what a crash left unpublished goes out first
         self.events.retry()
+        self.web = WebProxy(self)
 
     def log(self, name: str) -> Log:
         """The log called `name`, opened (and created) on first use."""

@@ -42,6 +42,7 @@ from .metrics import SessionStats
 from .positions import merged_ranges
 from .reads import PendingRead, ReadParams, TypeFilter
 from .schedules import Schedule
+from .web import HTTP_METHODS, HttpError, http_response, parse_http
 
 if TYPE_CHECKING:
     from .app import Server
@@ -57,7 +58,7 @@ _REQUIRED = object()
 MAX_SCHEDULE_ID = 200
 MAX_VALUE_KEY = 1000
 MAX_DEADLINE_MS = 1 << 47  # an index is milliseconds << 16 in 64 bits
-_HTTP_HEALTH = b"GET "
+_TEXT = [("Content-Type", "text/plain")]
 
 
 def _field(
@@ -156,6 +157,9 @@ class Session(asyncio.BufferedProtocol):
         self.reads: set[PendingRead] = set()  # parked READs of this connection
         self.stats = SessionStats()
         self.reported_at = time.monotonic()  # when `stats` was last written to METRICS
+        self._http = False  # this connection speaks HTTP (a health check, a web request)
+        self._web_id: str | None = None  # the source of its WEBREQUEST, once sent
+        self._web_project: Project | None = None
         self._blocked_reads: set[PendingRead] = set()  # ready to answer once writable
 
     # -- asyncio callbacks -------------------------------------------------------------------
@@ -168,6 +172,8 @@ class Session(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._web_id is not None and self._web_project is not None:
+            self._web_project.web.forget(self._web_id)
         self._writable = True
         for read in list(self.reads):
             read.cancel()
@@ -213,8 +219,9 @@ class Session(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._end += nbytes
-        if self.project is None and self._buf[self._start : self._start + 4] == _HTTP_HEALTH:
-            self._answer_http()
+        if self.project is None and (
+                self._http or bytes(self._buf[self._start : self._start + 4]) in HTTP_METHODS):
+            self._on_http()
             return
         self._process()
 
@@ -276,11 +283,40 @@ class Session(asyncio.BufferedProtocol):
             self.transport.close()
         self.closed = True
 
-    def _answer_http(self) -> None:
-        status = b"503 Service Unavailable" if self.server.stopping else b"200 OK"
-        body = b"Unavailable" if self.server.stopping else b"Healthy"
-        self.send(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain\r\nContent-Length: "
-                  + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+    # -- HTTP: the health check and web requests (server/web.py) ---------------------------
+
+    def _on_http(self) -> None:
+        """An HTTP connection: one request, answered, then closed."""
+        self._http = True
+        if self._web_id is not None or self.closed:
+            return  # answered or waiting: the rest of the stream is ignored
+        try:
+            parsed = parse_http(memoryview(self._buf)[self._start : self._end],
+                                self.config.max_frame)
+        except HttpError as exc:
+            self._http_answer(http_response(exc.status, _TEXT, str(exc).encode()))
+            return
+        if parsed is None:
+            return  # more to come
+        request, _length = parsed
+        head = request.method == "HEAD"
+        if request.path == "/health":
+            status, body = (503, b"Unavailable") if self.server.stopping else (200, b"Healthy")
+            self._http_answer(http_response(status, _TEXT, body, head))
+        elif self.server.stopping:
+            self._http_answer(http_response(503, _TEXT, b"the server is stopping", head))
+        elif self.config.web_project is None:
+            self._http_answer(http_response(
+                404, _TEXT, b"no web proxy here (the server has no web_project)", head))
+        else:
+            self._web_id = f"fluxcore-web-{self.session_id}"
+            if self.transport is not None:
+                self.transport.pause_reading()
+            self._web_project = self.server.project(self.config.web_project)
+            self._web_project.web.request(self._web_id, request, self._http_answer)
+
+    def _http_answer(self, response: bytes) -> None:
+        self.send(response)
         self.close()
 
     # -- dispatch ----------------------------------------------------------------------------

@@ -477,6 +477,28 @@ def find_message_id(Batch batch, message_id):
     return -1
 
 
+def record_targets(Batch batch):
+    """The target of each record of `batch` (str; "" for none): the web proxy routes responses
+    by it."""
+    cdef Py_ssize_t n = len(batch)
+    cdef list out = PyList_New(n)
+    cdef Py_ssize_t i
+    cdef const char *msg
+    cdef const char *t
+    cdef uint16_t t_len
+    cdef object text
+    for i in range(n):
+        msg = batch.base + batch.off_ptr[i]
+        if batch.len_ptr[i] < MSG_HEADER_SIZE:
+            text = ""
+        else:
+            t = msg_target(msg, &t_len)
+            text = PyUnicode_DecodeUTF8(t, t_len, "replace") if t_len else ""
+        Py_INCREF(text)
+        PyList_SET_ITEM(out, i, text)
+    return out
+
+
 def record_type(Batch batch, Py_ssize_t i):
     """The payload type of record i, as str."""
     cdef const char *msg = batch.base + batch.off_ptr[i]

@@ -3,7 +3,7 @@
 from fluxcore._ext._proto import Message
 from fluxcore.protocol import Guarantee, MessageType, ProtocolError
 
-from ._wire import ConnectionLost, Relationship, RequestError, Scheduled
+from ._wire import ConnectionLost, Relationship, RequestError, Scheduled, WebResponse
 from .aio import AsyncClient, AsyncConsumer
 from .sync import Client, Consumer
 
@@ -20,4 +20,5 @@ __all__ = [
     "Relationship",
     "RequestError",
     "Scheduled",
+    "WebResponse",
 ]

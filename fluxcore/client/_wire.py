@@ -3,6 +3,7 @@ of a connection that does not depend on how its bytes move (request ids, message
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -40,6 +41,7 @@ __all__ = [
     "Relationship",
     "RequestError",
     "Scheduled",
+    "WebResponse",
     "parse_address",
 ]
 
@@ -356,11 +358,31 @@ def start_index(ms_ago: int) -> int:
     return (int(time.time() * 1000) - ms_ago) << 16
 
 
+@dataclass(frozen=True)
+class WebResponse:
+    """What a handler of WEBREQUEST messages may return: the HTTP response (bytes or str alone
+    mean status 200)."""
+
+    body: bytes | str = b""
+    status: int = 200
+    headers: Mapping[str, str] | None = None
+
+    def message(self, codec: Codec, request: Message) -> bytes:
+        """The WEBRESPONSE frame answering `request`."""
+        body = self.body.encode() if isinstance(self.body, str) else bytes(self.body)
+        metadata = {"status": str(self.status), "headers": json.dumps(dict(self.headers or {}))}
+        return codec.append(0, MessageType.WEBRESPONSE, [body], payload_type="webresponse",
+                            guarantee=Guarantee.SENT, message_request_id=request.request_id,
+                            target=request.source, metadata=metadata)
+
+
 def result_frames(
-    codec: Codec, done: list[tuple[Message, bytes | None, BaseException | None]]
+    codec: Codec,
+    done: list[tuple[Message, bytes | WebResponse | None, BaseException | None]],
+    web: bool = False,
 ) -> tuple[bytes, bytes]:
-    """The RESULT frames answering handled requests, and the ERROR-log frames of the failures.
-    Sent with the SENT guarantee: the server appends them when it reads them."""
+    """The RESULT (or WEBRESPONSE) frames answering handled requests, and the ERROR-log frames
+    of the failures. Sent with the SENT guarantee: the server appends them when it reads them."""
     results: list[bytes] = []
     errors: list[bytes] = []
     values: list[bytes] = []
@@ -371,11 +393,20 @@ def result_frames(
             continue
         if exc is not None:
             text = f"{type(exc).__name__}: {exc}".encode()
-            for kind, sink in ((MessageType.RESULT, results), (MessageType.ERROR, errors)):
-                sink.append(codec.append(
-                    0, kind, [text], payload_type=type(exc).__name__,
+            errors.append(codec.append(
+                0, MessageType.ERROR, [text], payload_type=type(exc).__name__,
+                guarantee=Guarantee.SENT, message_request_id=request.request_id,
+                target=request.source, error=True))
+            if web:
+                results.append(WebResponse(text, 500, {"Content-Type": "text/plain"}).message(
+                    codec, request))
+            else:
+                results.append(codec.append(
+                    0, MessageType.RESULT, [text], payload_type=type(exc).__name__,
                     guarantee=Guarantee.SENT, message_request_id=request.request_id,
                     target=request.source, error=True))
+        elif isinstance(value, WebResponse):
+            results.append(value.message(codec, request))
         else:
             values.append(value if value is not None else b"")
             targets.append(request.source)
@@ -483,12 +514,17 @@ class Answers:
     def __init__(self, spec: ConsumerSpec) -> None:
         self.spec = spec
         self.requests = spec.message_type.is_request
-        self.done: list[tuple[Message, bytes | None, BaseException | None]] = []
+        self.done: list[tuple[Message, bytes | WebResponse | None, BaseException | None]] = []
         self.errors = 0
 
     def handled(self, message: Message, value: Any) -> None:
         if self.requests:
-            self.done.append((message, answer_bytes(value), None))
+            self.done.append((message, self.answer(value), None))
+
+    def answer(self, value: Any) -> bytes | WebResponse:
+        if self.spec.message_type is MessageType.WEBREQUEST:
+            return value if isinstance(value, WebResponse) else WebResponse(answer_bytes(value))
+        return answer_bytes(value)
 
     def failed(self, message: Message | None, exc: BaseException) -> None:
         """Called from an `except` block: a request's failure goes back to its sender and to
@@ -502,5 +538,6 @@ class Answers:
     def frames(self, codec: Codec) -> bytes:
         if not self.done:
             return b""
-        results, errors = result_frames(codec, self.done)
+        results, errors = result_frames(
+            codec, self.done, web=self.spec.message_type is MessageType.WEBREQUEST)
         return results + errors
