@@ -26,7 +26,7 @@ import numpy.typing as npt
 from fluxcore._ext import _proto
 from fluxcore.errors import LogError
 
-from .store import connect
+from .store import connect, transaction
 
 __all__ = ["EVENTS_FILE", "EventBatch", "EventStore"]
 
@@ -79,8 +79,7 @@ class EventStore:
         last: list[int] = []
         published: list[tuple[int, int]] = []
         position = 0
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._db):
             for batch in batches:
                 first = self._next_sequence(batch.aggregate)
                 stop = position + batch.event_count
@@ -93,10 +92,6 @@ class EventStore:
                 if not batch.store_only and batch.event_count:
                     published.append((position, stop))
                 position = stop
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
         index = 0
         if self.backlog:  # earlier events still wait for the log: these go after them
             index = self._publish_backlog()
@@ -197,33 +192,23 @@ class EventStore:
         dissociations: Iterable[tuple[str, str, str]],
     ) -> None:
         """(aggregate id, aggregate type, entity id) links to add and to remove, at once."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._db):
             self._db.executemany(
                 "INSERT OR REPLACE INTO relationships (aggregate, aggregate_type, entity)"
                 " VALUES (?, ?, ?)", associations)
             self._db.executemany(
                 "DELETE FROM relationships WHERE aggregate = ? AND entity = ?",
                 ((aggregate, entity) for aggregate, _type, entity in dissociations))
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
 
     def repair_relationships(self, aggregate: str, aggregate_type: str,
                              entities: Iterable[str]) -> None:
         """Makes `entities` all the entities of the aggregate."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._db):
             self._db.execute("DELETE FROM relationships WHERE aggregate = ?", (aggregate,))
             self._db.executemany(
                 "INSERT OR REPLACE INTO relationships (aggregate, aggregate_type, entity)"
                 " VALUES (?, ?, ?)",
                 ((aggregate, aggregate_type, entity) for entity in entities))
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
 
     def relationships(self, entity: str) -> list[tuple[str, str, str]]:
         """(aggregate id, aggregate type, entity id) of every aggregate the entity is in."""

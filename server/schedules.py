@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from fluxcore.errors import LogError
 
-from .store import connect
+from .store import connect, transaction
 
 __all__ = ["Schedule", "ScheduleStore"]
 
@@ -74,8 +74,7 @@ class ScheduleStore:
         it returns; says for each whether it was stored (False: `if_absent` and the id exists)."""
         stored: list[bool] = []
         data = memoryview(buffer)
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._db):
             for i, item in enumerate(schedules):
                 row = (item.schedule_id, item.deadline, int(segments[i]),
                        bytes(data[int(offsets[i]) : int(offsets[i + 1])]))
@@ -84,10 +83,6 @@ class ScheduleStore:
                     f"{verb} INTO schedules (id, deadline, segment, message) VALUES (?, ?, ?, ?)",
                     row)
                 stored.append(cursor.rowcount == 1)
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
         due = [s.deadline for s, ok in zip(schedules, stored, strict=True) if ok]
         if due:
             self._arm(min(due))
@@ -151,12 +146,11 @@ class ScheduleStore:
                 logger.error("could not append %d due schedules: %s", len(rows), exc)
                 self._arm(now + int(RETRY_S * 1000))
                 return
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
-                "DELETE FROM schedules WHERE id = ? AND deadline <= ?",
-                [(row[0], now) for row in rows],
-            )
-            self._db.execute("COMMIT")
+            with transaction(self._db):
+                self._db.executemany(
+                    "DELETE FROM schedules WHERE id = ? AND deadline <= ?",
+                    [(row[0], now) for row in rows],
+                )
         self._arm(self._earliest())
 
     def close(self) -> None:

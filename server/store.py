@@ -4,8 +4,10 @@ project's directory, in WAL mode, written from the event loop."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-__all__ = ["connect"]
+__all__ = ["connect", "transaction"]
 
 
 def connect(path: str, *, durable: bool) -> sqlite3.Connection:
@@ -17,3 +19,15 @@ def connect(path: str, *, durable: bool) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
     return db
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """Everything inside commits together, or, if it raises, not at all."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .store import connect
+from .store import connect, transaction
 
 __all__ = ["VALUES_FILE", "ValueStore"]
 
@@ -23,15 +23,10 @@ class ValueStore:
         """Stores every pair in one transaction; says for each whether it was stored."""
         verb = "INSERT OR IGNORE" if if_absent else "INSERT OR REPLACE"
         stored: list[bool] = []
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._db):
             for pair in pairs:
                 cursor = self._db.execute(f"{verb} INTO kv (key, value) VALUES (?, ?)", pair)
                 stored.append(cursor.rowcount == 1)
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
         return stored
 
     def get(self, key: str) -> bytes | None:
