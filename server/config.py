@@ -72,6 +72,7 @@ class ServerConfig:
     server_buffer: int = 256 * 1024 * 1024
     max_read_size: int = 10_000
     purge_interval_s: float = 1.0
+    hello_timeout_s: float = 10.0  # a connection that says nothing in time is closed
     metrics_interval_s: float = 10.0  # traffic and consumer reports to METRICS; 0: none
     web_project: str | None = None  # HTTP requests become WEBREQUESTs of this project
     web_timeout_s: float = 30.0  # then a web request without a response gets a 504

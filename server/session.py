@@ -160,6 +160,7 @@ class Session(asyncio.BufferedProtocol):
         self._http = False  # this connection speaks HTTP (a health check, a web request)
         self._web_id: str | None = None  # the source of its WEBREQUEST, once sent
         self._web_project: Project | None = None
+        self._hello_timer: asyncio.TimerHandle | None = None
         self._blocked_reads: set[PendingRead] = set()  # ready to answer once writable
 
     # -- asyncio callbacks -------------------------------------------------------------------
@@ -169,9 +170,24 @@ class Session(asyncio.BufferedProtocol):
         transport = self.transport
         transport.set_write_buffer_limits(high=self.config.connection_buffer)
         self.server.sessions.add(self)
+        # A connection must say who it is (or finish its HTTP request) in time: one that
+        # never does would hold its socket and buffer for good.
+        self._hello_timer = asyncio.get_running_loop().call_later(
+            self.config.hello_timeout_s, self._no_hello)
+
+    def _no_hello(self) -> None:
+        if self.closed or self.project is not None or self._web_id is not None:
+            return
+        if self._http:
+            self._http_answer(http_response(408, _TEXT, b"the request did not come in time"))
+        else:
+            self._fail(0, ErrorCode.AUTH,
+                       f"no HELLO within {self.config.hello_timeout_s:g} s of connecting")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
         if self._web_id is not None and self._web_project is not None:
             self._web_project.web.forget(self._web_id)
         self._writable = True
@@ -401,6 +417,9 @@ class Session(asyncio.BufferedProtocol):
             return
         self.client_id, self.client_name = client_id, client_name
         self.project = self.server.project(project)
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
         self.send_control(Op.WELCOME, request_id, {
             "server": "fluxcore", "version": self.server.version, "protocol": PROTOCOL_VERSION,
             "session": self.session_id,

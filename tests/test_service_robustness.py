@@ -784,3 +784,26 @@ def test_sigterm_under_load_keeps_every_acked_message(server: ServerProcess) -> 
         copies = collections.Counter(m.data for m in log if m.type == "Load")
         twice = [data for data, n in copies.items() if n > 1]
         assert not twice, f"{len(twice)} messages stored twice, e.g. {twice[:3]}"
+
+
+def test_silent_connections_are_closed(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", env={"FLUXCORE_HELLO_TIMEOUT_S": "0.5"}).start()
+    try:
+        silent = Raw(server.address)
+        reply = silent.recv_frame(5)  # nothing sent: an ERROR, then the server closes
+        assert reply is not None and reply[0] == ERROR
+        assert "no HELLO within 0.5 s" in msgspec.msgpack.decode(reply[2])["message"]
+        assert silent.closed_by_server(5)
+        partial = Raw(server.address)
+        partial.send(b"GET /heal")  # an HTTP request that never ends: 408
+        partial.sock.settimeout(5)
+        assert partial.sock.recv(100).startswith(b"HTTP/1.1 408")
+        talker = Raw(server.address)
+        talker.hello()
+        time.sleep(1.0)  # past the timeout: a connection that said HELLO stays
+        talker.send(frame(PING, 7))
+        assert talker.recv_frame(5)[:2] == (PONG, 7)  # type: ignore[index]
+        for conn in (silent, partial, talker):
+            conn.close()
+    finally:
+        server.kill()
