@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import fluxcore
-from fluxcore._ext import _proto
+from fluxcore.errors import LogError
 from fluxcore.log import Log
 from fluxcore.protocol import MessageType, ProtocolError, encode_control
 
@@ -44,7 +44,6 @@ class Server:
         self._metrics_task: asyncio.Task[None] | None = None
         # fdatasync runs here, off the event loop; one sync serves every append waiting for it.
         self._sync_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fluxcore-sync")
-        self._metric_counter = 0
         self._recent: dict[str, RecentAppends] = {}
         self._buffered_at = 0.0
         self._over_buffer = False
@@ -153,18 +152,11 @@ class Server:
 
     def record_metric(self, project: Project, kind: str, body: dict[str, Any]) -> None:
         """Appends a message of payload type `kind` to the project's METRICS log."""
-        frame, self._metric_counter = _proto.encode_append(
-            0, MessageType.METRICS, 0, None, [encode_control(body)], kind, None,
-            "fluxcore-server", "server-", self._metric_counter, None, int(time.time() * 1000))
-        frames, _end, _needed = _proto.frame_scan(frame, 0, len(frame), len(frame))
-        _op, _flags, _rid, start, end = frames[0]
-        _type, _g, _topic, offsets, segments, _id = _proto.append_parse(frame, start, end)
         try:
-            project.log("metrics").append_buffer(frame, offsets, segments=segments)
-        except (OSError, ProtocolError) as exc:
+            project.append_own("metrics", MessageType.METRICS, encode_control(body),
+                               payload_type=kind, source="fluxcore-server")
+        except (OSError, ProtocolError, LogError) as exc:
             logger.error("could not record %s in %s: %s", kind, project.name, exc)
-            return
-        project.appended("metrics")
 
     def recent_appends(self, client_id: str) -> RecentAppends:
         """The last appends of a client, by first message id: what a resend must not repeat."""

@@ -62,7 +62,9 @@ class EventStore:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
         self._publish = publish
-        self.backlog = False  # events committed that the log did not take yet
+        # Events committed that the log did not take yet. Until the first retry() looks, a
+        # crash may have left some.
+        self.backlog = True
 
     # -- streams -----------------------------------------------------------------------------
 

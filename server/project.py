@@ -5,23 +5,24 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from typing import Any
 
+from fluxcore._ext import _proto
 from fluxcore.log import Log
-from fluxcore.protocol import check_name
+from fluxcore.protocol import MessageType, check_name
 
 from .config import ServerConfig
 from .events import EVENTS_FILE, EventStore
 from .positions import PositionStore
-from .schedules import ScheduleStore
+from .schedules import SCHEDULES_FILE, ScheduleStore
 from .tracking import Cluster, Waiter
 from .values import VALUES_FILE, ValueStore
 from .web import WebProxy
 
-__all__ = ["METRICS_RETENTION_MS", "SCHEDULES_FILE", "Project"]
+__all__ = ["METRICS_RETENTION_MS", "Project"]
 
 METRICS_RETENTION_MS = 30 * 24 * 3600 * 1000
-SCHEDULES_FILE = "schedules.sqlite"
 
 
 class Project:
@@ -39,20 +40,16 @@ class Project:
         self._logs: dict[str, Log] = {}
         self._clusters: dict[tuple[str, str], Cluster] = {}
         self._append_waiters: dict[str, set[Waiter]] = {}
-        self.schedules = ScheduleStore(
-            os.path.join(self.path, SCHEDULES_FILE),
-            durable=config.fsync == "always",
-            deliver=self._deliver_schedules,
-        )
-        self.values = ValueStore(
-            os.path.join(self.path, VALUES_FILE), durable=config.fsync == "always")
-        self.events = EventStore(
-            os.path.join(self.path, EVENTS_FILE),
-            durable=config.fsync == "always",
-            publish=self._publish_events,
-        )
-        self.events.backlog = True  # what a crash left unpublished goes out first
-        self.events.retry()
+        # Ids of the messages the server writes itself: unique per run of the server, too.
+        self._own_prefix = os.urandom(4).hex()
+        self._own_counter = 0
+        durable = config.fsync == "always"  # the stores sync each commit, as the logs do
+        self.schedules = ScheduleStore(os.path.join(self.path, SCHEDULES_FILE), durable=durable,
+                                       deliver=self._deliver_schedules)
+        self.values = ValueStore(os.path.join(self.path, VALUES_FILE), durable=durable)
+        self.events = EventStore(os.path.join(self.path, EVENTS_FILE), durable=durable,
+                                 publish=self._publish_events)
+        self.events.retry()  # what a crash left unpublished goes out first
         self.web = WebProxy(self)
 
     def log(self, name: str) -> Log:
@@ -107,9 +104,6 @@ class Project:
     def find_cluster(self, log: str, consumer: str) -> Cluster | None:
         return self._clusters.get((log, consumer))
 
-    def clusters(self) -> list[Cluster]:
-        return list(self._clusters.values())
-
     # -- waiting for appends -------------------------------------------------------------
 
     def watch_appends(self, log: str, waiter: Waiter) -> None:
@@ -126,6 +120,22 @@ class Project:
         if waiters:
             for waiter in list(waiters):
                 waiter.wake()
+
+    def append_own(self, log_name: str, message_type: MessageType, payload: bytes, *,
+                   payload_type: str, source: str, metadata: bytes | None = None,
+                   request_id: int = -1) -> int:
+        """Appends one message the server writes itself (metrics, web requests), wakes the
+        readers of its log, and returns its index."""
+        frame, self._own_counter = _proto.encode_append(
+            0, message_type, 0, None, [payload], payload_type, None, source,
+            f"{source}-{self._own_prefix}-", self._own_counter, metadata,
+            int(time.time() * 1000), request_id)
+        frames, _end, _needed = _proto.frame_scan(frame, 0, len(frame), len(frame))
+        _op, _flags, _rid, start, end = frames[0]
+        _type, _g, _topic, offsets, segments, _id = _proto.append_parse(frame, start, end)
+        indexes = self.log(log_name).append_buffer(frame, offsets, segments=segments)
+        self.appended(log_name)
+        return int(indexes[0])
 
     def _deliver_schedules(self, buffer: bytes, offsets: Any, segments: Any) -> None:
         self.log("schedule").append_buffer(buffer, offsets, segments=segments)

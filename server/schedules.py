@@ -25,7 +25,9 @@ from fluxcore.errors import LogError
 
 from .store import connect, transaction
 
-__all__ = ["Schedule", "ScheduleStore"]
+__all__ = ["SCHEDULES_FILE", "Schedule", "ScheduleStore"]
+
+SCHEDULES_FILE = "schedules.sqlite"
 
 logger = logging.getLogger("fluxcore.server")
 

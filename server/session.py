@@ -56,7 +56,7 @@ _INITIAL_BUFFER = 256 * 1024
 _FRAME_HEADER = 12
 _REQUIRED = object()
 MAX_SCHEDULE_ID = 200
-MAX_VALUE_KEY = 1000
+MAX_ID = 1000  # keys, aggregate and entity ids
 MAX_DEADLINE_MS = 1 << 47  # an index is milliseconds << 16 in 64 bits
 _TEXT = [("Content-Type", "text/plain")]
 
@@ -75,26 +75,11 @@ def _field(
     return value
 
 
-def _schedule_id(req: dict[str, Any]) -> str:
-    schedule_id = _field(req, "id", str)
-    if not 0 < len(schedule_id) <= MAX_SCHEDULE_ID:
-        raise ProtocolError(ErrorCode.BAD_REQUEST,
-                            f"a schedule id is 1 to {MAX_SCHEDULE_ID} characters")
-    return cast(str, schedule_id)
-
-
-def _value_key(req: dict[str, Any]) -> str:
-    key = _field(req, "key", str)
-    if not 0 < len(key) <= MAX_VALUE_KEY:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"a key is 1 to {MAX_VALUE_KEY} characters")
-    return cast(str, key)
-
-
-def _aggregate_id(req: dict[str, Any], name: str) -> str:
+def _identifier(req: dict[str, Any], name: str, limit: int = MAX_ID) -> str:
+    """A required string field of 1 to `limit` characters (ids, keys)."""
     value = _field(req, name, str)
-    if not 0 < len(value) <= MAX_VALUE_KEY:
-        raise ProtocolError(ErrorCode.BAD_REQUEST,
-                            f"{name} is an id of 1 to {MAX_VALUE_KEY} characters")
+    if not 0 < len(value) <= limit:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{name} must be 1 to {limit} characters")
     return cast(str, value)
 
 
@@ -104,7 +89,7 @@ def _event_batch(entry: Any) -> EventBatch:
     count = _field(entry, "count", int)
     if count < 0:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "a batch's count must not be negative")
-    return EventBatch(_aggregate_id(entry, "aggregate"), count,
+    return EventBatch(_identifier(entry, "aggregate"), count,
                       bool(_field(entry, "store_only", bool, False)))
 
 
@@ -113,10 +98,10 @@ def _relationships(req: dict[str, Any], name: str) -> list[tuple[str, str, str]]
     out = []
     for item in _field(req, name, list, []):
         if not (isinstance(item, list) and len(item) == 3
-                and all(isinstance(x, str) and 0 < len(x) <= MAX_VALUE_KEY for x in item)):
+                and all(isinstance(x, str) and 0 < len(x) <= MAX_ID for x in item)):
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"each of {name} is [aggregate id, "
                                 "aggregate type, entity id], strings of 1 to "
-                                f"{MAX_VALUE_KEY} characters")
+                                f"{MAX_ID} characters")
         out.append((item[0], item[1], item[2]))
     return out
 
@@ -128,7 +113,8 @@ def _schedule_entry(entry: Any) -> Schedule:
     if not 0 <= deadline < MAX_DEADLINE_MS:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"deadline {deadline} is not epoch "
                             "milliseconds an index can hold")
-    return Schedule(_schedule_id(entry), deadline, bool(_field(entry, "if_absent", bool, False)))
+    return Schedule(_identifier(entry, "id", MAX_SCHEDULE_ID), deadline,
+                    bool(_field(entry, "if_absent", bool, False)))
 
 
 def _message_type(code: int) -> MessageType:
@@ -676,7 +662,7 @@ class Session(asyncio.BufferedProtocol):
 
     def _on_get_events(self, request_id: int, req: dict[str, Any]) -> bytes:
         assert self.project is not None
-        aggregate = _aggregate_id(req, "aggregate")
+        aggregate = _identifier(req, "aggregate")
         after = _field(req, "after", int, -1)
         max_size = _field(req, "max_size", int, 1024)
         if not 0 < max_size <= self.config.max_read_size:
@@ -690,7 +676,7 @@ class Session(asyncio.BufferedProtocol):
 
     def _on_delete_events(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
         assert self.project is not None
-        return {"deleted": self.project.events.delete(_aggregate_id(req, "aggregate"))}
+        return {"deleted": self.project.events.delete(_identifier(req, "aggregate"))}
 
     def _on_update_relationships(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
         assert self.project is not None
@@ -701,25 +687,26 @@ class Session(asyncio.BufferedProtocol):
     def _on_repair_relationships(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
         assert self.project is not None
         entities = _field(req, "entities", list)
-        if not all(isinstance(e, str) and 0 < len(e) <= MAX_VALUE_KEY for e in entities):
+        if not all(isinstance(e, str) and 0 < len(e) <= MAX_ID for e in entities):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "entities are ids of 1 to "
-                                f"{MAX_VALUE_KEY} characters")
+                                f"{MAX_ID} characters")
         self.project.events.repair_relationships(
-            _aggregate_id(req, "aggregate"), _field(req, "aggregate_type", str), entities)
+            _identifier(req, "aggregate"), _field(req, "aggregate_type", str), entities)
         return {"ok": True}
 
     def _on_get_relationships(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
         assert self.project is not None
-        found = self.project.events.relationships(_aggregate_id(req, "entity"))
+        found = self.project.events.relationships(_identifier(req, "entity"))
         return {"relationships": [list(r) for r in found]}
 
     def _on_cancel_schedule(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
         assert self.project is not None
-        return {"cancelled": self.project.schedules.cancel(_schedule_id(req))}
+        schedule_id = _identifier(req, "id", MAX_SCHEDULE_ID)
+        return {"cancelled": self.project.schedules.cancel(schedule_id)}
 
     def _on_get_schedule(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
         assert self.project is not None
-        schedule_id = _schedule_id(req)
+        schedule_id = _identifier(req, "id", MAX_SCHEDULE_ID)
         found = self.project.schedules.get(schedule_id)
         if found is None:
             return {"schedule": None}
@@ -734,17 +721,17 @@ class Session(asyncio.BufferedProtocol):
         for entry in entries:
             if not isinstance(entry, dict):
                 raise ProtocolError(ErrorCode.BAD_REQUEST, "each value is a map")
-            pairs.append((_value_key(entry), bytes(_field(entry, "value", bytes))))
+            pairs.append((_identifier(entry, "key"), bytes(_field(entry, "value", bytes))))
         if_absent = bool(_field(req, "if_absent", bool, False))
         return {"stored": self.project.values.store(pairs, if_absent)}
 
     def _on_get_value(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
         assert self.project is not None
-        return {"value": self.project.values.get(_value_key(req))}
+        return {"value": self.project.values.get(_identifier(req, "key"))}
 
     def _on_delete_value(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
         assert self.project is not None
-        return {"deleted": self.project.values.delete(_value_key(req))}
+        return {"deleted": self.project.values.delete(_identifier(req, "key"))}
 
     def _on_set_retention(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
         assert self.project is not None

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -122,7 +121,6 @@ class WebProxy:
         self.project = project
         self.waiting: dict[str, Waiting] = {}
         self._after = 0  # responses up to this index were looked at
-        self._counter = 0
         self._watching = False
 
     def request(self, proxy_id: str, request: HttpRequest, respond: Any) -> None:
@@ -135,19 +133,14 @@ class WebProxy:
             self._watching = True
         metadata = {"url": request.target, "method": request.method,
                     "headers": json.dumps(dict(request.headers))}
-        frame, self._counter = _proto.encode_append(
-            0, MessageType.WEBREQUEST, 0, None, [request.body],
-            f"{request.method} {request.path}", None, proxy_id, f"{proxy_id}-", self._counter,
-            encode_metadata(metadata), int(time.time() * 1000), 1)
-        frames, _end, _needed = _proto.frame_scan(frame, 0, len(frame), len(frame))
-        _type, _g, _topic, offsets, segments, _id = _proto.append_parse(
-            frame, frames[0][3], frames[0][4])
-        self.project.log("webrequest").append_buffer(frame, offsets, segments=segments)
+        self.project.append_own(
+            "webrequest", MessageType.WEBREQUEST, request.body,
+            payload_type=f"{request.method} {request.path}", source=proxy_id,
+            metadata=encode_metadata(metadata), request_id=1)
         waiting = Waiting(respond, request.method == "HEAD")
         self.waiting[proxy_id] = waiting
         waiting.timer = asyncio.get_running_loop().call_later(
             self.project.config.web_timeout_s, self._expire, proxy_id)
-        self.project.appended("webrequest")
 
     def forget(self, proxy_id: str) -> None:
         """The HTTP connection closed before its answer came."""
