@@ -1,4 +1,5 @@
-"""The `fluxcore` command: look into, check and feed an embedded log from the shell."""
+"""The `fluxcore` command: look into, check and feed an embedded log from the shell; run the
+service; summarize what is connected to it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 
 from fluxcore.errors import LogError
 from fluxcore.log import Log
+from fluxcore.protocol import ProtocolError
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
@@ -69,6 +71,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return int(server.run(config))
 
 
+def _cmd_metrics(args: argparse.Namespace) -> int:
+    # The client is a layer above the log too: imported only for this command.
+    client_module = importlib.import_module("fluxcore.client")
+    summary = importlib.import_module("fluxcore.client.metrics")
+    with client_module.Client.connect(args.address, token=args.token, name="fluxcore-cli",
+                                      project=args.project, reconnect=False) as client:
+        print(json.dumps(summary.metrics_summary(client, args.since_s), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fluxcore", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true", help="wait for new records")
     p.add_argument("--since-ms", type=int, help="start at this time (epoch ms): time travel")
     p.set_defaults(func=_cmd_tail)
+
+    p = sub.add_parser("metrics", help="summarize a project's METRICS log on a server as JSON")
+    p.add_argument("address", help="host:port of the server")
+    p.add_argument("--token", required=True, help="the project's token")
+    p.add_argument("--project", default="public")
+    p.add_argument("--since-s", type=float, default=300.0, help="look this far back")
+    p.set_defaults(func=_cmd_metrics)
     return parser
 
 
@@ -112,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (LogError, OSError, ValueError) as exc:
+    except (LogError, OSError, ValueError, ProtocolError) as exc:
         print(f"fluxcore: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

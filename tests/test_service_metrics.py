@@ -106,3 +106,37 @@ def test_traffic_lag_and_tracker_metrics(tmp_path: Path) -> None:
                     "disconnect_tracker"} <= kinds
     finally:
         server.kill()
+
+
+def test_metrics_command_summarizes_the_project(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    server = ServerProcess(tmp_path / "data", env={"FLUXCORE_METRICS_INTERVAL_S": "0.2"})
+    server.start()
+    try:
+        with Client.connect(server.address, token=TOKEN, name="shop") as client:
+            first = client.publish_batch(MessageType.EVENT, [b"x"] * 50, type="T")
+            assert first is not None
+            got: list[Message] = []
+            consumer = client.consume("billing", MessageType.EVENT, got.append,
+                                      from_index=int(first[0]))
+            wait_for_metric(client, "consumer_stats",
+                            lambda m: m["consumer"] == "billing" and m["behind_ms"] == 0)
+            out = subprocess.run(
+                [sys.executable, "-m", "fluxcore", "metrics", server.address, "--token", TOKEN],
+                capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            summary = json.loads(out.stdout)
+            mine = summary["clients"][client.client_id]
+            assert mine["client_name"] == "shop" and mine["connected"]
+            assert mine["messages_in"] == 50 and mine["messages_out"] == 50
+            assert summary["consumers"]["event/billing"]["behind_ms"] == 0
+            consumer.stop()
+        bad = subprocess.run(
+            [sys.executable, "-m", "fluxcore", "metrics", server.address, "--token", "wrong"],
+            capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 1 and "token" in bad.stderr
+    finally:
+        server.kill()
