@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 import re
+import struct
 from typing import Any
 
 import msgspec
@@ -21,8 +22,10 @@ __all__ = [
     "MessageType",
     "Op",
     "ProtocolError",
+    "batch_body",
     "check_name",
     "decode_control",
+    "decode_record",
     "encode_control",
     "encode_metadata",
     "index_from_time",
@@ -181,3 +184,18 @@ def _decode_metadata(raw: bytes) -> dict[str, str]:
 
 
 _proto.set_metadata_decoder(_decode_metadata)
+
+
+# The BATCH body's header (docs/protocol.md): segment range, caught up, last index, count.
+_BATCH_HEADER = struct.Struct("<HHB3xQI4x")
+
+
+def batch_body(records: list[bytes], *, caught_up: bool = True, last_index: int = 0) -> bytes:
+    """A BATCH body of records already in the log's layout (each padded to 8 bytes)."""
+    return _BATCH_HEADER.pack(0, 0, caught_up, last_index, len(records)) + b"".join(records)
+
+
+def decode_record(record: bytes) -> _proto.Message:
+    """One record in the log's layout as the Message a consumer would get for it."""
+    body = batch_body([record + bytes(-len(record) % 8)])
+    return _proto.decode_batch(body, 0, len(body))[4][0]

@@ -31,6 +31,7 @@ from fluxcore.protocol import (
     MessageType,
     Op,
     ProtocolError,
+    batch_body,
     check_name,
     decode_control,
     encode_control,
@@ -670,8 +671,7 @@ class Session(asyncio.BufferedProtocol):
                                 f"max_size must be 1..{self.config.max_read_size}")
         records = self.project.events.read(aggregate, after, max_size)
         last = struct.unpack_from("<Q", records[-1], 8)[0] if records else 0
-        header = struct.pack("<HHB3xQI4x", 0, 0, len(records) < max_size, last, len(records))
-        body = header + b"".join(records)
+        body = batch_body(records, caught_up=len(records) < max_size, last_index=last)
         return bytes(_proto.frame_header(Op.BATCH, request_id, len(body))) + body
 
     def _on_delete_events(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:

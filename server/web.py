@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fluxcore._ext import _proto
-from fluxcore.protocol import MessageType, encode_metadata
+from fluxcore.protocol import MessageType, decode_record, encode_metadata
 
 if TYPE_CHECKING:
     from .project import Project
@@ -27,7 +26,6 @@ __all__ = ["HTTP_METHODS", "HttpError", "HttpRequest", "WebProxy", "http_respons
 
 HTTP_METHODS = (b"GET ", b"HEAD", b"POST", b"PUT ", b"DELE", b"PATC", b"OPTI")
 MAX_HEAD = 64 * 1024  # request line and headers
-_BATCH_HEADER = struct.Struct("<HHB3xQI4x")  # segment range, caught up, last index, count
 _RECORD_HEADER_SIZE = 24
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 408: "Request Timeout",
@@ -192,10 +190,6 @@ def _to_http(batch: Any, position: int, head_only: bool) -> bytes:
 
 
 def _decode_record(batch: Any, position: int) -> Any:
-    # A one-record BATCH body around the record, decoded as a client would.
     offset = int(batch.offsets[position])
     length = int(batch.lengths[position])
-    record = bytes(batch.data[offset - _RECORD_HEADER_SIZE : offset + length])
-    record += bytes(-len(record) % 8)
-    body = _BATCH_HEADER.pack(0, 0, 1, 0, 1) + record
-    return _proto.decode_batch(body, 0, len(body))[4][0]
+    return decode_record(bytes(batch.data[offset - _RECORD_HEADER_SIZE : offset + length]))

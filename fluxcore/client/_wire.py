@@ -30,6 +30,7 @@ from fluxcore.protocol import (
     Op,
     ProtocolError,
     decode_control,
+    decode_record,
     encode_control,
     encode_metadata,
 )
@@ -109,7 +110,6 @@ class Scheduled:
     message: Message
 
 
-_BATCH_HEADER = struct.Struct("<HHB3xQI4x")
 _RECORD_HEADER = struct.Struct("<IIQHHI")
 
 
@@ -120,12 +120,8 @@ def scheduled_from(answer: dict[str, Any] | None) -> Scheduled | None:
     message = bytes(answer["message"])
     length = _RECORD_HEADER.size + len(message)
     index = int(answer["deadline"]) << 16
-    # Decoded as a one-record BATCH, so that it is the same Message a consumer gets.
-    body = (_BATCH_HEADER.pack(0, 0, 1, index, 1)
-            + _RECORD_HEADER.pack(length, 0, index, int(answer["segment"]), 0, 0)
-            + message + bytes(-length % 8))
-    messages = _proto.decode_batch(body, 0, len(body))[4]
-    return Scheduled(str(answer["id"]), int(answer["deadline"]), messages[0])
+    record = _RECORD_HEADER.pack(length, 0, index, int(answer["segment"]), 0, 0) + message
+    return Scheduled(str(answer["id"]), int(answer["deadline"]), decode_record(record))
 
 
 def schedule_request(
