@@ -21,7 +21,9 @@ from fluxcore.errors import LogError
 from fluxcore.log import Log
 from fluxcore.protocol import MessageType, ProtocolError, encode_control
 
+from .buffers import ReceiveBudget, UnsentBytes
 from .config import ServerConfig
+from .descriptors import Descriptors, raise_open_file_limit
 from .metrics import consumer_stats
 from .project import Project
 from .session import Session
@@ -44,14 +46,21 @@ class Server:
         self._metrics_task: asyncio.Task[None] | None = None
         # fdatasync runs here, off the event loop; one sync serves every append waiting for it.
         self._sync_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fluxcore-sync")
+        before, soft, hard = raise_open_file_limit()
+        self.descriptors = Descriptors()
+        logger.info("open-file limit: soft %d (was %d), hard %d; %d kept in reserve for health "
+                    "checks and error answers", soft, before, hard, self.descriptors.reserve)
         self._recent: dict[str, RecentAppends] = {}
-        self._buffered_at = 0.0
-        self._over_buffer = False
+        # server_buffer bounds both: large frames being received, answers not yet sent.
+        self.receive_budget = ReceiveBudget(config.server_buffer)
+        self.unsent = UnsentBytes()
 
     def project(self, name: str) -> Project:
         project = self.projects.get(name)
         if project is None:
-            project = Project(name, self.config)
+            if self.descriptors.lowest_free() >= self.descriptors.threshold:
+                raise self.descriptors.refuse(f"project {name!r} not opened")
+            project = Project(name, self.config, self.descriptors)
             self.projects[name] = project
         return project
 
@@ -107,6 +116,7 @@ class Server:
         for project in self.projects.values():
             project.close()  # syncs every log (unless fsync is never)
         self._sync_pool.shutdown(wait=True)
+        self.descriptors.close()
 
     def session_closed(self, session: Session) -> None:
         self.sessions.discard(session)
@@ -172,17 +182,12 @@ class Server:
         await loop.run_in_executor(self._sync_pool, log._sync_to, index)
 
     def buffered(self) -> int:
-        return sum(s.transport.get_write_buffer_size() for s in self.sessions
-                   if s.transport is not None)
+        """Bytes answered and not yet sent, all connections together (at most 5 ms old)."""
+        return self.unsent.total()
 
     def over_buffer(self) -> bool:
-        """Whether all connections together hold more unsent bytes than `server_buffer`;
-        the sum is taken at most every 5 ms."""
-        now = time.monotonic()
-        if now - self._buffered_at > 0.005:
-            self._buffered_at = now
-            self._over_buffer = self.buffered() > self.config.server_buffer
-        return self._over_buffer
+        """Whether all connections together hold more unsent bytes than `server_buffer`."""
+        return self.unsent.total() > self.config.server_buffer
 
     async def _flush_loop(self) -> None:
         while True:

@@ -71,6 +71,7 @@ class ServerConfig:
     connection_buffer: int = 8 * 1024 * 1024
     server_buffer: int = 256 * 1024 * 1024
     max_read_size: int = 10_000
+    max_logs: int = 1000  # custom topics and document collections per project
     purge_interval_s: float = 1.0
     hello_timeout_s: float = 10.0  # a connection that says nothing in time is closed
     metrics_interval_s: float = 10.0  # traffic and consumer reports to METRICS; 0: none

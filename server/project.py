@@ -3,14 +3,16 @@ tracker clusters. Projects are fully isolated: each has its own directory."""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import sqlite3
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fluxcore._ext import _proto
 from fluxcore.log import Log
-from fluxcore.protocol import MessageType, check_name
+from fluxcore.protocol import ErrorCode, MessageType, ProtocolError, check_name
 
 from .config import ServerConfig
 from .events import EVENTS_FILE, EventStore
@@ -20,17 +22,27 @@ from .tracking import Cluster, Waiter
 from .values import VALUES_FILE, ValueStore
 from .web import WebProxy
 
+if TYPE_CHECKING:
+    from .descriptors import Descriptors
+
 __all__ = ["METRICS_RETENTION_MS", "Project"]
 
 METRICS_RETENTION_MS = 30 * 24 * 3600 * 1000
+# Logs a client names (custom topics, document collections): `max_logs` per project.
+NAMED_LOG_PREFIXES = ("custom-", "document-")
 
 
 class Project:
-    def __init__(self, name: str, config: ServerConfig) -> None:
+    def __init__(self, name: str, config: ServerConfig,
+                 descriptors: Descriptors | None = None) -> None:
         self.name = check_name("project", name)
         self.config = config
         self.path = os.path.join(config.data_dir, name)
-        os.makedirs(os.path.join(self.path, "logs"), exist_ok=True)
+        logs = os.path.join(self.path, "logs")
+        os.makedirs(logs, exist_ok=True)
+        self._descriptors = descriptors
+        self._named_logs = {entry for entry in os.listdir(logs)
+                            if entry.startswith(NAMED_LOG_PREFIXES)}
         state = os.path.join(self.path, "state.sqlite")
         self.positions = PositionStore(state)
         self._settings = sqlite3.connect(state, check_same_thread=False)
@@ -56,17 +68,48 @@ class Project:
         """The log called `name`, opened (and created) on first use."""
         log = self._logs.get(name)
         if log is None:
-            retention = self._settings.execute(
-                "SELECT retention_ms FROM log_settings WHERE log = ?", (name,)).fetchone()
+            log = self._logs[name] = self._open_log(name)
+        return log
+
+    def _open_log(self, name: str) -> Log:
+        named = name.startswith(NAMED_LOG_PREFIXES)
+        new = named and name not in self._named_logs
+        if new and len(self._named_logs) >= self.config.max_logs:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, f"project {self.name!r} has {len(self._named_logs)} "
+                f"custom topics and document collections, the server's max_logs: {name!r} is "
+                "not created")
+        if self._descriptors is not None:
+            self._descriptors.check_log(name, builtin=not named)
+        path = os.path.join(self.path, "logs", name)
+        existed = os.path.isdir(path)
+        retention = self._settings.execute(
+            "SELECT retention_ms FROM log_settings WHERE log = ?", (name,)).fetchone()
+        try:
             log = Log(
-                os.path.join(self.path, "logs", name),
+                path,
                 fsync=self.config.fsync,  # type: ignore[arg-type]
                 fsync_interval_ms=self.config.fsync_interval_ms,
                 segment_file_size=self.config.segment_file_size,
                 page_cache_bytes=self.config.page_cache_bytes,
                 retention_ms=retention[0] if retention else self._default_retention(name),
             )
-            self._logs[name] = log
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE) or self._descriptors is None:
+                raise
+            if not existed:
+                shutil.rmtree(path, ignore_errors=True)
+            raise self._descriptors.refuse(f"log {name!r} not opened") from exc
+        if self._descriptors is not None:
+            try:  # the log took descriptors of the reserve: give them back
+                self._descriptors.check_log(name, builtin=not named)
+            except OSError:
+                log.close()
+                if not existed:
+                    shutil.rmtree(path, ignore_errors=True)
+                raise
+        if named:
+            self._named_logs.add(name)
         return log
 
     def _default_retention(self, name: str) -> int | None:

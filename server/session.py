@@ -11,6 +11,7 @@ buffer; reads also wait while the whole server is past `server_buffer`.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import re
 import sqlite3
@@ -38,12 +39,13 @@ from fluxcore.protocol import (
     log_name,
 )
 
+from .buffers import MAX_HELLO_FRAME, SMALL_BUFFER
 from .events import EventBatch
 from .metrics import SessionStats
 from .positions import merged_ranges
 from .reads import PendingRead, ReadParams, TypeFilter
 from .schedules import Schedule
-from .web import HTTP_METHODS, HttpError, http_response, parse_http
+from .web import HTTP_METHODS, MAX_HEAD, HttpError, http_response, parse_http
 
 if TYPE_CHECKING:
     from .app import Server
@@ -53,8 +55,9 @@ __all__ = ["Session"]
 
 logger = logging.getLogger("fluxcore.server")
 
-_INITIAL_BUFFER = 256 * 1024
 _FRAME_HEADER = 12
+_SHRINK_AFTER_S = 1.0  # a grown receive buffer unused this long goes back to the small size
+_REFUSED_TIMEOUT_S = 1.0  # a connection refused for want of descriptors: closed this soon
 _REQUIRED = object()
 MAX_SCHEDULE_ID = 200
 MAX_ID = 1000  # keys, aggregate and entity ids
@@ -135,9 +138,12 @@ class Session(asyncio.BufferedProtocol):
         self.client_id = ""
         self.client_name = ""
         self.closed = False
-        self._buf = bytearray(_INITIAL_BUFFER)
+        self._buf = bytearray(SMALL_BUFFER)  # grows for a large frame (server/buffers.py)
         self._start = 0
         self._end = 0
+        self._awaiting_memory = False  # reading paused until the receive budget has room
+        self._large_used_at = 0.0
+        self._shrink_timer: asyncio.TimerHandle | None = None
         self._writable = True  # false while the client is not reading its answers
         self.pending_acks: set[asyncio.Task[None]] = set()  # acks waiting for a sync
         self._type_filters: dict[str, TypeFilter] = {}
@@ -149,6 +155,7 @@ class Session(asyncio.BufferedProtocol):
         self._web_project: Project | None = None
         self._hello_timer: asyncio.TimerHandle | None = None
         self._blocked_reads: set[PendingRead] = set()  # ready to answer once writable
+        self._refused = False  # accepted into the descriptor reserve: only /health is served
 
     # -- asyncio callbacks -------------------------------------------------------------------
 
@@ -159,14 +166,21 @@ class Session(asyncio.BufferedProtocol):
         self.server.sessions.add(self)
         # A connection must say who it is (or finish its HTTP request) in time: one that
         # never does would hold its socket and buffer for good.
-        self._hello_timer = asyncio.get_running_loop().call_later(
-            self.config.hello_timeout_s, self._no_hello)
+        timeout = self.config.hello_timeout_s
+        sock = transport.get_extra_info("socket")
+        if sock is not None and not self.server.descriptors.connection_allowed(sock.fileno()):
+            # In the reserve: a health check is answered, anything else refused, soon.
+            self._refused = True
+            timeout = min(timeout, _REFUSED_TIMEOUT_S)
+        self._hello_timer = asyncio.get_running_loop().call_later(timeout, self._no_hello)
 
     def _no_hello(self) -> None:
         if self.closed or self.project is not None or self._web_id is not None:
             return
         if self._http:
             self._http_answer(http_response(408, _TEXT, b"the request did not come in time"))
+        elif self._refused:
+            self._refuse(0)
         else:
             self._fail(0, ErrorCode.AUTH,
                        f"no HELLO within {self.config.hello_timeout_s:g} s of connecting")
@@ -175,6 +189,11 @@ class Session(asyncio.BufferedProtocol):
         self.closed = True
         if self._hello_timer is not None:
             self._hello_timer.cancel()
+        if self._shrink_timer is not None:
+            self._shrink_timer.cancel()
+        self.server.receive_budget.release(self)
+        if self.transport is not None:
+            self.server.unsent.forget(self.transport)
         if self._web_id is not None and self._web_project is not None:
             self._web_project.web.forget(self._web_id)
         self._writable = True
@@ -197,8 +216,10 @@ class Session(asyncio.BufferedProtocol):
             return
         if self._start < self._end:
             self._process()  # the requests held back while the client was not reading
-        if self.transport is not None and self._writable:
+        if self.transport is not None and self._writable and not self._awaiting_memory:
             self.transport.resume_reading()
+
+    # -- the receive buffer: small, grown for what has arrived of a large frame ---------------
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._end == len(self._buf):
@@ -208,17 +229,61 @@ class Session(asyncio.BufferedProtocol):
                 pending = self._end - self._start
                 self._buf[:pending] = self._buf[self._start : self._end]
                 self._start, self._end = 0, pending
-            else:
-                self._grow(2 * len(self._buf))
+            else:  # not reached: _fit leaves room or pauses reading; never hand out nothing
+                self._replace(len(self._buf) + SMALL_BUFFER)
         return memoryview(self._buf)[self._end :]
 
-    def _grow(self, size: int) -> None:
+    def _fit(self, wanted: int) -> None:
+        """After the complete frames are answered: room for the incomplete one, `wanted`
+        bytes of buffer from its start, granted by the server's receive budget first. Without
+        a grant the socket is not read until there is one (granted())."""
+        if wanted <= SMALL_BUFFER:
+            if len(self._buf) > SMALL_BUFFER and self._shrink_timer is None:
+                self._shrink_timer = asyncio.get_running_loop().call_later(
+                    _SHRINK_AFTER_S, self._shrink)
+            return
+        self._large_used_at = time.monotonic()
+        if not self.server.receive_budget.request(self, wanted - SMALL_BUFFER):
+            self._awaiting_memory = True
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
+        self._make_room(wanted)
+
+    def _make_room(self, wanted: int) -> None:
+        if self._end < len(self._buf) or wanted <= len(self._buf):
+            return  # room left, or get_buffer makes some by moving the frame to the front
+        # Double with what arrives, never past the grant: a length announced is not memory.
+        self._replace(min(2 * len(self._buf), wanted))
+
+    def _replace(self, size: int) -> None:
         # A new buffer, never a resize: asyncio may still hold a view of the old one.
-        size = min(max(size, _INITIAL_BUFFER), self.config.max_frame + 4)
         fresh = bytearray(size)
         pending = self._end - self._start
         fresh[:pending] = self._buf[self._start : self._end]
         self._buf, self._start, self._end = fresh, 0, pending
+
+    def granted(self) -> None:
+        """The receive budget has room for the frame this connection waits to read."""
+        self._awaiting_memory = False
+        if self.closed:
+            self.server.receive_budget.release(self)
+            return
+        self._make_room(SMALL_BUFFER + self.server.receive_budget.held(self))
+        if self.transport is not None and self._writable:
+            self.transport.resume_reading()
+
+    def _shrink(self) -> None:
+        self._shrink_timer = None
+        if self.closed or len(self._buf) <= SMALL_BUFFER:
+            return
+        idle = time.monotonic() - self._large_used_at
+        if idle < _SHRINK_AFTER_S or self._end - self._start > SMALL_BUFFER:
+            self._shrink_timer = asyncio.get_running_loop().call_later(
+                max(_SHRINK_AFTER_S - idle, 0.05), self._shrink)
+            return
+        self._replace(SMALL_BUFFER)
+        self.server.receive_budget.release(self)
 
     def buffer_updated(self, nbytes: int) -> None:
         self._end += nbytes
@@ -230,12 +295,17 @@ class Session(asyncio.BufferedProtocol):
 
     def _process(self) -> None:
         """Answers the complete frames received, until the client stops taking answers."""
+        # Before HELLO a frame must fit the small buffer: nobody unknown makes it grow.
+        limit = self.config.max_frame if self.project is not None else MAX_HELLO_FRAME - 4
         try:
             frames, consumed, needed = _proto.frame_scan(
-                self._buf, self._start, self._end, self.config.max_frame
-            )
+                self._buf, self._start, self._end, limit)
         except FrameError as exc:
-            self._fail(0, ErrorCode.BAD_FRAME, str(exc))
+            (length,) = struct.unpack_from("<I", self._buf, self._start)
+            message = str(exc)
+            if self.project is None and length > limit:
+                message = f"frame length {length} is over {limit}, the limit before HELLO"
+            self._fail(0, ErrorCode.BAD_FRAME, message)
             return
         for op, flags, request_id, body_start, body_end in frames:
             if not self._writable:
@@ -249,14 +319,14 @@ class Session(asyncio.BufferedProtocol):
         self._start = consumed
         if self._start == self._end:
             self._start = self._end = 0
-        elif needed > len(self._buf) - self._start:
-            self._grow(needed)
+        self._fit(max(needed, self._end - self._start))
 
     # -- sending -----------------------------------------------------------------------------
 
     def send(self, frame: bytes) -> None:
         if not self.closed and self.transport is not None:
             self.transport.write(frame)
+            self.server.unsent.wrote(self.transport)
 
     def send_control(self, op: Op, request_id: int, value: Any) -> None:
         body = encode_control(value)
@@ -299,8 +369,10 @@ class Session(asyncio.BufferedProtocol):
         except HttpError as exc:
             self._http_answer(http_response(exc.status, _TEXT, str(exc).encode()))
             return
-        if parsed is None:
-            return  # more to come
+        if parsed is None:  # more to come
+            if self._end == len(self._buf):
+                self._fit(min(2 * len(self._buf), self.config.max_frame + MAX_HEAD))
+            return
         request, _length = parsed
         head = request.method == "HEAD"
         if request.path == "/health":
@@ -308,6 +380,9 @@ class Session(asyncio.BufferedProtocol):
             self._http_answer(http_response(status, _TEXT, body, head))
         elif self.server.stopping:
             self._http_answer(http_response(503, _TEXT, b"the server is stopping", head))
+        elif self._refused:
+            message = str(self.server.descriptors.refuse("HTTP request refused"))
+            self._http_answer(http_response(503, _TEXT, message.encode(), head))
         elif self.config.web_project is None:
             self._http_answer(http_response(
                 404, _TEXT, b"no web proxy here (the server has no web_project)", head))
@@ -369,6 +444,13 @@ class Session(asyncio.BufferedProtocol):
                             "nothing of the request was stored")
         except (ValueError, TypeError, UnicodeDecodeError, OverflowError) as exc:
             self.send_error(request_id, ErrorCode.BAD_REQUEST, str(exc))
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):  # refused (descriptors.py) or hit
+                logger.error("out of open files in session %s: %s", self.session_id, exc)
+                self.send_error(request_id, ErrorCode.UNAVAILABLE, str(exc))
+            else:
+                logger.exception("internal error in session %s", self.session_id)
+                self.send_error(request_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # a bug of ours: tell the client, keep serving the others
             logger.exception("internal error in session %s", self.session_id)
             self.send_error(request_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
@@ -388,7 +470,14 @@ class Session(asyncio.BufferedProtocol):
 
     # -- operations --------------------------------------------------------------------------
 
+    def _refuse(self, request_id: int) -> None:
+        self._fail(request_id, ErrorCode.UNAVAILABLE,
+                   str(self.server.descriptors.refuse("connection refused")))
+
     def _on_hello(self, request_id: int, req: dict[str, Any]) -> None:
+        if self._refused:
+            self._refuse(request_id)
+            return
         client_id = _field(req, "client_id", str)
         client_name = _field(req, "client_name", str)
         project = req.get("project", "public")

@@ -21,7 +21,7 @@ from fluxcore.protocol import MessageType, decode_record, encode_metadata
 if TYPE_CHECKING:
     from .project import Project
 
-__all__ = ["HTTP_METHODS", "HttpError", "HttpRequest", "WebProxy", "http_response",
+__all__ = ["HTTP_METHODS", "MAX_HEAD", "HttpError", "HttpRequest", "WebProxy", "http_response",
            "parse_http"]
 
 HTTP_METHODS = (b"GET ", b"HEAD", b"POST", b"PUT ", b"DELE", b"PATC", b"OPTI")

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,10 @@ class ServerProcess:
     """`fluxcore serve` in a child process; `address` is host:port once started."""
 
     def __init__(self, data_dir: Path, *extra: str, token: str = TOKEN, port: int = 0,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None,
+                 preexec_fn: Callable[[], None] | None = None) -> None:
         self.data_dir = data_dir
+        self.preexec_fn = preexec_fn  # runs in the child before exec (e.g. setrlimit)
         self.env = env or {}
         self.extra = list(extra)
         self.token = token
@@ -40,7 +43,8 @@ class ServerProcess:
             cmd += ["--token", self.token]
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env=dict(os.environ, PYTHONUNBUFFERED="1", **self.env), start_new_session=True)
+            env=dict(os.environ, PYTHONUNBUFFERED="1", **self.env), start_new_session=True,
+            preexec_fn=self.preexec_fn)
         assert self.proc.stdout is not None
         found = threading.Event()
 
