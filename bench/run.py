@@ -2,6 +2,7 @@
 
 python bench/run.py --suite embedded --json FILE [--quick] [--dir DIR]
 python bench/run.py --suite service --json FILE [--quick] [--dir DIR]
+python bench/run.py --suite scale --json FILE [--quick] [--dir DIR] [--only ROW]
 python -m bench.run ...
 """
 
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--suite", choices=["embedded", "service"], default="embedded")
+    parser.add_argument("--suite", choices=["embedded", "service", "scale"], default="embedded")
     parser.add_argument("--json", type=Path, required=True, help="where to write the rows")
     parser.add_argument("--quick", action="store_true", help="small sizes: under a minute")
     parser.add_argument(
@@ -35,9 +36,14 @@ def main(argv: list[str] | None = None) -> int:
         "(default: the system temp dir); put it on the disk you care about",
     )
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per row")
+    parser.add_argument("--only", action="append", default=None,
+                        help="scale suite: run only this measurement (connection_rows, "
+                        "log_rows, wake_row, fanout_row, restart_row); may repeat")
     args = parser.parse_args(argv)
     if args.suite == "service":
         return _service(args)
+    if args.suite == "scale":
+        return _scale(args)
 
     sizes = QUICK if args.quick else FULL
     if args.repeats is not None:
@@ -60,6 +66,18 @@ def _service(args: argparse.Namespace) -> int:
         sizes = dataclasses.replace(sizes, repeats=args.repeats)
     results = run_service(sizes, args.dir)
     print(report.render(results, SERVICE_COLUMNS))
+    report.write_json(results, args.json)
+    print(f"\nwrote {len(results.rows)} rows to {args.json}")
+    return 0
+
+
+def _scale(args: argparse.Namespace) -> int:
+    from bench import report
+    from bench.scale import SCALE_FULL, SCALE_QUICK, run_scale
+
+    results = run_scale(SCALE_QUICK if args.quick else SCALE_FULL, args.dir, args.quick,
+                        args.only)
+    print(report.render(results, ("fluxcore",)))
     report.write_json(results, args.json)
     print(f"\nwrote {len(results.rows)} rows to {args.json}")
     return 0

@@ -124,7 +124,7 @@ class Server:
         if project is None or self.stopping:
             return
         self._report_session(session)  # its traffic since the last report
-        for (log_name, consumer), cluster in project.cluster_items():
+        for (log_name, consumer), cluster in session.clusters.items():
             for tracker_id in cluster.leave_session(session.session_id):
                 self.tracker_gone(project, log_name, consumer, tracker_id, "disconnected",
                                   session)

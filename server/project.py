@@ -17,6 +17,7 @@ from fluxcore.protocol import ErrorCode, MessageType, ProtocolError, check_name
 from .config import ServerConfig
 from .events import EVENTS_FILE, EventStore
 from .positions import PositionStore
+from .reads import wake_all
 from .schedules import SCHEDULES_FILE, ScheduleStore
 from .tracking import Cluster, Waiter
 from .values import VALUES_FILE, ValueStore
@@ -161,8 +162,7 @@ class Project:
     def appended(self, log: str) -> None:
         waiters = self._append_waiters.get(log)
         if waiters:
-            for waiter in list(waiters):
-                waiter.wake()
+            wake_all(list(waiters))
 
     def append_own(self, log_name: str, message_type: MessageType, payload: bytes, *,
                    payload_type: str, source: str, metadata: bytes | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import struct
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -26,12 +27,13 @@ if TYPE_CHECKING:
 
     from .project import Project
     from .session import Session
-    from .tracking import Cluster, Tracker
+    from .tracking import Cluster, Tracker, Waiter
 
-__all__ = ["PendingRead", "ReadParams", "TypeFilter"]
+__all__ = ["PendingRead", "ReadParams", "TypeFilter", "wake_all"]
 
 # How many all-filtered-out batches one attempt skips before it lets other work run.
 _SCANS_PER_TURN = 16
+_REQUEST_ID = struct.Struct("<I")  # at offset 8 of a frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,7 @@ class PendingRead:
         self._default_start = params.last_index if params.last_index is not None else (
             (int(time.time() * 1000) - 1000) << 16)
         self._watching = False
+        self._next_after = 0  # where the last read of an attempt ended
 
     def start(self) -> None:
         self.session.reads.add(self)
@@ -107,43 +110,73 @@ class PendingRead:
             self._watch()
 
     def _attempt(self) -> bool:
-        params, tracker, cluster = self.params, self.tracker, self.cluster
+        params = self.params
         for _ in range(_SCANS_PER_TURN):
-            if params.tracker_id not in cluster.trackers:  # disconnected meanwhile
+            if params.tracker_id not in self.cluster.trackers:  # disconnected meanwhile
                 self._send(_proto.empty_batch_frame(self.request_id, 0, 0, 0, True))
                 return True
-            seg_range = (0, 128) if params.ignore_segment else tracker.range
-            if seg_range == EMPTY:
+            plan = self._plan()
+            if plan is None:
                 return False
-            if params.client_index:
-                positions = None
-                start = self._default_start
-            else:
-                stored = self.project.positions.get(params.log_name, params.consumer)
-                positions = np.where(stored == UNSET, np.uint64(self._default_start), stored)
-                start = int(positions[seg_range[0]:seg_range[1]].min())
-            batch = self.log.read(start, max_count=params.max_size,
-                                  segments=None if params.ignore_segment else seg_range)
-            mask = self.type_filter.mask(batch) if self.type_filter and len(batch) else None
-            scanned = batch.next_after != start
-            frame, count = _proto.batch_frame(
-                self.request_id, batch, positions, self.session.client_id, params.tracker_id,
-                params.filter_target, mask, seg_range[0], seg_range[1],
-                batch.next_after if scanned else 0, len(batch) < params.max_size)
+            positions, start, seg_range = plan
+            frame, count, scanned = self._frame(
+                self.request_id, self._read(start, seg_range), positions, start, seg_range)
             if count or (scanned and params.client_index):
                 # Messages, or (for a reader that keeps its own index) the new last index, so
                 # that it does not scan the filtered-out messages again.
-                if count:
-                    cluster.processing(tracker)
-                self.session.delivered(frame, count)
+                self._deliver(frame, count)
                 return True
             if not scanned:
                 return False
             # Everything read was filtered out: move the consumer past it and look further.
             self.project.positions.store(params.log_name, params.consumer, seg_range[0],
-                                         seg_range[1], batch.next_after)
+                                         seg_range[1], self._next_after)
         asyncio.get_running_loop().call_soon(self.wake)
         return False
+
+    def _plan(self) -> tuple[Any, int, tuple[int, int]] | None:
+        """What an attempt reads now: (positions or None, start, segment range); None while
+        the tracker has no range."""
+        params = self.params
+        seg_range = (0, 128) if params.ignore_segment else self.tracker.range
+        if seg_range == EMPTY:
+            return None
+        if params.client_index:
+            return None, self._default_start, seg_range
+        stored = self.project.positions.get(params.log_name, params.consumer)
+        positions = np.where(stored == UNSET, np.uint64(self._default_start), stored)
+        return positions, int(positions[seg_range[0]:seg_range[1]].min()), seg_range
+
+    def _read(self, start: int, seg_range: tuple[int, int]) -> Any:
+        return self.log.read(start, max_count=self.params.max_size,
+                             segments=None if self.params.ignore_segment else seg_range)
+
+    def _frame(self, request_id: int, batch: Any, positions: Any, start: int,
+               seg_range: tuple[int, int]) -> tuple[bytes, int, bool]:
+        """(BATCH frame, messages in it, whether the read went past `start`)."""
+        params = self.params
+        mask = self.type_filter.mask(batch) if self.type_filter and len(batch) else None
+        scanned = batch.next_after != start
+        self._next_after = batch.next_after
+        frame, count = _proto.batch_frame(
+            request_id, batch, positions, self.session.client_id, params.tracker_id,
+            params.filter_target, mask, seg_range[0], seg_range[1],
+            batch.next_after if scanned else 0, len(batch) < params.max_size)
+        return frame, count, scanned
+
+    def _share_key(self, positions: Any, start: int, seg_range: tuple[int, int]) -> object:
+        """Reads with equal keys read the same messages into the same frame (but for the
+        request id)."""
+        params = self.params
+        return (start, seg_range, params.max_size, params.type_filter, params.client_index,
+                params.ignore_segment,
+                (self.session.client_id, params.tracker_id) if params.filter_target else None,
+                None if positions is None else positions[seg_range[0]:seg_range[1]].tobytes())
+
+    def _deliver(self, frame: bytes | bytearray, count: int) -> None:
+        if count:
+            self.cluster.processing(self.tracker)
+        self.session.delivered(frame, count)
 
     def _send(self, frame: bytes) -> None:
         self.session.send(frame)
@@ -174,3 +207,51 @@ class PendingRead:
         """The session is gone: stop waiting, answer nothing."""
         if not self.done:
             self._finish()
+
+
+def wake_all(waiters: list[Waiter]) -> None:
+    """After an append: every read parked on the log tries again, in one pass. Reads that
+    would read the same messages through the same filter (most often: consumers that are all
+    caught up) share one read of the log and one frame; each gets a copy with its own request
+    id. Anything unusual (a full connection, a tracker that left, a batch all filtered out)
+    takes the one-read-at-a-time path."""
+    groups: dict[object, list[PendingRead]] = {}
+    plans: dict[object, tuple[Any, int, tuple[int, int]]] = {}
+    for waiter in waiters:
+        if type(waiter) is not PendingRead:
+            waiter.wake()
+            continue
+        read = waiter
+        if read.done:
+            continue
+        if (not read.session.can_send()
+                or read.params.tracker_id not in read.cluster.trackers):
+            read.wake()
+            continue
+        plan = read._plan()
+        if plan is None:
+            continue  # no segments for now: it stays parked, watching its cluster
+        key = read._share_key(*plan)
+        members = groups.get(key)
+        if members is None:
+            groups[key] = [read]
+            plans[key] = plan
+        else:
+            members.append(read)
+    for key, members in groups.items():
+        lead = members[0]
+        if len(members) == 1:
+            lead.wake()
+            continue
+        positions, start, seg_range = plans[key]
+        frame, count, scanned = lead._frame(0, lead._read(start, seg_range), positions, start,
+                                            seg_range)
+        if count or (scanned and lead.params.client_index):
+            for read in members:
+                copy = bytearray(frame)
+                _REQUEST_ID.pack_into(copy, 8, read.request_id)
+                read._deliver(copy, count)
+                read._finish()
+        elif scanned:  # all filtered out: each moves its own position on
+            for read in members:
+                read.wake()

@@ -50,6 +50,7 @@ from .web import HTTP_METHODS, MAX_HEAD, HttpError, http_response, parse_http
 if TYPE_CHECKING:
     from .app import Server
     from .project import Project
+    from .tracking import Cluster
 
 __all__ = ["Session"]
 
@@ -148,6 +149,9 @@ class Session(asyncio.BufferedProtocol):
         self.pending_acks: set[asyncio.Task[None]] = set()  # acks waiting for a sync
         self._type_filters: dict[str, TypeFilter] = {}
         self.reads: set[PendingRead] = set()  # parked READs of this connection
+        # The clusters this connection's trackers joined: what its end has to leave, and only
+        # that (no scan of every cluster of the project per closed connection).
+        self.clusters: dict[tuple[str, str], Cluster] = {}
         self.stats = SessionStats()
         self.reported_at = time.monotonic()  # when `stats` was last written to METRICS
         self._http = False  # this connection speaks HTTP (a health check, a web request)
@@ -323,7 +327,7 @@ class Session(asyncio.BufferedProtocol):
 
     # -- sending -----------------------------------------------------------------------------
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes | bytearray) -> None:
         if not self.closed and self.transport is not None:
             self.transport.write(frame)
             self.server.unsent.wrote(self.transport)
@@ -336,7 +340,7 @@ class Session(asyncio.BufferedProtocol):
         self.stats.errors += 1
         self.send_control(Op.ERROR, request_id, {"code": str(code), "message": message})
 
-    def delivered(self, frame: bytes, count: int) -> None:
+    def delivered(self, frame: bytes | bytearray, count: int) -> None:
         """A READ's batch of `count` messages goes out."""
         stats = self.stats
         stats.batches_out += 1
@@ -602,6 +606,7 @@ class Session(asyncio.BufferedProtocol):
             self._store_position(name, consumer, store[:2], store[2] if len(store) == 3 else -1)
         log = project.log(name)
         cluster = project.cluster(name, consumer, single)
+        self.clusters[(name, consumer)] = cluster
         tracker = cluster.enter(tracker_id, self.session_id,
                                 None if purge_ms is None else purge_ms / 1000.0)
         PendingRead(self, request_id, params, project, log, cluster, tracker, type_filter).start()

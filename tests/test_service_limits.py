@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from fluxcore.client import Client, MessageType, ProtocolError
@@ -21,9 +22,11 @@ from .service_harness import TOKEN, ServerProcess
 from .test_service_robustness import (
     ACK,
     APPEND,
+    BATCH,
     HELLO,
     PING,
     PONG,
+    READ,
     WELCOME,
     Raw,
     append_body,
@@ -352,3 +355,53 @@ def test_a_refused_hello_frame_does_not_disturb_others(server: ServerProcess) ->
     finally:
         talker.close()
         conn.close()
+
+
+# -- many waiting consumers --------------------------------------------------------------------
+
+
+def parked_read(conn: Raw, request_id: int, consumer: str, **fields: object) -> None:
+    body = {"type": 2, "topic": None, "consumer": consumer, "tracker": f"{consumer}-t",
+            "max_size": 100, "max_timeout_ms": 30_000, **fields}
+    conn.send(frame(READ, request_id, msgspec.msgpack.encode(body)))
+
+
+def test_one_append_reaches_every_waiting_consumer_with_its_own_answer(
+        server: ServerProcess) -> None:
+    """Waiting reads that read the same messages share one read of the log and one frame;
+    each still gets its own request id, and reads that differ get what is theirs."""
+    with Client.connect(server.address, token=TOKEN, name="setup") as client:
+        first = client.publish(MessageType.EVENT, b"before", type="Old")
+    assert first is not None
+    waiting = []
+    for i in range(40):
+        conn = Raw(server.address)
+        conn.hello()
+        kind = i % 4
+        if kind == 0:  # the same read: shares a frame
+            parked_read(conn, 1000 + i, f"same-{i}", client_index=True, last_index=first)
+        elif kind == 1:  # a type filter that matches nothing of this append
+            parked_read(conn, 1000 + i, f"filtered-{i}", client_index=True, last_index=first,
+                        type_filter="Other")
+        elif kind == 2:  # positions kept by the server, starting before the first message
+            parked_read(conn, 1000 + i, f"positioned-{i}", last_index=first)
+        else:  # a smaller batch
+            parked_read(conn, 1000 + i, f"small-{i}", client_index=True, last_index=first,
+                        max_size=1)
+        waiting.append((kind, conn))
+    time.sleep(0.5)
+    with Client.connect(server.address, token=TOKEN, name="publisher") as client:
+        indexes = client.publish_batch(MessageType.EVENT, [b"one", b"two"], type="New")
+    assert indexes is not None
+    try:
+        for i, (kind, conn) in enumerate(waiting):
+            op, request_id, body = conn.recv_frame()  # type: ignore[misc]
+            assert (op, request_id) == (BATCH, 1000 + i)
+            last_index, count = struct.unpack_from("<QI", body, 8)
+            # filtered out: no messages, but the index it may go on from (client_index)
+            expected = {0: 2, 1: 0, 2: 2, 3: 1}[kind]
+            assert count == expected, (kind, count)
+            assert last_index == int(indexes[max(count, 2 if kind == 1 else 1) - 1]), kind
+    finally:
+        for _kind, conn in waiting:
+            conn.close()

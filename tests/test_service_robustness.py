@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import json
+import os
 import random
 import socket
 import struct
@@ -423,7 +424,8 @@ def fuzz_frames(rng: random.Random) -> bytes:
     if kind == 1:  # a valid header and a garbage body
         return frame(rng.choice(KNOWN_OPS), rid, rng.randbytes(rng.randint(0, 200)))
     if kind == 2:  # huge or too small lengths
-        length = rng.choice([2**32 - 1, 2**31, 64 * 1024 * 1024 + 1, 0, 1, 7])
+        length = rng.choice([2**32 - 1, 2**31, 64 * 1024 * 1024 + 1, 0, 1, 7,
+                             64 * 1024 * 1024 - 8, 1 << 20])  # the last two: never complete
         return struct.pack("<I", length) + rng.randbytes(rng.randint(0, 64))
     if kind == 3:  # unknown ops, also the server's own answer ops
         op = rng.choice([0, 23, 100, 128, 129, 130, 131, 143, 255])
@@ -476,6 +478,20 @@ def fuzz_connection(address: str, seed: int) -> list[dict[str, Any]]:
     return errors
 
 
+FDS_PER_LOG = 4  # its lock file, segment files, the spare file
+FDS_PER_PROJECT = 24  # a second project's SQLite stores (database, WAL, shared memory each)
+FUZZ_RSS_GROWTH = 48 * 1024 * 1024  # heap, and the pages of the EVENT log written meanwhile
+FUZZ_RSS_PER_LOG = 1024 * 1024  # the pages a new log touches (headers, index)
+
+
+def descriptors(server: ServerProcess) -> int:
+    return len(os.listdir(f"/proc/{server.pid}/fd"))
+
+
+def log_count(server: ServerProcess) -> int:
+    return sum(len(os.listdir(logs)) for logs in server.data_dir.glob("*/logs"))
+
+
 @pytest.mark.slow
 def test_fuzz_does_not_disturb_a_well_behaved_client(server: ServerProcess,
                                                      client: Client) -> None:
@@ -507,6 +523,7 @@ def test_fuzz_does_not_disturb_a_well_behaved_client(server: ServerProcess,
 
     publisher = threading.Thread(target=publish, daemon=True)
     publisher.start()
+    before = memory(server), descriptors(server), log_count(server)
     errors: list[dict[str, Any]] = []
     connections = 600
     try:
@@ -520,6 +537,17 @@ def test_fuzz_does_not_disturb_a_well_behaved_client(server: ServerProcess,
         publisher.join(30)
     assert not publish_error, publish_error
     assert published, "the well-behaved client published nothing"
+    # Every fuzz connection has closed: what they took is given back, but for the logs their
+    # topic names created (and the second project's stores).
+    wait_for(lambda: descriptors(server) - before[1] <= FDS_PER_LOG * (
+        log_count(server) - before[2]) + FDS_PER_PROJECT, 10, "descriptors to be given back")
+    after, fds, logs = memory(server), descriptors(server), log_count(server)
+    print("fuzz: " + ", ".join(f"{key} {before[0][key] >> 20} -> {after[key] >> 20} MiB"
+                               for key in after)
+          + f", descriptors {before[1]} -> {fds}, logs {before[2]} -> {logs}")
+    grown = after["VmRSS"] - before[0]["VmRSS"]
+    assert grown < FUZZ_RSS_GROWTH + FUZZ_RSS_PER_LOG * (logs - before[2]), (
+        f"{grown >> 20} MiB more RSS")
     wait_for(lambda: set(published) <= {m.index for m in list(got)}, 60,
              "the well-behaved consumer to get every message")
     time.sleep(0.5)
