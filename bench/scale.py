@@ -52,10 +52,10 @@ class ScaleSizes:
     restart_events: int  # stored events before the restart (restart_30m_s)
 
 
-SCALE_QUICK = ScaleSizes(connections=10_000, hello_batch=1_000, idle_logs=1_000,
+SCALE_QUICK = ScaleSizes(connections=10_000, hello_batch=2_000, idle_logs=1_000,
                          idle_seconds=5.0, waiters=500, wake_rounds=10, fanout_readers=16,
                          fanout_events=200_000, restart_events=3_000_000)
-SCALE_FULL = ScaleSizes(connections=10_000, hello_batch=2_000, idle_logs=1_000,
+SCALE_FULL = ScaleSizes(connections=10_000, hello_batch=4_000, idle_logs=1_000,
                         idle_seconds=20.0, waiters=500, wake_rounds=40, fanout_readers=16,
                         fanout_events=200_000, restart_events=30_000_000)
 
@@ -215,6 +215,20 @@ def raise_own_open_file_limit() -> int:
 # -- rows ------------------------------------------------------------------------------------
 
 
+def _hello_cost(pid: int, address: str, batch: int, repeats: int = 3) -> float:
+    """Median server CPU (us) per connect + HELLO over `repeats` batches; each batch is
+    closed again (outside the timing) so the number open stays where it was."""
+    costs = []
+    for _ in range(repeats):
+        cpu = cpu_seconds(pid)
+        timed = open_many(address, batch)
+        costs.append((cpu_seconds(pid) - cpu) / batch * 1e6)
+        for sock in timed:
+            sock.close()
+        time.sleep(0.5)
+    return statistics.median(costs)
+
+
 def connection_rows(sizes: ScaleSizes, directory: Path, results: Results) -> None:
     """idle_connection_kib, hello_us_at_100, hello_us_at_10k."""
     count = min(sizes.connections, raise_own_open_file_limit() - sizes.hello_batch - 200)
@@ -223,26 +237,19 @@ def connection_rows(sizes: ScaleSizes, directory: Path, results: Results) -> Non
         warm = Conn(address)
         warm.close()
         base = open_many(address, 100)
-        cpu = cpu_seconds(pid)
-        timed = open_many(address, sizes.hello_batch)
-        at_100 = (cpu_seconds(pid) - cpu) / sizes.hello_batch * 1e6
-        for sock in timed:
-            sock.close()
-        time.sleep(1.0)
+        at_100 = _hello_cost(pid, address, sizes.hello_batch)
         before = rss(pid)
         held = open_many(address, count - len(base))
         time.sleep(1.0)
         per_connection = (rss(pid) - before) / len(held)
-        cpu = cpu_seconds(pid)
-        timed = open_many(address, sizes.hello_batch)
-        at_10k = (cpu_seconds(pid) - cpu) / sizes.hello_batch * 1e6
-        for sock in base + held + timed:
+        at_10k = _hello_cost(pid, address, sizes.hello_batch)
+        for sock in base + held:
             sock.close()
     note = "raw sockets, HELLO then WELCOME; server RSS from /proc"
     results.rows.append(Row("idle_connection_kib", "fluxcore", "KiB", per_connection / 1024,
                             len(held), note + f"; {count} open"))
-    how = (f"server CPU (utime+stime from /proc) for {sizes.hello_batch} connects + HELLOs, "
-           "{} already open")
+    how = (f"server CPU (utime+stime from /proc, 10 ms ticks) per connect + HELLO, median of "
+           f"3 batches of {sizes.hello_batch}, with {{}} already open")
     results.rows.append(Row("hello_us_at_100", "fluxcore", "us", at_100, sizes.hello_batch,
                             how.format(100)))
     results.rows.append(Row("hello_us_at_10k", "fluxcore", "us", at_10k, sizes.hello_batch,
@@ -365,12 +372,74 @@ def wake_row(sizes: ScaleSizes, directory: Path, results: Results) -> None:
                 sock.close()
             publisher.close()
     samples.sort()
+    floor = _send_floor(sizes)
+    results.rows.append(Row(
+        "wake_500_floor_p50_us", "machine", "us", statistics.median(floor), len(floor),
+        f"the same measurement for another process sending a 200-byte frame to "
+        f"{sizes.waiters} loopback connections in a plain socket.send loop: the kernel's "
+        "share (waking the reader each time) on this machine",
+        {"p99_us": floor[int(len(floor) * 0.99)], "max_us": floor[-1]}))
     results.rows.append(Row(
         "wake_500_p50_us", "fluxcore", "us", statistics.median(samples), len(samples),
         f"one 100-byte EVENT to {sizes.waiters} consumers parked on READ (raw sockets, one "
         f"client process), {sizes.wake_rounds} rounds; from sending the append to each BATCH's "
         "arrival in the client's kernel (SO_TIMESTAMPNS)",
         {"p99_us": samples[int(len(samples) * 0.99)], "max_us": samples[-1]}))
+
+
+def _floor_sender(listener: socket.socket, count: int, go: int, payload: bytes) -> None:
+    """In a child process: accept `count` connections, then send `payload` to each one, in a
+    plain loop, for every byte that comes on the pipe `go`."""
+    conns = []
+    for _ in range(count):
+        conn, _addr = listener.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conns.append(conn)
+    while os.read(go, 1):
+        for conn in conns:
+            conn.send(payload)
+
+
+def _send_floor(sizes: ScaleSizes) -> list[float]:
+    """What the kernel alone costs for the wake measurement: another process sends a
+    frame to `waiters` loopback connections in a plain loop; arrivals as in wake_row."""
+    listener = socket.create_server((HOST, 0))
+    go_read, go_write = os.pipe()
+    payload = frame(BATCH, 1, BATCH_HEAD.pack(0, 128, 1, 1, 1) + b"x" * 164)
+    pid = os.fork()
+    if pid == 0:  # the sender
+        code = 0
+        try:
+            os.close(go_write)
+            _floor_sender(listener, sizes.waiters, go_read, payload)
+        except BaseException:  # noqa: BLE001 - the child only reports, by its exit code
+            code = 1
+        os._exit(code)
+    os.close(go_read)
+    selector = selectors.DefaultSelector()
+    clients = []
+    samples: list[float] = []
+    try:
+        for _ in range(sizes.waiters):
+            client = socket.create_connection(listener.getsockname())
+            client.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            client.setblocking(False)
+            selector.register(client, selectors.EVENT_READ, [b"", 0, ""])
+            clients.append(client)
+        for _ in range(sizes.wake_rounds):
+            time.sleep(0.3)
+            sent = time.time_ns()
+            os.write(go_write, b"x")
+            samples.extend((t - sent) / 1000 for t in _recv_ready(selector, len(clients), 30))
+    finally:
+        os.close(go_write)
+        os.waitpid(pid, 0)
+        selector.close()
+        for client in clients:
+            client.close()
+        listener.close()
+    samples.sort()
+    return samples
 
 
 def fanout_row(sizes: ScaleSizes, directory: Path, results: Results) -> None:

@@ -13,7 +13,7 @@ import re
 import struct
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -173,6 +173,20 @@ class PendingRead:
                 (self.session.client_id, params.tracker_id) if params.filter_target else None,
                 None if positions is None else positions[seg_range[0]:seg_range[1]].tobytes())
 
+    def _answer_first(self, positions: Any, start: int, seg_range: tuple[int, int]) -> object:
+        """One attempt of the first read of its kind in wake_all(); returns what the others
+        of its kind do: its (frame, count), _NOTHING or _ONE_BY_ONE."""
+        frame, count, scanned = self._frame(
+            self.request_id, self._read(start, seg_range), positions, start, seg_range)
+        if count or (scanned and self.params.client_index):
+            self._deliver(frame, count)
+            self._finish()
+            return frame, count
+        if scanned:
+            self.wake()
+            return _ONE_BY_ONE
+        return _NOTHING
+
     def _deliver(self, frame: bytes | bytearray, count: int) -> None:
         if count:
             self.cluster.processing(self.tracker)
@@ -209,14 +223,18 @@ class PendingRead:
             self._finish()
 
 
+_NOTHING = object()  # a shared read found nothing new: the reads with its key stay parked
+_ONE_BY_ONE = object()  # a shared read found only filtered-out messages
+
+
 def wake_all(waiters: list[Waiter]) -> None:
     """After an append: every read parked on the log tries again, in one pass. Reads that
     would read the same messages through the same filter (most often: consumers that are all
-    caught up) share one read of the log and one frame; each gets a copy with its own request
-    id. Anything unusual (a full connection, a tracker that left, a batch all filtered out)
-    takes the one-read-at-a-time path."""
-    groups: dict[object, list[PendingRead]] = {}
-    plans: dict[object, tuple[Any, int, tuple[int, int]]] = {}
+    caught up) share one read of the log and one frame, built for the first of them; the
+    others get a copy with their own request id, sent as the pass reaches them. Anything
+    unusual (a full connection, a tracker that left, a batch all filtered out) takes the
+    one-read-at-a-time path."""
+    shared: dict[object, object] = {}
     for waiter in waiters:
         if type(waiter) is not PendingRead:
             waiter.wake()
@@ -232,26 +250,14 @@ def wake_all(waiters: list[Waiter]) -> None:
         if plan is None:
             continue  # no segments for now: it stays parked, watching its cluster
         key = read._share_key(*plan)
-        members = groups.get(key)
-        if members is None:
-            groups[key] = [read]
-            plans[key] = plan
-        else:
-            members.append(read)
-    for key, members in groups.items():
-        lead = members[0]
-        if len(members) == 1:
-            lead.wake()
-            continue
-        positions, start, seg_range = plans[key]
-        frame, count, scanned = lead._frame(0, lead._read(start, seg_range), positions, start,
-                                            seg_range)
-        if count or (scanned and lead.params.client_index):
-            for read in members:
-                copy = bytearray(frame)
-                _REQUEST_ID.pack_into(copy, 8, read.request_id)
-                read._deliver(copy, count)
-                read._finish()
-        elif scanned:  # all filtered out: each moves its own position on
-            for read in members:
-                read.wake()
+        found = shared.get(key)
+        if found is None:
+            shared[key] = read._answer_first(*plan)
+        elif found is _ONE_BY_ONE:
+            read.wake()
+        elif found is not _NOTHING:
+            frame, count = cast(tuple[bytes, int], found)
+            copy = bytearray(frame)
+            _REQUEST_ID.pack_into(copy, 8, read.request_id)
+            read._deliver(copy, count)
+            read._finish()
