@@ -198,7 +198,7 @@ def health_ok(port: int) -> bool:
 @contextlib.contextmanager
 def fluxcore(directory: Path, **config: str) -> Iterator[Server]:
     port = free_port()
-    (directory / "data").mkdir(exist_ok=True)
+    (directory / "data").mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, **{f"FLUXCORE_{k.upper()}": v for k, v in config.items()})
     with running_server("fluxcore", fluxcore_argv(port, directory, TOKEN), port, directory,
                         ready=fluxcore_ready, env=env) as server:
