@@ -67,7 +67,8 @@ class ServerConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     max_frame: int = DEFAULT_MAX_FRAME
-    # Backpressure: bytes waiting to be written, per connection and for the whole server.
+    # Backpressure: bytes waiting to be written, per connection and for the whole server;
+    # server_buffer also bounds the large frames all connections are receiving (buffers.py).
     connection_buffer: int = 8 * 1024 * 1024
     server_buffer: int = 256 * 1024 * 1024
     max_read_size: int = 10_000

@@ -143,6 +143,50 @@ def test_large_frames_wait_for_the_receive_budget_and_all_complete(tmp_path: Pat
         server.kill()
 
 
+def test_a_grown_buffer_shrinks_back_and_frees_the_budget(tmp_path: Path) -> None:
+    """After its large frame, a connection's buffer goes back to the small size (within a
+    second or so), and its grant serves another connection's frame."""
+    server = ServerProcess(tmp_path / "data", env={
+        "FLUXCORE_SERVER_BUFFER": str(3 * MIB), "FLUXCORE_SEGMENT_FILE_SIZE": str(8 * MIB),
+    }).start()
+    first, second = Raw(server.address), Raw(server.address)
+    try:
+        first.hello()
+        second.hello()
+        payload = os.urandom(2 * MIB)
+        first.send(frame(APPEND, 1, append_body([encode_message(payload)])))
+        assert first.recv_frame(30)[:2] == (ACK, 1)  # type: ignore[index]
+        # The first connection stays open and idle; the second frame fits only once the
+        # first buffer has shrunk.
+        second.sock.settimeout(60)
+        sending = threading.Thread(target=second.send, args=(
+            frame(APPEND, 2, append_body([encode_message(payload, message_id="id-2")])),))
+        sending.start()
+        assert second.recv_frame(30)[:2] == (ACK, 2)  # type: ignore[index]
+        sending.join(30)
+        first.send(frame(PING, 3))  # and the first connection still works
+        assert first.recv_frame()[:2] == (PONG, 3)  # type: ignore[index]
+    finally:
+        first.close()
+        second.close()
+        server.kill()
+
+
+def test_a_frame_larger_than_the_whole_budget_is_taken_alone(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", env={
+        "FLUXCORE_SERVER_BUFFER": str(MIB), "FLUXCORE_SEGMENT_FILE_SIZE": str(8 * MIB),
+    }).start()
+    conn = Raw(server.address)
+    try:
+        conn.hello()
+        conn.send(frame(APPEND, 4, append_body([encode_message(os.urandom(3 * MIB))])))
+        op, rid, _body = conn.recv_frame(30)  # type: ignore[misc]
+        assert (op, rid) == (ACK, 4)
+    finally:
+        conn.close()
+        server.kill()
+
+
 # -- many connections ------------------------------------------------------------------------
 
 
@@ -283,13 +327,33 @@ def test_many_topics_under_a_low_descriptor_limit(tmp_path: Path) -> None:
                     break
             assert outcomes["refused"] >= 5, outcomes
             assert_healthy(server)  # with every admitted connection still open
+            silent = Raw(server.address)  # refused, says nothing: told, and closed soon
+            conns.append(silent)
+            error = decode_error(silent.recv_frame(5))
+            assert error["code"] == "unavailable", error
+            assert silent.closed_by_server(5)
+            web = Raw(server.address)
+            conns.append(web)
+            web.send(b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n")
+            web.sock.settimeout(5)
+            assert web.sock.recv(100).startswith(b"HTTP/1.1 503")
         finally:
             for conn in conns:
                 conn.close()
         log = "".join(server.output)
         assert "open-file limit: soft 256" in log, log[-2000:]
         assert "limit of open files" in log, log[-2000:]
-        with Client.connect(server.address, token=TOKEN, name="after") as client:
+        # Once the server has seen those connections close, their descriptors serve again.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client = Client.connect(server.address, token=TOKEN, name="after",
+                                        reconnect=False)
+                break
+            except ProtocolError as exc:
+                assert exc.code == "unavailable" and time.monotonic() < deadline, exc
+                time.sleep(0.2)
+        with client:
             assert client.publish(MessageType.CUSTOM, b"after", topic="topic-0") is not None
     finally:
         server.kill()
