@@ -274,7 +274,7 @@ class Session(asyncio.BufferedProtocol):
             self.server.receive_budget.release(self)
             return
         self._make_room(SMALL_BUFFER + self.server.receive_budget.held(self))
-        if self.transport is not None and self._writable:
+        if self.transport is not None and self._writable and not self.server.stopping:
             self.transport.resume_reading()
 
     def _shrink(self) -> None:
