@@ -235,6 +235,7 @@ def wake_all(waiters: list[Waiter]) -> None:
     unusual (a full connection, a tracker that left, a batch all filtered out) takes the
     one-read-at-a-time path."""
     shared: dict[object, object] = {}
+    over_buffer: bool | None = None  # the server's, looked at once per pass
     for waiter in waiters:
         if type(waiter) is not PendingRead:
             waiter.wake()
@@ -242,7 +243,9 @@ def wake_all(waiters: list[Waiter]) -> None:
         read = waiter
         if read.done:
             continue
-        if (not read.session.can_send()
+        if over_buffer is None:
+            over_buffer = read.session.server.over_buffer()
+        if (over_buffer or not read.session.writable
                 or read.params.tracker_id not in read.cluster.trackers):
             read.wake()
             continue

@@ -622,6 +622,11 @@ class Session(asyncio.BufferedProtocol):
                 raise ProtocolError(ErrorCode.BAD_REQUEST, f"bad type_filter: {exc}") from None
         return found
 
+    @property
+    def writable(self) -> bool:
+        """False while the client does not read its answers (the socket's buffer is full)."""
+        return self._writable
+
     def can_send(self) -> bool:
         """False while this connection or the whole server has too much unsent."""
         return self._writable and not self.server.over_buffer()

@@ -393,6 +393,15 @@ def test_logs_per_project_are_limited(tmp_path: Path) -> None:
             with pytest.raises(ProtocolError) as caught:  # reading would create it too
                 client.read_from_index(MessageType.DOCUMENT, 0, topic="others")
             assert "max_logs" in str(caught.value)
+            with pytest.raises(ProtocolError, match="max_logs"):
+                client.set_retention(MessageType.CUSTOM, 1000, topic="others")
+        raw = Raw(server.address)
+        raw.hello()
+        parked_read(raw, 7, "reader", topic="others", type=12, max_timeout_ms=0)
+        error = decode_error(raw.recv_frame())
+        assert error["code"] == "bad_request" and "max_logs" in error["message"], error
+        raw.close()
+        with Client.connect(server.address, token=TOKEN, name="logs") as client:
             # the built-in logs and the existing topics are not affected
             assert client.publish(MessageType.CUSTOM, b"y", topic="t0") is not None
             assert client.publish(MessageType.COMMAND, b"c") is not None
@@ -402,7 +411,9 @@ def test_logs_per_project_are_limited(tmp_path: Path) -> None:
             assert client.publish(MessageType.CUSTOM, b"z", topic="t1") is not None
             with pytest.raises(ProtocolError, match="max_logs"):
                 client.publish(MessageType.CUSTOM, b"x", topic="one-too-many")
-        assert not (tmp_path / "data" / "public" / "logs" / "custom-one-too-many").exists()
+        logs = tmp_path / "data" / "public" / "logs"
+        for refused in ("custom-one-too-many", "custom-others", "document-others"):
+            assert not (logs / refused).exists(), refused
     finally:
         server.kill()
 
