@@ -504,6 +504,7 @@ def restart_row(sizes: ScaleSizes, directory: Path, results: Results) -> None:
             log.append_batch(messages)
     with fluxcore(directory):
         pass  # a first start and clean stop, as a restart follows one
+    os.sync()  # the gigabytes just written are not the restart's to flush
     port = free_port()
     argv = fluxcore_argv(port, directory, TOKEN)
     start = time.perf_counter()
