@@ -69,6 +69,7 @@ class Descriptors:
         self.threshold = self.limit - self.reserve
         self._probe = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self.refused = 0  # connections and logs refused, since the start
+        self.refused_open = 0  # refused connections not closed yet
         self._reported_at = 0.0
         self._reported = 0
 
@@ -86,6 +87,18 @@ class Descriptors:
     def connection_allowed(self, fd: int) -> bool:
         """Whether a connection that got descriptor `fd` may stay."""
         return fd < self.threshold
+
+    def hold_refused(self) -> bool:
+        """A connection in the reserve waits for its refusal (or health answer); False if a
+        quarter of the reserve is taken by such already: close it at once."""
+        if self.refused_open >= self.reserve // 4:
+            self.refuse("connection closed unanswered")
+            return False
+        self.refused_open += 1
+        return True
+
+    def release_refused(self) -> None:
+        self.refused_open -= 1
 
     def check_log(self, name: str, builtin: bool) -> None:
         """Raises OutOfDescriptors unless a new log may open now."""

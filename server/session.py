@@ -172,8 +172,13 @@ class Session(asyncio.BufferedProtocol):
         # never does would hold its socket and buffer for good.
         timeout = self.config.hello_timeout_s
         sock = transport.get_extra_info("socket")
-        if sock is not None and not self.server.descriptors.connection_allowed(sock.fileno()):
+        descriptors = self.server.descriptors
+        if sock is not None and not descriptors.connection_allowed(sock.fileno()):
             # In the reserve: a health check is answered, anything else refused, soon.
+            if not descriptors.hold_refused():
+                self.closed = True
+                transport.close()  # too many waiting for their answer: the reserve comes first
+                return
             self._refused = True
             timeout = min(timeout, _REFUSED_TIMEOUT_S)
         self._hello_timer = asyncio.get_running_loop().call_later(timeout, self._no_hello)
@@ -191,6 +196,8 @@ class Session(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._refused:
+            self.server.descriptors.release_refused()
         if self._hello_timer is not None:
             self._hello_timer.cancel()
         if self._shrink_timer is not None:
