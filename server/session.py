@@ -306,15 +306,20 @@ class Session(asyncio.BufferedProtocol):
 
     def _process(self) -> None:
         """Answers the complete frames received, until the client stops taking answers."""
-        # Before HELLO a frame must fit the small buffer: nobody unknown makes it grow.
-        limit = self.config.max_frame if self.project is not None else MAX_HELLO_FRAME - 4
+        limit, end, length = self.config.max_frame, self._end, 0
+        before_hello = self.project is None
+        if before_hello:
+            # Only the first frame is looked at, and it must fit the small buffer: nobody
+            # unknown makes it grow. Frames sent right behind a HELLO are read after it.
+            limit = MAX_HELLO_FRAME - 4
+            if end - self._start >= 4:
+                (length,) = struct.unpack_from("<I", self._buf, self._start)
+                end = min(end, self._start + 4 + length)
         try:
-            frames, consumed, needed = _proto.frame_scan(
-                self._buf, self._start, self._end, limit)
+            frames, consumed, needed = _proto.frame_scan(self._buf, self._start, end, limit)
         except FrameError as exc:
-            (length,) = struct.unpack_from("<I", self._buf, self._start)
             message = str(exc)
-            if self.project is None and length > limit:
+            if before_hello and length > limit:
                 message = f"frame length {length} is over {limit}, the limit before HELLO"
             self._fail(0, ErrorCode.BAD_FRAME, message)
             return
@@ -330,6 +335,9 @@ class Session(asyncio.BufferedProtocol):
         self._start = consumed
         if self._start == self._end:
             self._start = self._end = 0
+        elif before_hello and self.project is not None:
+            self._process()  # what came behind the HELLO, under the limits of a known client
+            return
         self._fit(max(needed, self._end - self._start))
 
     # -- sending -----------------------------------------------------------------------------

@@ -85,6 +85,20 @@ def test_a_large_frame_before_hello_is_refused_without_taking_memory(
             conn.close()
 
 
+def test_frames_right_behind_hello_may_be_large(server: ServerProcess) -> None:
+    """The 4 KiB limit is for the HELLO frame only: a client that sends a large APPEND in the
+    same write as its HELLO is served."""
+    conn = Raw(server.address)
+    try:
+        payload = os.urandom(200_000)
+        conn.send(frame(HELLO, 1, hello_body())
+                  + frame(APPEND, 2, append_body([encode_message(payload)])))
+        assert conn.recv_frame()[0] == WELCOME  # type: ignore[index]
+        assert conn.recv_frame()[:2] == (ACK, 2)  # type: ignore[index]
+    finally:
+        conn.close()
+
+
 def test_announced_lengths_cost_no_memory_until_the_bytes_come(server: ServerProcess) -> None:
     before = memory(server)["VmRSS"]
     conns = [announce(server.address, 64 * MIB, hello=True) for _ in range(16)]
