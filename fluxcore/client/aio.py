@@ -345,15 +345,19 @@ class AsyncClient:
         types: str | Sequence[str] = "",
         metadata: dict[str, str] | None = None,
         store_only: bool = False,
+        expected_sequence: int | None = None,
         timeout: float | None = 30.0,
     ) -> int:
         """Appends events to the aggregate's stream (numbered from 0) and, unless
         `store_only`, publishes them to the EVENT log, routed by the aggregate id. `types`:
-        one payload type for all, or one per event. Returns the stream's last number."""
+        one payload type for all, or one per event. With `expected_sequence` (the stream's
+        last number when the writer read it; -1: empty) the append happens only if no one
+        appended since, else ConcurrencyError and nothing is stored. Returns the stream's
+        last number."""
         _op, body = await self._exchange(
             lambda rid: self._codec.append_events(
                 rid, aggregate_id, payloads, types=types, metadata=metadata,
-                store_only=store_only),
+                store_only=store_only, expected_sequence=expected_sequence),
             timeout)
         return int(decode_control(body)["last_sequence"][0])
 

@@ -1,0 +1,186 @@
+"""Handling a batch of messages of one consumer and log: decode each payload into the class its
+handler asks for, call the handler (coroutine functions too), commit the aggregates it loaded,
+and collect the answers of requests and the handler metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from fluxcore.client import WebResponse
+from fluxcore.protocol import MessageType
+
+from .context import Handling, Incoming, enter, leave
+from .handlers import ConsumerOptions, Handler
+from .metrics import BatchMetrics
+from .serialization import BYTES_TYPE, Encoded
+
+if TYPE_CHECKING:
+    from .app import Microclient
+
+__all__ = ["Answer", "Dispatcher"]
+
+# A request's outcome: (request, encoded result | WebResponse | None, the exception or None)
+Answer = tuple[Incoming, Encoded | WebResponse | None, BaseException | None]
+_json = msgspec.json.Encoder()
+
+
+class Dispatcher:
+    """The handlers of one consumer for one message type (and topic)."""
+
+    def __init__(self, app: Microclient, options: ConsumerOptions, message_type: MessageType,
+                 topic: str | None, handlers: Sequence[Handler]) -> None:
+        self.app = app
+        self.options = options
+        self.message_type = message_type
+        self.topic = topic
+        self.handlers = list(handlers)
+        self.requests = message_type.is_request
+        self.web = [h for h in handlers if h.route is not None]
+        self.untyped = [h for h in handlers if h.untyped and h.route is None]
+        self.by_type: dict[str, list[Handler]] = {}
+        for handler in handlers:
+            for name in handler.type_names:
+                self.by_type.setdefault(name, []).append(handler)
+        # type name -> [(handler, decode)] for the usual case: no upcaster applies
+        self._fast: dict[str, list[tuple[Handler, Callable[[bytes], Any]]]] = {
+            name: [(h, app.serializer.decoder(h.by_type[name])) for h in found]
+            for name, found in self.by_type.items()}
+
+    @property
+    def type_filter(self) -> str | None:
+        """The payload types this consumer reads (None: all of them)."""
+        import re
+
+        if self.options.type_filter is not None:
+            return self.options.type_filter
+        if self.untyped:
+            return None
+        parts = [re.escape(name) for name in self.by_type]
+        parts += [h.web_filter() for h in self.web]
+        return "|".join(parts) if parts else None
+
+    def handle_batch(self, messages: Sequence[Incoming], metrics: BatchMetrics | None
+                     ) -> list[Answer]:
+        answers: list[Answer] = []
+        for message in messages:
+            self._handle(message, answers, metrics)
+        return answers
+
+    def _handle(self, message: Incoming, answers: list[Answer],
+                metrics: BatchMetrics | None) -> None:
+        if self.web:
+            for handler in self.web:
+                path = handler.route_match(message.type)
+                if path is not None:
+                    self._web(handler, message, path, answers, metrics)
+                    return
+        serializer = self.app.serializer
+        fast = self._fast.get(message.type)
+        if fast is not None and not serializer.upcasters.applies(message.type, message.revision):
+            for handler, decode in fast:
+                began = time.perf_counter_ns()
+                try:
+                    payload = decode(message.data)
+                except (msgspec.DecodeError, ValueError) as exc:
+                    self._failed(handler, message, message.type, exc, began, answers, metrics)
+                else:
+                    self._call(handler, payload, message, message.type, began, answers,
+                               metrics)
+                if self.requests:
+                    return
+            return
+        began = time.perf_counter_ns()
+        try:
+            found = serializer.read(message.data, message.type, message.revision,
+                                    self._target_for)
+        except (msgspec.DecodeError, ValueError) as exc:
+            handlers = self.by_type.get(message.type) or self.untyped
+            if handlers:
+                self._failed(handlers[0], message, message.type, exc, began, answers, metrics)
+            return
+        if found is None:  # dropped by an upcaster
+            return
+        name, payload = found
+        for handler in self.by_type.get(name) or self.untyped:
+            arg = message.data if handler.wants_bytes else payload
+            self._call(handler, arg, message, name, began, answers, metrics)
+            began = time.perf_counter_ns()
+            if self.requests:
+                return
+
+    def _target_for(self, name: str) -> type | None:
+        handlers = self.by_type.get(name)
+        return handlers[0].by_type[name] if handlers else None
+
+    def _call(self, handler: Handler, payload: Any, message: Incoming, payload_type: str,
+              began: int, answers: list[Answer], metrics: BatchMetrics | None,
+              path: dict[str, Any] | None = None) -> Any:
+        handling = Handling(message)
+        token = enter(handling)
+        failed: BaseException | None = None
+        value: Any = None
+        try:
+            value = handler.fn(**handler.arguments(payload, message, path))
+            if handler.is_async:
+                value = self.app.run_coroutine(value)
+            for root in handling.aggregates:
+                root.commit()
+        except Exception as exc:  # noqa: BLE001 - the requester's error, or logged
+            failed = exc
+        finally:
+            if handler.periodic is not None:
+                self.app.schedule_next(handler, message)
+            leave(token)
+        if metrics is not None:
+            metrics.add(handler.name, payload_type, message.index,
+                        time.perf_counter_ns() - began, failed is not None)
+        if failed is not None:
+            self._report(handler, message, failed, answers)
+        elif self.requests and message.request_id >= 0:
+            answers.append((message, self.app.encode_result(value, web=handler.route
+                                                            is not None), None))
+        return value
+
+    def _web(self, handler: Handler, message: Incoming, path: dict[str, Any],
+             answers: list[Answer], metrics: BatchMetrics | None) -> None:
+        began = time.perf_counter_ns()
+        payload: Any = message.data
+        if handler.payload_param is not None and handler.payload_classes:
+            try:
+                payload = self.app.serializer.decoder(handler.payload_classes[0])(message.data)
+            except (msgspec.DecodeError, ValueError) as exc:
+                self._failed(handler, message, message.type, exc, began, answers, metrics)
+                return
+        self._call(handler, payload, message, message.type, began, answers, metrics, path)
+
+    def _failed(self, handler: Handler, message: Incoming, payload_type: str,
+                exc: BaseException, began: int, answers: list[Answer],
+                metrics: BatchMetrics | None) -> None:
+        if metrics is not None:
+            metrics.add(handler.name, payload_type, message.index,
+                        time.perf_counter_ns() - began, True)
+        self._report(handler, message, exc, answers)
+
+    def _report(self, handler: Handler, message: Incoming, exc: BaseException,
+                answers: list[Answer]) -> None:
+        if self.requests and message.request_id >= 0:
+            answers.append((message, None, exc))
+        self.app.handler_failed(handler, message, exc)
+
+
+def web_response(value: Any) -> WebResponse:
+    """What a web handler returned, as the HTTP response (objects as JSON)."""
+    if isinstance(value, WebResponse):
+        return value
+    if value is None:
+        return WebResponse(b"", 204)
+    if isinstance(value, (bytes, str)):
+        return WebResponse(value)
+    return WebResponse(_json.encode(value), 200, {"Content-Type": "application/json"})
+
+
+__all__ += ["BYTES_TYPE", "web_response"]

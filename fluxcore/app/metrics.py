@@ -1,0 +1,85 @@
+"""Handler metrics: how long each handler took for each message, and each batch a tracker
+processed, written to the project's METRICS log where `fluxcore metrics` sums them up.
+
+Per batch, one `HandleMessage` message holds one entry per handled message, as columns (so a
+batch of 1,000 costs one METRICS message, not 1,000), and one `ProcessBatch` message describes
+the batch. Their data is a msgpack map (docs/protocol.md, "Handler metrics")."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+
+__all__ = ["HANDLE_MESSAGE", "PROCESS_BATCH", "BatchMetrics"]
+
+HANDLE_MESSAGE = "HandleMessage"
+PROCESS_BATCH = "ProcessBatch"
+_encode = msgspec.msgpack.Encoder().encode
+
+
+class BatchMetrics:
+    """The measurements of one batch, gathered while its messages are handled."""
+
+    __slots__ = ("consumer", "durations", "errors", "handlers", "indexes", "message_type",
+                 "payload_types", "started_ns")
+
+    def __init__(self, consumer: str, message_type: str) -> None:
+        self.consumer = consumer
+        self.message_type = message_type
+        self.handlers: list[str] = []
+        self.payload_types: list[str] = []
+        self.indexes: list[int] = []
+        self.durations: list[int] = []
+        self.errors: list[bool] = []
+        self.started_ns = time.perf_counter_ns()
+
+    def add(self, handler: str, payload_type: str, index: int, duration_ns: int,
+            failed: bool) -> None:
+        self.handlers.append(handler)
+        self.payload_types.append(payload_type)
+        self.indexes.append(index)
+        self.durations.append(duration_ns // 1000)
+        self.errors.append(failed)
+
+    def payloads(self, client: str, tracker: str, segment: tuple[int, int],
+                 batch_size: int) -> list[tuple[str, bytes]]:
+        """(payload type, data) of the METRICS messages of this batch."""
+        now = int(time.time() * 1000)
+        out = []
+        if self.indexes:
+            out.append((HANDLE_MESSAGE, _encode({
+                "consumer": self.consumer, "client": client, "message_type": self.message_type,
+                "timestamp": now, "handler": self.handlers, "payload_type": self.payload_types,
+                "index": self.indexes, "duration_us": self.durations,
+                "exceptional": self.errors})))
+        out.append((PROCESS_BATCH, _encode({
+            "consumer": self.consumer, "client": client, "message_type": self.message_type,
+            "tracker": tracker, "segment": list(segment), "batch_size": batch_size,
+            "duration_us": (time.perf_counter_ns() - self.started_ns) // 1000,
+            "timestamp": now})))
+        return out
+
+
+def summarize_handlers(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per "consumer/handler": count, errors, p50 and p99 of the duration in microseconds."""
+    import numpy as np
+
+    durations: dict[str, list[int]] = {}
+    errors: dict[str, int] = {}
+    for body in entries:
+        prefix = f"{body['consumer']}/"
+        for handler, us, failed in zip(body["handler"], body["duration_us"],
+                                       body["exceptional"], strict=True):
+            key = prefix + handler
+            durations.setdefault(key, []).append(us)
+            if failed:
+                errors[key] = errors.get(key, 0) + 1
+    out = {}
+    for key, values in sorted(durations.items()):
+        arr = np.asarray(values, dtype=np.float64)
+        out[key] = {"count": len(values), "errors": errors.get(key, 0),
+                    "p50_us": float(np.percentile(arr, 50)),
+                    "p99_us": float(np.percentile(arr, 99))}
+    return out
