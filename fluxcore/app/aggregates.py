@@ -14,7 +14,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import msgspec
 
 from .context import Incoming, Metadata, current_handling, outgoing_metadata
-from .handlers import _strip, _union_members
+from .handlers import _strip, _union_members, type_hints
 from .serialization import DROPPED, Encoded, Serializer, is_payload_class, type_name
 
 __all__ = [
@@ -96,17 +96,18 @@ class AggregateModel:
                 raw = attr.__func__ if isinstance(attr, (staticmethod, classmethod)) else attr
                 static = isinstance(attr, staticmethod)
                 if getattr(raw, "__fluxcore_apply__", False):
-                    for name, payload_cls in self._payload_types(raw, static):
+                    for name, payload_cls in self._payload_types(raw, static, cls):
                         self.appliers[name] = _Step(raw, static)
                         self.classes[name] = payload_cls
                 if getattr(raw, "__fluxcore_assert_legal__", False):
-                    for name, payload_cls in self._payload_types(raw, static):
+                    for name, payload_cls in self._payload_types(raw, static, cls):
                         self.checks.setdefault(name, []).append(_Step(raw, static))
                         self.classes.setdefault(name, payload_cls)
 
     @staticmethod
-    def _payload_types(fn: Callable[..., Any], static: bool) -> list[tuple[str, type]]:
-        hints = typing.get_type_hints(fn, include_extras=True)
+    def _payload_types(fn: Callable[..., Any], static: bool, cls: type
+                       ) -> list[tuple[str, type]]:
+        hints = type_hints(fn, {cls.__name__: cls})
         params = [n for n in fn.__code__.co_varnames[: fn.__code__.co_argcount]]
         payload = params[0] if static else params[1] if len(params) > 1 else None
         if payload is None or payload not in hints:

@@ -581,6 +581,12 @@ class Microclient(HandlerGroup):
         """Stores a payload (or bytes) in the project's key-value store."""
         self._backend().store_value(key, self.serializer.encode(value).data)
 
+    @typing.overload
+    def get_value(self, key: str, cls: type[T]) -> T | None: ...
+
+    @typing.overload
+    def get_value(self, key: str, cls: None = None) -> Any: ...
+
     def get_value(self, key: str, cls: type[T] | None = None) -> Any:
         """The value under `key` decoded into `cls` (JSON values without it), or None."""
         data = self._backend().get_value(key)

@@ -183,6 +183,26 @@ def _is_message_annotation(hint: Any) -> bool:
     return hint is Message or hint in _MESSAGE_CLASSES
 
 
+def type_hints(fn: Any, localns: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The annotations of `fn`, evaluated; those that name something not in scope (a return
+    type defined later, say) are left out rather than failing all of them."""
+    try:
+        return typing.get_type_hints(fn, localns=localns, include_extras=True)
+    except NameError:
+        pass
+    out: dict[str, Any] = {}
+    scope = dict(getattr(fn, "__globals__", {}))
+    scope.update(localns or {})
+    for name, hint in getattr(fn, "__annotations__", {}).items():
+        if isinstance(hint, str):
+            try:
+                hint = eval(hint, scope)  # what get_type_hints does, one name at a time
+            except NameError:
+                continue
+        out[name] = hint
+    return out
+
+
 def _strip(hint: Any) -> Any:
     if typing.get_origin(hint) is typing.Annotated:
         return typing.get_args(hint)[0]
@@ -209,7 +229,7 @@ class Handler:
         if self.periodic is not None and kind.message_type is not MessageType.SCHEDULE:
             raise TypeError(f"{self.name}: @periodic goes with @handle_schedule")
         self.is_async = inspect.iscoroutinefunction(fn)
-        hints = typing.get_type_hints(fn, include_extras=True)
+        hints = type_hints(fn)
         params = [p for p in inspect.signature(fn).parameters.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
         self.path_params: dict[str, Any] = {}

@@ -8,7 +8,6 @@ the batch. Their data is a msgpack map (docs/protocol.md, "Handler metrics")."""
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import msgspec
 
@@ -60,26 +59,3 @@ class BatchMetrics:
             "duration_us": (time.perf_counter_ns() - self.started_ns) // 1000,
             "timestamp": now})))
         return out
-
-
-def summarize_handlers(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per "consumer/handler": count, errors, p50 and p99 of the duration in microseconds."""
-    import numpy as np
-
-    durations: dict[str, list[int]] = {}
-    errors: dict[str, int] = {}
-    for body in entries:
-        prefix = f"{body['consumer']}/"
-        for handler, us, failed in zip(body["handler"], body["duration_us"],
-                                       body["exceptional"], strict=True):
-            key = prefix + handler
-            durations.setdefault(key, []).append(us)
-            if failed:
-                errors[key] = errors.get(key, 0) + 1
-    out = {}
-    for key, values in sorted(durations.items()):
-        arr = np.asarray(values, dtype=np.float64)
-        out[key] = {"count": len(values), "errors": errors.get(key, 0),
-                    "p50_us": float(np.percentile(arr, 50)),
-                    "p99_us": float(np.percentile(arr, 99))}
-    return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from contextvars import ContextVar
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -21,7 +22,7 @@ from fluxcore.client import Client, Guarantee, MessageType
 
 from . import aggregates as _aggregates
 from .app import Backend, LiveBackend, Microclient
-from .context import Incoming, LocalMessage, Metadata
+from .context import Incoming, LocalMessage, Metadata, current_message
 from .dispatch import Answer, Dispatcher
 from .serialization import Encoded, Serializer
 
@@ -39,6 +40,10 @@ class _Sent:
     schedules: list[Any] = field(default_factory=list)
 
 
+# True while the fixture itself sends the message of a when_... step
+_test_step: ContextVar[bool] = ContextVar("fluxcore_fixture_step", default=False)
+
+
 class _Recorder:
     """Keeps what an app sends, decoded, while `watching`."""
 
@@ -49,8 +54,8 @@ class _Recorder:
         self.lock = threading.Lock()
 
     def record(self, kind: str, payloads: Sequence[Encoded]) -> None:
-        if not self.watching:
-            return
+        if not self.watching or (_test_step.get() and current_message() is None):
+            return  # the test's own command, query or event is not among what it expects
         values = [self.serializer.decode(p.data, p.type, p.revision) for p in payloads]
         with self.lock:
             getattr(self.sent, kind).extend(values)
@@ -319,13 +324,16 @@ class TestFixture:
 
     # -- when ------------------------------------------------------------------------------
 
-    def _when(self, action: Callable[[], Any]) -> TestFixture:
+    def _when(self, action: Callable[[], Any], own_message: bool = True) -> TestFixture:
         self._reset()
         self.recorder.watching = True
+        token = _test_step.set(own_message)
         try:
             self.result = action()
         except Exception as exc:  # noqa: BLE001 - what expect_error looks at
             self.error = exc
+        finally:
+            _test_step.reset(token)
         return self
 
     def when_command(self, command: Any) -> TestFixture:
@@ -339,11 +347,11 @@ class TestFixture:
 
     def when_time_elapses(self, delta: timedelta) -> TestFixture:
         """Moves the fake clock; the schedules (and periodic jobs) due meanwhile fire."""
-        return self._when(lambda: self._advance(delta))
+        return self._when(lambda: self._advance(delta), own_message=False)
 
     def when_applying(self, action: Callable[[Microclient], Any]) -> TestFixture:
         """Runs `action(app)` as the step under test (load aggregates, send several...)."""
-        return self._when(lambda: action(self.app))
+        return self._when(lambda: action(self.app), own_message=False)
 
     def _advance(self, delta: timedelta) -> None:
         if self.memory is None:
