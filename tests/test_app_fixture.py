@@ -11,10 +11,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import fluxcore.server.demo_orders as demo_orders
 import msgspec
 import pytest
 
-import fluxcore.server.demo_orders as demo_orders
 from fluxcore.app import (
     FunctionalError,
     HandlerError,

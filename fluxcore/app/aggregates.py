@@ -88,7 +88,8 @@ class AggregateModel:
         self.type = type_name(cls) if is_payload_class(cls) else cls.__name__
         found = getattr(cls, "__fluxcore_aggregate__", None)
         self.options = found if isinstance(found, AggregateOptions) else AggregateOptions()
-        self.appliers: dict[str, _Step] = {}
+        self.appliers: dict[str, _Step] = {}  # change a state
+        self.creators: dict[str, _Step] = {}  # make one from nothing (staticmethods)
         self.checks: dict[str, list[_Step]] = {}
         self.classes: dict[str, type] = {}
         for klass in reversed(cls.__mro__):
@@ -97,7 +98,7 @@ class AggregateModel:
                 static = isinstance(attr, staticmethod)
                 if getattr(raw, "__fluxcore_apply__", False):
                     for name, payload_cls in self._payload_types(raw, static, cls):
-                        self.appliers[name] = _Step(raw, static)
+                        (self.creators if static else self.appliers)[name] = _Step(raw, static)
                         self.classes[name] = payload_cls
                 if getattr(raw, "__fluxcore_assert_legal__", False):
                     for name, payload_cls in self._payload_types(raw, static, cls):
@@ -213,8 +214,14 @@ class AggregateRoot(Generic[T]):
         return self.assert_legal(*payloads).apply(*payloads)
 
     def _apply_one(self, name: str, event: Any) -> None:
-        step = self.model.appliers.get(name)
+        model = self.model
+        step = model.appliers.get(name) if self.state is not None else None
         if step is None:
+            step = model.creators.get(name)
+        if step is None:
+            if name in model.appliers:
+                raise TypeError(f"{model.appliers[name].fn.__qualname__} needs a state, but "
+                                f"{self.id!r} is empty; create it with a staticmethod @apply")
             return  # an event the aggregate keeps but that does not change its state
         if step.static:
             out = step.fn(event)
@@ -222,9 +229,6 @@ class AggregateRoot(Generic[T]):
                 raise TypeError(f"{step.fn.__qualname__} creates the aggregate: it must return it")
             self.state = out
             return
-        if self.state is None:
-            raise TypeError(f"{step.fn.__qualname__} needs a state, but {self.id!r} is empty; "
-                            "create it with a staticmethod @apply")
         out = step.fn(self.state, event)
         if out is not None:
             self.state = out

@@ -409,9 +409,11 @@ class Microclient(HandlerGroup):
     def _batch_handler(self, dispatcher: Dispatcher) -> Callable[[list[Any]], None]:
         options = dispatcher.options
         message_type = dispatcher.message_type.name
+        # Handlers of METRICS measure nothing: their metrics would feed them forever.
+        measure = options.metrics and dispatcher.message_type is not MessageType.METRICS
 
         def handle(messages: list[Any]) -> None:
-            metrics = BatchMetrics(options.name, message_type) if options.metrics else None
+            metrics = BatchMetrics(options.name, message_type) if measure else None
             answers = dispatcher.handle_batch(messages, metrics)
             client = self.client
             if client is None:

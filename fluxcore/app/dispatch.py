@@ -93,6 +93,9 @@ class Dispatcher:
                 if self.requests:
                     return
             return
+        if fast is None and not serializer.upcasters.applies(message.type, message.revision):
+            self._untyped(message, answers, metrics)
+            return
         began = time.perf_counter_ns()
         try:
             found = serializer.read(message.data, message.type, message.revision,
@@ -109,6 +112,25 @@ class Dispatcher:
             arg = message.data if handler.wants_bytes else payload
             self._call(handler, arg, message, name, began, answers, metrics)
             began = time.perf_counter_ns()
+            if self.requests:
+                return
+
+    def _untyped(self, message: Incoming, answers: list[Answer],
+                 metrics: BatchMetrics | None) -> None:
+        """A payload type no typed handler asked for: to the handlers of any type, decoded
+        (JSON) only for those that do not take the bytes."""
+        serializer = self.app.serializer
+        for handler in self.untyped:
+            began = time.perf_counter_ns()
+            payload: Any = message.data
+            if not handler.wants_bytes and handler.payload_param is not None:
+                try:
+                    payload = serializer.loads(message.data) if handler.wants_json else \
+                        serializer.decode(message.data, message.type, message.revision)
+                except (msgspec.DecodeError, ValueError) as exc:
+                    self._failed(handler, message, message.type, exc, began, answers, metrics)
+                    continue
+            self._call(handler, payload, message, message.type, began, answers, metrics)
             if self.requests:
                 return
 

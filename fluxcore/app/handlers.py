@@ -184,8 +184,8 @@ def _is_message_annotation(hint: Any) -> bool:
 
 
 def type_hints(fn: Any, localns: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The annotations of `fn`, evaluated; those that name something not in scope (a return
-    type defined later, say) are left out rather than failing all of them."""
+    """The annotations of `fn`, evaluated; a return annotation that names something not in
+    scope (the class being defined, say) is left out rather than failing all of them."""
     try:
         return typing.get_type_hints(fn, localns=localns, include_extras=True)
     except NameError:
@@ -197,8 +197,12 @@ def type_hints(fn: Any, localns: dict[str, Any] | None = None) -> dict[str, Any]
         if isinstance(hint, str):
             try:
                 hint = eval(hint, scope)  # what get_type_hints does, one name at a time
-            except NameError:
-                continue
+            except NameError as exc:
+                if name == "return":
+                    continue
+                raise TypeError(f"{getattr(fn, '__qualname__', fn)}: the annotation of "
+                                f"{name!r} names something not in scope ({exc}); define "
+                                "payload classes at module level") from exc
         out[name] = hint
     return out
 
@@ -248,6 +252,7 @@ class Handler:
         self.payload_param: str | None = None
         self.payload_classes: tuple[type, ...] = ()
         self.wants_bytes = False
+        self.wants_json = False  # a dict or list annotation: the JSON as it is
         self.untyped = True  # takes any payload type (bytes, dict, Any, no annotation)
         for param in params:
             if param.name in self.path_params:
@@ -268,6 +273,7 @@ class Handler:
                     raise TypeError(f"{self.name}: a payload Union mixes payload classes with "
                                     f"{hint!r}")
                 self.wants_bytes = hint is bytes
+                self.wants_json = (typing.get_origin(hint) or hint) in (dict, list)
             else:
                 raise TypeError(f"{self.name}: parameter {param.name!r} is neither the payload, "
                                 "a Message nor metadata")
