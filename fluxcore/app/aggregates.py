@@ -272,5 +272,5 @@ def load(store: EventStore, cls: type[T], aggregate_id: str) -> AggregateRoot[T]
     root = AggregateRoot(store, cls, aggregate_id).load()
     handling = current_handling()
     if handling is not None:
-        handling.aggregates.append(root)
+        handling.loaded(root)
     return root

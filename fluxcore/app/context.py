@@ -73,13 +73,20 @@ class LocalMessage:
     topic: str | None = None
 
 
-@dataclass(slots=True)
 class Handling:
     """The message being handled in this context, and the aggregates loaded meanwhile (they
-    are committed when the handler returns)."""
+    are committed when the handler returns). One per handled message: kept small."""
 
-    message: Incoming
-    aggregates: list[AggregateRoot[Any]] = field(default_factory=list)
+    __slots__ = ("aggregates", "message")
+
+    def __init__(self, message: Incoming) -> None:
+        self.message = message
+        self.aggregates: list[AggregateRoot[Any]] | None = None
+
+    def loaded(self, root: AggregateRoot[Any]) -> None:
+        if self.aggregates is None:
+            self.aggregates = []
+        self.aggregates.append(root)
 
 
 _handling: ContextVar[Handling | None] = ContextVar("fluxcore_app_handling", default=None)
@@ -95,12 +102,8 @@ def current_message() -> Incoming | None:
     return None if handling is None else handling.message
 
 
-def enter(handling: Handling | None) -> Any:
-    return _handling.set(handling)
-
-
-def leave(token: Any) -> None:
-    _handling.reset(token)
+enter = _handling.set
+leave = _handling.reset
 
 
 def outgoing_metadata(given: Metadata | None) -> Metadata | None:

@@ -277,6 +277,10 @@ class Handler:
             else:
                 raise TypeError(f"{self.name}: parameter {param.name!r} is neither the payload, "
                                 "a Message nor metadata")
+        # Called as fn(payload): nothing else to pass, nothing to await or reschedule.
+        self.positional = (self.message_param is None and self.metadata_param is None
+                           and not self.path_params and not self.is_async
+                           and self.periodic is None and self.payload_param is not None)
         self.type_names: tuple[str, ...] = tuple(type_name(c) for c in self.payload_classes)
         self.by_type: dict[str, type] = dict(zip(self.type_names, self.payload_classes,
                                                  strict=True))

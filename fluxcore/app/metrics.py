@@ -21,38 +21,32 @@ _encode = msgspec.msgpack.Encoder().encode
 class BatchMetrics:
     """The measurements of one batch, gathered while its messages are handled."""
 
-    __slots__ = ("consumer", "durations", "errors", "handlers", "indexes", "message_type",
-                 "payload_types", "started_ns")
+    __slots__ = ("consumer", "entries", "message_type", "started_ns")
 
     def __init__(self, consumer: str, message_type: str) -> None:
         self.consumer = consumer
         self.message_type = message_type
-        self.handlers: list[str] = []
-        self.payload_types: list[str] = []
-        self.indexes: list[int] = []
-        self.durations: list[int] = []
-        self.errors: list[bool] = []
+        # (handler, payload type, index, duration in ns, failed) per handled message
+        self.entries: list[tuple[str, str, int, int, bool]] = []
         self.started_ns = time.perf_counter_ns()
 
     def add(self, handler: str, payload_type: str, index: int, duration_ns: int,
             failed: bool) -> None:
-        self.handlers.append(handler)
-        self.payload_types.append(payload_type)
-        self.indexes.append(index)
-        self.durations.append(duration_ns // 1000)
-        self.errors.append(failed)
+        self.entries.append((handler, payload_type, index, duration_ns, failed))
 
     def payloads(self, client: str, tracker: str, segment: tuple[int, int],
                  batch_size: int) -> list[tuple[str, bytes]]:
         """(payload type, data) of the METRICS messages of this batch."""
         now = int(time.time() * 1000)
         out = []
-        if self.indexes:
+        if self.entries:
+            handlers, payload_types, indexes, durations, errors = zip(*self.entries,
+                                                                      strict=True)
             out.append((HANDLE_MESSAGE, _encode({
                 "consumer": self.consumer, "client": client, "message_type": self.message_type,
-                "timestamp": now, "handler": self.handlers, "payload_type": self.payload_types,
-                "index": self.indexes, "duration_us": self.durations,
-                "exceptional": self.errors})))
+                "timestamp": now, "handler": handlers, "payload_type": payload_types,
+                "index": indexes, "duration_us": [ns // 1000 for ns in durations],
+                "exceptional": errors})))
         out.append((PROCESS_BATCH, _encode({
             "consumer": self.consumer, "client": client, "message_type": self.message_type,
             "tracker": tracker, "segment": list(segment), "batch_size": batch_size,

@@ -46,16 +46,16 @@ class Upcasters:
 
     def __init__(self) -> None:
         self._by_key: dict[tuple[str, int], UpcasterFunction] = {}
-        self._types: set[str] = set()
+        self.types: set[str] = set()  # the payload types some upcaster applies to
 
     def register(self, type: str, revision: int, fn: UpcasterFunction) -> None:
         if (type, revision) in self._by_key:
             raise ValueError(f"an upcaster of {type!r} revision {revision} is registered already")
         self._by_key[(type, revision)] = fn
-        self._types.add(type)
+        self.types.add(type)
 
     def applies(self, type: str, revision: int) -> bool:
-        return type in self._types and (type, revision) in self._by_key
+        return type in self.types and (type, revision) in self._by_key
 
     def upcast(self, type: str, revision: int, value: Any) -> tuple[str, int, Any] | None:
         """Runs the chain from (type, revision); None if an upcaster dropped the payload."""
