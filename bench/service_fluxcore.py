@@ -197,7 +197,7 @@ class FluxcoreSystem(ServiceSystem):
             if self._typed_first is None:
                 self._typed_first = int(indexes[0])
 
-    def consume_typed(self, count: int) -> Consumed:
+    def consume_typed(self, count: int, metrics: bool = True) -> Consumed:
         """A Microclient's typed handler reads the `fill_typed` messages, metrics on."""
         from fluxcore.app import Microclient
 
@@ -205,7 +205,7 @@ class FluxcoreSystem(ServiceSystem):
         done = threading.Event()
         got = touched = 0
         app = Microclient(f"bench-typed-{self._consumers}", max_batch=CONSUME_BATCH,
-                          from_index=self._typed_first)
+                          from_index=self._typed_first, metrics=metrics)
 
         @app.handle_event
         def on_order(order: BenchOrder) -> None:

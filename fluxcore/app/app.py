@@ -413,7 +413,8 @@ class Microclient(HandlerGroup):
         measure = options.metrics and dispatcher.message_type is not MessageType.METRICS
 
         def handle(messages: list[Any]) -> None:
-            metrics = BatchMetrics(options.name, message_type) if measure else None
+            metrics = BatchMetrics(options.name, message_type, dispatcher.codes) \
+                if measure else None
             answers = dispatcher.handle_batch(messages, metrics)
             client = self.client
             if client is None:

@@ -15,7 +15,7 @@ from fluxcore.protocol import MessageType
 
 from .context import Handling, Incoming, enter, leave
 from .handlers import ConsumerOptions, Handler
-from .metrics import BatchMetrics
+from .metrics import BatchMetrics, HandlerCodes
 from .serialization import BYTES_TYPE, Encoded
 
 if TYPE_CHECKING:
@@ -45,11 +45,13 @@ class Dispatcher:
         for handler in handlers:
             for name in handler.type_names:
                 self.by_type.setdefault(name, []).append(handler)
-        # type name -> [(handler name, function, decode, handler)] if every handler of the
+        # type name -> [(metrics code, function, decode, handler)] if every handler of the
         # type takes just the payload, is not a coroutine function and not periodic
-        self._simple: dict[str, list[tuple[str, Callable[[Any], Any],
+        self.codes = HandlerCodes()
+        self._simple: dict[str, list[tuple[int, Callable[[Any], Any],
                                            Callable[[bytes], Any], Handler]]] = {
-            name: [(h.name, h.fn, app.serializer.decoder(h.by_type[name]), h) for h in found]
+            name: [(self.codes.code(h.name, name), h.fn,
+                    app.serializer.decoder(h.by_type[name]), h) for h in found]
             for name, found in self.by_type.items()
             if all(h.positional and not h.untyped for h in found)}
         # type name -> [(handler, decode)] for the usual case: no upcaster applies
@@ -82,7 +84,10 @@ class Dispatcher:
         simple = self._simple
         upcast_types = self.app.serializer.upcasters.types
         clock = time.perf_counter_ns
-        record = None if metrics is None else metrics.entries.append
+        if metrics is not None:
+            add_code, add_index = metrics.codes.append, metrics.indexes.append
+            add_duration = metrics.durations.append
+        last = clock()
         # One Handling for the batch, pointed at each message in turn: what handlers send
         # carries that message's correlation.
         handling = Handling(messages[0]) if messages else None
@@ -93,26 +98,35 @@ class Dispatcher:
                 found = simple.get(mtype)
                 if found is None or mtype in upcast_types:
                     leave(token)
+                    if metrics is not None:
+                        metrics.last_ns = last
                     self._handle(message, answers, metrics)
+                    if metrics is not None:
+                        last = metrics.last_ns
                     token = enter(handling)
                     continue
                 assert handling is not None
                 handling.message = message
-                for name, fn, decode, handler in found:
+                for code, fn, decode, handler in found:
                     handling.aggregates = None
-                    began = clock()
                     try:
                         fn(decode(message.data))
                         if handling.aggregates:
                             for root in handling.aggregates:
                                 root.commit()
                     except Exception as exc:  # noqa: BLE001 - logged (and counted) by the app
-                        if record is not None:
-                            record((name, mtype, message.index, clock() - began, True))
+                        if metrics is not None:
+                            metrics.last_ns = last
+                            metrics.add(handler.name, mtype, message.index, True)
+                            last = metrics.last_ns
                         self.app.handler_failed(handler, message, exc)
                         continue
-                    if record is not None:
-                        record((name, mtype, message.index, clock() - began, False))
+                    if metrics is not None:
+                        now = clock()
+                        add_duration((now - last) // 1000)
+                        last = now
+                        add_code(code)
+                        add_index(message.index)
         finally:
             leave(token)
         return answers
@@ -129,13 +143,12 @@ class Dispatcher:
         fast = self._fast.get(message.type)
         if fast is not None and not serializer.upcasters.applies(message.type, message.revision):
             for handler, decode in fast:
-                began = time.perf_counter_ns()
                 try:
                     payload = decode(message.data)
                 except (msgspec.DecodeError, ValueError) as exc:
-                    self._failed(handler, message, message.type, exc, began, answers, metrics)
+                    self._failed(handler, message, message.type, exc, answers, metrics)
                 else:
-                    self._call(handler, payload, message, message.type, began, answers,
+                    self._call(handler, payload, message, message.type, answers,
                                metrics)
                 if self.requests:
                     return
@@ -143,22 +156,20 @@ class Dispatcher:
         if fast is None and not serializer.upcasters.applies(message.type, message.revision):
             self._untyped(message, answers, metrics)
             return
-        began = time.perf_counter_ns()
         try:
             found = serializer.read(message.data, message.type, message.revision,
                                     self._target_for)
         except (msgspec.DecodeError, ValueError) as exc:
             handlers = self.by_type.get(message.type) or self.untyped
             if handlers:
-                self._failed(handlers[0], message, message.type, exc, began, answers, metrics)
+                self._failed(handlers[0], message, message.type, exc, answers, metrics)
             return
         if found is None:  # dropped by an upcaster
             return
         name, payload = found
         for handler in self.by_type.get(name) or self.untyped:
             arg = message.data if handler.wants_bytes else payload
-            self._call(handler, arg, message, name, began, answers, metrics)
-            began = time.perf_counter_ns()
+            self._call(handler, arg, message, name, answers, metrics)
             if self.requests:
                 return
 
@@ -168,16 +179,15 @@ class Dispatcher:
         (JSON) only for those that do not take the bytes."""
         serializer = self.app.serializer
         for handler in self.untyped:
-            began = time.perf_counter_ns()
             payload: Any = message.data
             if not handler.wants_bytes and handler.payload_param is not None:
                 try:
                     payload = serializer.loads(message.data) if handler.wants_json else \
                         serializer.decode(message.data, message.type, message.revision)
                 except (msgspec.DecodeError, ValueError) as exc:
-                    self._failed(handler, message, message.type, exc, began, answers, metrics)
+                    self._failed(handler, message, message.type, exc, answers, metrics)
                     continue
-            self._call(handler, payload, message, message.type, began, answers, metrics)
+            self._call(handler, payload, message, message.type, answers, metrics)
             if self.requests:
                 return
 
@@ -186,7 +196,7 @@ class Dispatcher:
         return handlers[0].by_type[name] if handlers else None
 
     def _call(self, handler: Handler, payload: Any, message: Incoming, payload_type: str,
-              began: int, answers: list[Answer], metrics: BatchMetrics | None,
+              answers: list[Answer], metrics: BatchMetrics | None,
               path: dict[str, Any] | None = None) -> Any:
         handling = Handling(message)
         token = enter(handling)
@@ -205,8 +215,7 @@ class Dispatcher:
                 self.app.schedule_next(handler, message)
             leave(token)
         if metrics is not None:
-            metrics.add(handler.name, payload_type, message.index,
-                        time.perf_counter_ns() - began, failed is not None)
+            metrics.add(handler.name, payload_type, message.index, failed is not None)
         if failed is not None:
             self._report(handler, message, failed, answers)
         elif self.requests and message.request_id >= 0:
@@ -216,22 +225,20 @@ class Dispatcher:
 
     def _web(self, handler: Handler, message: Incoming, path: dict[str, Any],
              answers: list[Answer], metrics: BatchMetrics | None) -> None:
-        began = time.perf_counter_ns()
         payload: Any = message.data
         if handler.payload_param is not None and handler.payload_classes:
             try:
                 payload = self.app.serializer.decoder(handler.payload_classes[0])(message.data)
             except (msgspec.DecodeError, ValueError) as exc:
-                self._failed(handler, message, message.type, exc, began, answers, metrics)
+                self._failed(handler, message, message.type, exc, answers, metrics)
                 return
-        self._call(handler, payload, message, message.type, began, answers, metrics, path)
+        self._call(handler, payload, message, message.type, answers, metrics, path)
 
     def _failed(self, handler: Handler, message: Incoming, payload_type: str,
-                exc: BaseException, began: int, answers: list[Answer],
+                exc: BaseException, answers: list[Answer],
                 metrics: BatchMetrics | None) -> None:
         if metrics is not None:
-            metrics.add(handler.name, payload_type, message.index,
-                        time.perf_counter_ns() - began, True)
+            metrics.add(handler.name, payload_type, message.index, True)
         self._report(handler, message, exc, answers)
 
     def _report(self, handler: Handler, message: Incoming, exc: BaseException,

@@ -11,42 +11,73 @@ import time
 
 import msgspec
 
-__all__ = ["HANDLE_MESSAGE", "PROCESS_BATCH", "BatchMetrics"]
+__all__ = ["HANDLE_MESSAGE", "PROCESS_BATCH", "BatchMetrics", "HandlerCodes"]
 
 HANDLE_MESSAGE = "HandleMessage"
 PROCESS_BATCH = "ProcessBatch"
 _encode = msgspec.msgpack.Encoder().encode
 
 
+class HandlerCodes:
+    """(handler, payload type) pairs numbered as a consumer meets them; a HandleMessage
+    names each handled message's pair by its number."""
+
+    def __init__(self) -> None:
+        self.pairs: list[tuple[str, str]] = []
+        self._codes: dict[tuple[str, str], int] = {}
+
+    def code(self, handler: str, payload_type: str) -> int:
+        key = (handler, payload_type)
+        found = self._codes.get(key)
+        if found is None:
+            found = self._codes[key] = len(self.pairs)
+            self.pairs.append(key)
+        return found
+
+
 class BatchMetrics:
-    """The measurements of one batch, gathered while its messages are handled."""
+    """The measurements of one batch, gathered while its messages are handled: per handled
+    message its pair's code, its index and its duration, the time since the previous one was
+    done (or since the batch began): one clock reading per message."""
 
-    __slots__ = ("consumer", "entries", "message_type", "started_ns")
+    __slots__ = ("codes", "consumer", "durations", "failed", "handlers", "indexes",
+                 "last_ns", "message_type", "started_ns")
 
-    def __init__(self, consumer: str, message_type: str) -> None:
+    def __init__(self, consumer: str, message_type: str, handlers: HandlerCodes) -> None:
         self.consumer = consumer
         self.message_type = message_type
-        # (handler, payload type, index, duration in ns, failed) per handled message
-        self.entries: list[tuple[str, str, int, int, bool]] = []
-        self.started_ns = time.perf_counter_ns()
+        self.handlers = handlers
+        self.codes: list[int] = []
+        self.indexes: list[int] = []
+        self.durations: list[int] = []  # microseconds
+        self.failed: list[int] = []  # positions of the failed ones
+        self.started_ns = self.last_ns = time.perf_counter_ns()
 
-    def add(self, handler: str, payload_type: str, index: int, duration_ns: int,
-            failed: bool) -> None:
-        self.entries.append((handler, payload_type, index, duration_ns, failed))
+    def add(self, handler: str, payload_type: str, index: int, failed: bool) -> None:
+        now = time.perf_counter_ns()
+        if failed:
+            self.failed.append(len(self.codes))
+        self.codes.append(self.handlers.code(handler, payload_type))
+        self.indexes.append(index)
+        self.durations.append((now - self.last_ns) // 1000)
+        self.last_ns = now
 
     def payloads(self, client: str, tracker: str, segment: tuple[int, int],
                  batch_size: int) -> list[tuple[str, bytes]]:
         """(payload type, data) of the METRICS messages of this batch."""
         now = int(time.time() * 1000)
         out = []
-        if self.entries:
-            handlers, payload_types, indexes, durations, errors = zip(*self.entries,
-                                                                      strict=True)
+        if self.codes:
+            exceptional = [False] * len(self.codes)
+            for position in self.failed:
+                exceptional[position] = True
+            pairs = self.handlers.pairs
             out.append((HANDLE_MESSAGE, _encode({
                 "consumer": self.consumer, "client": client, "message_type": self.message_type,
-                "timestamp": now, "handler": handlers, "payload_type": payload_types,
-                "index": indexes, "duration_us": [ns // 1000 for ns in durations],
-                "exceptional": errors})))
+                "timestamp": now, "handlers": [h for h, _ in pairs],
+                "payload_types": [t for _, t in pairs], "handler": self.codes,
+                "index": self.indexes, "duration_us": self.durations,
+                "exceptional": exceptional})))
         out.append((PROCESS_BATCH, _encode({
             "consumer": self.consumer, "client": client, "message_type": self.message_type,
             "tracker": tracker, "segment": list(segment), "batch_size": batch_size,

@@ -76,10 +76,10 @@ def summarize_handlers(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any
     durations: dict[str, list[int]] = {}
     errors: dict[str, int] = {}
     for body in entries:
-        prefix = f"{body['consumer']}/"
-        for handler, us, failed in zip(body["handler"], body["duration_us"],
-                                       body["exceptional"], strict=True):
-            key = prefix + handler
+        keys = [f"{body['consumer']}/{name}" for name in body["handlers"]]
+        for code, us, failed in zip(body["handler"], body["duration_us"],
+                                    body["exceptional"], strict=True):
+            key = keys[code]
             durations.setdefault(key, []).append(us)
             if failed:
                 errors[key] = errors.get(key, 0) + 1
