@@ -7,7 +7,7 @@ import re
 import sys
 import types
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,13 @@ from fluxcore.app import (
     HandlerError,
     Microclient,
     TestFixture,
+    aggregate,
+    apply,
     handle_command,
     handle_event,
     handle_query,
     handle_schedule,
+    periodic,
 )
 
 from .service_harness import TOKEN, ServerProcess
@@ -199,3 +202,102 @@ def test_fixture_of_loose_handlers() -> None:
     users.clear()
     fixture = TestFixture(count)
     fixture.when_query(CountUsers()).expect_result(0)
+
+
+# -- periodic jobs, aggregates kept as values, the rest of the app's calls, in memory --------
+
+class Hourly(msgspec.Struct):
+    pass
+
+
+class Nightly(msgspec.Struct):
+    pass
+
+
+def test_periodic_every_and_cron_on_the_fake_clock() -> None:
+    runs: list[tuple[str, datetime]] = []
+    app = Microclient("jobs")
+
+    @app.handle_schedule
+    @periodic(every=timedelta(hours=1), initial_delay=timedelta(minutes=10))
+    def hourly(job: Hourly) -> None:
+        runs.append(("hourly", app.now()))
+
+    @app.handle_schedule
+    @periodic(cron="30 2 * * *", schedule_id="nightly")
+    def nightly(job: Nightly) -> None:
+        runs.append(("nightly", app.now()))
+
+    start = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
+    fixture = TestFixture(app, now=start.timestamp())
+    fixture.when_time_elapses(timedelta(hours=3)).expect_schedules(Hourly, Nightly)
+    assert runs == [("hourly", start + timedelta(minutes=10)),
+                    ("hourly", start + timedelta(minutes=70)),
+                    ("hourly", start + timedelta(minutes=130)),
+                    ("nightly", start + timedelta(hours=2, minutes=30))]
+    assert fixture.memory is not None
+    assert set(fixture.memory.schedules) == {"nightly", "periodic:jobs:" + hourly.__qualname__}
+    # cancelled, it runs no more
+    assert app.cancel_schedule("nightly") and not app.cancel_schedule("nightly")
+    runs.clear()
+    fixture.when_time_elapses(timedelta(days=1))
+    assert [name for name, _ in runs] == ["hourly"] * 24
+
+
+def test_periodic_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        periodic()
+    with pytest.raises(ValueError, match="bad cron"):
+        periodic(cron="every tuesday")
+    with pytest.raises(ValueError, match="positive"):
+        periodic(every=timedelta(0))
+
+    @periodic(every=timedelta(seconds=1))
+    def not_a_schedule_handler(job: Hourly) -> None: ...
+
+    with pytest.raises(TypeError, match="goes with @handle_schedule"):
+        Microclient("bad").register(handle_event(not_a_schedule_handler))
+
+
+class Renamed(msgspec.Struct):
+    name: str
+
+
+@aggregate(event_sourced=False)
+class Profile(msgspec.Struct):
+    name: str
+
+    @apply
+    @staticmethod
+    def create(event: Renamed) -> Profile:
+        return Profile(event.name)
+
+    @apply
+    def rename(self, event: Renamed) -> None:
+        self.name = event.name
+
+
+def test_aggregate_kept_as_a_value_and_the_apps_calls() -> None:
+    app = Microclient("profiles")
+    fixture = TestFixture(app)
+    fixture.when_applying(lambda a: a.load(Profile, "p-1").apply(Renamed("ann")).commit()) \
+        .expect_no_error().expect_no_events()  # not event sourced: no events, a value
+    root = app.load(Profile, "p-1")
+    assert (root.state, root.sequence) == (Profile("ann"), 0)
+    root.apply(Renamed("bo")).commit()
+    assert app.load(Profile, "p-1").state == Profile("bo")
+    assert app.get_value("$aggregate_p-1")["state"] == {"name": "bo"}
+    app.store_value("k", {"a": 1})
+    assert app.get_value("k") == {"a": 1} and app.get_value("k", bytes) == b'{"a":1}'
+    assert app.delete_value("k") and app.get_value("k") is None
+    sid = app.schedule(Renamed("later"), timedelta(seconds=5), schedule_id="s-1")
+    assert sid == "s-1" and app.schedule(Renamed("x"), timedelta(1), schedule_id="s-1",
+                                         if_absent=True) is None
+    assert app.now().tzinfo is UTC
+
+
+def test_an_app_that_is_not_started_says_so() -> None:
+    with pytest.raises(RuntimeError, match="not started"):
+        Microclient("idle").publish(Renamed("x"))
+    with pytest.raises(ValueError, match="url"):
+        Microclient("no-url").start()
