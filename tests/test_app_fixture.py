@@ -16,12 +16,16 @@ import msgspec
 import pytest
 
 from fluxcore.app import (
+    CAUSATION,
+    CORRELATION,
     FunctionalError,
     HandlerError,
     Microclient,
     TestFixture,
     aggregate,
     apply,
+    assert_legal,
+    current_message,
     handle_command,
     handle_event,
     handle_query,
@@ -301,3 +305,63 @@ def test_an_app_that_is_not_started_says_so() -> None:
         Microclient("idle").publish(Renamed("x"))
     with pytest.raises(ValueError, match="url"):
         Microclient("no-url").start()
+
+
+class Limit(msgspec.Struct):
+    amount: int
+
+
+class Count(msgspec.Struct):
+    value: int
+
+
+@aggregate()
+class Counter(msgspec.Struct):
+    value: int
+
+    @apply
+    @staticmethod
+    def first(command: Limit) -> Counter:
+        return Counter(command.amount)
+
+    @apply
+    def more(self, command: Limit) -> Counter:
+        return Counter(self.value + command.amount)
+
+    @assert_legal
+    def small(self: Counter | None, command: Limit) -> None:
+        if command.amount > 10 or (self is not None and self.value + command.amount > 20):
+            raise TooMuch(f"{command.amount} is too much")
+
+
+class TooMuch(FunctionalError):
+    pass
+
+
+def test_assert_and_apply_metadata_and_result_types() -> None:
+    app = Microclient("counters")
+    seen: list[dict[str, str]] = []
+
+    @app.handle_command
+    def add(command: Limit) -> Count:
+        counter = app.load(Counter, "c-1").assert_and_apply(command)  # the command is the event
+        assert counter.state is not None
+        return Count(counter.state.value)
+
+    @app.handle_event
+    def watch(event: Limit) -> None:
+        message = current_message()
+        assert message is not None
+        seen.append(dict(message.metadata))
+
+    fixture = TestFixture(app)
+    fixture.when_command(Limit(5)).expect_result(Count(5)).expect_events(Limit(5))
+    fixture.when_command(Limit(11)).expect_error(TooMuch).expect_no_events()
+    fixture.when_command(Limit(9)).expect_result(Count(14))
+    fixture.when_command(Limit(7)).expect_error(TooMuch)
+    assert app.send(Limit(1), result_type=dict) == {"value": 15}
+    # what a handler sends carries the correlation, the causation and the $trace. keys
+    app.send(Limit(1), metadata={"$trace.user": "ann", "other": "x"})
+    last = seen[-1]
+    assert last["$trace.user"] == "ann" and "other" not in last
+    assert last[CORRELATION] and last[CAUSATION]
