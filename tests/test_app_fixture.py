@@ -174,7 +174,8 @@ def test_given_when_expect(fixture: TestFixture) -> None:
     assert isinstance(fixture.error, HandlerError)
     assert fixture.error.error_type == "RuntimeError" and fixture.error.message == "boom"
     fixture.given_events(Registered("cy")).when_query(CountUsers()).expect_result(3)
-    fixture.when_event(Registered("di")).expect_commands(SendWelcome("di"))
+    fixture.when_event(Registered("di")).expect_commands(SendWelcome("di")) \
+        .expect_commands(lambda c: isinstance(c, SendWelcome) and c.user == "di")
     fixture.when_applying(lambda app: app.query(CountUsers())).expect_result(4)
 
 

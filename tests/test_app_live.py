@@ -502,3 +502,30 @@ def test_handler_metrics_and_the_metrics_command(live: ServerProcess) -> None:
     assert summary[key]["count"] == count
     assert summary[key]["errors"] == count // 10
     assert 0 <= summary[key]["p50_us"] <= summary[key]["p99_us"]
+
+
+def test_run_until_sigterm_and_with_statement(live: ServerProcess) -> None:
+    # README's orders.py run as a program: app.run() serves until SIGTERM, then stops cleanly.
+    script = ("import sys\nfrom fluxcore.server import demo_orders as orders\n"
+              f"orders.app.url, orders.app.token = {live.address!r}, {TOKEN!r}\n"
+              "orders.app.project = 'run-test'\nprint('running', flush=True)\n"
+              "orders.app.run()\nprint('stopped', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "running\n"
+        from fluxcore.server import demo_orders as orders
+
+        caller = Microclient("caller")
+        caller.url, caller.token, caller.project = live.address, TOKEN, "run-test"
+        with caller:
+            assert caller.send(orders.PlaceOrder("r-1", ["x"]), timeout=30) == "r-1"
+        assert caller.client is None  # stopped by the with statement
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert out == "stopped\n"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
