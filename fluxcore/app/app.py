@@ -21,6 +21,7 @@ import signal
 import threading
 import time
 import typing
+import uuid
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -163,9 +164,9 @@ class LiveBackend:
             member_keys = [keys[i] for i in members]
             self.client.publish_batch(
                 message_type, [payloads[i].data for i in members], type=ptype,
+                # Payloads without a key next to some with one: spread at random.
                 keys=None if all(k is None for k in member_keys) else
-                [k if k is not None else payloads[i].data[:64].hex()
-                 for k, i in zip(member_keys, members, strict=True)],
+                [k if k is not None else uuid.uuid4().hex for k in member_keys],
                 metadata=metadata, topic=topic, guarantee=guarantee)
 
     def request(self, message_type: MessageType, payload: Encoded, *, key: str | None,
@@ -394,8 +395,8 @@ class Microclient(HandlerGroup):
         self._consumers.clear()
         with self._loops_lock:
             loops, self._loops = self._loops, []
-        for loop in loops:
-            loop.call_soon_threadsafe(loop.stop)
+        for loop in loops:  # the tracker threads that ran coroutines on them have ended
+            loop.close()
         if self.client is not None and getattr(self, "_own_client", False):
             self.client.close()
         self.client = None
@@ -563,8 +564,6 @@ class Microclient(HandlerGroup):
             at = backend.now_ms() + int(deadline.total_seconds() * 1000)
         else:
             at = int(deadline.timestamp() * 1000)
-        import uuid
-
         sid = schedule_id or uuid.uuid4().hex
         stored = backend.schedule(self.serializer.encode(payload), at, sid,
                                   metadata=outgoing_metadata(metadata), if_absent=if_absent)
