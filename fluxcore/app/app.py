@@ -32,7 +32,7 @@ from fluxcore.protocol import time_from_index
 
 from . import aggregates as _aggregates
 from .aggregates import AggregateRoot
-from .context import CORRELATION, Incoming, Metadata, outgoing_metadata
+from .context import Incoming, Metadata, outgoing_metadata
 from .dispatch import Answer, Dispatcher, web_response
 from .handlers import (
     ConsumerOptions,
@@ -609,5 +609,3 @@ class Microclient(HandlerGroup):
 
         return datetime.fromtimestamp(self._backend().now_ms() / 1000, UTC)
 
-
-__all__ += ["CORRELATION"]

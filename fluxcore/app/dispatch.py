@@ -16,12 +16,12 @@ from fluxcore.protocol import MessageType
 from .context import Handling, Incoming, enter, leave
 from .handlers import ConsumerOptions, Handler
 from .metrics import BatchMetrics, HandlerCodes
-from .serialization import BYTES_TYPE, Encoded
+from .serialization import Encoded
 
 if TYPE_CHECKING:
     from .app import Microclient
 
-__all__ = ["Answer", "Dispatcher"]
+__all__ = ["Answer", "Dispatcher", "web_response"]
 
 # A request's outcome: (request, encoded result | WebResponse | None, the exception or None)
 Answer = tuple[Incoming, Encoded | WebResponse | None, BaseException | None]
@@ -258,5 +258,3 @@ def web_response(value: Any) -> WebResponse:
         return WebResponse(value)
     return WebResponse(_json.encode(value), 200, {"Content-Type": "application/json"})
 
-
-__all__ += ["BYTES_TYPE", "web_response"]
