@@ -529,3 +529,23 @@ def test_run_until_sigterm_and_with_statement(live: ServerProcess) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_publish_batch_with_a_type_per_message(live: ServerProcess) -> None:
+    from fluxcore.client import AsyncClient
+
+    async def publish() -> list[int]:
+        client = await AsyncClient.connect(live.address, token=TOKEN, name="types")
+        try:
+            indexes = await client.publish_batch(MessageType.CUSTOM, [b"1", b"2"],
+                                                 types=["A", "B"], topic="typed")
+            assert indexes is not None
+            return [int(i) for i in indexes]
+        finally:
+            await client.close()
+
+    first = asyncio.run(publish())
+    with Client.connect(live.address, token=TOKEN, name="types-sync") as client:
+        client.publish_batch(MessageType.CUSTOM, [b"3"], types=["C"], topic="typed")
+        got = client.read_from_index(MessageType.CUSTOM, first[0], 10, topic="typed")
+    assert [(m.type, m.data) for m in got] == [("A", b"1"), ("B", b"2"), ("C", b"3")]

@@ -52,7 +52,7 @@ from .handlers import (
     handle_web,
     handler_kinds,
 )
-from .metrics import BatchMetrics
+from .metrics import BatchMetrics, Outbox
 from .periodic import first_deadline, next_deadline
 from .serialization import Encoded, Serializer, is_payload_class
 from .upcasting import upcaster_key
@@ -294,6 +294,9 @@ class Microclient(HandlerGroup):
         self._local = threading.local()
         self._loops_lock = threading.Lock()
         self.handled_errors = 0
+        self._outbox = Outbox()
+        self._flusher: threading.Thread | None = None
+        self._flusher_stop = threading.Event()
 
     # -- building --------------------------------------------------------------------------
 
@@ -367,6 +370,10 @@ class Microclient(HandlerGroup):
                     type_filter=dispatcher.type_filter, topic=dispatcher.topic,
                     max_size=group.options.max_batch, from_index=group.options.from_index))
         self.create_periodic_schedules()
+        self._flusher_stop.clear()
+        self._flusher = threading.Thread(target=self._flush_metrics, daemon=True,
+                                         name=f"fluxcore-app-metrics:{self.name}")
+        self._flusher.start()
         return self
 
     def run(self) -> None:
@@ -393,6 +400,15 @@ class Microclient(HandlerGroup):
         for consumer in self._consumers:
             consumer.stop()
         self._consumers.clear()
+        self._flusher_stop.set()
+        if self._flusher is not None:
+            self._flusher.join()
+            self._flusher = None
+        if self.client is not None and not self.client.closed:
+            try:
+                self._send_metrics(self.client)
+            except (OSError, ConnectionError) as exc:
+                logger.error("sending the last handler metrics failed: %s", exc)
         with self._loops_lock:
             loops, self._loops = self._loops, []
         for loop in loops:  # the tracker threads that ran coroutines on them have ended
@@ -424,11 +440,30 @@ class Microclient(HandlerGroup):
                 self._send_answers(client, answers, web=dispatcher.web != [])
             if metrics is not None:
                 tracker, segment = current_batch() or ("", (0, 0))
-                for ptype, data in metrics.payloads(self.name, tracker, segment, len(messages)):
-                    client.publish(MessageType.METRICS, data, type=ptype,
-                                   guarantee=Guarantee.NONE)
+                payloads = metrics.payloads(self.name, tracker, segment, len(messages))
+                if self._outbox.add(payloads, len(metrics.codes)):
+                    self._send_metrics(client)
 
         return handle
+
+    def _send_metrics(self, client: Client) -> None:
+        """Sends the metrics the outbox holds, in one frame."""
+        payloads = self._outbox.take()
+        if payloads:
+            client.publish_batch(MessageType.METRICS, [data for _, data in payloads],
+                                 types=[ptype for ptype, _ in payloads],
+                                 guarantee=Guarantee.NONE)
+
+    def _flush_metrics(self) -> None:
+        """The app's metrics sender: what waited a second goes out even when no batch
+        comes to send it."""
+        while not self._flusher_stop.wait(0.25):
+            client = self.client
+            if client is not None and self._outbox.due():
+                try:
+                    self._send_metrics(client)
+                except (OSError, ConnectionError) as exc:
+                    logger.error("sending handler metrics failed: %s", exc)
 
     @staticmethod
     def _send_answers(client: Client, answers: list[Answer], web: bool) -> None:

@@ -306,11 +306,13 @@ class Client:
         topic: str | None = None,
         guarantee: Guarantee = Guarantee.STORED,
         timeout: float | None = 30.0,
+        types: Sequence[str] | None = None,
     ) -> npt.NDArray[np.uint64] | None:
-        """Publishes many messages in one frame; returns their indexes (STORED), else None."""
+        """Publishes many messages in one frame; returns their indexes (STORED), else None.
+        `types`: one payload type per message, instead of `type` for all."""
         future = self.publish_batch_async(
             message_type, payloads, type=type, keys=keys, metadata=metadata, topic=topic,
-            guarantee=guarantee)
+            guarantee=guarantee, types=types)
         if future is None:
             return None
         return future.result(timeout)
@@ -325,14 +327,16 @@ class Client:
         metadata: dict[str, str] | None = None,
         topic: str | None = None,
         guarantee: Guarantee = Guarantee.STORED,
+        types: Sequence[str] | None = None,
     ) -> concurrent.futures.Future[npt.NDArray[np.uint64]] | None:
         """Like publish_batch, without waiting: a future of the indexes (STORED), else None."""
         stored = guarantee == Guarantee.STORED
 
         def frame_of(request_id: int) -> bytes:
             return self._codec.append(
-                request_id, message_type, payloads, payload_type=type, guarantee=guarantee,
-                keys=keys, topic=topic, metadata=metadata)
+                request_id, message_type, payloads, payload_type="" if types else type,
+                guarantee=guarantee, keys=keys, topic=topic, metadata=metadata,
+                payload_types=types or None)
 
         reply = self._send(frame_of, answer=stored, append=True)
         if reply is None:
