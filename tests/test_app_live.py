@@ -340,6 +340,10 @@ def test_consumer_class_options_and_web(live: ServerProcess) -> None:
             seen.add("posted", order)
             return Greeting(f"ordered {order.item}")
 
+        @handle_web("PUT", "/notes/{name}")
+        def put_note(self, name: str, note: dict[str, Any]) -> bytes:
+            return f"{name}={note['text']}".encode()
+
     app = Microclient("shop").register(Shop, Order)
     start(app, live, project="web-app")
     try:
@@ -356,6 +360,11 @@ def test_consumer_class_options_and_web(live: ServerProcess) -> None:
             live.address, b"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
         assert status == 500 and b"ValidationError" in body  # the body did not decode
         assert seen.of("posted") == [Order("tea")]
+        note = b'{"text": "hi"}'
+        status, _headers, body = http(
+            live.address, b"PUT /notes/todo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(note), note))
+        assert (status, body) == (200, b"todo=hi")
     finally:
         app.stop()
 

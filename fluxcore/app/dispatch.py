@@ -225,10 +225,12 @@ class Dispatcher:
 
     def _web(self, handler: Handler, message: Incoming, path: dict[str, Any],
              answers: list[Answer], metrics: BatchMetrics | None) -> None:
-        payload: Any = message.data
-        if handler.payload_param is not None and handler.payload_classes:
+        payload: Any = message.data  # the body: bytes unless the handler asks for more
+        if handler.payload_param is not None and (handler.payload_classes
+                                                  or handler.wants_json):
             try:
-                payload = self.app.serializer.decoder(handler.payload_classes[0])(message.data)
+                payload = self.app.serializer.loads(message.data) if handler.wants_json else \
+                    self.app.serializer.decoder(handler.payload_classes[0])(message.data)
             except (msgspec.DecodeError, ValueError) as exc:
                 self._failed(handler, message, message.type, exc, answers, metrics)
                 return
