@@ -308,6 +308,14 @@ def test_an_app_that_is_not_started_says_so() -> None:
         Microclient("no-url").start()
 
 
+def test_an_app_starts_once(live_server: ServerProcess) -> None:
+    app = Microclient("once")
+    app.url, app.token = live_server.address, TOKEN
+    with app, pytest.raises(RuntimeError, match="running already"):
+        app.start()
+    app.start().stop()  # and again after a stop
+
+
 class Limit(msgspec.Struct):
     amount: int
 

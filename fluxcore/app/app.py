@@ -295,6 +295,7 @@ class Microclient(HandlerGroup):
         self._loops_lock = threading.Lock()
         self.handled_errors = 0
         self._outbox = Outbox()
+        self._own_client = False
         self._flusher: threading.Thread | None = None
         self._flusher_stop = threading.Event()
 
@@ -351,6 +352,8 @@ class Microclient(HandlerGroup):
     def start(self, client: Client | None = None) -> Microclient:
         """Connects (unless given a client), starts every consumer's trackers and creates
         the periodic schedules that do not exist yet. Returns at once."""
+        if self.client is not None:
+            raise RuntimeError(f"the app {self.name!r} is running already")
         if client is None:
             if self.url is None:
                 raise ValueError("give the Microclient a url (host:port) or start(client)")
@@ -413,7 +416,7 @@ class Microclient(HandlerGroup):
             loops, self._loops = self._loops, []
         for loop in loops:  # the tracker threads that ran coroutines on them have ended
             loop.close()
-        if self.client is not None and getattr(self, "_own_client", False):
+        if self.client is not None and self._own_client:
             self.client.close()
         self.client = None
 
