@@ -558,3 +558,28 @@ def test_publish_batch_with_a_type_per_message(live: ServerProcess) -> None:
         client.publish_batch(MessageType.CUSTOM, [b"3"], types=["C"], topic="typed")
         got = client.read_from_index(MessageType.CUSTOM, first[0], 10, topic="typed")
     assert [(m.type, m.data) for m in got] == [("A", b"1"), ("B", b"2"), ("C", b"3")]
+
+
+def test_one_conflicting_batch_fails_the_whole_request(live: ServerProcess) -> None:
+    from fluxcore.client._wire import _with_control
+    from fluxcore.protocol import Guarantee, Op, encode_control
+
+    with Client.connect(live.address, token=TOKEN, name="batches") as client:
+        client.append_events("multi-b", [b"{}"], types="Made")  # now at sequence 0
+
+        def frame(request_id: int) -> bytes:
+            append = client._codec.append(0, MessageType.EVENT, [b"{}", b"{}"],
+                                          payload_type="Made", guarantee=Guarantee.STORED)
+            control = encode_control({"batches": [
+                {"aggregate": "multi-a", "count": 1, "expected_sequence": -1},
+                {"aggregate": "multi-b", "count": 1, "expected_sequence": -1}]})
+            return _with_control(Op.APPEND_EVENTS, request_id, control, append)
+
+        with pytest.raises(WireConcurrencyError, match="multi-b"):
+            client._exchange(frame, 10)
+        assert client.get_events("multi-a") == []  # the first batch was not stored either
+        assert len(client.get_events("multi-b")) == 1
+        # after a delete the stream is empty again: -1 is right once more
+        assert client.delete_events("multi-b")
+        assert client.append_events("multi-b", [b"{}"], types="Made",
+                                    expected_sequence=-1) == 0
