@@ -36,7 +36,7 @@ from fluxcore.app import (
     handle_web,
     periodic,
 )
-from fluxcore.client import Client, Message, MessageType, ProtocolError
+from fluxcore.client import Client, Message, MessageType, ProtocolError, WebResponse
 from fluxcore.client import ConcurrencyError as WireConcurrencyError
 
 from .service_harness import TOKEN, ServerProcess
@@ -340,6 +340,10 @@ def test_consumer_class_options_and_web(live: ServerProcess) -> None:
             seen.add("posted", order)
             return Greeting(f"ordered {order.item}")
 
+        @handle_web("DELETE", "/orders/{order_id}")
+        def delete_order(self, order_id: int) -> WebResponse:
+            return WebResponse(b"gone", 202, {"X-Order": str(order_id)})
+
         @handle_web("PUT", "/notes/{name}")
         def put_note(self, name: str, note: dict[str, Any]) -> bytes:
             return f"{name}={note['text']}".encode()
@@ -365,6 +369,9 @@ def test_consumer_class_options_and_web(live: ServerProcess) -> None:
             live.address, b"PUT /notes/todo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
             % (len(note), note))
         assert (status, body) == (200, b"todo=hi")
+        status, headers, body = http(live.address,
+                                     b"DELETE /orders/5 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (status, headers["x-order"], body) == (202, "5", b"gone")
     finally:
         app.stop()
 

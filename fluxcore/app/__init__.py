@@ -1,6 +1,8 @@
 """Microclients: typed messages, handler decorators, aggregates, periodic jobs and a test
 fixture, over the wire client (`fluxcore.client`)."""
 
+from fluxcore.client import Message, MessageType, WebResponse
+
 from .aggregates import AggregateRoot, ConcurrencyError, aggregate, apply, assert_legal
 from .app import FunctionalError, HandlerError, Microclient, RoutingKey
 from .context import CAUSATION, CORRELATION, LocalMessage, Metadata, current_message
@@ -31,6 +33,8 @@ __all__ = [
     "FunctionalError",
     "HandlerError",
     "LocalMessage",
+    "Message",
+    "MessageType",
     "Metadata",
     "Microclient",
     "RoutingKey",
@@ -38,6 +42,7 @@ __all__ = [
     "Serializer",
     "TestFixture",
     "Upcast",
+    "WebResponse",
     "aggregate",
     "apply",
     "assert_legal",
