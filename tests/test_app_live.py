@@ -433,10 +433,8 @@ def test_periodic_once_per_period_with_two_instances_and_a_restart(
     # no drift: each deadline is the previous one plus the period (or a multiple of it if
     # a loaded machine ran one so late that the next slot had passed too)
     assert steps and all(step % 700 == 0 for step in steps)
-    with Client.connect(live.address, token=TOKEN, name="check") as check:
-        pending = check.get_schedule("tick-job")
-        assert pending is not None and pending.deadline_ms > deadlines[-1]
-    # a restart (of the app) keeps the pending schedule and goes on from it
+    # A restart (of the app) goes on from the pending schedule (or, if it fired meanwhile,
+    # from its message, waiting in the schedule log for the consumer): same grid, no repeats.
     before = len(runs.items)
     again = start(periodic_app(runs, "c"), live)
     try:
@@ -445,7 +443,8 @@ def test_periodic_once_per_period_with_two_instances_and_a_restart(
         again.stop()
     later = sorted(v for _k, v in runs.items)
     assert len(later) == len(set(later)) and len(later) >= before + 2
-    assert min(runs.of("c")) >= pending.deadline_ms
+    assert min(runs.of("c")) > deadlines[-1]
+    assert all((d - deadlines[0]) % 700 == 0 for d in later)
 
 
 def test_periodic_survives_a_server_restart(tmp_path: Path) -> None:
