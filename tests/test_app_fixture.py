@@ -374,3 +374,18 @@ def test_assert_and_apply_metadata_and_result_types() -> None:
     last = seen[-1]
     assert last["$trace.user"] == "ann" and "other" not in last
     assert last[CORRELATION] and last[CAUSATION]
+
+
+def test_coroutine_handlers_in_memory() -> None:
+    import asyncio
+
+    app = Microclient("async-app")
+
+    @app.handle_query
+    async def slow_count(query: CountUsers) -> int:
+        await asyncio.sleep(0)
+        return 42
+
+    fixture = TestFixture(app)
+    fixture.when_query(CountUsers()).expect_result(42)
+    app.stop()  # closes the event loop the coroutine ran on
