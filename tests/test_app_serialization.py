@@ -208,3 +208,42 @@ def _encoded(data: bytes, ptype: str, revision: int) -> Any:
     from fluxcore.app.serialization import Encoded
 
     return Encoded(data, ptype, revision)
+
+
+@dataclasses.dataclass
+class Tagged:
+    name: str
+    tags: list[str]
+
+
+def test_handlers_take_dataclasses_pydantic_dicts_and_bytes() -> None:
+    pydantic = pytest.importorskip("pydantic")
+
+    class Person(pydantic.BaseModel):  # type: ignore[misc, name-defined]
+        name: str
+
+    seen: list[Any] = []
+    app = Microclient("kinds")
+
+    @app.handle_command
+    def on_tagged(command: Tagged) -> Tagged:
+        seen.append(command)
+        return Tagged(command.name.upper(), command.tags)
+
+    def on_person(person: Any) -> None:
+        seen.append(person)
+
+    # A class local to this test: its annotation cannot be a string looked up later.
+    on_person.__annotations__["person"] = Person
+    app.consumer("people").handle_event(on_person)
+
+    @app.handle_query
+    def on_anything(query: dict[str, Any]) -> bytes:
+        return repr(sorted(query)).encode()
+
+    fixture = TestFixture(app)
+    fixture.when_command(Tagged("a", ["x"])).expect_result(Tagged("A", ["x"]))
+    fixture.when_event(Person(name="pat"))
+    fixture.when_query({"b": 1, "a": 2}).expect_result(b"['a', 'b']")
+    assert seen == [Tagged("a", ["x"]), Person(name="pat")]
+
