@@ -247,3 +247,13 @@ def test_handlers_take_dataclasses_pydantic_dicts_and_bytes() -> None:
     fixture.when_query({"b": 1, "a": 2}).expect_result(b"['a', 'b']")
     assert seen == [Tagged("a", ["x"]), Person(name="pat")]
 
+
+
+def test_an_annotation_out_of_scope_is_a_clear_error() -> None:
+    class Local(msgspec.Struct):
+        x: int
+
+    def handler(payload: Local) -> None: ...
+
+    with pytest.raises(TypeError, match="not in scope"):
+        Microclient("scope").register(handle_event(handler))
