@@ -48,7 +48,7 @@ def extension(name: str) -> Extension:
 extensions = [extension("_log"), extension("_proto")]
 
 setup(
-    packages=["fluxcore", "fluxcore._ext", "fluxcore.client", "fluxcore.server"],
+    packages=["fluxcore", "fluxcore._ext", "fluxcore.app", "fluxcore.client", "fluxcore.server"],
     package_dir={"fluxcore.server": "server"},
     ext_modules=cythonize(
         extensions, compiler_directives=directives, include_path=["fluxcore/_ext"]

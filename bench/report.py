@@ -26,6 +26,7 @@ SERVICE_ORDER = (
     "publish",
     "consume_batch",
     "consume_per_message",
+    "consume_per_message_typed",
     "request_rate",
     "request_p50",
     "request_p99",

@@ -11,6 +11,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, ClassVar
 
+import msgspec
+
 from bench.common import Dataset
 from bench.servers import fluxcore_argv, fluxcore_ready, free_port, running_server
 from bench.service_workloads import (
@@ -29,6 +31,17 @@ PROBE_TIMEOUT_S = 2.0
 PROBE_TRIES = 10
 
 
+class BenchOrder(msgspec.Struct):
+    """The typed payload of consume_per_message_typed (about 100 bytes of JSON)."""
+
+    order_id: str
+    customer: str
+    amount: int
+    currency: str
+    items: int
+    note: str
+
+
 class FluxcoreSystem(ServiceSystem):
     system = "fluxcore"
     setup = (
@@ -45,6 +58,11 @@ class FluxcoreSystem(ServiceSystem):
             " max_size=1000, from_index=first of the fill); positions stored per batch"
         ),
         "consume_per_message": "as consume_batch, handler(msg) once per message",
+        "consume_per_message_typed": (
+            "fluxcore.app.Microclient, @handle_event def handler(order: BenchOrder) once per"
+            " message: ~100-byte JSON decoded into a msgspec Struct, handler metrics on"
+            " (HandleMessage + ProcessBatch per batch); max_batch=1000, from the fill's first"
+        ),
         "request_rate": (
             "client.request_async(COMMAND) futures, 64 in flight; the responder is a"
             " COMMAND consumer on a second connection whose handler returns the payload"
@@ -79,6 +97,7 @@ class FluxcoreSystem(ServiceSystem):
         self._responder_client: Any = None
         self._responder: Any = None
         self._fill_first: int | None = None
+        self._typed_first: int | None = None
         self._consumers = 0
         try:
             port = free_port()
@@ -158,6 +177,52 @@ class FluxcoreSystem(ServiceSystem):
             seconds = (time.perf_counter_ns() - start) / 1e9
         finally:
             consumer.stop()
+        return Consumed(got, touched, seconds)
+
+    def fill_typed(self, count: int) -> None:
+        """Publishes `count` JSON orders of about 100 bytes for consume_typed (untimed)."""
+        import msgspec
+
+        from fluxcore.client import Guarantee, MessageType
+
+        encode = msgspec.json.Encoder().encode
+        orders = [encode(BenchOrder(f"order-{i:09d}", f"user-{i * 7919 % 10**9:09d}",
+                                    i % 100_000, "EUR", i % 7, "gift wrap"))
+                  for i in range(min(count, 10_000))]
+        self._typed_first = None
+        for start in range(0, count, 1000):
+            chunk = [orders[(start + j) % len(orders)] for j in range(min(1000, count - start))]
+            indexes = self._client.publish_batch(MessageType.EVENT, chunk, type="BenchOrder",
+                                                 guarantee=Guarantee.STORED)
+            if self._typed_first is None:
+                self._typed_first = int(indexes[0])
+
+    def consume_typed(self, count: int, metrics: bool = True) -> Consumed:
+        """A Microclient's typed handler reads the `fill_typed` messages, metrics on."""
+        from fluxcore.app import Microclient
+
+        self._consumers += 1
+        done = threading.Event()
+        got = touched = 0
+        app = Microclient(f"bench-typed-{self._consumers}", max_batch=CONSUME_BATCH,
+                          from_index=self._typed_first, metrics=metrics)
+
+        @app.handle_event
+        def on_order(order: BenchOrder) -> None:
+            nonlocal got, touched
+            got += 1
+            touched += order.items
+            if got >= count:
+                done.set()
+
+        start = time.perf_counter_ns()
+        app.start(self._client)
+        try:
+            if not done.wait(CONSUME_TIMEOUT_S):
+                raise RuntimeError(f"consumer got {got} of {count} in {CONSUME_TIMEOUT_S:.0f} s")
+            seconds = (time.perf_counter_ns() - start) / 1e9
+        finally:
+            app.stop()
         return Consumed(got, touched, seconds)
 
     def start_responder(self) -> None:

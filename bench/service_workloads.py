@@ -227,6 +227,22 @@ def _run_rows(system: ServiceSystem, sizes: ServiceSizes, results: Results) -> N
                 timing = time_repeats(consume, sizes.repeats)
                 results.rows.append(_row(system, Row.throughput(row_name, name, timing, note)))
 
+    consume_typed = getattr(system, "consume_typed", None)  # fluxcore.app only
+    if consume_typed is not None:
+        with results.attempt(f"consume_per_message_typed on {name}"):
+            progress(f"{name}: fill {sizes.consume} JSON messages; consume_per_message_typed")
+            system.fill_typed(sizes.consume)  # type: ignore[attr-defined]
+
+            def typed() -> tuple[int, float]:
+                done = consume_typed(sizes.consume)
+                if done.count != sizes.consume:
+                    raise RuntimeError(f"consumed {done.count}, expected {sizes.consume}")
+                return done.count, done.seconds
+
+            timing = time_repeats(typed, sizes.repeats)
+            results.rows.append(_row(system, Row.throughput(
+                "consume_per_message_typed", name, timing, note)))
+
     with results.attempt(f"requests on {name}"):
         system.start_responder()
         with results.attempt(f"request_rate on {name}"):

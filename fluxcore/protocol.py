@@ -108,6 +108,7 @@ class ErrorCode(enum.StrEnum):
     TOO_LARGE = "too_large"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
+    CONFLICT = "conflict"  # APPEND_EVENTS: the stream is not at the expected sequence
 
 
 class ProtocolError(Exception):

@@ -4,6 +4,7 @@ Starts `fluxcore serve` on a free loopback port over a fresh data directory, the
 publishes events, consumes them with two trackers of one consumer, answers a command (request and
 response), replays a consumer from a point in time, keeps an aggregate's event stream with a
 snapshot in the key-value store, has a message delivered at a deadline, shows the metrics log,
+runs README's order service (a microclient: fluxcore/server/demo_orders.py) against the server,
 and stops the server with SIGTERM (a clean shutdown).
 """
 
@@ -19,6 +20,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
+
+import msgspec
 
 from fluxcore.client import Client, Message, MessageType
 
@@ -50,10 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Client.connect(address, token=TOKEN, name="demo") as client:
             run_demo(client)
+        run_microclient(address)
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
-        print(f"9. server stopped cleanly (SIGTERM, exit code {code})")
+        print(f"10. server stopped cleanly (SIGTERM, exit code {code})")
         if not args.keep and not args.data:
             shutil.rmtree(data, ignore_errors=True)
     return 0
@@ -137,6 +141,53 @@ def run_demo(client: Client) -> None:
     metrics = client.read_from_index(MessageType.METRICS, 0, 100)
     kinds = Counter(m.type for m in metrics)
     print(f"8. metrics log: {dict(kinds)} (every connect and disconnect is recorded)")
+
+
+def run_microclient(address: str) -> None:
+    from fluxcore.app import HandlerError
+    from fluxcore.client.metrics import summarize_handlers
+
+    from . import demo_orders as orders
+
+    app = orders.app
+    app.url, app.token, app.project = address, TOKEN, "orders"  # a project of its own
+    app.start()
+    client = app.client
+    assert client is not None
+    try:
+        placed = app.send(orders.PlaceOrder("order-1", ["tea", "cups"]))
+        app.send(orders.ShipOrder("order-1"))
+        try:
+            app.send(orders.ShipOrder("order-1"))
+            refused = "accepted?!"
+        except (orders.IllegalCommand, HandlerError) as exc:
+            refused = f"{type(exc).__name__}({exc})"
+        view = None
+        for _ in range(500):  # the projection is another consumer: it catches up shortly
+            view = app.query(orders.GetOrder("order-1"))
+            if view is not None and view.shipped:
+                break
+            time.sleep(0.01)
+        stream = [e.type for e in client.get_events("order-1")]
+        job = client.get_schedule("periodic:orders:remind")
+        assert job is not None
+        due = time.strftime("%H:%M:%S", time.localtime(job.deadline_ms / 1000))
+    finally:
+        app.stop()  # also sends the handler metrics it still holds
+    handlers: dict[str, int] = {}
+    with Client.connect(address, token=TOKEN, name="demo", project="orders") as reader:
+        for _ in range(500):  # the last of them are on their way
+            metrics = [msgspec.msgpack.decode(m.data)
+                       for m in reader.read_from_index(MessageType.METRICS, 0, 10_000)
+                       if m.type == "HandleMessage"]
+            handlers = {key.rsplit(".", 1)[-1]: value["count"]
+                        for key, value in summarize_handlers(metrics).items()}
+            if handlers.get("orders/ship") == 2 and handlers.get("order-views/project") == 2:
+                break
+            time.sleep(0.02)
+    print(f"9. microclient 'orders' (README's example): PlaceOrder -> {placed!r}, ShipOrder -> "
+          f"stream {stream}, ShipOrder again -> {refused}; query -> {view}; periodic job "
+          f"'remind' due at {due}; handler metrics (messages per handler): {handlers}")
 
 
 if __name__ == "__main__":

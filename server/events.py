@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from fluxcore._ext import _proto
 from fluxcore.errors import LogError
+from fluxcore.protocol import ErrorCode, ProtocolError
 
 from .store import connect, transaction
 
@@ -42,6 +43,8 @@ class EventBatch(NamedTuple):
     aggregate: str
     event_count: int  # how many of the request's messages, in order, go to this aggregate
     store_only: bool
+    # The stream's last number the writer saw (-1: empty); None: append whatever is there.
+    expected_sequence: int | None = None
 
 
 class EventStore:
@@ -84,6 +87,11 @@ class EventStore:
         with transaction(self._db):
             for batch in batches:
                 first = self._next_sequence(batch.aggregate)
+                if batch.expected_sequence is not None and first - 1 != batch.expected_sequence:
+                    raise ProtocolError(
+                        ErrorCode.CONFLICT,
+                        f"aggregate {batch.aggregate!r} is at sequence {first - 1}, the writer "
+                        f"expected {batch.expected_sequence}: another writer came first")
                 stop = position + batch.event_count
                 records = _proto.stream_records(buffer, offsets, segments, position, stop, first)
                 self._db.executemany(

@@ -95,7 +95,8 @@ def _event_batch(entry: Any) -> EventBatch:
     if count < 0:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "a batch's count must not be negative")
     return EventBatch(_identifier(entry, "aggregate"), count,
-                      bool(_field(entry, "store_only", bool, False)))
+                      bool(_field(entry, "store_only", bool, False)),
+                      _field(entry, "expected_sequence", int, None))
 
 
 def _relationships(req: dict[str, Any], name: str) -> list[tuple[str, str, str]]:

@@ -44,8 +44,12 @@ def test_demo_runs_every_step(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     steps = [line.split(".", 1)[0] for line in out.stdout.splitlines()]
-    assert steps == [str(n) for n in range(1, 10)], out.stdout
+    assert steps == [str(n) for n in range(1, 11)], out.stdout
     assert "10,000 events handled" in out.stdout
     assert "[(0, 'ItemAdded'), (1, 'ItemAdded'), (2, 'ItemRemoved')]" in out.stdout
     assert "scheduled message 'CartAbandoned' delivered" in out.stdout
+    # README's microclient, against the server
+    assert "stream ['OrderPlaced', 'OrderShipped']" in out.stdout
+    assert "ShipOrder again -> IllegalCommand(already shipped)" in out.stdout
+    assert "shipped=True" in out.stdout and "'orders/place': 1, 'orders/ship': 2" in out.stdout
     assert "exit code 0" in out.stdout

@@ -3,7 +3,14 @@
 from fluxcore._ext._proto import Message
 from fluxcore.protocol import Guarantee, MessageType, ProtocolError
 
-from ._wire import ConnectionLost, Relationship, RequestError, Scheduled, WebResponse
+from ._wire import (
+    ConcurrencyError,
+    ConnectionLost,
+    Relationship,
+    RequestError,
+    Scheduled,
+    WebResponse,
+)
 from .aio import AsyncClient, AsyncConsumer
 from .sync import Client, Consumer
 
@@ -11,6 +18,7 @@ __all__ = [
     "AsyncClient",
     "AsyncConsumer",
     "Client",
+    "ConcurrencyError",
     "ConnectionLost",
     "Consumer",
     "Guarantee",

@@ -39,6 +39,7 @@ __all__ = [
     "FLAG_RESEND",
     "BatchReply",
     "Codec",
+    "ConcurrencyError",
     "Relationship",
     "RequestError",
     "Scheduled",
@@ -57,6 +58,11 @@ class RequestError(Exception):
     def __init__(self, message: str, result: Message) -> None:
         super().__init__(message)
         self.result = result
+
+
+class ConcurrencyError(ProtocolError):
+    """APPEND_EVENTS with an expected sequence found the stream moved on: another writer
+    appended first, and nothing of this request was stored."""
 
 
 class ConnectionLost(ConnectionError):
@@ -185,7 +191,9 @@ def value_answer(body: bytes) -> bytes | None:
 def raise_for(op: int, body: bytes) -> None:
     if op == Op.ERROR:
         err = decode_control(body)
-        raise ProtocolError(str(err.get("code", ErrorCode.INTERNAL)), str(err.get("message", "")))
+        code = str(err.get("code", ErrorCode.INTERNAL))
+        kind = ConcurrencyError if code == ErrorCode.CONFLICT else ProtocolError
+        raise kind(code, str(err.get("message", "")))
 
 
 def parse_ack(body: bytes) -> tuple[int, int]:
@@ -285,15 +293,20 @@ class Codec:
         types: str | Sequence[str],
         metadata: dict[str, str] | None,
         store_only: bool,
+        expected_sequence: int | None = None,
     ) -> bytes:
-        """An APPEND_EVENTS frame: the events of one aggregate, routed by its id."""
+        """An APPEND_EVENTS frame: the events of one aggregate, routed by its id; with
+        `expected_sequence`, only if the stream's last number is that (-1: empty)."""
         append = self.append(
             0, MessageType.EVENT, payloads, payload_type=types if isinstance(types, str) else "",
             payload_types=None if isinstance(types, str) else types, guarantee=Guarantee.STORED,
             segments=np.full(len(payloads), segment_of(aggregate_id), dtype=np.uint8),
             metadata=metadata)
-        control = encode_control({"batches": [
-            {"aggregate": aggregate_id, "count": len(payloads), "store_only": store_only}]})
+        batch: dict[str, Any] = {
+            "aggregate": aggregate_id, "count": len(payloads), "store_only": store_only}
+        if expected_sequence is not None:
+            batch["expected_sequence"] = expected_sequence
+        control = encode_control({"batches": [batch]})
         return _with_control(Op.APPEND_EVENTS, request_id, control, append)
 
     def read(
@@ -376,15 +389,18 @@ def result_frames(
     codec: Codec,
     done: list[tuple[Message, bytes | WebResponse | None, BaseException | None]],
     web: bool = False,
+    types: Sequence[str] | None = None,
 ) -> tuple[bytes, bytes]:
     """The RESULT (or WEBRESPONSE) frames answering handled requests, and the ERROR-log frames
-    of the failures. Sent with the SENT guarantee: the server appends them when it reads them."""
+    of the failures. Sent with the SENT guarantee: the server appends them when it reads them.
+    `types`: the payload type of each result (default "result")."""
     results: list[bytes] = []
     errors: list[bytes] = []
     values: list[bytes] = []
     targets: list[str] = []
     request_ids: list[int] = []
-    for request, value, exc in done:
+    value_types: list[str] = []
+    for i, (request, value, exc) in enumerate(done):
         if request.request_id < 0 or not request.source:
             continue
         if exc is not None:
@@ -407,10 +423,12 @@ def result_frames(
             values.append(value if value is not None else b"")
             targets.append(request.source)
             request_ids.append(request.request_id)
+            value_types.append(types[i] if types is not None else "result")
     if values:  # every result of the batch in one frame, each to its own requester
         results.append(codec.append(
-            0, MessageType.RESULT, values, payload_type="result", guarantee=Guarantee.SENT,
-            targets=targets, request_ids=request_ids))
+            0, MessageType.RESULT, values, payload_type="result" if types is None else "",
+            guarantee=Guarantee.SENT, targets=targets, request_ids=request_ids,
+            payload_types=None if types is None else value_types))
     return b"".join(results), b"".join(errors)
 
 

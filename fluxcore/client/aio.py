@@ -263,10 +263,14 @@ class AsyncClient:
                             type: str = "", keys: Sequence[str | bytes] | None = None,
                             metadata: dict[str, str] | None = None, topic: str | None = None,
                             guarantee: Guarantee = Guarantee.STORED,
-                            timeout: float | None = 30.0) -> npt.NDArray[np.uint64] | None:
+                            timeout: float | None = 30.0,
+                            types: Sequence[str] | None = None,
+                            ) -> npt.NDArray[np.uint64] | None:
+        """Publishes many messages in one frame; returns their indexes (STORED), else None.
+        `types`: one payload type per message, instead of `type` for all."""
         future = await self.publish_batch_nowait(
             message_type, payloads, type=type, keys=keys, metadata=metadata, topic=topic,
-            guarantee=guarantee)
+            guarantee=guarantee, types=types)
         if future is None:
             return None
         return await asyncio.wait_for(future, timeout)
@@ -275,13 +279,15 @@ class AsyncClient:
         self, message_type: MessageType, payloads: Sequence[bytes], *, type: str = "",
         keys: Sequence[str | bytes] | None = None, metadata: dict[str, str] | None = None,
         topic: str | None = None, guarantee: Guarantee = Guarantee.STORED,
+        types: Sequence[str] | None = None,
     ) -> asyncio.Future[npt.NDArray[np.uint64]] | None:
         """Sends the batch; returns a future of its indexes (STORED), else None."""
         stored = guarantee == Guarantee.STORED
         reply = await self._send(
             lambda rid: self._codec.append(
-                rid, message_type, payloads, payload_type=type, guarantee=guarantee, keys=keys,
-                topic=topic, metadata=metadata),
+                rid, message_type, payloads, payload_type="" if types else type,
+                guarantee=guarantee, keys=keys, topic=topic, metadata=metadata,
+                payload_types=types or None),
             answer=stored, append=True)
         if reply is None:
             return None
@@ -345,15 +351,19 @@ class AsyncClient:
         types: str | Sequence[str] = "",
         metadata: dict[str, str] | None = None,
         store_only: bool = False,
+        expected_sequence: int | None = None,
         timeout: float | None = 30.0,
     ) -> int:
         """Appends events to the aggregate's stream (numbered from 0) and, unless
         `store_only`, publishes them to the EVENT log, routed by the aggregate id. `types`:
-        one payload type for all, or one per event. Returns the stream's last number."""
+        one payload type for all, or one per event. With `expected_sequence` (the stream's
+        last number when the writer read it; -1: empty) the append happens only if no one
+        appended since, else ConcurrencyError and nothing is stored. Returns the stream's
+        last number."""
         _op, body = await self._exchange(
             lambda rid: self._codec.append_events(
                 rid, aggregate_id, payloads, types=types, metadata=metadata,
-                store_only=store_only),
+                store_only=store_only, expected_sequence=expected_sequence),
             timeout)
         return int(decode_control(body)["last_sequence"][0])
 

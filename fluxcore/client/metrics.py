@@ -8,11 +8,12 @@ import time
 from typing import Any, Protocol
 
 import msgspec
+import numpy as np
 
 from fluxcore._ext._proto import Message
 from fluxcore.protocol import MessageType
 
-__all__ = ["metrics_summary", "summarize"]
+__all__ = ["metrics_summary", "summarize", "summarize_handlers"]
 
 _COUNTS = ("requests", "appends", "messages_in", "bytes_in", "reads", "batches_out",
            "messages_out", "bytes_out", "errors")
@@ -41,9 +42,12 @@ def summarize(messages: list[Message]) -> dict[str, Any]:
     clients: dict[str, dict[str, Any]] = {}
     consumers: dict[str, dict[str, Any]] = {}
     trackers_gone: dict[str, int] = {}
+    handled: list[dict[str, Any]] = []
     for message in messages:
         if message.source != "fluxcore-server":
-            continue  # a client's own metrics
+            if message.type == "HandleMessage":  # written by fluxcore.app's consumers
+                handled.append(msgspec.msgpack.decode(message.data))
+            continue
         body = msgspec.msgpack.decode(message.data)
         if message.type in ("connect", "disconnect", "client_stats"):
             entry = clients.setdefault(body["client_id"], {
@@ -62,4 +66,27 @@ def summarize(messages: list[Message]) -> dict[str, Any]:
                 "at_ms": body.get("timestamp")}
         elif message.type == "disconnect_tracker":
             trackers_gone[body["reason"]] = trackers_gone.get(body["reason"], 0) + 1
-    return {"clients": clients, "consumers": consumers, "trackers_gone": trackers_gone}
+    return {"clients": clients, "consumers": consumers, "trackers_gone": trackers_gone,
+            "handlers": summarize_handlers(handled)}
+
+
+def summarize_handlers(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per "consumer/handler" of the HandleMessage metrics: how many messages, how many
+    failed, and the 50th and 99th percentile of the time taken, in microseconds."""
+    durations: dict[str, list[int]] = {}
+    errors: dict[str, int] = {}
+    for body in entries:
+        keys = [f"{body['consumer']}/{name}" for name in body["handlers"]]
+        for code, us, failed in zip(body["handler"], body["duration_us"],
+                                    body["exceptional"], strict=True):
+            key = keys[code]
+            durations.setdefault(key, []).append(us)
+            if failed:
+                errors[key] = errors.get(key, 0) + 1
+    out = {}
+    for key, values in sorted(durations.items()):
+        arr = np.asarray(values, dtype=np.float64)
+        out[key] = {"count": len(values), "errors": errors.get(key, 0),
+                    "p50_us": float(np.percentile(arr, 50)),
+                    "p99_us": float(np.percentile(arr, 99))}
+    return out

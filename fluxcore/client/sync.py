@@ -40,6 +40,7 @@ from ._wire import (
     RequestError,
     Scheduled,
     TrackerCursor,
+    WebResponse,
     dispatcher,
     indexes_of,
     log_request,
@@ -50,6 +51,7 @@ from ._wire import (
     relationship_lists,
     relationships_of,
     result_consumer,
+    result_frames,
     schedule_answer,
     schedule_request,
     scheduled_from,
@@ -58,13 +60,22 @@ from ._wire import (
     values_request,
 )
 
-__all__ = ["Client", "Consumer"]
+__all__ = ["Client", "Consumer", "current_batch"]
 
 logger = logging.getLogger("fluxcore.client")
 
 Reply = tuple[int, bytes]
 Handler = Callable[[Message], Any]
 BatchHandler = Callable[[list[Message]], Any]
+
+
+_current_batch = threading.local()
+
+
+def current_batch() -> tuple[str, tuple[int, int]] | None:
+    """In a handler called by a tracker: (tracker id, its segment range [start, end))."""
+    value: tuple[str, tuple[int, int]] | None = getattr(_current_batch, "value", None)
+    return value
 
 
 class _Pending:
@@ -295,11 +306,13 @@ class Client:
         topic: str | None = None,
         guarantee: Guarantee = Guarantee.STORED,
         timeout: float | None = 30.0,
+        types: Sequence[str] | None = None,
     ) -> npt.NDArray[np.uint64] | None:
-        """Publishes many messages in one frame; returns their indexes (STORED), else None."""
+        """Publishes many messages in one frame; returns their indexes (STORED), else None.
+        `types`: one payload type per message, instead of `type` for all."""
         future = self.publish_batch_async(
             message_type, payloads, type=type, keys=keys, metadata=metadata, topic=topic,
-            guarantee=guarantee)
+            guarantee=guarantee, types=types)
         if future is None:
             return None
         return future.result(timeout)
@@ -314,14 +327,16 @@ class Client:
         metadata: dict[str, str] | None = None,
         topic: str | None = None,
         guarantee: Guarantee = Guarantee.STORED,
+        types: Sequence[str] | None = None,
     ) -> concurrent.futures.Future[npt.NDArray[np.uint64]] | None:
         """Like publish_batch, without waiting: a future of the indexes (STORED), else None."""
         stored = guarantee == Guarantee.STORED
 
         def frame_of(request_id: int) -> bytes:
             return self._codec.append(
-                request_id, message_type, payloads, payload_type=type, guarantee=guarantee,
-                keys=keys, topic=topic, metadata=metadata)
+                request_id, message_type, payloads, payload_type="" if types else type,
+                guarantee=guarantee, keys=keys, topic=topic, metadata=metadata,
+                payload_types=types or None)
 
         reply = self._send(frame_of, answer=stored, append=True)
         if reply is None:
@@ -383,15 +398,19 @@ class Client:
         types: str | Sequence[str] = "",
         metadata: dict[str, str] | None = None,
         store_only: bool = False,
+        expected_sequence: int | None = None,
         timeout: float | None = 30.0,
     ) -> int:
         """Appends events to the aggregate's stream (numbered from 0) and, unless
         `store_only`, publishes them to the EVENT log, routed by the aggregate id. `types`:
-        one payload type for all, or one per event. Returns the stream's last number."""
+        one payload type for all, or one per event. With `expected_sequence` (the stream's
+        last number when the writer read it; -1: empty) the append happens only if no one
+        appended since, else ConcurrencyError and nothing is stored. Returns the stream's
+        last number."""
         _op, body = self._exchange(
             lambda rid: self._codec.append_events(
                 rid, aggregate_id, payloads, types=types, metadata=metadata,
-                store_only=store_only),
+                store_only=store_only, expected_sequence=expected_sequence),
             timeout)
         return int(decode_control(body)["last_sequence"][0])
 
@@ -630,6 +649,19 @@ class Client:
             else:
                 future.set_result(message)
 
+    def answer(
+        self,
+        done: Sequence[tuple[Message, bytes | WebResponse | None, BaseException | None]],
+        types: Sequence[str] | None = None,
+        *,
+        web: bool = False,
+    ) -> None:
+        """Answers requests handled outside `consume`'s per-message handlers (a batch
+        handler): per request its result (bytes, or a WebResponse if `web`) or the exception
+        that failed it (also written to the ERROR log); `types`: each result's payload type."""
+        results, errors = result_frames(self._codec, list(done), web, types)
+        self.send_frames(results + errors)
+
     def send_frames(self, frames: bytes) -> None:
         """Writes ready-made frames (answers to requests) as one write."""
         if frames:
@@ -710,6 +742,7 @@ class Consumer:
                 self._handling.add(tracker_id)
             try:
                 if reply.messages:
+                    _current_batch.value = (tracker_id, reply.segment)
                     self._handle(reply.messages)
                 cursor.advance(reply)
             finally:
