@@ -63,7 +63,9 @@ class TypeFilter:
         for value, position in zip(unique.tolist(), first.tolist(), strict=True):
             verdict = self.verdicts.get(value)
             if verdict is None:
-                verdict = self.regex.fullmatch(_proto.record_type(batch, position)) is not None
+                payload_type = _proto.record_type(batch, position)
+                # A message without a payload type passes every filter, as in the original.
+                verdict = not payload_type or self.regex.fullmatch(payload_type) is not None
                 self.verdicts[value] = verdict
             if verdict:
                 accepted.append(value)
@@ -115,7 +117,7 @@ class PendingRead:
             seg_range = (0, 128) if params.ignore_segment else tracker.range
             if seg_range == EMPTY:
                 return False
-            if params.client_index:
+            if params.client_index and params.last_index is not None:
                 positions = None
                 start = self._default_start
             else:
@@ -130,11 +132,10 @@ class PendingRead:
                 self.request_id, batch, positions, self.session.client_id, params.tracker_id,
                 params.filter_target, mask, seg_range[0], seg_range[1],
                 batch.next_after if scanned else 0, len(batch) < params.max_size)
-            if count or (scanned and params.client_index):
+            if count or (scanned and positions is None):
                 # Messages, or (for a reader that keeps its own index) the new last index, so
                 # that it does not scan the filtered-out messages again.
-                if count:
-                    cluster.processing(tracker)
+                cluster.processing(tracker)
                 self.session.delivered(frame, count)
                 return True
             if not scanned:
@@ -157,6 +158,11 @@ class PendingRead:
     def _expire(self) -> None:
         if not self.done:
             self._send(_proto.empty_batch_frame(self.request_id, *self._range(), 0, True))
+            if self.cluster.trackers.get(self.params.tracker_id) is self.tracker:
+                # Until it reads again, it counts as processing (and can be purged), as in the
+                # original: a tracker that goes silent after an empty batch must not keep its
+                # segments for good.
+                self.cluster.processing(self.tracker)
             self._finish()
 
     def _range(self) -> tuple[int, int]:

@@ -427,6 +427,9 @@ def answer_bytes(value: Any) -> bytes:
     raise TypeError(f"a handler of requests must return bytes or str, not {type(value).__name__}")
 
 
+UNHANDLED = object()  # what a mapping of handlers returns for a type it has no handler for
+
+
 def dispatcher(handlers: Mapping[str, Callable[[Message], Any]]) -> tuple[
         Callable[[Message], Any], str]:
     """One handler per payload type: the function that picks it, and the type filter that
@@ -436,7 +439,8 @@ def dispatcher(handlers: Mapping[str, Callable[[Message], Any]]) -> tuple[
     table = dict(handlers)
 
     def dispatch(message: Message) -> Any:
-        return table[message.type](message)
+        handler = table.get(message.type)  # none for an untyped message: every filter passes it
+        return UNHANDLED if handler is None else handler(message)
 
     return dispatch, "|".join(re.escape(name) for name in table)
 
@@ -514,7 +518,7 @@ class Answers:
         self.errors = 0
 
     def handled(self, message: Message, value: Any) -> None:
-        if self.requests:
+        if self.requests and value is not UNHANDLED:
             self.done.append((message, self.answer(value), None))
 
     def answer(self, value: Any) -> bytes | WebResponse:
