@@ -108,6 +108,7 @@ class ErrorCode(enum.StrEnum):
     TOO_LARGE = "too_large"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
+    IDLE = "idle"
 
 
 class ProtocolError(Exception):
