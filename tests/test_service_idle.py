@@ -5,7 +5,6 @@ answer PING, or that take their answers, stay. docs/protocol.md, "Idle connectio
 from __future__ import annotations
 
 import asyncio
-import socket
 import struct
 import time
 from collections.abc import Iterator
@@ -14,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from fluxcore.client import AsyncClient, Client, MessageType
-from fluxcore.client._wire import Codec
 from fluxcore.protocol import ErrorCode, Op, decode_control, encode_control
 
+from ._raw import connect, read_frame
 from .service_harness import TOKEN, ServerProcess
 
 IDLE_S = 1.5
@@ -34,31 +33,6 @@ def idle_server(tmp_path: Path) -> Iterator[ServerProcess]:
         proc.kill()
 
 
-def raw_connection(server: ServerProcess, client_id: str) -> socket.socket:
-    host, port = server.address.rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)), timeout=30)
-    sock.sendall(Codec(client_id, "raw", "public", TOKEN).hello(1))
-    op, request_id, _body = read_frame(sock)
-    assert (op, request_id) == (Op.WELCOME, 1)
-    return sock
-
-
-def read_frame(sock: socket.socket) -> tuple[int, int, bytes]:
-    header = read_exactly(sock, 12)
-    length, op, _flags, _reserved, request_id = struct.unpack("<IBBHI", header)
-    return op, request_id, read_exactly(sock, length - 8)
-
-
-def read_exactly(sock: socket.socket, size: int) -> bytes:
-    out = bytearray()
-    while len(out) < size:
-        chunk = sock.recv(size - len(out))
-        if not chunk:
-            raise ConnectionResetError(f"closed after {len(out)} of {size} bytes")
-        out += chunk
-    return bytes(out)
-
-
 def connections(client: Client, client_id: str) -> list[str]:
     """The connect and disconnect records of `client_id` in the METRICS log, in order."""
     found = []
@@ -70,7 +44,7 @@ def connections(client: Client, client_id: str) -> list[str]:
 
 
 def test_quiet_connection_is_pinged_then_closed(idle_server: ServerProcess) -> None:
-    sock = raw_connection(idle_server, "quiet")
+    sock = connect(idle_server, "quiet")
     started = time.monotonic()
     with sock:
         # Answering the pings keeps the connection for several idle timeouts.
@@ -145,8 +119,8 @@ def test_idle_clients_answer_pings_and_keep_their_connection(
 def test_client_that_takes_no_answers_is_closed(idle_server: ServerProcess) -> None:
     with Client.connect(idle_server.address, token=TOKEN, name="publisher") as client:
         client.publish_batch(MessageType.EVENT, [b"x" * 1000] * 5000)
-        stuck = raw_connection(idle_server, "stuck")
-        slow = raw_connection(idle_server, "slow")
+        stuck = connect(idle_server, "stuck")
+        slow = connect(idle_server, "slow")
         with stuck, slow:
             request = encode_control({"type": int(MessageType.EVENT), "min_index": 0,
                                       "max_size": 5000})
