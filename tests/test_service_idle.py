@@ -140,13 +140,3 @@ def test_client_that_takes_no_answers_is_closed(idle_server: ServerProcess) -> N
             assert connections(client, "stuck") == ["connect", "disconnect"]
             assert connections(client, "slow") == ["connect"]
 
-
-def test_idle_check_off(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "data", env={"FLUXCORE_IDLE_TIMEOUT_S": "0"}).start()
-    try:
-        with connect(server, "quiet") as sock:
-            sock.settimeout(2.5)  # past a third of the tests' idle timeout, and more
-            with pytest.raises(TimeoutError):
-                read_frame(sock)
-    finally:
-        server.kill()
