@@ -205,7 +205,11 @@ class Client:
             return
         try:
             sock = self._sock
-            if sock is not None and select.select([], [sock], [], 0)[1]:
+            if sock is None:
+                return
+            writable = select.poll()  # not select(): it fails for descriptors past 1023
+            writable.register(sock, select.POLLOUT)
+            if writable.poll(0):
                 sock.sendall(_proto.frame_header(Op.PONG, request_id, 0))
         finally:
             self._send_lock.release()
