@@ -61,18 +61,14 @@ def even_split(count: int) -> list[Range]:
 
 def free_ranges(fixed: list[Range]) -> list[Range]:
     """The maximal runs of segments that no range in `fixed` covers, in order."""
-    taken = [False] * SEGMENTS
-    for lo, hi in fixed:
-        taken[lo:hi] = [True] * (hi - lo)
     runs: list[Range] = []
-    start = None
-    for seg in range(SEGMENTS + 1):
-        free = seg < SEGMENTS and not taken[seg]
-        if free and start is None:
-            start = seg
-        elif not free and start is not None:
-            runs.append((start, seg))
-            start = None
+    start = 0
+    for lo, hi in sorted(r for r in fixed if r[1] > r[0]):
+        if lo > start:
+            runs.append((start, lo))
+        start = max(start, hi)
+    if start < SEGMENTS:
+        runs.append((start, SEGMENTS))
     return runs
 
 
