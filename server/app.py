@@ -203,13 +203,18 @@ class Server:
     async def _idle_loop(self) -> None:
         """Pings connections gone quiet and closes those that stay so (Session.check_idle)."""
         timeout = self.config.idle_timeout_s
+        period = timeout / 6
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(timeout / 6)
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            # A loop that could not run for a while (the process was stopped, the machine
+            # paused) has not read what came meanwhile: nobody counts as silent this round.
+            stalled, last = now - last > 2 * period, now
             if self.stopping:
                 continue
-            now = time.monotonic()
             for session in list(self.sessions):
-                session.check_idle(now, timeout)
+                session.check_idle(now, timeout, stalled)
 
     async def _purge_loop(self) -> None:
         while True:

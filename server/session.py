@@ -287,15 +287,16 @@ class Session(asyncio.BufferedProtocol):
         self.send_error(request_id, code, message)
         self.close()
 
-    def check_idle(self, now: float, timeout: float) -> None:
+    def check_idle(self, now: float, timeout: float, stalled: bool = False) -> None:
         """Closes a connection that said HELLO and was not heard from for `timeout` seconds
         (a half-open connection, a hung client); pings it after a third of that. A client
         that takes answers waiting for it (its write buffer shrinks) is there too: while the
-        server does not read its socket (backpressure) nothing else can come from it."""
+        server does not read its socket (backpressure) nothing else can come from it.
+        `stalled`: the server itself could not run for a while; count the client as heard."""
         if self.closed or self.project is None or self.transport is None:
             return
         unsent = self.transport.get_write_buffer_size()
-        if self.heard != self._heard_seen or unsent < self._unsent_seen:
+        if stalled or self.heard != self._heard_seen or unsent < self._unsent_seen:
             self._heard_seen = self.heard
             self._heard_at = now
         self._unsent_seen = unsent

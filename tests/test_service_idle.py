@@ -5,6 +5,8 @@ answer PING, or that take their answers, stay. docs/protocol.md, "Idle connectio
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import struct
 import time
 from collections.abc import Iterator
@@ -140,3 +142,25 @@ def test_client_that_takes_no_answers_is_closed(idle_server: ServerProcess) -> N
             assert connections(client, "stuck") == ["connect", "disconnect"]
             assert connections(client, "slow") == ["connect"]
 
+
+
+def test_a_stopped_server_does_not_drop_its_clients(idle_server: ServerProcess) -> None:
+    # While the server's process is stopped it reads nothing and sends no PING; once it runs
+    # again, its clients must not count as silent for that time.
+    pong = struct.pack("<IBBHI", 8, Op.PONG, 0, 0, 0)
+    with connect(idle_server, "patient") as sock:
+        assert read_frame(sock) == (Op.PING, 0, b"")
+        sock.sendall(pong)
+        # The server's next idle check (every IDLE_S / 6) sees the PONG; its next PING comes a
+        # third of IDLE_S after that: stop it in between, with nothing on its way to it.
+        time.sleep(IDLE_S / 4)
+        os.kill(idle_server.pid, signal.SIGSTOP)
+        try:
+            time.sleep(1.5 * IDLE_S)
+        finally:
+            os.kill(idle_server.pid, signal.SIGCONT)
+        started = time.monotonic()
+        while time.monotonic() - started < 1.2 * IDLE_S:
+            op, _request_id, body = read_frame(sock)
+            assert op == Op.PING, decode_control(body)
+            sock.sendall(pong)
