@@ -118,8 +118,9 @@ class ScheduleStore:
         self._db.execute("DELETE FROM schedules WHERE id = ?", (schedule_id,))
         return row[0] is None
 
-    def get(self, schedule_id: str) -> tuple[int, int, bytes] | None:
-        """(deadline, segment, message) of a schedule, pending or fired, or None."""
+    def get(self, schedule_id: str) -> tuple[int, int, bytes, int | None] | None:
+        """(deadline, segment, message, index in the log once fired) of a schedule, pending
+        or fired, or None."""
         row = self._db.execute(
             "SELECT deadline, segment, message, fired FROM schedules WHERE id = ?",
             (schedule_id,)).fetchone()
@@ -133,7 +134,7 @@ class ScheduleStore:
                                  (schedule_id, fired))
                 return None
             message = found
-        return deadline, segment, message
+        return deadline, segment, message, None if fired is None else int(fired)
 
     def _logged(self, index: int) -> bytes | None:
         batch = self._log().read(index - 1, max_count=1)

@@ -740,9 +740,9 @@ class Session(asyncio.BufferedProtocol):
         found = self.project.schedules.get(schedule_id)
         if found is None:
             return {"schedule": None}
-        deadline, segment, message = found
+        deadline, segment, message, index = found
         return {"schedule": {"id": schedule_id, "deadline": deadline, "segment": segment,
-                             "message": message}}
+                             "message": message, "index": index}}
 
     def _on_store_values(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
         assert self.project is not None

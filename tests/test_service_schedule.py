@@ -82,6 +82,10 @@ def test_same_deadline_counts_up_and_past_deadline_is_now(client: Client) -> Non
     # one millisecond, three schedules: indexes count up from the deadline's, in id order
     assert [m.data for m in delivered] == [b"a", b"b", b"c"]
     assert [m.index for m in delivered] == [(deadline_ms << 16) + i for i in range(3)]
+    for message, name in zip(delivered, "abc", strict=True):
+        fired = client.get_schedule(f"same-{name}")
+        assert fired is not None and fired.message.index == message.index
+        assert fired.deadline_ms == deadline_ms
     # A deadline in the past counts as the moment it was scheduled (the original's rule).
     before = int(time.time() * 1000)
     client.schedule(b"late", before / 1000 - 3600, schedule_id="late")
@@ -234,7 +238,7 @@ def test_a_store_from_before_fired_schedules_were_kept_opens(tmp_path: Path) -> 
 
     store = ScheduleStore(path, durable=False, log=no_log, appended=lambda: None)
     try:
-        assert store.get("s") == (123, 7, b"\x01")
+        assert store.get("s") == (123, 7, b"\x01", None)
         assert store.pending() == 1
     finally:
         store.close()
@@ -258,7 +262,8 @@ def test_a_fired_schedule_goes_with_its_message(tmp_path: Path) -> None:
     try:
         asyncio.run(fire())
         found = store.get("s")
-        assert found is not None and found[1:] == (3, b"hello")
+        assert found is not None and found[1:3] == (3, b"hello")
+        assert found[3] == log.read(0).indexes[0]  # where it is in the log
         for _ in range(4):  # four more files: the first one, with the message, is dropped
             log.append_batch([b"x" * 100_000] * 10)
         assert log.read(0).payloads()[0] != b"hello"  # retention dropped it

@@ -114,12 +114,14 @@ _RECORD_HEADER = struct.Struct("<IIQHHI")
 
 
 def scheduled_from(answer: dict[str, Any] | None) -> Scheduled | None:
-    """The GET_SCHEDULE answer as a Scheduled; its message's index is the deadline's."""
+    """The GET_SCHEDULE answer as a Scheduled; its message's index is the one it got in the
+    log once fired, until then the deadline's."""
     if answer is None:
         return None
     message = bytes(answer["message"])
     length = _RECORD_HEADER.size + len(message)
-    index = int(answer["deadline"]) << 16
+    fired = answer.get("index")
+    index = int(answer["deadline"]) << 16 if fired is None else int(fired)
     record = _RECORD_HEADER.pack(length, 0, index, int(answer["segment"]), 0, 0) + message
     return Scheduled(str(answer["id"]), int(answer["deadline"]), decode_record(record))
 
