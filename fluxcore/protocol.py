@@ -109,6 +109,7 @@ class ErrorCode(enum.StrEnum):
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
     CONFLICT = "conflict"  # APPEND_EVENTS: the stream is not at the expected sequence
+    IDLE = "idle"
 
 
 class ProtocolError(Exception):

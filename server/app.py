@@ -44,6 +44,7 @@ class Server:
         self._purge_task: asyncio.Task[None] | None = None
         self._flush_task: asyncio.Task[None] | None = None
         self._metrics_task: asyncio.Task[None] | None = None
+        self._idle_task: asyncio.Task[None] | None = None
         # fdatasync runs here, off the event loop; one sync serves every append waiting for it.
         self._sync_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fluxcore-sync")
         before, soft, hard = raise_open_file_limit()
@@ -78,6 +79,8 @@ class Server:
         self._flush_task = loop.create_task(self._flush_loop())
         if self.config.metrics_interval_s > 0:
             self._metrics_task = loop.create_task(self._metrics_loop())
+        if self.config.idle_timeout_s > 0:
+            self._idle_task = loop.create_task(self._idle_loop())
         # Every project opens now, not on its first client: schedules fire and events a crash
         # left unpublished go out whether or not one of its clients comes back.
         os.makedirs(self.config.data_dir, exist_ok=True)
@@ -106,7 +109,7 @@ class Server:
             await asyncio.wait(pending, timeout=10)
         for session in list(self.sessions):
             session.close()
-        for task in (self._purge_task, self._flush_task, self._metrics_task):
+        for task in (self._purge_task, self._flush_task, self._metrics_task, self._idle_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -201,6 +204,22 @@ class Server:
                     project.events.retry()
                 except sqlite3.Error as exc:
                     logger.error("publishing stored events of %s failed: %s", project.name, exc)
+
+    async def _idle_loop(self) -> None:
+        """Pings connections gone quiet and closes those that stay so (Session.check_idle)."""
+        timeout = self.config.idle_timeout_s
+        period = timeout / 6
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            # A loop that could not run for a while (the process was stopped, the machine
+            # paused) has not read what came meanwhile: nobody counts as silent this round.
+            stalled, last = now - last > 2 * period, now
+            if self.stopping:
+                continue
+            for session in list(self.sessions):
+                session.check_idle(now, timeout, stalled)
 
     async def _purge_loop(self) -> None:
         while True:

@@ -75,6 +75,9 @@ class ServerConfig:
     max_logs: int = 1000  # custom topics and document collections per project
     purge_interval_s: float = 1.0
     hello_timeout_s: float = 10.0  # a connection that says nothing in time is closed
+    # A connection that said HELLO and was not heard from for this long is closed; after a
+    # third of it the server pings it (clients answer PING with PONG). 0: never.
+    idle_timeout_s: float = 30.0
     metrics_interval_s: float = 10.0  # traffic and consumer reports to METRICS; 0: none
     web_project: str | None = None  # HTTP requests become WEBREQUESTs of this project
     web_timeout_s: float = 30.0  # then a web request without a response gets a 504
@@ -108,6 +111,8 @@ class ServerConfig:
             values["tokens"] = tokens
         if not values.get("data_dir"):
             raise ValueError("a data directory is required: --data DIR or FLUXCORE_DATA_DIR")
+        if float(values.get("idle_timeout_s", 0)) < 0:
+            raise ValueError("idle_timeout_s must be 0 (off) or positive")
         if values.get("fsync", "interval") not in ("never", "interval", "always"):
             raise ValueError("fsync must be never, interval or always")
         return cls(**values)

@@ -58,7 +58,8 @@ class Project:
         self._own_counter = 0
         durable = config.fsync == "always"  # the stores sync each commit, as the logs do
         self.schedules = ScheduleStore(os.path.join(self.path, SCHEDULES_FILE), durable=durable,
-                                       deliver=self._deliver_schedules)
+                                       log=lambda: self.log("schedule"),
+                                       appended=lambda: self.appended("schedule"))
         self.values = ValueStore(os.path.join(self.path, VALUES_FILE), durable=durable)
         self.events = EventStore(os.path.join(self.path, EVENTS_FILE), durable=durable,
                                  publish=self._publish_events)
@@ -179,10 +180,6 @@ class Project:
         indexes = self.log(log_name).append_buffer(frame, offsets, segments=segments)
         self.appended(log_name)
         return int(indexes[0])
-
-    def _deliver_schedules(self, buffer: bytes, offsets: Any, segments: Any) -> None:
-        self.log("schedule").append_buffer(buffer, offsets, segments=segments)
-        self.appended("schedule")
 
     def _publish_events(self, buffer: Any, offsets: Any, segments: Any) -> int:
         indexes = self.log("event").append_buffer(buffer, offsets, segments=segments)

@@ -65,7 +65,9 @@ class TypeFilter:
         for value, position in zip(unique.tolist(), first.tolist(), strict=True):
             verdict = self.verdicts.get(value)
             if verdict is None:
-                verdict = self.regex.fullmatch(_proto.record_type(batch, position)) is not None
+                payload_type = _proto.record_type(batch, position)
+                # A message without a payload type passes every filter, as in the original.
+                verdict = not payload_type or self.regex.fullmatch(payload_type) is not None
                 self.verdicts[value] = verdict
             if verdict:
                 accepted.append(value)
@@ -121,7 +123,7 @@ class PendingRead:
             positions, start, seg_range = plan
             frame, count, scanned = self._frame(
                 self.request_id, self._read(start, seg_range), positions, start, seg_range)
-            if count or (scanned and params.client_index):
+            if count or (scanned and positions is None):
                 # Messages, or (for a reader that keeps its own index) the new last index, so
                 # that it does not scan the filtered-out messages again.
                 self._deliver(frame, count)
@@ -141,7 +143,7 @@ class PendingRead:
         seg_range = (0, 128) if params.ignore_segment else self.tracker.range
         if seg_range == EMPTY:
             return None
-        if params.client_index:
+        if params.client_index and params.last_index is not None:
             return None, self._default_start, seg_range
         stored = self.project.positions.get(params.log_name, params.consumer)
         positions = np.where(stored == UNSET, np.uint64(self._default_start), stored)
@@ -178,7 +180,7 @@ class PendingRead:
         of its kind do: its (frame, count), _NOTHING or _ONE_BY_ONE."""
         frame, count, scanned = self._frame(
             self.request_id, self._read(start, seg_range), positions, start, seg_range)
-        if count or (scanned and self.params.client_index):
+        if count or (scanned and positions is None):
             self._deliver(frame, count)
             self._finish()
             return frame, count
@@ -188,8 +190,7 @@ class PendingRead:
         return _NOTHING
 
     def _deliver(self, frame: bytes | bytearray, count: int) -> None:
-        if count:
-            self.cluster.processing(self.tracker)
+        self.cluster.processing(self.tracker)
         self.session.delivered(frame, count)
 
     def _send(self, frame: bytes) -> None:
@@ -204,6 +205,11 @@ class PendingRead:
     def _expire(self) -> None:
         if not self.done:
             self._send(_proto.empty_batch_frame(self.request_id, *self._range(), 0, True))
+            if self.cluster.trackers.get(self.params.tracker_id) is self.tracker:
+                # Until it reads again, it counts as processing (and can be purged), as in the
+                # original: a tracker that goes silent after an empty batch must not keep its
+                # segments for good.
+                self.cluster.processing(self.tracker)
             self._finish()
 
     def _range(self) -> tuple[int, int]:

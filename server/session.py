@@ -161,6 +161,11 @@ class Session(asyncio.BufferedProtocol):
         self._hello_timer: asyncio.TimerHandle | None = None
         self._blocked_reads: set[PendingRead] = set()  # ready to answer once writable
         self._refused = False  # accepted into the descriptor reserve: only /health is served
+        # The idle check (check_idle): bytes received so far, and what it saw last time.
+        self.heard = 0
+        self._heard_seen = 0
+        self._heard_at = time.monotonic()
+        self._unsent_seen = 0
 
     # -- asyncio callbacks -------------------------------------------------------------------
 
@@ -299,6 +304,7 @@ class Session(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._end += nbytes
+        self.heard += nbytes
         if self.project is None and (
                 self._http or bytes(self._buf[self._start : self._start + 4]) in HTTP_METHODS):
             self._on_http()
@@ -371,6 +377,28 @@ class Session(asyncio.BufferedProtocol):
         self.send_error(request_id, code, message)
         self.close()
 
+    def check_idle(self, now: float, timeout: float, stalled: bool = False) -> None:
+        """Closes a connection that said HELLO and was not heard from for `timeout` seconds
+        (a half-open connection, a hung client); pings it after a third of that. A client
+        that takes answers waiting for it (its write buffer shrinks) is there too: while the
+        server does not read its socket (backpressure) nothing else can come from it.
+        `stalled`: the server itself could not run for a while; count the client as heard."""
+        if self.closed or self.project is None or self.transport is None:
+            return
+        unsent = self.transport.get_write_buffer_size()
+        if stalled or self.heard != self._heard_seen or unsent < self._unsent_seen:
+            self._heard_seen = self.heard
+            self._heard_at = now
+        self._unsent_seen = unsent
+        silent = now - self._heard_at
+        if silent >= timeout:
+            self._fail(0, ErrorCode.IDLE, f"nothing heard from this connection for "
+                       f"{silent:.1f} s (idle_timeout_s {timeout:g}); PING is answered by PONG")
+            if self.transport.get_write_buffer_size():
+                self.transport.abort()  # close() would wait for a peer that takes nothing
+        elif silent >= timeout / 3:
+            self.send(_proto.frame_header(Op.PING, 0, 0))
+
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
@@ -434,6 +462,8 @@ class Session(asyncio.BufferedProtocol):
                 self._on_read(request_id, self._control(start, end))
             elif op == Op.PING:
                 self.send(_proto.frame_header(Op.PONG, request_id, 0))
+            elif op == Op.PONG:
+                pass  # the answer to our PING: that it came is all check_idle needs
             elif op == Op.SCHEDULE:
                 self._on_schedule(request_id, start, end)
             elif op == Op.APPEND_EVENTS:
@@ -825,9 +855,9 @@ class Session(asyncio.BufferedProtocol):
         found = self.project.schedules.get(schedule_id)
         if found is None:
             return {"schedule": None}
-        deadline, segment, message = found
+        deadline, segment, message, index = found
         return {"schedule": {"id": schedule_id, "deadline": deadline, "segment": segment,
-                             "message": message}}
+                             "message": message, "index": index}}
 
     def _on_store_values(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
         assert self.project is not None

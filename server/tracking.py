@@ -1,10 +1,14 @@
 """Trackers and the clusters they form: the instances of one consumer split the 128 segments
 of a log between them, and the split follows them as they join, leave or go silent.
 
-Invariant: the ranges of the trackers of a cluster never overlap, so each message is handled by
-at most one tracker of a consumer. A tracker that is processing a batch (active) keeps its range
-until it reads again; the others get their share of the even split, minus what active trackers
-still hold, until those come back.
+Invariants, after every change:
+- the ranges of the trackers of a cluster never overlap, so each message is handled by at most
+  one tracker of a consumer;
+- a tracker that got a batch (active: it is processing, or about to read again) keeps exactly
+  its range until it reads again, leaves or is purged; nobody else gets any of it;
+- every other segment has exactly one owner among the trackers that hold no such fixed range,
+  unless the fixed ranges cut the free segments into more pieces than there are such trackers
+  (then the smallest pieces wait for an active tracker to read again, which rebalances).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["EMPTY", "Cluster", "Tracker", "even_split"]
+__all__ = ["EMPTY", "SEGMENTS", "Cluster", "Tracker", "even_split", "free_ranges", "share"]
 
 SEGMENTS = 128
 EMPTY = (0, 0)
@@ -33,11 +37,16 @@ class Tracker:
     active: bool = False  # got a batch and has not come back for the next one
     active_since: float = 0.0
 
+    @property
+    def fixed(self) -> bool:
+        """Its range may not change: it got a batch of these segments and has not read again."""
+        return self.active and self.range != EMPTY
 
-def even_split(count: int) -> list[Range]:
-    """128 segments over `count` trackers; the last `128 % count` get one more."""
-    base, extra = divmod(SEGMENTS, count)
-    ranges, start = [], 0
+
+def _split(lo: int, hi: int, count: int) -> list[Range]:
+    """[lo, hi) in `count` contiguous pieces; the last `(hi - lo) % count` get one more."""
+    base, extra = divmod(hi - lo, count)
+    ranges, start = [], lo
     for i in range(count):
         size = base + (1 if i >= count - extra else 0)
         ranges.append((start, start + size))
@@ -45,22 +54,49 @@ def even_split(count: int) -> list[Range]:
     return ranges
 
 
-def _subtract(target: Range, taken: list[Range]) -> Range:
-    """The largest contiguous part of `target` that no range in `taken` covers."""
-    pieces = [target]
-    for lo, hi in taken:
-        next_pieces = []
-        for a, b in pieces:
-            if hi <= a or lo >= b:
-                next_pieces.append((a, b))
-                continue
-            if a < lo:
-                next_pieces.append((a, lo))
-            if hi < b:
-                next_pieces.append((hi, b))
-        pieces = next_pieces
-    best = max(pieces, key=lambda r: r[1] - r[0], default=EMPTY)
-    return best if best[1] > best[0] else EMPTY
+def even_split(count: int) -> list[Range]:
+    """128 segments over `count` trackers; the last `128 % count` get one more."""
+    return _split(0, SEGMENTS, count)
+
+
+def free_ranges(fixed: list[Range]) -> list[Range]:
+    """The maximal runs of segments that no range in `fixed` covers, in order."""
+    runs: list[Range] = []
+    start = 0
+    for lo, hi in sorted(r for r in fixed if r[1] > r[0]):
+        if lo > start:
+            runs.append((start, lo))
+        start = max(start, hi)
+    if start < SEGMENTS:
+        runs.append((start, SEGMENTS))
+    return runs
+
+
+def share(runs: list[Range], count: int) -> list[Range]:
+    """`count` ranges, in segment order, that cover `runs` as evenly as possible; EMPTY at the
+    end for trackers left over. With fewer trackers than runs, the largest runs are covered."""
+    if count <= 0:
+        return []
+    if len(runs) > count:
+        largest = sorted(runs, key=lambda r: (r[0] - r[1], r[0]))[:count]
+        return sorted(largest)
+    if not runs:
+        return [EMPTY] * count
+    trackers_per_run = [1] * len(runs)
+    for _ in range(count - len(runs)):
+        # The next tracker goes where a tracker's share is largest (the first such run).
+        best, best_share = -1, 1.0
+        for i, (lo, hi) in enumerate(runs):
+            size = (hi - lo) / trackers_per_run[i]
+            if size > best_share:
+                best, best_share = i, size
+        if best < 0:
+            break  # every free segment has its own tracker
+        trackers_per_run[best] += 1
+    out: list[Range] = []
+    for (lo, hi), n in zip(runs, trackers_per_run, strict=True):
+        out.extend(_split(lo, hi, n))
+    return out + [EMPTY] * (count - len(out))
 
 
 @dataclass(eq=False)
@@ -90,9 +126,11 @@ class Cluster:
         return tracker
 
     def processing(self, tracker: Tracker) -> None:
-        """The tracker got a batch: it keeps its range until it reads again."""
-        tracker.active = True
-        tracker.active_since = time.monotonic()
+        """The tracker got a batch (an empty one too): it keeps its range until it reads
+        again, and is purged if it stays away longer than its purge timeout."""
+        if not tracker.active:
+            tracker.active = True
+            tracker.active_since = time.monotonic()
 
     def leave(self, tracker_id: str) -> bool:
         if self.trackers.pop(tracker_id, None) is None:
@@ -126,19 +164,19 @@ class Cluster:
     def _rebalance(self) -> None:
         ordered = sorted(self.trackers.values(), key=lambda t: t.tracker_id)
         before = {t.tracker_id: t.range for t in ordered}
+        movable = [t for t in ordered if not t.fixed]
         if self.single_tracker:
-            owner = next((t for t in ordered if t.range[0] == 0 and t.range[1] > 0), None)
+            # One tracker gets every segment; it stays the owner while it is there.
+            owner = next((t for t in ordered if t.range == (0, SEGMENTS)), None)
             if owner is None:
-                owner = next((t for t in ordered if not t.active), None)
-            for t in ordered:
-                if not t.active:
-                    t.range = (0, SEGMENTS) if t is owner else EMPTY
-        elif ordered:
-            held = [t.range for t in ordered if t.active and t.range != EMPTY]
-            for t, target in zip(ordered, even_split(len(ordered)), strict=True):
-                if not t.active:
-                    t.range = _subtract(target, held)
-        if {t.tracker_id: t.range for t in ordered} != before or len(before) != len(ordered):
+                owner = next(iter(movable), None)
+            for t in movable:
+                t.range = (0, SEGMENTS) if t is owner else EMPTY
+        else:
+            runs = free_ranges([t.range for t in ordered if t.fixed])
+            for t, assigned in zip(movable, share(runs, len(movable)), strict=True):
+                t.range = assigned
+        if {t.tracker_id: t.range for t in ordered} != before:
             self.wake()
 
     # -- waiting for a change of ranges --------------------------------------------------

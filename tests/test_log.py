@@ -292,3 +292,21 @@ def test_at_most_max_mapped_files_stay_mapped(log_dir: Path) -> None:
         assert sum(f is not None for f in reader._files) <= 2
     with pytest.raises(ValueError):
         Log(log_dir, max_mapped_files=1)
+
+
+def test_append_buffer_with_a_preset_first_index(log: Log) -> None:
+    # The server's schedules use it: a due schedule's index is its deadline's.
+    first = log.append(b"now")
+    base = first + (5 << 16)
+    buffer = b"abc"
+    indexes = log.append_buffer(buffer, [0, 1, 2, 3], segments=[1, 2, 3], first_index=base)
+    assert indexes.tolist() == [base, base + 1, base + 2]
+    assert log.read(first).indexes.tolist() == [base, base + 1, base + 2]
+    assert log.read(first).segments.tolist() == [1, 2, 3]
+    for bad in (base + 2, first, 0):  # not above the last index, or not an index at all
+        with pytest.raises(ValueError):
+            log.append_buffer(buffer, [0, 3], first_index=bad)
+    with pytest.raises(TypeError):
+        log.append_buffer(buffer, [0, 3], first_index=1.5)  # type: ignore[arg-type]
+    assert log.last_index == base + 2  # nothing of the refused appends was written
+    assert log.append_buffer(buffer, [0, 3]).tolist()[0] > base + 2

@@ -70,3 +70,11 @@ def test_tokens_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("FLUXCORE_TOKENS", "shop")
     with pytest.raises(ValueError, match="project=token"):
         ServerConfig.from_sources(data_dir=str(tmp_path))
+
+
+def test_idle_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ServerConfig.from_sources(data_dir="d").idle_timeout_s == 30.0
+    monkeypatch.setenv("FLUXCORE_IDLE_TIMEOUT_S", "0")  # 0: no idle check
+    assert ServerConfig.from_sources(data_dir="d").idle_timeout_s == 0.0
+    with pytest.raises(ValueError, match="idle_timeout_s"):
+        ServerConfig.from_sources(data_dir="d", idle_timeout_s=-1.0)

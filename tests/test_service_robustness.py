@@ -34,7 +34,7 @@ APPEND_EVENTS, GET_EVENTS, DELETE_EVENTS, UPDATE_RELATIONSHIPS = range(17, 21)
 REPAIR_RELATIONSHIPS, GET_RELATIONSHIPS = 21, 22
 WELCOME, ACK, BATCH, RESULT, PONG, ERROR = 129, 130, 131, 132, 138, 143
 ERROR_CODES = {"bad_frame", "unknown_op", "bad_request", "auth", "too_large", "unavailable",
-               "internal"}
+               "internal", "idle"}
 MSG_HEADER = struct.Struct("<BBHHHHHIIIqq")  # the 40-byte fixed header of a message
 pack = msgspec.msgpack.encode
 

@@ -8,9 +8,12 @@ import queue
 import struct
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import numpy as np
 import pytest
 
+from fluxcore import Log
 from fluxcore.client import AsyncClient, Client, Message, MessageType, ProtocolError, Scheduled
 from fluxcore.protocol import Op, decode_control, encode_control, time_from_index
 
@@ -42,10 +45,16 @@ def test_delivered_at_the_deadline_not_before(client: Client) -> None:
     assert arrived >= deadline
     assert message.data == b"wake up" and message.type == "Reminder"
     assert message.metadata == {"why": "test"}
-    # The index carries the deadline: the server was up, so to within a few milliseconds.
-    assert abs(time_from_index(message.index) / 1000 - deadline) < 0.2
-    assert client.get_schedule(sid) is None  # fired: no longer pending
-    assert not client.cancel_schedule(sid)
+    # The index is the deadline, to the millisecond (the first index of that millisecond).
+    assert message.index == round(deadline * 1000) << 16
+    assert time_from_index(message.index) == round(deadline * 1000)
+    # A fired schedule stays findable, as in the original, until cancelled.
+    fired = client.get_schedule(sid)
+    assert fired is not None and fired.deadline_ms == round(deadline * 1000)
+    assert fired.message.data == b"wake up" and fired.message.type == "Reminder"
+    assert fired.message.index == message.index
+    assert not client.cancel_schedule(sid)  # it was not pending any more
+    assert client.get_schedule(sid) is None  # but it is gone now
 
 
 def test_replace_cancel_and_if_absent(client: Client) -> None:
@@ -60,6 +69,47 @@ def test_replace_cancel_and_if_absent(client: Client) -> None:
     client.schedule(b"later", timedelta(seconds=1.5), schedule_id="c")
     delivered = [got.get(timeout=10)[1].data, got.get(timeout=10)[1].data]
     assert delivered == [b"second", b"later"]  # in deadline order, each once
+    with pytest.raises(queue.Empty):
+        got.get(timeout=0.5)
+
+
+def test_same_deadline_counts_up_and_past_deadline_is_now(client: Client) -> None:
+    got = schedule_consumer(client, "timer")
+    deadline_ms = int(time.time() * 1000) + 500
+    for name in ("b", "a", "c"):
+        client.schedule(name.encode(), deadline_ms / 1000, schedule_id=f"same-{name}")
+    delivered = [got.get(timeout=10)[1] for _ in range(3)]
+    # one millisecond, three schedules: indexes count up from the deadline's, in id order
+    assert [m.data for m in delivered] == [b"a", b"b", b"c"]
+    assert [m.index for m in delivered] == [(deadline_ms << 16) + i for i in range(3)]
+    for message, name in zip(delivered, "abc", strict=True):
+        fired = client.get_schedule(f"same-{name}")
+        assert fired is not None and fired.message.index == message.index
+        assert fired.deadline_ms == deadline_ms
+    # A deadline in the past counts as the moment it was scheduled (the original's rule).
+    before = int(time.time() * 1000)
+    client.schedule(b"late", before / 1000 - 3600, schedule_id="late")
+    late = got.get(timeout=10)[1]
+    found = client.get_schedule("late")
+    assert found is not None and found.deadline_ms >= before
+    assert late.index == found.deadline_ms << 16
+
+
+def test_fired_schedules_stay_until_replaced_or_cancelled(client: Client) -> None:
+    got = schedule_consumer(client, "timer")
+    client.schedule(b"one", timedelta(seconds=0.2), schedule_id="kept")
+    first = got.get(timeout=10)[1]
+    # if_absent finds the fired schedule: nothing new is scheduled
+    assert client.schedule(b"two", timedelta(seconds=0.2), schedule_id="kept",
+                           if_absent=True) is None
+    found = client.get_schedule("kept")
+    assert found is not None and found.message.data == b"one"
+    # scheduling the id again (without if_absent) makes it pending with the new message
+    client.schedule(b"three", timedelta(seconds=0.3), schedule_id="kept")
+    pending = client.get_schedule("kept")
+    assert pending is not None and pending.message.data == b"three"
+    second = got.get(timeout=10)[1]
+    assert second.data == b"three" and second.index > first.index
     with pytest.raises(queue.Empty):
         got.get(timeout=0.5)
 
@@ -95,7 +145,11 @@ def test_schedules_survive_kill9(server: ServerProcess) -> None:
         pending = client.get_schedule("after")
         assert pending is not None and pending.message.data == b"after"
         got = schedule_consumer(client, "timer")
-        assert got.get(timeout=10)[1].data == b"during"
+        during = got.get(timeout=10)[1]
+        assert during.data == b"during"
+        # fired late (the server was down at its deadline), its index is still the deadline
+        found = client.get_schedule("during")
+        assert found is not None and during.index == found.deadline_ms << 16
         arrived, message = got.get(timeout=10)
         assert message.data == b"after" and arrived >= time.time() - 10
         with pytest.raises(queue.Empty):
@@ -115,6 +169,10 @@ def test_async_client_schedules(server: ServerProcess) -> None:
             assert await client.cancel_schedule("y")
             message = await asyncio.wait_for(got.get(), 10)
             assert message.data == b"x" and message.type == "T"
+            fired = await client.get_schedule(sid)
+            assert fired is not None and fired.message.index == message.index
+            assert fired.deadline_ms << 16 == message.index
+            assert not await client.cancel_schedule(sid)
             assert await client.get_schedule(sid) is None
 
     asyncio.run(main())
@@ -159,3 +217,57 @@ def _frame(request_id: int, body: bytes) -> bytes:
     from fluxcore._ext import _proto
 
     return bytes(_proto.frame_header(Op.SCHEDULE, request_id, len(body))) + body
+
+
+def test_a_store_from_before_fired_schedules_were_kept_opens(tmp_path: Path) -> None:
+    import sqlite3
+
+    from server.schedules import ScheduleStore
+
+    path = str(tmp_path / "schedules.sqlite")
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE schedules (id TEXT PRIMARY KEY, deadline INTEGER NOT NULL,"
+                " segment INTEGER NOT NULL, message BLOB NOT NULL)")
+    old.execute("CREATE INDEX schedules_by_deadline ON schedules (deadline, id)")
+    old.execute("INSERT INTO schedules VALUES ('s', 123, 7, x'01')")
+    old.commit()
+    old.close()
+
+    def no_log() -> Log:
+        raise AssertionError("a pending schedule is read from the store")
+
+    store = ScheduleStore(path, durable=False, log=no_log, appended=lambda: None)
+    try:
+        assert store.get("s") == (123, 7, b"\x01", None)
+        assert store.pending() == 1
+    finally:
+        store.close()
+
+
+def test_a_fired_schedule_goes_with_its_message(tmp_path: Path) -> None:
+    # Once the schedule log's retention drops the message, the fired schedule is gone too.
+    from server.schedules import Schedule, ScheduleStore
+
+    log = Log(tmp_path / "log", segment_file_size=1 << 20, retention_bytes=2 << 20)
+    store = ScheduleStore(str(tmp_path / "schedules.sqlite"), durable=False,
+                          log=lambda: log, appended=lambda: None)
+
+    async def fire() -> None:
+        offsets = np.array([0, 5], dtype=np.int64)
+        store.schedule([Schedule("s", 0, False)], b"hello", offsets,
+                       np.array([3], dtype=np.uint8))
+        while store.pending():
+            await asyncio.sleep(0.01)
+
+    try:
+        asyncio.run(fire())
+        found = store.get("s")
+        assert found is not None and found[1:3] == (3, b"hello")
+        assert found[3] == log.read(0).indexes[0]  # where it is in the log
+        for _ in range(4):  # four more files: the first one, with the message, is dropped
+            log.append_batch([b"x" * 100_000] * 10)
+        assert log.read(0).payloads()[0] != b"hello"  # retention dropped it
+        assert store.get("s") is None
+    finally:
+        store.close()
+        log.close()

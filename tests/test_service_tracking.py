@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from fluxcore.client import Client, Message, MessageType
+from fluxcore.protocol import decode_control
 
 from .service_harness import TOKEN, ServerProcess, start_worker
 
@@ -414,6 +415,83 @@ def test_type_filter(client: Client) -> None:
     assert got.indexes() == wanted
     assert {m.type for m in got.messages} == {"OrderPlaced", "OrderShipped", "Order"}
     assert exact.indexes() == exact_wanted  # the whole type must match
+
+
+def test_type_filter_passes_messages_without_a_type(client: Client) -> None:
+    # As in the original, a message without a payload type passes any type filter.
+    got = Collector()
+    consumer = client.consume("typed", MessageType.EVENT, got, type_filter="Order.*",
+                              from_index=0)
+    try:
+        wanted = []
+        for name in ("OrderPlaced", "", "UserCreated", "", "Order"):
+            index = client.publish(MessageType.EVENT, name.encode() or b"untyped", type=name)
+            assert index is not None
+            if name != "UserCreated":
+                wanted.append(index)
+        wait_for(lambda: got.count() >= len(wanted), 30, "the typed and untyped messages")
+        time.sleep(0.3)
+    finally:
+        consumer.stop()
+    assert got.indexes() == wanted
+    assert [m.type for m in got.messages] == ["OrderPlaced", "", "", "Order"]
+
+
+def test_handler_mapping_skips_messages_without_a_type(client: Client) -> None:
+    # Untyped messages pass the type filter a mapping of handlers sends; they have no handler.
+    got = Collector()
+    consumer = client.consume("mapped", MessageType.COMMAND, {"Ship": got}, from_index=0)
+    try:
+        # a request nobody handles gets no answer (not an empty one, nor an error)
+        with pytest.raises(TimeoutError):
+            client.request(MessageType.COMMAND, b"untyped", timeout=1.0)
+        shipped = client.publish(MessageType.COMMAND, b"ship", type="Ship")
+        last = client.publish(MessageType.COMMAND, b"other", type="Other")
+        wait_for(lambda: got.count() >= 1, 30, "the Ship command")
+        wait_for(lambda: client.get_position("mapped", MessageType.COMMAND) == [[0, 128], last],
+                 30, "the position past every message")
+    finally:
+        consumer.stop()
+    assert got.indexes() == [shipped]
+    assert consumer.errors == 0
+    assert client.read_from_index(MessageType.RESULT, 0) == []
+    assert client.read_from_index(MessageType.ERROR, 0) == []
+
+
+def test_client_index_without_last_index_starts_at_the_stored_position(client: Client) -> None:
+    indexes = sorted(publish_numbered(client, 10))
+    client.store_position("own-index", MessageType.EVENT, (0, 128), indexes[4])
+    time.sleep(1.2)  # the stored position is now older than "now - 1 s"
+    request = client._codec.read(MessageType.EVENT, "own-index", "t", topic=None, max_size=100,
+                                 max_timeout_ms=2000, client_index=True)
+    reply = client.read(request, 30)
+    assert [m.index for m in reply.messages] == indexes[5:]
+    assert reply.last_index == indexes[-1]
+
+
+def test_tracker_silent_after_an_empty_batch_is_purged(
+        server: ServerProcess, client: Client) -> None:
+    # A tracker whose long poll ended empty counts as processing until it reads again; if it
+    # never does (a hung process, its connection still open), the purge timeout frees its
+    # segments for the others.
+    with Client.connect(server.address, token=TOKEN, name="silent") as silent:
+        request = silent._codec.read(MessageType.EVENT, "purging", "0-silent", topic=None,
+                                     max_size=100, max_timeout_ms=200, purge_timeout_ms=1000)
+        reply = silent.read(request, 30)
+        assert reply.messages == [] and reply.segment == (0, 128)
+        got = Collector()
+        consumer = client.consume("purging", MessageType.EVENT, got, from_index=0)
+        try:
+            published = publish_numbered(client, 200, keys=64)
+            wait_for(lambda: got.count() >= 200, 20, "the silent tracker's segments too")
+            time.sleep(0.3)
+        finally:
+            consumer.stop()
+        assert sorted(got.indexes()) == sorted(published)
+        metrics = client.read_from_index(MessageType.METRICS, 0, max_size=1000)
+        gone = [decode_control(m.data) for m in metrics if m.type == "disconnect_tracker"]
+        assert {"tracker": "0-silent", "reason": "purged"}.items() <= next(
+            g for g in gone if g["tracker"] == "0-silent").items()
 
 
 def test_read_from_index(client: Client) -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.tracking import EMPTY, Cluster, Tracker, even_split
+from server.tracking import EMPTY, Cluster, Tracker, even_split, free_ranges, share
 
 SEGMENTS = 128
 
@@ -28,6 +28,17 @@ def assert_disjoint(cluster: Cluster) -> None:
             assert seg not in owner, (
                 f"segment {seg} held by {owner[seg]} and {tracker_id}: {ranges(cluster)}")
             owner[seg] = tracker_id
+
+
+def assert_covered(cluster: Cluster) -> None:
+    """Every segment has exactly one owner (the original's assertAllSegmentsCovered)."""
+    assert_disjoint(cluster)
+    if not cluster.trackers:
+        return
+    held = sorted(r for r in ranges(cluster).values() if r != EMPTY)
+    assert held and held[0][0] == 0 and held[-1][1] == SEGMENTS, ranges(cluster)
+    for (_, hi), (lo, _) in itertools.pairwise(held):
+        assert hi == lo, f"segments {hi}..{lo - 1} have no owner: {ranges(cluster)}"
 
 
 # -- even_split ------------------------------------------------------------------------------
@@ -127,11 +138,11 @@ def test_joiner_gets_what_active_trackers_do_not_hold() -> None:
     assert (a.range, b.range) == ((0, 64), (64, 128))
     cluster.processing(a)
     c = cluster.enter("c", "s", None)
-    # a keeps [0, 64); b's share [42, 85) minus a's range is [64, 85); c gets [85, 128)
+    # a keeps [0, 64); b and c share the rest, which stays covered
     assert a.range == (0, 64)
-    assert b.range == (64, 85)
-    assert c.range == (85, 128)
-    assert_disjoint(cluster)
+    assert b.range == (64, 96)
+    assert c.range == (96, 128)
+    assert_covered(cluster)
     cluster.enter("a", "s", None)
     assert ranges(cluster) == {"a": (0, 42), "b": (42, 85), "c": (85, 128)}
 
@@ -144,6 +155,151 @@ def test_leave_of_active_tracker_frees_its_range() -> None:
     assert b.range == EMPTY
     cluster.leave("a")
     assert b.range == (0, 128)
+
+
+# -- the original's TrackerCluster cases (TrackerClusterTest), with 128 segments --------------
+# withWaitingTracker = enter (a READ), withActiveTracker = processing (a batch went out),
+# withoutTracker = leave.
+
+
+def five_waiting() -> Cluster:
+    cluster = Cluster("c")
+    for n in range(1, 6):
+        cluster.enter(f"c{n}", "s", None)
+    return cluster
+
+
+def test_case_single_client_covers_all_segments() -> None:
+    cluster = Cluster("c")
+    c = cluster.enter("client", "s", None)
+    assert c.range == (0, 128)
+    cluster.processing(c)
+    assert c.range == (0, 128)
+
+
+def test_case_equal_segments_with_multiple_clients() -> None:
+    cluster = Cluster("c")
+    for n in range(1, 5):
+        cluster.enter(f"c{n}", "s", None)
+    assert ranges(cluster) == {"c1": (0, 32), "c2": (32, 64), "c3": (64, 96), "c4": (96, 128)}
+    assert_covered(cluster)
+
+
+def test_case_odd_number_of_clients() -> None:
+    cluster = Cluster("c")
+    for n in range(1, 4):
+        cluster.enter(f"c{n}", "s", None)
+    assert_covered(cluster)
+
+
+def test_case_segment_of_processing_client_is_fixed() -> None:
+    # The issue's first case: five waiting, c5 active, c1 leaves. Before the fix c2..c4 got
+    # [0, 32), [32, 64), [64, 96) and segments 96..101 had no owner until c5 read again.
+    cluster = five_waiting()
+    c5 = cluster.trackers["c5"]
+    assert c5.range == (102, 128)
+    cluster.processing(c5)
+    cluster.leave("c1")
+    assert c5.range == (102, 128)  # fixed while it processes
+    assert_covered(cluster)
+    assert ranges(cluster) == {"c2": (0, 34), "c3": (34, 68), "c4": (68, 102), "c5": (102, 128)}
+
+
+def test_case_adding_clients_in_reverse_alphabetical_order() -> None:
+    cluster = Cluster("c")
+    cluster.enter("c2", "s", None)
+    c1 = cluster.enter("c1", "s", None)
+    assert ranges(cluster) == {"c1": (0, 64), "c2": (64, 128)}
+    cluster.processing(c1)
+    assert ranges(cluster) == {"c1": (0, 64), "c2": (64, 128)}
+    cluster.enter("c1", "s", None)
+    assert ranges(cluster) == {"c1": (0, 64), "c2": (64, 128)}
+    assert_covered(cluster)
+
+
+def test_case_all_is_well_when_processing_client_listens_again() -> None:
+    cluster = five_waiting()
+    cluster.processing(cluster.trackers["c5"])
+    cluster.leave("c1")
+    cluster.enter("c5", "s", None)
+    assert_covered(cluster)
+    cluster.enter("c1", "s", None)
+    assert len(cluster.trackers) == 5
+    assert_covered(cluster)
+    assert [cluster.trackers[f"c{n}"].range for n in range(1, 6)] == even_split(5)
+
+
+def test_case_all_processing_and_a_client_is_added() -> None:
+    cluster = Cluster("c")
+    for n in range(1, 5):
+        cluster.enter(f"c{n}", "s", None)
+    for n in range(1, 5):
+        cluster.processing(cluster.trackers[f"c{n}"])
+    c5 = cluster.enter("c5", "s", None)
+    assert len(cluster.trackers) == 5
+    assert_covered(cluster)
+    assert c5.range == EMPTY
+
+
+def test_case_all_processing_and_a_client_is_added_reverse_order() -> None:
+    cluster = Cluster("c")
+    c2 = cluster.enter("c2", "s", None)
+    cluster.processing(c2)
+    c1 = cluster.enter("c1", "s", None)
+    assert c2.range == (0, 128)
+    assert c1.range == EMPTY
+
+
+def test_case_segments_redistributed_when_an_active_client_comes_back() -> None:
+    # The issue's second case: c1 active on everything, c2 active on nothing (it got an empty
+    # batch); when c1 reads again, c2 must get the other half. Before the fix c2 stayed empty.
+    cluster = Cluster("c")
+    c1 = cluster.enter("c1", "s", None)
+    cluster.processing(c1)
+    c2 = cluster.enter("c2", "s", None)
+    cluster.processing(c2)
+    assert (c1.range, c2.range) == ((0, 128), EMPTY)
+    cluster.enter("c1", "s", None)
+    assert (c1.range, c2.range) == ((0, 64), (64, 128))
+
+
+def test_case_purging_ceased_trackers() -> None:
+    cluster = Cluster("c")
+    cluster.enter("c1", "s", 1.0)
+    c2 = cluster.enter("c2", "s", 1.0)
+    cluster.processing(c2)
+    now = time.monotonic()
+    assert cluster.purge(now) == []
+    assert set(cluster.trackers) == {"c1", "c2"}
+    assert cluster.purge(now + 2.0) == ["c2"]
+    assert set(cluster.trackers) == {"c1"}
+    assert cluster.trackers["c1"].range == (0, 128)
+
+
+def test_fixed_ranges_that_cut_the_free_segments_in_two() -> None:
+    cluster = Cluster("c")
+    for n in range(1, 5):
+        cluster.enter(f"c{n}", "s", None)
+    cluster.processing(cluster.trackers["c2"])  # [32, 64)
+    cluster.leave("c4")
+    # free: [0, 32) and [64, 128); two movable trackers take one run each
+    assert ranges(cluster) == {"c1": (0, 32), "c2": (32, 64), "c3": (64, 128)}
+    cluster.leave("c3")
+    # one movable tracker for two runs: the larger is covered, [0, 32) waits for c2
+    assert ranges(cluster) == {"c1": (64, 128), "c2": (32, 64)}
+    cluster.enter("c2", "s", None)  # c2 reads again: everything is covered at once
+    assert ranges(cluster) == {"c1": (0, 64), "c2": (64, 128)}
+
+
+def test_share_and_free_ranges() -> None:
+    assert free_ranges([]) == [(0, 128)]
+    assert free_ranges([(0, 10), (10, 20), (100, 128)]) == [(20, 100)]
+    assert free_ranges([(5, 10), (50, 60)]) == [(0, 5), (10, 50), (60, 128)]
+    assert share([(0, 128)], 3) == even_split(3)
+    assert share([], 2) == [EMPTY, EMPTY]
+    assert share([(0, 2)], 4) == [(0, 1), (1, 2), EMPTY, EMPTY]
+    assert share([(0, 5), (10, 50), (60, 128)], 2) == [(10, 50), (60, 128)]
+    assert share([(0, 10), (20, 120)], 4) == [(0, 10), (20, 53), (53, 86), (86, 120)]
 
 
 # -- single tracker --------------------------------------------------------------------------
@@ -237,7 +393,7 @@ def test_watchers_are_woken_on_a_change() -> None:
     assert waiter.wakes == seen
 
 
-# -- property: ranges never overlap ----------------------------------------------------------
+# -- property: no overlap, nothing stranded, active ranges untouched -------------------------
 
 TRACKER_IDS = ["t0", "t1", "t2", "t3", "t4", "t5"]
 OPS = st.lists(
@@ -246,32 +402,63 @@ OPS = st.lists(
                   st.sampled_from([None, 1.0, 5.0])),
         st.tuples(st.just("processing"), st.sampled_from(TRACKER_IDS), st.none()),
         st.tuples(st.just("leave"), st.sampled_from(TRACKER_IDS), st.none()),
+        st.tuples(st.just("leave_session"), st.sampled_from(["s0", "s1"]), st.none()),
         st.tuples(st.just("purge"), st.none(), st.sampled_from([0.0, 2.0, 10.0])),
     ),
     max_size=60,
 )
 
 
+def assert_nothing_stranded(cluster: Cluster, single: bool) -> None:
+    """Segments no active tracker holds have exactly one owner among the others, unless the
+    active trackers' ranges cut them into more runs than there are other trackers."""
+    assert_disjoint(cluster)
+    fixed = [tr.range for tr in cluster.trackers.values() if tr.active and tr.range != EMPTY]
+    movable = [tr for tr in cluster.trackers.values() if not (tr.active and tr.range != EMPTY)]
+    owned = {seg for tr in movable for seg in range(*tr.range)}
+    if single:
+        owners = [r for r in ranges(cluster).values() if r != EMPTY]
+        assert owners in ([], [(0, 128)]), ranges(cluster)
+        if movable and not fixed:
+            assert owners == [(0, 128)], ranges(cluster)
+        return
+    runs = free_ranges(fixed)
+    free = {seg for lo, hi in runs for seg in range(lo, hi)}
+    assert owned <= free
+    if len(movable) >= len(runs):
+        assert owned == free, f"segments {sorted(free - owned)} stranded: {ranges(cluster)}"
+    else:  # a forced gap: each movable tracker covers a whole run
+        assert sorted(tr.range for tr in movable) == sorted(
+            r for r in runs if r in {tr.range for tr in movable})
+        assert len(owned) == sum(tr.range[1] - tr.range[0] for tr in movable)
+
+
 @pytest.mark.parametrize("single", [False, True])
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(ops=OPS)
-def test_ranges_never_overlap(single: bool, ops: list[tuple[str, str | None, object]]) -> None:
+def test_rebalancing_never_strands_or_steals(
+        single: bool, ops: list[tuple[str, str | None, object]]) -> None:
     cluster = Cluster("c", single_tracker=single)
     base = time.monotonic()
-    for op, tracker_id, arg in ops:
+    sessions = {t: f"s{i % 2}" for i, t in enumerate(TRACKER_IDS)}
+    for op, name, arg in ops:
+        # what each active tracker holds: nobody else may get any of it while it is away
         held = {t: tr.range for t, tr in cluster.trackers.items() if tr.active}
         if op == "enter":
-            assert tracker_id is not None
-            cluster.enter(tracker_id, "s", arg)  # type: ignore[arg-type]
-            held.pop(tracker_id, None)  # it came back: it may lose its range
+            assert name is not None
+            cluster.enter(name, sessions[name], arg)  # type: ignore[arg-type]
+            held.pop(name, None)  # it came back: it may get another range
         elif op == "processing":
-            tracker = cluster.trackers.get(tracker_id)  # type: ignore[arg-type]
-            if tracker is None or tracker.range == EMPTY:
-                continue  # the server marks only trackers that got a batch
+            tracker = cluster.trackers.get(name)  # type: ignore[arg-type]
+            if tracker is None:
+                continue  # the server sends batches only to trackers in the cluster
             cluster.processing(tracker)
         elif op == "leave":
-            cluster.leave(tracker_id)  # type: ignore[arg-type]
-            held.pop(tracker_id, None)  # type: ignore[arg-type]
+            cluster.leave(name)  # type: ignore[arg-type]
+            held.pop(name, None)  # type: ignore[arg-type]
+        elif op == "leave_session":
+            for gone in cluster.leave_session(name):  # type: ignore[arg-type]
+                held.pop(gone, None)
         else:
             now = base + float(arg)  # type: ignore[arg-type]
             expected = {
@@ -283,18 +470,16 @@ def test_ranges_never_overlap(single: bool, ops: list[tuple[str, str | None, obj
             assert set(gone) == expected
             for t in gone:
                 held.pop(t, None)
-        assert_disjoint(cluster)
-        # an active tracker keeps exactly its range while it is away
         for t, r in held.items():
             assert t in cluster.trackers
-            assert cluster.trackers[t].range == r, (t, r, ranges(cluster))
-        if single:
-            owners = [r for r in ranges(cluster).values() if r != EMPTY]
-            assert owners in ([], [(0, 128)])
+            if r != EMPTY:  # an active tracker's segments stay exactly its own
+                assert cluster.trackers[t].range == r, (t, r, ranges(cluster))
+                assert cluster.trackers[t].active
+        assert_nothing_stranded(cluster, single)
     # once every tracker has come back, the split is even (or one owner for single)
     for tracker_id in sorted(cluster.trackers):
-        cluster.enter(tracker_id, "s", None)
-    assert_disjoint(cluster)
+        cluster.enter(tracker_id, sessions[tracker_id], None)
+    assert_nothing_stranded(cluster, single)
     ordered = sorted(cluster.trackers)
     if not ordered:
         return

@@ -102,7 +102,8 @@ cdef class LogCore:
     cdef int _lock_append(self) except -1
     cdef int _grow_scratch(self, Py_ssize_t n) except -1
     cdef uint64_t _max_payload(self)
-    cdef object _append_gathered(self, Py_ssize_t n, object keys, object segments)
+    cdef object _append_gathered(self, Py_ssize_t n, object keys, object segments,
+                                 uint64_t first_index=*)
     cdef int _trim_page_cache(self, list synced, SegmentFile active) except -1
     cdef SegmentFile _file_at(self, Py_ssize_t pos)
     cdef Py_ssize_t _locate(self, uint64_t after, uint64_t *offset) except -2

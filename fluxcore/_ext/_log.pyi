@@ -116,6 +116,7 @@ class LogCore:
         *,
         keys: Sequence[Key] | None = None,
         segments: npt.ArrayLike | None = None,
+        first_index: int | None = None,
     ) -> npt.NDArray[np.uint64]: ...
     def read(
         self,

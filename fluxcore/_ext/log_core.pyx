@@ -187,15 +187,23 @@ cdef class LogCore:
             self._sync_to(self._last_index)
         return out
 
-    def append_buffer(self, buffer, offsets, *, keys=None, segments=None):
+    def append_buffer(self, buffer, offsets, *, keys=None, segments=None, first_index=None):
         """Appends the records buffer[offsets[i]:offsets[i+1]] in one call; returns their
-        indexes (numpy uint64)."""
+        indexes (numpy uint64): first_index, first_index + 1, ... when it is given (it must
+        be above the last index), else from the clock."""
         cdef Py_buffer view
         cdef cnp.ndarray offs
         cdef const int64_t *o
         cdef Py_ssize_t n, i
         cdef object out
+        cdef uint64_t preset = 0
         self._check_writable()
+        if first_index is not None:
+            if type(first_index) is not int:
+                raise TypeError(f"first_index must be an int, not {type(first_index).__name__}")
+            if not 0 < first_index < 1 << 63:
+                raise ValueError(f"first_index {first_index} is outside 1..2**63-1")
+            preset = first_index
         if PyUnicode_Check(buffer) or not PyObject_CheckBuffer(buffer):
             raise TypeError(f"buffer must be bytes-like, not {type(buffer).__name__}")
         offs = np.ascontiguousarray(offsets, dtype=np.int64)
@@ -216,7 +224,7 @@ cdef class LogCore:
                 for i in range(n):
                     self._ptrs[i] = <const char *>view.buf + o[i]
                     self._lens[i] = o[i + 1] - o[i]
-                out = self._append_gathered(n, keys, segments)
+                out = self._append_gathered(n, keys, segments, preset)
             finally:
                 pthread_mutex_unlock(&self._append_mu)
         finally:
@@ -225,7 +233,8 @@ cdef class LogCore:
             self._sync_to(self._last_index)
         return out
 
-    cdef object _append_gathered(self, Py_ssize_t n, object keys, object segments):
+    cdef object _append_gathered(self, Py_ssize_t n, object keys, object segments,
+                                 uint64_t first_index=0):
         cdef cnp.ndarray segs_arr
         cdef cnp.ndarray out
         cdef uint64_t *out_idx
@@ -235,6 +244,9 @@ cdef class LogCore:
         cdef Py_ssize_t longest = 0
         cdef bint seg_from_index = False
         cdef SegmentFile f
+        if first_index and first_index <= self._last_index:
+            raise ValueError(f"preset index {first_index} is not greater than the last "
+                             f"index {self._last_index}")
         max_payload = self._max_payload()
         for i in range(n):
             if self._lens[i] > longest:
@@ -279,8 +291,11 @@ cdef class LogCore:
             off += rec_stride(length)
         if need:
             self._reserve(need)
-        now = seg_now_ms() << 16
-        base = now if now > self._last_index else self._last_index + 1
+        if first_index:
+            base = first_index
+        else:
+            now = seg_now_ms() << 16
+            base = now if now > self._last_index else self._last_index + 1
         for i in range(n):
             out_idx[i] = base + <uint64_t>i
         if seg_from_index:

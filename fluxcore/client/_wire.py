@@ -120,12 +120,14 @@ _RECORD_HEADER = struct.Struct("<IIQHHI")
 
 
 def scheduled_from(answer: dict[str, Any] | None) -> Scheduled | None:
-    """The GET_SCHEDULE answer as a Scheduled; its message's index is the deadline's."""
+    """The GET_SCHEDULE answer as a Scheduled; its message's index is the one it got in the
+    log once fired, until then the deadline's."""
     if answer is None:
         return None
     message = bytes(answer["message"])
     length = _RECORD_HEADER.size + len(message)
-    index = int(answer["deadline"]) << 16
+    fired = answer.get("index")
+    index = int(answer["deadline"]) << 16 if fired is None else int(fired)
     record = _RECORD_HEADER.pack(length, 0, index, int(answer["segment"]), 0, 0) + message
     return Scheduled(str(answer["id"]), int(answer["deadline"]), decode_record(record))
 
@@ -445,6 +447,9 @@ def answer_bytes(value: Any) -> bytes:
     raise TypeError(f"a handler of requests must return bytes or str, not {type(value).__name__}")
 
 
+UNHANDLED = object()  # what a mapping of handlers returns for a type it has no handler for
+
+
 def dispatcher(handlers: Mapping[str, Callable[[Message], Any]]) -> tuple[
         Callable[[Message], Any], str]:
     """One handler per payload type: the function that picks it, and the type filter that
@@ -454,7 +459,8 @@ def dispatcher(handlers: Mapping[str, Callable[[Message], Any]]) -> tuple[
     table = dict(handlers)
 
     def dispatch(message: Message) -> Any:
-        return table[message.type](message)
+        handler = table.get(message.type)  # none for an untyped message: every filter passes it
+        return UNHANDLED if handler is None else handler(message)
 
     return dispatch, "|".join(re.escape(name) for name in table)
 
@@ -532,7 +538,7 @@ class Answers:
         self.errors = 0
 
     def handled(self, message: Message, value: Any) -> None:
-        if self.requests:
+        if self.requests and value is not UNHANDLED:
             self.done.append((message, self.answer(value), None))
 
     def answer(self, value: Any) -> bytes | WebResponse:

@@ -170,6 +170,11 @@ class AsyncClient:
         self._protocol = protocol
 
     def _deliver(self, op: int, request_id: int, body: bytes) -> None:
+        if op == Op.PING:  # the server checks that we are still there
+            protocol = self._protocol
+            if protocol is not None and protocol.transport is not None:
+                protocol.transport.write(_proto.frame_header(Op.PONG, request_id, 0))
+            return
         pending = self._pending.pop(request_id, None)
         if pending is not None:
             if not pending.future.done():

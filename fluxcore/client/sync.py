@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import select
 import socket
 import ssl
 import threading
@@ -197,12 +198,32 @@ class Client:
                     return
 
     def _deliver(self, op: int, request_id: int, body: bytes) -> None:
+        if op == Op.PING:  # the server checks that we are still there
+            self._answer_ping(request_id)
+            return
         pending = self._pending.pop(request_id, None)
         if pending is not None:
             pending.future.set_result((op, body))
         elif op == Op.ERROR:
             err = decode_control(body)
             logger.error("server error for request %d: %s", request_id, err)
+
+    def _answer_ping(self, request_id: int) -> None:
+        # The reader thread never waits for the send lock, nor on a full socket: a sender
+        # holding the lock may wait for the server, which may wait for us to read. Whoever
+        # holds the lock is sending, and that tells the server we are there just as well.
+        if not self._send_lock.acquire(blocking=False):
+            return
+        try:
+            sock = self._sock
+            if sock is None:
+                return
+            writable = select.poll()  # not select(): it fails for descriptors past 1023
+            writable.register(sock, select.POLLOUT)
+            if writable.poll(0):
+                sock.sendall(_proto.frame_header(Op.PONG, request_id, 0))
+        finally:
+            self._send_lock.release()
 
     def _recover(self, exc: BaseException) -> bool:
         """Reconnects with backoff and resends what was not answered; False if closed."""
