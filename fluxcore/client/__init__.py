@@ -5,14 +5,17 @@ from fluxcore.protocol import Guarantee, MessageType, ProtocolError
 
 from ._wire import ConnectionLost, Relationship, RequestError, Scheduled, WebResponse
 from .aio import AsyncClient, AsyncConsumer
+from .search import AsyncSearch, Document, Search
 from .sync import Client, Consumer
 
 __all__ = [
     "AsyncClient",
     "AsyncConsumer",
+    "AsyncSearch",
     "Client",
     "ConnectionLost",
     "Consumer",
+    "Document",
     "Guarantee",
     "Message",
     "MessageType",
@@ -20,5 +23,6 @@ __all__ = [
     "Relationship",
     "RequestError",
     "Scheduled",
+    "Search",
     "WebResponse",
 ]

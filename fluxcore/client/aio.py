@@ -26,6 +26,7 @@ from fluxcore.protocol import (
     decode_control,
 )
 
+from .search import AsyncSearchMethods
 from ._wire import (
     FLAG_RESEND,
     Answers,
@@ -117,7 +118,7 @@ class _Protocol(asyncio.Protocol):
         await self._writable.wait()
 
 
-class AsyncClient:
+class AsyncClient(AsyncSearchMethods):
     """A connection to a fluxcore server for asyncio programs."""
 
     def __init__(self, address: str, *, token: str, name: str = "fluxcore-client",

@@ -28,6 +28,7 @@ from fluxcore.protocol import (
     decode_control,
 )
 
+from .search import SearchMethods
 from ._wire import (
     FLAG_RESEND,
     Answers,
@@ -78,7 +79,7 @@ class _Pending:
         self.future: concurrent.futures.Future[Reply] = concurrent.futures.Future()
 
 
-class Client:
+class Client(SearchMethods):
     """A connection to a fluxcore server. Thread-safe; also a context manager."""
 
     def __init__(

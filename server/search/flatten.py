@@ -1,0 +1,172 @@
+"""Documents as search entries (reference §8): a JSON walk that turns a document into
+(type, value, long path, short path) entries, the normalization every comparison uses, the
+words of a phrase, and the text form of facets and sortables."""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+__all__ = [
+    "BOOLEAN",
+    "EMPTY_ARRAY",
+    "EMPTY_OBJECT",
+    "NULL",
+    "NUMERIC",
+    "TEXT",
+    "DocumentError",
+    "Entry",
+    "as_phrase",
+    "flatten",
+    "normalize",
+    "short_path",
+    "sortable_text",
+    "split_path",
+    "words",
+]
+
+TEXT, NUMERIC, BOOLEAN, NULL, EMPTY_ARRAY, EMPTY_OBJECT = range(6)
+MAX_DEPTH = 100
+
+# (type, raw value, long path, short path); a root primitive has the empty path.
+Entry = tuple[int, str, str, str]
+
+_ACCENTS = re.compile("[\u0300-\u036f]+")
+_INTEGER = re.compile(r"-?\d+")
+# A word: letters (any script) and ASCII digits, as the reference's boundaries count them.
+_WORD = re.compile(r"(?:[^\W\d_]|[0-9])+")
+
+
+class DocumentError(ValueError):
+    """A document (or a facet or sortable) that cannot be indexed; says what and where."""
+
+
+def normalize(value: str) -> str:
+    """Accents stripped, trimmed (characters up to U+0020, as Java's trim), lower case."""
+    stripped = _ACCENTS.sub("", unicodedata.normalize("NFD", value))
+    return stripped.strip("".join(map(chr, range(33)))).lower()
+
+
+def as_phrase(entry_type: int, value: str) -> str:
+    """What match and contains compare: the normalized text of TEXT, the raw value otherwise."""
+    return normalize(value) if entry_type == TEXT else value
+
+
+def words(phrase: str) -> list[str]:
+    """The words of a normalized phrase: maximal runs of letters and digits 0-9."""
+    return _WORD.findall(phrase)
+
+
+def _key(name: str) -> str:
+    """A field name as a path segment: `/` and `"` escaped, integer-like names quoted."""
+    escaped = name.replace("\\", "\\\\").replace("/", "\\/").replace('"', '\\"')
+    return f'"{escaped}"' if _INTEGER.fullmatch(name) else escaped
+
+
+def split_path(path: str) -> list[str]:
+    """The segments of a path, on every `/` that is not escaped."""
+    segments: list[str] = []
+    current: list[str] = []
+    i = 0
+    while i < len(path):
+        char = path[i]
+        if char == "\\" and i + 1 < len(path):
+            current.append(path[i : i + 2])
+            i += 2
+            continue
+        if char == "/":
+            segments.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+        i += 1
+    segments.append("".join(current))
+    return segments
+
+
+def short_path(path: str) -> str:
+    """The path without its array indices (its unquoted integer segments)."""
+    if not path:
+        return path
+    return "/".join(s for s in split_path(path) if not _INTEGER.fullmatch(s))
+
+
+def _number_text(value: int | float, where: str) -> str:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise DocumentError(f"{value} at {where} is not a JSON number")
+        if value.is_integer() and abs(value) < 1e16:
+            return repr(value)
+    return str(value)
+
+
+def _walk(value: Any, path: list[str], depth: int) -> Iterator[tuple[int, str, list[str]]]:
+    if depth > MAX_DEPTH:
+        raise DocumentError(f"the document nests deeper than {MAX_DEPTH} at {_where(path)}")
+    if isinstance(value, str):
+        yield TEXT, value, path
+    elif value is None:
+        yield NULL, "null", path
+    elif isinstance(value, bool):
+        yield BOOLEAN, "true" if value else "false", path
+    elif isinstance(value, (int, float)):
+        yield NUMERIC, _number_text(value, _where(path)), path
+    elif isinstance(value, dict):
+        if not value:
+            yield EMPTY_OBJECT, "{}", path
+        for name, item in value.items():
+            if not isinstance(name, str):
+                raise DocumentError(f"the key {name!r} at {_where(path)} is not a string")
+            yield from _walk(item, [*path, _key(name)], depth + 1)
+    elif isinstance(value, (list, tuple)):
+        if not value:
+            yield EMPTY_ARRAY, "[]", path
+        for index, item in enumerate(value):
+            yield from _walk(item, [*path, str(index)], depth + 1)
+    else:
+        raise DocumentError(f"a {type(value).__name__} at {_where(path)} is not JSON data")
+
+
+def _where(path: list[str]) -> str:
+    return "/".join(path) or "the root"
+
+
+def flatten(document: Any) -> list[Entry]:
+    """Every (type, value, long path, short path) of the document, in document order."""
+    out: list[Entry] = []
+    for entry_type, value, segments in _walk(document, [], 0):
+        long = "/".join(segments)
+        short = "/".join(s for s in segments if not _INTEGER.fullmatch(s))
+        out.append((entry_type, value, long, short))
+    return out
+
+
+_SCALE = 10**6
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+
+
+def sortable_text(value: Any, where: str) -> str:
+    """A sortable's text, ordered as its value: numbers as 20 zero-padded digits of the value
+    times 10^6 plus 2^63 (clamped to the long range), so text order is numeric order; times
+    as ISO-8601 with milliseconds and Z; anything else normalized."""
+    if isinstance(value, bool) or value is None:
+        return normalize(str(value).lower() if value is not None else "null")
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and math.isnan(value):
+            raise DocumentError(f"the sortable {where} is NaN")
+        if isinstance(value, float) and math.isinf(value):
+            scaled = _LONG_MAX if value > 0 else _LONG_MIN
+        else:
+            scaled = min(max(round(value * _SCALE), _LONG_MIN), _LONG_MAX)
+        return f"{scaled - _LONG_MIN:020d}"
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        text = moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+        return text.replace("+00:00", "Z")
+    if isinstance(value, str):
+        return normalize(value)
+    raise DocumentError(f"the sortable {where} is a {type(value).__name__}, not a value")
