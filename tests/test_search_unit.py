@@ -376,3 +376,16 @@ def test_bulk_is_all_or_nothing(store: Store) -> None:
                             ("index", broken)])
     assert store.ids() == ["keep"]
     assert store.published == [("c", ["keep"])]
+
+
+def test_one_batch_indexes_deletes_and_reindexes_the_same_id(store: Store) -> None:
+    def doc(doc_id: str, value: str) -> IndexedDocument:
+        return IndexedDocument("c", doc_id, 0, 0, "", b"", flatten({"v": value}), [], [])
+
+    assert store.store.update([("index", doc("a", "one")), ("index", doc("b", "x")),
+                               ("delete", ("c", "b")), ("index", doc("a", "two")),
+                               ("index", doc("c", "y"))]) == [True, True, True, True, True]
+    assert store.ids({"match": "one"}) == [] and store.ids({"match": "x"}) == []
+    assert store.ids({"match": "two"}) == ["a"] and store.ids({"match": "y"}) == ["c"]
+    entries = store.store._db.execute("SELECT count(*) FROM entries").fetchone()[0]
+    assert entries == 2  # nothing left of the replaced and deleted versions

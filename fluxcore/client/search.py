@@ -182,7 +182,7 @@ def index_entry(document: Any, *, collection: str, id: str, timestamp: Moment | 
     sortable = {name: _sortable(value) for name, value in _named(sortables, data).items()}
     return {"collection": collection, "id": id, "timestamp": ms, "end": _ms(end),
             "document": data, "facets": _named(facets, data), "sortables": sortable,
-            "type": type if type is not None else (
+            "data_type": type if type is not None else (
                 "" if isinstance(document, (dict, list, str, int, float, bool)) or document
                 is None else f"{document.__class__.__module__}.{document.__class__.__qualname__}")}
 
@@ -194,7 +194,7 @@ def documents_from(body: bytes, as_type: type[Any] | None) -> list[Document[Any]
         if as_type is not None:
             content = msgspec.convert(content, as_type, strict=False)
         out.append(Document(raw["collection"], raw["id"], raw["timestamp"], raw["end"],
-                            raw.get("type", ""), content))
+                            raw.get("data_type", ""), content))
     return out
 
 

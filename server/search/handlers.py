@@ -146,7 +146,7 @@ def _indexed(raw: Any, where: str) -> IndexedDocument:
     return IndexedDocument(
         collection=_collection(raw.get("collection"), where),
         id=_doc_id(raw.get("id"), where), timestamp=timestamp, end=end,
-        type=_get(raw, "type", str, "", where), data=_encoder.encode(document),
+        type=_get(raw, "data_type", str, "", where), data=_encoder.encode(document),
         entries=entries, facets=_facets(raw.get("facets"), where),
         sortables=_sortables(raw.get("sortables"), where))
 

@@ -44,7 +44,8 @@ _TOP = "\U0010ffff"  # above every character: `x >= t AND x < t + _TOP` is "star
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL);
 CREATE TABLE IF NOT EXISTS documents (
-    rowid INTEGER PRIMARY KEY, coll INTEGER NOT NULL, id TEXT NOT NULL, ts INTEGER,
+    rowid INTEGER PRIMARY KEY AUTOINCREMENT, coll INTEGER NOT NULL, id TEXT NOT NULL,
+    ts INTEGER,
     te INTEGER, type TEXT NOT NULL, data BLOB NOT NULL, UNIQUE (coll, id));
 CREATE INDEX IF NOT EXISTS documents_ts ON documents (coll, ts);
 CREATE TABLE IF NOT EXISTS entries (
@@ -168,12 +169,25 @@ class SearchStore:
         facets: list[tuple[int, str, str, int]] = []
         sortables: set[tuple[int, str, str]] = set()
         db = self._db
+
+        def flush() -> None:
+            # Before a delete, so that it sees every row this batch wrote before it.
+            db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)", entries)
+            db.executemany("INSERT INTO words VALUES (?, ?, ?)", word_rows)
+            db.executemany("INSERT OR IGNORE INTO vocabulary VALUES (?)",
+                           [(w,) for w in vocabulary])
+            db.executemany("INSERT OR IGNORE INTO facets VALUES (?, ?, ?, ?)", facets)
+            db.executemany("INSERT INTO sortables VALUES (?, ?, ?)", sortables)
+            for rows in (entries, word_rows, vocabulary, facets, sortables):
+                rows.clear()
+
         try:
             with transaction(db):
                 for kind, item in updates:
                     if kind == "delete":
                         assert isinstance(item, tuple)
                         coll = self._collections.get(item[0])
+                        flush()
                         done.append(coll is not None and self._delete_id(coll, item[1]))
                         continue
                     assert isinstance(item, IndexedDocument)
@@ -184,6 +198,7 @@ class SearchStore:
                         if kind == "index_if_not_exists":
                             done.append(False)
                             continue
+                        flush()
                         self._delete_rows([row[0]])
                     cursor = db.execute(
                         "INSERT INTO documents (coll, id, ts, te, type, data)"
@@ -204,12 +219,7 @@ class SearchStore:
                     sortables.update((doc, name, value) for name, value in item.sortables)
                     indexed.append(item)
                     done.append(True)
-                db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)", entries)
-                db.executemany("INSERT INTO words VALUES (?, ?, ?)", word_rows)
-                db.executemany("INSERT OR IGNORE INTO vocabulary VALUES (?)",
-                               [(w,) for w in vocabulary])
-                db.executemany("INSERT OR IGNORE INTO facets VALUES (?, ?, ?, ?)", facets)
-                db.executemany("INSERT INTO sortables VALUES (?, ?, ?)", sortables)
+                flush()
         except BaseException:
             # The rolled back transaction may have added collections: forget them.
             self._collections = dict(db.execute("SELECT name, id FROM collections").fetchall())
@@ -447,7 +457,7 @@ def _num(value: Any) -> Any:
 def _document(collection: str, row: Sequence[Any]) -> dict[str, Any]:
     doc_id, ts, te, doc_type, data = row
     return {"collection": collection, "id": doc_id, "timestamp": ts, "end": te,
-            "type": doc_type, "document": msgspec.Raw(data)}
+            "data_type": doc_type, "document": msgspec.Raw(data)}
 
 
 # -- sorting -----------------------------------------------------------------------------
