@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from fluxcore.server.search.constraints import (
     ConstraintError,
     parse_constraints,

@@ -26,7 +26,6 @@ from fluxcore.protocol import (
     decode_control,
 )
 
-from .search import AsyncSearchMethods
 from ._wire import (
     FLAG_RESEND,
     Answers,
@@ -56,6 +55,7 @@ from ._wire import (
     value_answer,
     values_request,
 )
+from .search import AsyncSearchMethods
 
 __all__ = ["AsyncClient", "AsyncConsumer"]
 

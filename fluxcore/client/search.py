@@ -7,12 +7,14 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar, overload
 
 import msgspec
 
 from fluxcore.protocol import Guarantee, Op, decode_control
+
+from ._wire import Codec
 
 __all__ = [
     "AsyncSearch",
@@ -154,8 +156,8 @@ def _sortable(value: Any) -> Any:
     if isinstance(value, list):
         return [_sortable(v) for v in value]
     if isinstance(value, datetime):
-        moment = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-        return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
     return value
 
 
@@ -442,7 +444,7 @@ class SearchMethods:
 
     _call: Callable[..., Reply]
     _send: Callable[..., Any]
-    _codec: Any
+    _codec: Codec
 
     def _control(self, op: Op, value: dict[str, Any], guarantee: Guarantee,
                  timeout: float | None) -> dict[str, Any] | None:
@@ -520,7 +522,7 @@ class AsyncSearchMethods:
 
     _call: Callable[..., Awaitable[Reply]]
     _send: Callable[..., Awaitable[Any]]
-    _codec: Any
+    _codec: Codec
 
     async def _control(self, op: Op, value: dict[str, Any], guarantee: Guarantee,
                        timeout: float | None) -> dict[str, Any] | None:

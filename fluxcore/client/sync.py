@@ -28,7 +28,6 @@ from fluxcore.protocol import (
     decode_control,
 )
 
-from .search import SearchMethods
 from ._wire import (
     FLAG_RESEND,
     Answers,
@@ -58,6 +57,7 @@ from ._wire import (
     value_answer,
     values_request,
 )
+from .search import SearchMethods
 
 __all__ = ["Client", "Consumer"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from .flatten import normalize
 
@@ -92,7 +92,7 @@ class Not:
     item: Node
 
 
-Node = Union[Match, Contains, Between, Exists, Facet, All, Any_, Not]
+Node = Match | Contains | Between | Exists | Facet | All | Any_ | Not
 
 _INTEGER = re.compile(r"-?\d+")
 _GLOB_CHARS = re.compile(r"[*?\[\]{}]")
@@ -258,12 +258,13 @@ def parse_constraint(raw: Any, where: str = "constraints/0",
             raise ConstraintError(f"{where}: min and max are both numbers or both strings")
         return Between(low, high, _paths(raw, where))
     if "exists" in raw:
-        paths = raw["exists"]
-        if isinstance(paths, str):
-            paths = [paths]
-        if not isinstance(paths, list) or not paths:
+        targets = raw["exists"]
+        if isinstance(targets, str):
+            targets = [targets]
+        if not isinstance(targets, list) or not targets:
             raise ConstraintError(f"{where}/exists: a path or a list of paths")
-        return Exists(tuple(path_glob(p, f"{where}/exists/{i}") for i, p in enumerate(paths)))
+        return Exists(tuple(path_glob(p, f"{where}/exists/{i}")
+                            for i, p in enumerate(targets)))
     if "all" in raw or "any" in raw:
         name = "all" if "all" in raw else "any"
         items = raw[name]

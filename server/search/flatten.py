@@ -8,7 +8,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 __all__ = [
@@ -164,8 +164,8 @@ def sortable_text(value: Any, where: str) -> str:
             scaled = min(max(round(value * _SCALE), _LONG_MIN), _LONG_MAX)
         return f"{scaled - _LONG_MIN:020d}"
     if isinstance(value, datetime):
-        moment = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-        text = moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+        text = moment.astimezone(UTC).isoformat(timespec="milliseconds")
         return text.replace("+00:00", "Z")
     if isinstance(value, str):
         return normalize(value)

@@ -4,7 +4,6 @@ answer map, or None when the request asked for no answer (guarantee below STORED
 
 from __future__ import annotations
 
-
 import struct
 import time
 from collections.abc import Callable
@@ -244,7 +243,7 @@ def _globs(req: dict[str, Any], name: str) -> list[PathGlob]:
 
 
 def _max_size(req: dict[str, Any]) -> int | None:
-    value = _get(req, "max_size", int, None)
+    value: int | None = _get(req, "max_size", int, None)
     if value is not None and value < 0:
         raise _bad("max_size must not be negative")
     return value

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -469,6 +468,7 @@ def _sort_keys(keys: list[str]) -> list[tuple[str, bool, list[Any]]]:
     for key in keys or ["-timestamp"]:
         desc = key.startswith("-")
         name = key[1:] if desc else key
+        params: list[Any]
         if name == "timestamp":
             expr, params = "d.ts", []
         elif name == "end":
