@@ -2,6 +2,7 @@
 
 python bench/run.py --suite embedded --json FILE [--quick] [--dir DIR]
 python bench/run.py --suite service --json FILE [--quick] [--dir DIR]
+python bench/run.py --suite search --json FILE [--quick] [--documents N] [--dir DIR]
 python -m bench.run ...
 """
 
@@ -25,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--suite", choices=["embedded", "service"], default="embedded")
+    parser.add_argument("--suite", choices=["embedded", "service", "search"], default="embedded")
+    parser.add_argument("--documents", type=int, default=None,
+                        help="search suite: how many documents (default 1,000,000; quick 20,000)")
     parser.add_argument("--json", type=Path, required=True, help="where to write the rows")
     parser.add_argument("--quick", action="store_true", help="small sizes: under a minute")
     parser.add_argument(
@@ -38,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.suite == "service":
         return _service(args)
+    if args.suite == "search":
+        return _search(args)
 
     sizes = QUICK if args.quick else FULL
     if args.repeats is not None:
@@ -60,6 +65,22 @@ def _service(args: argparse.Namespace) -> int:
         sizes = dataclasses.replace(sizes, repeats=args.repeats)
     results = run_service(sizes, args.dir)
     print(report.render(results, SERVICE_COLUMNS))
+    report.write_json(results, args.json)
+    print(f"\nwrote {len(results.rows)} rows to {args.json}")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from bench import report
+    from bench.search import SEARCH_COLUMNS, SEARCH_FULL, SEARCH_QUICK, run_search
+
+    sizes = SEARCH_QUICK if args.quick else SEARCH_FULL
+    if args.documents is not None:
+        sizes = dataclasses.replace(sizes, documents=args.documents)
+    if args.repeats is not None:
+        sizes = dataclasses.replace(sizes, repeats=args.repeats)
+    results = run_search(sizes, args.dir)
+    print(report.render(results, SEARCH_COLUMNS))
     report.write_json(results, args.json)
     print(f"\nwrote {len(results.rows)} rows to {args.json}")
     return 0

@@ -7,12 +7,11 @@ import fnmatch
 import re
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from fluxcore.server.search.constraints import parse_constraints
 from fluxcore.server.search.flatten import NULL, NUMERIC, TEXT, flatten, normalize
 from fluxcore.server.search.store import IndexedDocument, Query, SearchStore, Sorting
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 WORDS = ["Ann", "anna", "Bérénice", "berenice", "café", "CAFÉ", "x1", "1x", "42", "zoë", "o'neil",
          "foo-bar", "Foo", "bar"]
@@ -37,8 +36,8 @@ TERMS = ["ann", "anna", "berenice", "cafe", "x1", "1", "42", "zoe", "neil", "foo
 
 def leaf() -> st.SearchStrategy[dict[str, Any]]:
     return st.one_of(
-        st.builds(lambda v, p: {"match": v, "paths": p}, st.sampled_from(WORDS + ["42", "true",
-                                                                               "null", "1.5"]),
+        st.builds(lambda v, p: {"match": v, "paths": p}, st.sampled_from(
+            [*WORDS, "42", "true", "null", "1.5"]),
                   paths),
         st.builds(lambda v, p: {"match": v, "paths": p, "strict": True},
                   st.sampled_from(WORDS), paths),
@@ -149,7 +148,7 @@ def test_store_equals_brute_force(docs: list[tuple[Any, set[str], int]],
         for i, (doc, f, ts) in enumerate(docs):
             if since is not None and ts < since:
                 continue
-            if before is not None and ts >= before and not before == since:
+            if before is not None and ts >= before and before != since:
                 continue
             if before is not None and ts > before:
                 continue

@@ -35,6 +35,7 @@ MAX_DEPTH = 100
 # (type, raw value, long path, short path); a root primitive has the empty path.
 Entry = tuple[int, str, str, str]
 
+_TRIMMED = "".join(map(chr, range(33)))  # what Java's String.trim() removes
 _ACCENTS = re.compile("[\u0300-\u036f]+")
 _INTEGER = re.compile(r"-?\d+")
 # A word: letters (any script) and ASCII digits, as the reference's boundaries count them.
@@ -48,7 +49,7 @@ class DocumentError(ValueError):
 def normalize(value: str) -> str:
     """Accents stripped, trimmed (characters up to U+0020, as Java's trim), lower case."""
     stripped = _ACCENTS.sub("", unicodedata.normalize("NFD", value))
-    return stripped.strip("".join(map(chr, range(33)))).lower()
+    return stripped.strip(_TRIMMED).lower()
 
 
 def as_phrase(entry_type: int, value: str) -> str:
