@@ -2,9 +2,10 @@
 project's directory, WAL), and the constraint tree compiled into SQL over B-tree indexes.
 
 Layout: a document row per (collection, id); one entry row per (value, path) whose rowid is
-`document rowid << 20 | n`, so a document's entries (and their words) are one rowid range;
-the words of every entry (forward and reversed, for `term*` and `*term` range scans); the
-vocabulary of words (an infix term scans it, not the documents); facets and sortables."""
+`document rowid << 20 | n`, so a document's entries are one rowid range; (word, entry) for
+the words of every entry (`word` and `word*` are lookups in it); the vocabulary of distinct
+words, also reversed (`*word` is a range of it, `*word*` a scan of it, never of the
+documents); facets and sortables."""
 
 from __future__ import annotations
 
@@ -55,11 +56,10 @@ CREATE INDEX IF NOT EXISTS entries_phrase ON entries (coll, phrase);
 CREATE INDEX IF NOT EXISTS entries_number ON entries (coll, number) WHERE number IS NOT NULL;
 CREATE INDEX IF NOT EXISTS entries_path ON entries (coll, spath);
 CREATE TABLE IF NOT EXISTS words (
-    entry INTEGER NOT NULL, word TEXT NOT NULL, rword TEXT NOT NULL,
-    PRIMARY KEY (entry, word)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS words_word ON words (word);
-CREATE INDEX IF NOT EXISTS words_rword ON words (rword);
-CREATE TABLE IF NOT EXISTS vocabulary (word TEXT PRIMARY KEY) WITHOUT ROWID;
+    word TEXT NOT NULL, entry INTEGER NOT NULL, PRIMARY KEY (word, entry)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS vocabulary (
+    word TEXT PRIMARY KEY, rword TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS vocabulary_rword ON vocabulary (rword);
 CREATE TABLE IF NOT EXISTS facets (
     doc INTEGER NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, coll INTEGER NOT NULL,
     PRIMARY KEY (doc, name, value)) WITHOUT ROWID;
@@ -166,7 +166,7 @@ class SearchStore:
         done: list[bool] = []
         indexed: list[IndexedDocument] = []
         entries: list[tuple[Any, ...]] = []
-        word_rows: list[tuple[int, str, str]] = []
+        word_rows: list[tuple[str, int]] = []
         vocabulary: set[str] = set()
         facets: list[tuple[int, str, str, int]] = []
         sortables: set[tuple[int, str, str]] = set()
@@ -175,10 +175,10 @@ class SearchStore:
         def flush() -> None:
             # Before a delete, so that it sees every row this batch wrote before it.
             db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)", entries)
-            word_rows.sort(key=lambda row: row[1])  # neighbours in the word index: fewer pages
-            db.executemany("INSERT INTO words VALUES (?, ?, ?)", word_rows)
-            db.executemany("INSERT OR IGNORE INTO vocabulary VALUES (?)",
-                           [(w,) for w in sorted(vocabulary)])
+            word_rows.sort()  # neighbours in the B-tree: fewer pages touched
+            db.executemany("INSERT INTO words VALUES (?, ?)", word_rows)
+            db.executemany("INSERT OR IGNORE INTO vocabulary VALUES (?, ?)",
+                           [(w, w[::-1]) for w in sorted(vocabulary)])
             db.executemany("INSERT OR IGNORE INTO facets VALUES (?, ?, ?, ?)", facets)
             db.executemany("INSERT INTO sortables VALUES (?, ?, ?)", sortables)
             for rows in (entries, word_rows, vocabulary, facets, sortables):
@@ -215,9 +215,9 @@ class SearchStore:
                         entries.append((entry, coll, entry_type, value, phrase,
                                         float(value) if entry_type == NUMERIC else None,
                                         lpath, spath))
-                        for word in set(words(phrase)):
-                            word_rows.append((entry, word, word[::-1]))
-                            vocabulary.add(word)
+                        found = set(words(phrase))
+                        word_rows.extend((word, entry) for word in found)
+                        vocabulary.update(found)
                     facets.extend((doc, name, value, coll) for name, value in item.facets)
                     sortables.update((doc, name, value) for name, value in item.sortables)
                     indexed.append(item)
@@ -250,7 +250,14 @@ class SearchStore:
     def _delete_rows(self, docs: Sequence[int]) -> None:
         db = self._db
         ranges = [(d << ENTRY_BITS, (d << ENTRY_BITS) | (MAX_ENTRIES - 1)) for d in docs]
-        db.executemany("DELETE FROM words WHERE entry BETWEEN ? AND ?", ranges)
+        # The words of the entries, found again from their phrases (words has no entry index).
+        word_rows = []
+        for low, high in ranges:
+            for entry, phrase in db.execute(
+                    "SELECT rowid, phrase FROM entries WHERE rowid BETWEEN ? AND ?",
+                    (low, high)):
+                word_rows.extend((word, entry) for word in set(words(phrase)))
+        db.executemany("DELETE FROM words WHERE word = ? AND entry = ?", word_rows)
         db.executemany("DELETE FROM entries WHERE rowid BETWEEN ? AND ?", ranges)
         rows = [(d,) for d in docs]
         db.executemany("DELETE FROM facets WHERE doc = ?", rows)
@@ -616,7 +623,8 @@ def _contains(node: Contains, colls: list[int], sql: _Sql) -> str:
         cond = "w.word IN (SELECT v.word FROM vocabulary v WHERE instr(v.word, ?) > 0)"
         sql.add(word)
     elif open_left:
-        cond = "w.rword >= ? AND w.rword < ?"
+        cond = ("w.word IN (SELECT v.word FROM vocabulary v WHERE v.rword >= ? AND"
+                " v.rword < ?)")
         sql.add(word[::-1], word[::-1] + _TOP)
     elif open_right:
         cond = "w.word >= ? AND w.word < ?"
