@@ -60,6 +60,11 @@ CREATE TABLE IF NOT EXISTS words (
 CREATE TABLE IF NOT EXISTS vocabulary (
     word TEXT PRIMARY KEY, rword TEXT NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS vocabulary_rword ON vocabulary (rword);
+CREATE VIRTUAL TABLE IF NOT EXISTS vocabulary_trigrams USING fts5 (
+    word, tokenize = 'trigram', detail = 'none');
+CREATE TRIGGER IF NOT EXISTS vocabulary_added AFTER INSERT ON vocabulary BEGIN
+    INSERT INTO vocabulary_trigrams (word) VALUES (new.word);
+END;
 CREATE TABLE IF NOT EXISTS facets (
     doc INTEGER NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, coll INTEGER NOT NULL,
     PRIMARY KEY (doc, name, value)) WITHOUT ROWID;
@@ -619,7 +624,12 @@ def _contains(node: Contains, colls: list[int], sql: _Sql) -> str:
     word = found[best]
     open_left = node.prefix and best == 0 and term.startswith(word)
     open_right = node.postfix and best == len(found) - 1 and term.endswith(word)
-    if open_left and open_right:
+    if open_left and open_right and len(word) >= 3:
+        # The trigram index finds candidate words (detail=none: no positions, so instr checks).
+        cond = ("w.word IN (SELECT t.word FROM vocabulary_trigrams t WHERE"
+                " vocabulary_trigrams MATCH ? AND instr(t.word, ?) > 0)")
+        sql.add('"' + word.replace('"', '""') + '"', word)
+    elif open_left and open_right:
         cond = "w.word IN (SELECT v.word FROM vocabulary v WHERE instr(v.word, ?) > 0)"
         sql.add(word)
     elif open_left:
