@@ -625,10 +625,9 @@ def _contains(node: Contains, colls: list[int], sql: _Sql) -> str:
     open_left = node.prefix and best == 0 and term.startswith(word)
     open_right = node.postfix and best == len(found) - 1 and term.endswith(word)
     if open_left and open_right and len(word) >= 3:
-        # The trigram index finds candidate words (detail=none: no positions, so instr checks).
-        cond = ("w.word IN (SELECT t.word FROM vocabulary_trigrams t WHERE"
-                " vocabulary_trigrams MATCH ? AND instr(t.word, ?) > 0)")
-        sql.add('"' + word.replace('"', '""') + '"', word)
+        # The trigram index serves GLOB (a word has no GLOB characters: letters and digits).
+        cond = "w.word IN (SELECT t.word FROM vocabulary_trigrams t WHERE t.word GLOB ?)"
+        sql.add(f"*{word}*")
     elif open_left and open_right:
         cond = "w.word IN (SELECT v.word FROM vocabulary v WHERE instr(v.word, ?) > 0)"
         sql.add(word)
