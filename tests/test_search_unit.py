@@ -25,7 +25,7 @@ from fluxcore.server.search.flatten import (
     normalize,
     sortable_text,
 )
-from fluxcore.server.search.store import IndexedDocument, Query, SearchStore, Sorting
+from fluxcore.server.search.store import IndexedDocument, Query, SearchStore, Sorting, _Sql
 
 # -- flattening ------------------------------------------------------------------------------
 
@@ -388,3 +388,19 @@ def test_one_batch_indexes_deletes_and_reindexes_the_same_id(store: Store) -> No
     assert store.ids({"match": "two"}) == ["a"] and store.ids({"match": "y"}) == ["c"]
     entries = store.store._db.execute("SELECT count(*) FROM entries").fetchone()[0]
     assert entries == 2  # nothing left of the replaced and deleted versions
+
+
+def test_any_starts_from_index_lookups(store: Store) -> None:
+    for i in range(5):
+        store.index(str(i), {"n": i, "t": f"w{i}"}, ts=i)
+    query = store.query({"any": [{"match": 1}, {"contains": "w3"},
+                                 {"all": [{"min": 4}, {"any": [{"match": "w4"}]}]}]})
+    assert store.ids({"any": [{"match": 1}, {"contains": "w3"},
+                              {"all": [{"min": 4}, {"any": [{"match": "w4"}]}]}]}) == [
+        "1", "3", "4"]
+    sql = store.store  # SQLite unions the lookups of each part (a multi-index OR)
+    params = _Sql()
+    where = sql._where(query, params)
+    plan = " ".join(row[3] for row in sql._db.execute(
+        f"EXPLAIN QUERY PLAN SELECT d.rowid FROM documents d WHERE {where}", params.params))
+    assert "SCAN d" not in plan and "INTEGER PRIMARY KEY" in plan

@@ -256,7 +256,7 @@ class SearchStore:
         db = self._db
         ranges = [(d << ENTRY_BITS, (d << ENTRY_BITS) | (MAX_ENTRIES - 1)) for d in docs]
         # The words of the entries, found again from their phrases (words has no entry index).
-        word_rows = []
+        word_rows: list[tuple[str, int]] = []
         for low, high in ranges:
             for entry, phrase in db.execute(
                     "SELECT rowid, phrase FROM entries WHERE rowid BETWEEN ? AND ?",
