@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -105,44 +104,53 @@ def _number_text(value: int | float, where: str) -> str:
     return str(value)
 
 
-def _walk(value: Any, path: list[str], depth: int) -> Iterator[tuple[int, str, list[str]]]:
-    if depth > MAX_DEPTH:
-        raise DocumentError(f"the document nests deeper than {MAX_DEPTH} at {_where(path)}")
+_KEYS: dict[str, str] = {}  # field name -> path segment; names repeat across documents
+
+
+def _segment(name: str) -> str:
+    found = _KEYS.get(name)
+    if found is None:
+        found = _key(name)
+        if len(_KEYS) < 100_000:
+            _KEYS[name] = found
+    return found
+
+
+def _walk(value: Any, long: str, short: str, depth: int, out: list[Entry]) -> None:
+    # Paths are built as strings on the way down: the long one with array indices, the
+    # short one without (a quoted integer-like key is not an index and stays).
     if isinstance(value, str):
-        yield TEXT, value, path
+        out.append((TEXT, value, long, short))
     elif value is None:
-        yield NULL, "null", path
+        out.append((NULL, "null", long, short))
     elif isinstance(value, bool):
-        yield BOOLEAN, "true" if value else "false", path
+        out.append((BOOLEAN, "true" if value else "false", long, short))
     elif isinstance(value, (int, float)):
-        yield NUMERIC, _number_text(value, _where(path)), path
+        out.append((NUMERIC, _number_text(value, long or "the root"), long, short))
+    elif depth > MAX_DEPTH:
+        raise DocumentError(f"the document nests deeper than {MAX_DEPTH} at {long}")
     elif isinstance(value, dict):
         if not value:
-            yield EMPTY_OBJECT, "{}", path
+            out.append((EMPTY_OBJECT, "{}", long, short))
         for name, item in value.items():
             if not isinstance(name, str):
-                raise DocumentError(f"the key {name!r} at {_where(path)} is not a string")
-            yield from _walk(item, [*path, _key(name)], depth + 1)
+                raise DocumentError(f"the key {name!r} at {long or 'the root'} is not a string")
+            segment = _segment(name)
+            _walk(item, f"{long}/{segment}" if long else segment,
+                  f"{short}/{segment}" if short else segment, depth + 1, out)
     elif isinstance(value, (list, tuple)):
         if not value:
-            yield EMPTY_ARRAY, "[]", path
+            out.append((EMPTY_ARRAY, "[]", long, short))
         for index, item in enumerate(value):
-            yield from _walk(item, [*path, str(index)], depth + 1)
+            _walk(item, f"{long}/{index}" if long else str(index), short, depth + 1, out)
     else:
-        raise DocumentError(f"a {type(value).__name__} at {_where(path)} is not JSON data")
-
-
-def _where(path: list[str]) -> str:
-    return "/".join(path) or "the root"
+        raise DocumentError(f"a {type(value).__name__} at {long or 'the root'} is not JSON data")
 
 
 def flatten(document: Any) -> list[Entry]:
     """Every (type, value, long path, short path) of the document, in document order."""
     out: list[Entry] = []
-    for entry_type, value, segments in _walk(document, [], 0):
-        long = "/".join(segments)
-        short = "/".join(s for s in segments if not _INTEGER.fullmatch(s))
-        out.append((entry_type, value, long, short))
+    _walk(document, "", "", 0, out)
     return out
 
 
