@@ -22,6 +22,7 @@ __all__ = [
     "as_phrase",
     "flatten",
     "normalize",
+    "path_segment",
     "short_path",
     "sortable_text",
     "split_path",
@@ -107,7 +108,8 @@ def _number_text(value: int | float, where: str) -> str:
 _KEYS: dict[str, str] = {}  # field name -> path segment; names repeat across documents
 
 
-def _segment(name: str) -> str:
+def path_segment(name: str) -> str:
+    """A field name as a path segment (cached)."""
     found = _KEYS.get(name)
     if found is None:
         found = _key(name)
@@ -135,7 +137,7 @@ def _walk(value: Any, long: str, short: str, depth: int, out: list[Entry]) -> No
         for name, item in value.items():
             if not isinstance(name, str):
                 raise DocumentError(f"the key {name!r} at {long or 'the root'} is not a string")
-            segment = _segment(name)
+            segment = path_segment(name)
             _walk(item, f"{long}/{segment}" if long else segment,
                   f"{short}/{segment}" if short else segment, depth + 1, out)
     elif isinstance(value, (list, tuple)):

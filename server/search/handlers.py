@@ -25,8 +25,16 @@ from fluxcore.protocol import (
 )
 
 from .constraints import ConstraintError, PathGlob, parse_constraints, path_glob
-from .flatten import DocumentError, flatten, sortable_text
-from .store import MAX_ENTRIES, IndexedDocument, Publish, Query, Sorting, sortable_name
+from .flatten import DocumentError, flatten, path_segment, sortable_text
+from .store import (
+    MAX_ENTRIES,
+    IndexedDocument,
+    Publish,
+    Query,
+    SearchStore,
+    Sorting,
+    sortable_name,
+)
 
 if TYPE_CHECKING:
     from ..project import Project
@@ -155,7 +163,7 @@ def _answer(req: dict[str, Any], value: dict[str, Any]) -> dict[str, Any] | None
     return value if guarantee >= Guarantee.STORED else None
 
 
-def _store(session: Session) -> Any:
+def _store(session: Session) -> SearchStore:
     assert session.project is not None
     return session.project.search
 
@@ -301,7 +309,7 @@ def _path_filters(req: dict[str, Any]) -> Callable[[Any], Any] | None:
         if isinstance(value, dict) and value:
             out = {}
             for key, item in value.items():
-                segment = _segment(key)
+                segment = path_segment(key)
                 keep, kept = cut(item, [*long, segment], [*short, segment])
                 if keep:
                     out[key] = kept
@@ -322,11 +330,6 @@ def _path_filters(req: dict[str, Any]) -> Callable[[Any], Any] | None:
         return {} if isinstance(document, dict) else [] if isinstance(document, list) else None
 
     return apply
-
-
-def _segment(key: str) -> str:
-    from .flatten import _key
-    return _key(key)
 
 
 def _on_count(session: Session, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
@@ -350,7 +353,7 @@ def _on_histogram(session: Session, request_id: int, req: dict[str, Any]) -> dic
     resolution = _get(req, "resolution", int, 100)
     if not 0 < resolution <= MAX_RESOLUTION:
         raise _bad(f"resolution must be 1 to {MAX_RESOLUTION}")
-    return _store(session).histogram(_query(req), resolution, _max_size(req))  # type: ignore[no-any-return]
+    return _store(session).histogram(_query(req), resolution, _max_size(req))
 
 
 SEARCH_HANDLERS: dict[int, Callable[[Session, int, dict[str, Any]], dict[str, Any] | None]] = {
