@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from fluxcore.server.search.constraints import parse_constraints
-from fluxcore.server.search.flatten import NULL, NUMERIC, TEXT, flatten, normalize
+from fluxcore.server.search.flatten import NULL, NUMERIC, TEXT, flatten, normalize, sortable_text
 from fluxcore.server.search.store import IndexedDocument, Query, SearchStore, Sorting
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -176,5 +176,28 @@ def test_contains_equals_brute_force(docs: list[dict[str, str]], term: str, pref
                              max_size=None, skip=0, last_hit=None)
         expected = [str(i) for i, doc in enumerate(docs) if evaluate(c, flatten(doc), set())]
         assert [d["id"] for d in found] == expected
+    finally:
+        store.close()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.lists(st.integers(0, 5), max_size=3)),
+                min_size=1, max_size=15),
+       st.booleans(), st.integers(0, 4), st.integers(1, 6), st.one_of(st.none(), st.integers(0, 3)))
+def test_a_page_by_one_sortable_equals_the_full_sort(
+        docs: list[tuple[int, list[int]]], desc: bool, skip: int, size: int,
+        group: int | None) -> None:
+    store = SearchStore(":memory:", durable=False, publish=lambda c, items: None)
+    try:
+        store.update([("index", IndexedDocument(
+            "c", str(i), 0, 0, "", b"", flatten({"g": g}), [],
+            [("v", sortable_text(v, "v")) for v in values]))
+            for i, (g, values) in enumerate(docs)])
+        constraints = [] if group is None else [{"match": group, "paths": ["g"]}]
+        query = Query(["c"], parse_constraints(constraints))
+        key = ["-v" if desc else "v"]
+        everything = store.search(query, Sorting(key), max_size=None, skip=0, last_hit=None)
+        page = store.search(query, Sorting(key), max_size=size, skip=skip, last_hit=None)
+        assert [d["id"] for d in page] == [d["id"] for d in everything][skip:skip + size]
     finally:
         store.close()

@@ -52,8 +52,9 @@ CREATE TABLE IF NOT EXISTS entries (
     rowid INTEGER PRIMARY KEY, coll INTEGER NOT NULL, type INTEGER NOT NULL,
     value TEXT NOT NULL, phrase TEXT NOT NULL, number REAL, lpath TEXT NOT NULL,
     spath TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS entries_phrase ON entries (coll, phrase);
-CREATE INDEX IF NOT EXISTS entries_number ON entries (coll, number) WHERE number IS NOT NULL;
+CREATE INDEX IF NOT EXISTS entries_phrase ON entries (coll, phrase, spath);
+CREATE INDEX IF NOT EXISTS entries_number ON entries (coll, number, spath)
+    WHERE number IS NOT NULL;
 CREATE INDEX IF NOT EXISTS entries_path ON entries (coll, spath);
 CREATE TABLE IF NOT EXISTS words (
     word TEXT NOT NULL, entry INTEGER NOT NULL, PRIMARY KEY (word, entry)) WITHOUT ROWID;
@@ -72,6 +73,7 @@ CREATE INDEX IF NOT EXISTS facets_value ON facets (coll, name, value);
 CREATE TABLE IF NOT EXISTS sortables (
     doc INTEGER NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY (doc, name, value)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sortables_value ON sortables (name, value, doc);
 """
 
 _LETTER = r"[^\W\d_]"
@@ -370,12 +372,53 @@ class SearchStore:
             after, params = _after(keys, row)
             where = f"{where} AND {after}"
             sql.add(*params)
+        elif (max_size is not None and len(sorting.keys) == 1
+              and sorting.keys[0].lstrip("-") not in ("timestamp", "end")):
+            return self._top_by_sortable(where, sql.params, sorting.keys[0], max_size, skip)
         limit = -1 if max_size is None else max_size
         rows = self._db.execute(
             f"SELECT c.name, d.id, d.ts, d.te, d.type, d.data FROM documents d"
             f" JOIN collections c ON c.id = d.coll WHERE {where} ORDER BY {order}"
             f" LIMIT ? OFFSET ?", (*sql.params, *key_params, limit, skip)).fetchall()
         return [_document(row[0], row[1:]) for row in rows]
+
+    def _top_by_sortable(self, where: str, params: list[Any], key: str, max_size: int,
+                         skip: int) -> list[dict[str, Any]]:
+        """A page sorted by one sortable: a walk of the sortable's index in order that stops
+        at the page's last document, instead of sorting every match. Walking down, a
+        document's first value is its largest; walking up, its smallest: the sort key."""
+        desc = key.startswith("-")
+        name = sortable_name(key[1:] if desc else key)
+        order = "DESC" if desc else "ASC"
+        wanted = skip + max_size
+        found: dict[int, None] = {}
+        cursor = self._db.execute(
+            f"SELECT d.rowid FROM sortables s CROSS JOIN documents d ON d.rowid = s.doc"
+            f" WHERE s.name = ? AND {where} ORDER BY s.value {order}, s.doc {order}",
+            (name, *params))
+        while len(found) < wanted:
+            batch = cursor.fetchmany(256)
+            if not batch:
+                break
+            for (rowid,) in batch:
+                found.setdefault(rowid)
+                if len(found) >= wanted:
+                    break
+        cursor.close()
+        if len(found) < wanted:  # then the documents without a value, as the general sort
+            for (rowid,) in self._db.execute(
+                    f"SELECT d.rowid FROM documents d WHERE {where} AND NOT EXISTS (SELECT 1"
+                    f" FROM sortables s WHERE s.doc = d.rowid AND s.name = ?) ORDER BY"
+                    f" d.rowid {order} LIMIT ?", (*params, name, wanted - len(found))):
+                found.setdefault(rowid)
+        page = list(found)[skip:wanted]
+        if not page:
+            return []
+        rows = {row[0]: row[1:] for row in self._db.execute(
+            "SELECT d.rowid, c.name, d.id, d.ts, d.te, d.type, d.data FROM documents d JOIN"
+            f" collections c ON c.id = d.coll WHERE d.rowid IN ({','.join('?' * len(page))})",
+            page)}
+        return [_document(rows[r][0], rows[r][1:]) for r in page]
 
     # -- statistics ----------------------------------------------------------------------
 
