@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--suite", choices=["embedded", "service", "search"], default="embedded")
     parser.add_argument("--documents", type=int, default=None,
-                        help="search suite: how many documents (default 1,000,000; quick 20,000)")
+                        help="search suite: how many documents (default 1,000,000; quick 10,000)")
     parser.add_argument("--json", type=Path, required=True, help="where to write the rows")
     parser.add_argument("--quick", action="store_true", help="small sizes: under a minute")
     parser.add_argument(

@@ -39,7 +39,7 @@ class SearchSizes:
     repeats: int  # timed runs of each query (after 3 untimed)
 
 
-SEARCH_QUICK = SearchSizes(documents=20_000, repeats=40)
+SEARCH_QUICK = SearchSizes(documents=10_000, repeats=20)
 SEARCH_FULL = SearchSizes(documents=1_000_000, repeats=200)
 
 FIRST = ["Anna", "Björn", "Chloé", "Dmitri", "Élodie", "Fatima", "Günther", "Hélène", "Ivan",
