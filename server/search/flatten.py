@@ -48,6 +48,8 @@ class DocumentError(ValueError):
 
 def normalize(value: str) -> str:
     """Accents stripped, trimmed (characters up to U+0020, as Java's trim), lower case."""
+    if value.isascii():  # nothing to decompose: most text
+        return value.strip(_TRIMMED).lower()
     stripped = _ACCENTS.sub("", unicodedata.normalize("NFD", value))
     return stripped.strip(_TRIMMED).lower()
 
