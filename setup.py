@@ -48,8 +48,9 @@ def extension(name: str) -> Extension:
 extensions = [extension("_log"), extension("_proto")]
 
 setup(
-    packages=["fluxcore", "fluxcore._ext", "fluxcore.app", "fluxcore.client", "fluxcore.server"],
-    package_dir={"fluxcore.server": "server"},
+    packages=["fluxcore", "fluxcore._ext", "fluxcore.app", "fluxcore.client", "fluxcore.server",
+              "fluxcore.server.search"],
+    package_dir={"fluxcore.server": "server", "fluxcore.server.search": "server/search"},
     ext_modules=cythonize(
         extensions, compiler_directives=directives, include_path=["fluxcore/_ext"]
     ),

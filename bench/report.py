@@ -34,6 +34,8 @@ SERVICE_ORDER = (
 
 
 def format_value(row: Row) -> str:
+    if row.unit == "docs/s":
+        return f"{row.value / 1e3:.1f}k docs/s"
     if row.unit == "msg/s" and row.value < 1e6:
         return f"{row.value / 1e3:.1f}k msg/s"
     if row.unit == "msg/s":
@@ -73,7 +75,7 @@ def _ratio_to_best_peer(rows: list[Row]) -> str:
     if subject.unit == "us":  # a latency: the best peer is the lowest
         best = min(peers, key=lambda row: row.value)
         return f"{subject.value / best.value:.2f}x {best.system} (<1: lower)"
-    if subject.unit != "msg/s":
+    if subject.unit not in ("msg/s", "docs/s"):
         return ""
     best = max(peers, key=lambda row: row.value)
     return f"{subject.value / best.value:.2f}x {best.system}"

@@ -3,6 +3,7 @@
 python bench/run.py --suite embedded --json FILE [--quick] [--dir DIR]
 python bench/run.py --suite service --json FILE [--quick] [--dir DIR]
 python bench/run.py --suite scale --json FILE [--quick] [--dir DIR] [--only ROW]
+python bench/run.py --suite search --json FILE [--quick] [--documents N] [--dir DIR]
 python -m bench.run ...
 """
 
@@ -26,7 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--suite", choices=["embedded", "service", "scale"], default="embedded")
+    parser.add_argument("--suite", choices=["embedded", "service", "scale", "search"],
+                        default="embedded")
+    parser.add_argument("--documents", type=int, default=None,
+                        help="search suite: how many documents (default 1,000,000; quick 10,000)")
     parser.add_argument("--json", type=Path, required=True, help="where to write the rows")
     parser.add_argument("--quick", action="store_true", help="small sizes: under a minute")
     parser.add_argument(
@@ -44,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return _service(args)
     if args.suite == "scale":
         return _scale(args)
+    if args.suite == "search":
+        return _search(args)
 
     sizes = QUICK if args.quick else FULL
     if args.repeats is not None:
@@ -78,6 +84,22 @@ def _scale(args: argparse.Namespace) -> int:
     results = run_scale(SCALE_QUICK if args.quick else SCALE_FULL, args.dir, args.quick,
                         args.only)
     print(report.render(results, ("fluxcore",)))
+    report.write_json(results, args.json)
+    print(f"\nwrote {len(results.rows)} rows to {args.json}")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from bench import report
+    from bench.search import SEARCH_COLUMNS, SEARCH_FULL, SEARCH_QUICK, run_search
+
+    sizes = SEARCH_QUICK if args.quick else SEARCH_FULL
+    if args.documents is not None:
+        sizes = dataclasses.replace(sizes, documents=args.documents)
+    if args.repeats is not None:
+        sizes = dataclasses.replace(sizes, repeats=args.repeats)
+    results = run_search(sizes, args.dir)
+    print(report.render(results, SEARCH_COLUMNS))
     report.write_json(results, args.json)
     print(f"\nwrote {len(results.rows)} rows to {args.json}")
     return 0

@@ -19,6 +19,7 @@ from .events import EVENTS_FILE, EventStore
 from .positions import PositionStore
 from .reads import wake_all
 from .schedules import SCHEDULES_FILE, ScheduleStore
+from .search import SEARCH_FILE, SearchStore, document_publisher
 from .tracking import Cluster, Waiter
 from .values import VALUES_FILE, ValueStore
 from .web import WebProxy
@@ -64,6 +65,8 @@ class Project:
         self.events = EventStore(os.path.join(self.path, EVENTS_FILE), durable=durable,
                                  publish=self._publish_events)
         self.events.retry()  # what a crash left unpublished goes out first
+        self.search = SearchStore(os.path.join(self.path, SEARCH_FILE), durable=durable,
+                                  publish=document_publisher(self))
         self.web = WebProxy(self)
 
     def log(self, name: str) -> Log:
@@ -190,6 +193,7 @@ class Project:
         self.schedules.close()
         self.values.close()
         self.events.close()
+        self.search.close()
         for log in self._logs.values():
             log.close()
         self._logs.clear()

@@ -45,6 +45,7 @@ from .metrics import SessionStats
 from .positions import merged_ranges
 from .reads import PendingRead, ReadParams, TypeFilter
 from .schedules import Schedule
+from .search import SEARCH_HANDLERS
 from .web import HTTP_METHODS, MAX_HEAD, HttpError, http_response, parse_http
 
 if TYPE_CHECKING:
@@ -472,6 +473,8 @@ class Session(asyncio.BufferedProtocol):
                 answer = _CONTROL[op](self, request_id, self._control(start, end))
                 if isinstance(answer, bytes):
                     self.send(answer)
+                elif answer is None:
+                    pass  # the request asked for no answer
                 else:
                     self.send_control(Op.RESULT, request_id, answer)
             elif op == Op.HELLO:
@@ -924,4 +927,5 @@ _CONTROL: dict[int, Any] = {
     Op.UPDATE_RELATIONSHIPS: Session._on_update_relationships,
     Op.REPAIR_RELATIONSHIPS: Session._on_repair_relationships,
     Op.GET_RELATIONSHIPS: Session._on_get_relationships,
+    **SEARCH_HANDLERS,
 }

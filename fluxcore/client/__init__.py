@@ -12,15 +12,18 @@ from ._wire import (
     WebResponse,
 )
 from .aio import AsyncClient, AsyncConsumer
+from .search import AsyncSearch, Document, Search
 from .sync import Client, Consumer
 
 __all__ = [
     "AsyncClient",
     "AsyncConsumer",
+    "AsyncSearch",
     "Client",
     "ConcurrencyError",
     "ConnectionLost",
     "Consumer",
+    "Document",
     "Guarantee",
     "Message",
     "MessageType",
@@ -28,5 +31,6 @@ __all__ = [
     "Relationship",
     "RequestError",
     "Scheduled",
+    "Search",
     "WebResponse",
 ]

@@ -55,6 +55,7 @@ from ._wire import (
     value_answer,
     values_request,
 )
+from .search import AsyncSearchMethods
 
 __all__ = ["AsyncClient", "AsyncConsumer"]
 
@@ -117,7 +118,7 @@ class _Protocol(asyncio.Protocol):
         await self._writable.wait()
 
 
-class AsyncClient:
+class AsyncClient(AsyncSearchMethods):
     """A connection to a fluxcore server for asyncio programs."""
 
     def __init__(self, address: str, *, token: str, name: str = "fluxcore-client",

@@ -60,6 +60,7 @@ from ._wire import (
     value_answer,
     values_request,
 )
+from .search import SearchMethods
 
 __all__ = ["Client", "Consumer", "current_batch"]
 
@@ -90,7 +91,7 @@ class _Pending:
         self.future: concurrent.futures.Future[Reply] = concurrent.futures.Future()
 
 
-class Client:
+class Client(SearchMethods):
     """A connection to a fluxcore server. Thread-safe; also a context manager."""
 
     def __init__(

@@ -1,0 +1,697 @@
+"""The search store of a project: documents and their entries in SQLite (search.sqlite in the
+project's directory, WAL), and the constraint tree compiled into SQL over B-tree indexes.
+
+Layout: a document row per (collection, id); one entry row per (value, path) whose rowid is
+`document rowid << 20 | n`, so a document's entries are one rowid range; (word, entry) for
+the words of every entry (`word` and `word*` are lookups in it); the vocabulary of distinct
+words, also reversed (`*word` is a range of it, `*word*` a scan of it, never of the
+documents); facets and sortables."""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from ..store import connect, transaction
+from .constraints import (
+    All,
+    Any_,
+    Between,
+    Contains,
+    Exists,
+    Facet,
+    Match,
+    Node,
+    Not,
+    PathGlob,
+    is_literal,
+)
+from .flatten import NULL, NUMERIC, as_phrase, normalize, words
+
+__all__ = ["SEARCH_FILE", "IndexedDocument", "Query", "SearchStore", "Sorting"]
+
+SEARCH_FILE = "search.sqlite"
+ENTRY_BITS = 20
+MAX_ENTRIES = 1 << ENTRY_BITS  # entries of one document
+_TOP = "\U0010ffff"  # above every character: `x >= t AND x < t + _TOP` is "starts with t"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS collections (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL);
+CREATE TABLE IF NOT EXISTS documents (
+    rowid INTEGER PRIMARY KEY AUTOINCREMENT, coll INTEGER NOT NULL, id TEXT NOT NULL,
+    ts INTEGER,
+    te INTEGER, type TEXT NOT NULL, data BLOB NOT NULL, UNIQUE (coll, id));
+CREATE INDEX IF NOT EXISTS documents_ts ON documents (coll, ts);
+CREATE TABLE IF NOT EXISTS entries (
+    rowid INTEGER PRIMARY KEY, coll INTEGER NOT NULL, type INTEGER NOT NULL,
+    value TEXT NOT NULL, phrase TEXT NOT NULL, number REAL, lpath TEXT NOT NULL,
+    spath TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS entries_phrase ON entries (coll, phrase, spath);
+CREATE INDEX IF NOT EXISTS entries_number ON entries (coll, number, spath)
+    WHERE number IS NOT NULL;
+CREATE INDEX IF NOT EXISTS entries_path ON entries (coll, spath);
+CREATE TABLE IF NOT EXISTS words (
+    word TEXT NOT NULL, entry INTEGER NOT NULL, PRIMARY KEY (word, entry)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS vocabulary (
+    word TEXT PRIMARY KEY, rword TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS vocabulary_rword ON vocabulary (rword);
+CREATE VIRTUAL TABLE IF NOT EXISTS vocabulary_trigrams USING fts5 (
+    word, tokenize = 'trigram', detail = 'none');
+CREATE TRIGGER IF NOT EXISTS vocabulary_added AFTER INSERT ON vocabulary BEGIN
+    INSERT INTO vocabulary_trigrams (word) VALUES (new.word);
+END;
+CREATE TABLE IF NOT EXISTS facets (
+    doc INTEGER NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, coll INTEGER NOT NULL,
+    PRIMARY KEY (doc, name, value)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS facets_value ON facets (coll, name, value);
+CREATE TABLE IF NOT EXISTS sortables (
+    doc INTEGER NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (doc, name, value)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sortables_value ON sortables (name, value, doc);
+"""
+
+_LETTER = r"[^\W\d_]"
+_LEFT = rf"(?<!{_LETTER})(?<![0-9])"
+_RIGHT = rf"(?!{_LETTER})(?![0-9])"
+
+
+def contains_regex(term: str, prefix: bool, postfix: bool) -> str:
+    """The reference's contains: the term, with a word boundary on the left unless prefix
+    search and on the right unless postfix search."""
+    return ("" if prefix else _LEFT) + re.escape(term) + ("" if postfix else _RIGHT)
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def _find(phrase: str, pattern: str) -> bool:
+    return _compiled(pattern).search(phrase) is not None
+
+
+@dataclass
+class IndexedDocument:
+    """A document ready to index: checked and flattened (nothing can fail after this)."""
+
+    collection: str
+    id: str
+    timestamp: int | None
+    end: int | None
+    type: str
+    data: bytes  # msgpack of the document
+    entries: list[tuple[int, str, str, str]]
+    facets: list[tuple[str, str]]
+    sortables: list[tuple[str, str]]
+
+
+@dataclass
+class Query:
+    collections: list[str]
+    constraint: All
+    since: int | None = None
+    before: int | None = None
+    since_exclusive: bool = False
+    before_inclusive: bool = False
+
+
+@dataclass
+class Sorting:
+    keys: list[str]  # timestamp, -timestamp, end, -end, [-]sortable path
+
+
+Publish = Callable[[str, list[IndexedDocument]], None]
+
+
+class _Sql:
+    """A WHERE expression and its parameters."""
+
+    def __init__(self) -> None:
+        self.params: list[Any] = []
+
+    def add(self, *values: Any) -> None:
+        self.params.extend(values)
+
+
+class SearchStore:
+    def __init__(self, path: str, *, durable: bool, publish: Publish) -> None:
+        self._db = connect(path, durable=durable)
+        # A bigger page cache and fewer checkpoints: index inserts land all over the B-trees.
+        self._db.execute("PRAGMA cache_size=-65536")
+        self._db.execute("PRAGMA wal_autocheckpoint=20000")
+        self._db.executescript(_SCHEMA)
+        self._db.create_function("fc_find", 2, _find, deterministic=True)
+        self._publish = publish
+        self._collections: dict[str, int] = dict(
+            self._db.execute("SELECT name, id FROM collections").fetchall())
+        self._names = {v: k for k, v in self._collections.items()}
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _collection_id(self, name: str) -> int:
+        found = self._collections.get(name)
+        if found is None:
+            cursor = self._db.execute("INSERT INTO collections (name) VALUES (?)", (name,))
+            found = self._collections[name] = int(cursor.lastrowid or 0)
+            self._names[found] = name
+        return found
+
+    def update(self, updates: Sequence[tuple[str, IndexedDocument | tuple[str, str]]]
+               ) -> list[bool]:
+        """Applies ("index" | "index_if_not_exists", document) and ("delete", (collection,
+        id)) in order, in one transaction; says for each whether it changed anything. Every
+        indexed document then goes to its collection's DOCUMENT log."""
+        done: list[bool] = []
+        indexed: list[IndexedDocument] = []
+        entries: list[tuple[Any, ...]] = []
+        word_rows: list[tuple[str, int]] = []
+        vocabulary: set[str] = set()
+        facets: list[tuple[int, str, str, int]] = []
+        sortables: set[tuple[int, str, str]] = set()
+        db = self._db
+
+        def flush() -> None:
+            # Before a delete, so that it sees every row this batch wrote before it.
+            db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)", entries)
+            word_rows.sort()  # neighbours in the B-tree: fewer pages touched
+            db.executemany("INSERT INTO words VALUES (?, ?)", word_rows)
+            db.executemany("INSERT OR IGNORE INTO vocabulary VALUES (?, ?)",
+                           [(w, w[::-1]) for w in sorted(vocabulary)])
+            db.executemany("INSERT OR IGNORE INTO facets VALUES (?, ?, ?, ?)", facets)
+            db.executemany("INSERT INTO sortables VALUES (?, ?, ?)", sortables)
+            for rows in (entries, word_rows, vocabulary, facets, sortables):
+                rows.clear()
+
+        try:
+            with transaction(db):
+                for kind, item in updates:
+                    if kind == "delete":
+                        assert isinstance(item, tuple)
+                        coll = self._collections.get(item[0])
+                        flush()
+                        done.append(coll is not None and self._delete_id(coll, item[1]))
+                        continue
+                    assert isinstance(item, IndexedDocument)
+                    coll = self._collection_id(item.collection)
+                    row = db.execute("SELECT rowid FROM documents WHERE coll = ? AND id = ?",
+                                     (coll, item.id)).fetchone()
+                    if row is not None:
+                        if kind == "index_if_not_exists":
+                            done.append(False)
+                            continue
+                        flush()
+                        self._delete_rows([row[0]])
+                    cursor = db.execute(
+                        "INSERT INTO documents (coll, id, ts, te, type, data)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (coll, item.id, item.timestamp, item.end, item.type, item.data))
+                    doc = int(cursor.lastrowid or 0)
+                    base = doc << ENTRY_BITS
+                    for n, (entry_type, value, lpath, spath) in enumerate(item.entries):
+                        phrase = as_phrase(entry_type, value)
+                        entry = base | n
+                        entries.append((entry, coll, entry_type, value, phrase,
+                                        float(value) if entry_type == NUMERIC else None,
+                                        lpath, spath))
+                        found = set(words(phrase))
+                        word_rows.extend((word, entry) for word in found)
+                        vocabulary.update(found)
+                    facets.extend((doc, name, value, coll) for name, value in item.facets)
+                    sortables.update((doc, name, value) for name, value in item.sortables)
+                    indexed.append(item)
+                    done.append(True)
+                flush()
+        except BaseException:
+            # The rolled back transaction may have added collections: forget them.
+            self._collections = dict(db.execute("SELECT name, id FROM collections").fetchall())
+            self._names = {v: k for k, v in self._collections.items()}
+            raise
+        if indexed:
+            self._publish_all(indexed)
+        return done
+
+    def _publish_all(self, indexed: list[IndexedDocument]) -> None:
+        by_collection: dict[str, list[IndexedDocument]] = {}
+        for item in indexed:
+            by_collection.setdefault(item.collection, []).append(item)
+        for collection, items in by_collection.items():
+            self._publish(collection, items)
+
+    def _delete_id(self, coll: int, doc_id: str) -> bool:
+        row = self._db.execute("SELECT rowid FROM documents WHERE coll = ? AND id = ?",
+                               (coll, doc_id)).fetchone()
+        if row is None:
+            return False
+        self._delete_rows([row[0]])
+        return True
+
+    def _delete_rows(self, docs: Sequence[int]) -> None:
+        db = self._db
+        ranges = [(d << ENTRY_BITS, (d << ENTRY_BITS) | (MAX_ENTRIES - 1)) for d in docs]
+        # The words of the entries, found again from their phrases (words has no entry index).
+        word_rows: list[tuple[str, int]] = []
+        for low, high in ranges:
+            for entry, phrase in db.execute(
+                    "SELECT rowid, phrase FROM entries WHERE rowid BETWEEN ? AND ?",
+                    (low, high)):
+                word_rows.extend((word, entry) for word in set(words(phrase)))
+        db.executemany("DELETE FROM words WHERE word = ? AND entry = ?", word_rows)
+        db.executemany("DELETE FROM entries WHERE rowid BETWEEN ? AND ?", ranges)
+        rows = [(d,) for d in docs]
+        db.executemany("DELETE FROM facets WHERE doc = ?", rows)
+        db.executemany("DELETE FROM sortables WHERE doc = ?", rows)
+        db.executemany("DELETE FROM documents WHERE rowid = ?", rows)
+
+    def delete_query(self, query: Query) -> int:
+        """Deletes every document the query matches; returns how many."""
+        with transaction(self._db):
+            found = self._matching_rowids(query)
+            self._delete_rows(found)
+        return len(found)
+
+    def delete_collection(self, name: str) -> int:
+        coll = self._collections.get(name)
+        if coll is None:
+            return 0
+        with transaction(self._db):
+            docs = [r[0] for r in self._db.execute(
+                "SELECT rowid FROM documents WHERE coll = ?", (coll,))]
+            self._delete_rows(docs)
+        return len(docs)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def get(self, collection: str, ids: Sequence[str]) -> list[dict[str, Any]]:
+        coll = self._collections.get(collection)
+        if coll is None or not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = self._db.execute(
+            f"SELECT id, ts, te, type, data FROM documents WHERE coll = ? AND id IN ({marks})",
+            (coll, *ids)).fetchall()
+        by_id = {row[0]: row for row in rows}
+        return [_document(collection, by_id[i]) for i in dict.fromkeys(ids) if i in by_id]
+
+    def has(self, collection: str, doc_id: str) -> bool:
+        coll = self._collections.get(collection)
+        return coll is not None and self._db.execute(
+            "SELECT 1 FROM documents WHERE coll = ? AND id = ?", (coll, doc_id)
+        ).fetchone() is not None
+
+    def _where(self, query: Query, sql: _Sql) -> str | None:
+        """The WHERE clause over `documents d` for a query; None if it cannot match."""
+        colls = [self._collections[c] for c in query.collections if c in self._collections]
+        if not colls:
+            return None
+        clauses = [f"d.coll IN ({','.join(map(str, colls))})"]
+        if query.since is not None:
+            clauses.append(f"(d.te IS NULL OR d.te {'>' if query.since_exclusive else '>='} ?)")
+            sql.add(query.since)
+        if query.before is not None:
+            inclusive = query.before_inclusive or query.before == query.since
+            clauses.append(f"(d.ts IS NULL OR d.ts {'<=' if inclusive else '<'} ?)")
+            sql.add(query.before)
+        if query.constraint.items:
+            # `+`: start from the documents the constraints find, not from every document of
+            # the collection in timestamp order.
+            clauses[0] = "+" + clauses[0]
+            clauses.append(_compile(query.constraint, colls, sql))
+        return " AND ".join(clauses)
+
+    def _matching_rowids(self, query: Query) -> list[int]:
+        sql = _Sql()
+        where = self._where(query, sql)
+        if where is None:
+            return []
+        return [r[0] for r in self._db.execute(
+            f"SELECT d.rowid FROM documents d WHERE {where}", sql.params)]
+
+    def count(self, query: Query) -> int:
+        sql = _Sql()
+        where = self._where(query, sql)
+        if where is None:
+            return 0
+        return int(self._db.execute(f"SELECT count(*) FROM documents d WHERE {where}",
+                                    sql.params).fetchone()[0])
+
+    def search(self, query: Query, sorting: Sorting, *, max_size: int | None, skip: int,
+               last_hit: str | None) -> list[dict[str, Any]]:
+        sql = _Sql()
+        where = self._where(query, sql)
+        if where is None:
+            return []
+        keys = _sort_keys(sorting.keys)
+        order = ", ".join(f"{expr} {'DESC' if desc else 'ASC'}" for expr, desc, _ in keys)
+        key_params = [p for _, _, params in keys for p in params]
+        if last_hit is not None:
+            colls = [self._collections[c] for c in query.collections if c in self._collections]
+            key_exprs = ", ".join(expr for expr, _, _ in keys)
+            row = self._db.execute(
+                f"SELECT {key_exprs} FROM documents d WHERE d.coll IN "
+                f"({','.join(map(str, colls))}) AND d.id = ? LIMIT 1",
+                (*key_params, last_hit)).fetchone()
+            if row is None:
+                return []  # as the reference: nothing comes after a hit that is not there
+            if skip:
+                before, params = _after(keys, row, reverse=True)
+                position = self._db.execute(
+                    f"SELECT count(*) FROM documents d WHERE {where} AND {before}",
+                    (*sql.params, *params)).fetchone()[0]
+                if position < skip:
+                    return []  # the hit was skipped: the reference finds nothing after it
+                skip = 0
+            after, params = _after(keys, row)
+            where = f"{where} AND {after}"
+            sql.add(*params)
+        elif (max_size is not None and len(sorting.keys) == 1
+              and sorting.keys[0].lstrip("-") not in ("timestamp", "end")):
+            return self._top_by_sortable(where, sql.params, sorting.keys[0], max_size, skip)
+        limit = -1 if max_size is None else max_size
+        rows = self._db.execute(
+            f"SELECT c.name, d.id, d.ts, d.te, d.type, d.data FROM documents d"
+            f" JOIN collections c ON c.id = d.coll WHERE {where} ORDER BY {order}"
+            f" LIMIT ? OFFSET ?", (*sql.params, *key_params, limit, skip)).fetchall()
+        return [_document(row[0], row[1:]) for row in rows]
+
+    def _top_by_sortable(self, where: str, params: list[Any], key: str, max_size: int,
+                         skip: int) -> list[dict[str, Any]]:
+        """A page sorted by one sortable: a walk of the sortable's index in order that stops
+        at the page's last document, instead of sorting every match. Walking down, a
+        document's first value is its largest; walking up, its smallest: the sort key."""
+        desc = key.startswith("-")
+        name = sortable_name(key[1:] if desc else key)
+        order = "DESC" if desc else "ASC"
+        wanted = skip + max_size
+        found: dict[int, None] = {}
+        cursor = self._db.execute(
+            f"SELECT d.rowid FROM sortables s CROSS JOIN documents d ON d.rowid = s.doc"
+            f" WHERE s.name = ? AND {where} ORDER BY s.value {order}, s.doc {order}",
+            (name, *params))
+        while len(found) < wanted:
+            batch = cursor.fetchmany(256)
+            if not batch:
+                break
+            for (rowid,) in batch:
+                found.setdefault(rowid)
+                if len(found) >= wanted:
+                    break
+        cursor.close()
+        if len(found) < wanted:  # then the documents without a value, as the general sort
+            for (rowid,) in self._db.execute(
+                    f"SELECT d.rowid FROM documents d WHERE {where} AND NOT EXISTS (SELECT 1"
+                    f" FROM sortables s WHERE s.doc = d.rowid AND s.name = ?) ORDER BY"
+                    f" d.rowid {order} LIMIT ?", (*params, name, wanted - len(found))):
+                found.setdefault(rowid)
+        page = list(found)[skip:wanted]
+        if not page:
+            return []
+        rows = {row[0]: row[1:] for row in self._db.execute(
+            "SELECT d.rowid, c.name, d.id, d.ts, d.te, d.type, d.data FROM documents d JOIN"
+            f" collections c ON c.id = d.coll WHERE d.rowid IN ({','.join('?' * len(page))})",
+            page)}
+        return [_document(rows[r][0], rows[r][1:]) for r in page]
+
+    # -- statistics ----------------------------------------------------------------------
+
+    def facet_stats(self, query: Query) -> list[dict[str, Any]]:
+        sql = _Sql()
+        where = self._where(query, sql)
+        if where is None:
+            return []
+        plain = not query.constraint.items and query.since is None and query.before is None
+        if plain:  # every document of the collections: the facet index alone
+            colls = [self._collections[c] for c in query.collections if c in self._collections]
+            rows = self._db.execute(
+                "SELECT name, value, count(*) AS n FROM facets WHERE coll IN "
+                f"({','.join(map(str, colls))}) GROUP BY coll, name, value").fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT name, value, count(*) FROM facets WHERE doc IN (SELECT d.rowid FROM "
+                f"documents d WHERE {where}) GROUP BY name, value", sql.params).fetchall()
+        totals: dict[tuple[str, str], int] = {}
+        for name, value, n in rows:
+            totals[(name, value)] = totals.get((name, value), 0) + n
+        ordered = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
+        return [{"name": name, "value": value, "count": n} for (name, value), n in ordered]
+
+    def document_stats(self, query: Query, fields: list[PathGlob],
+                       group_by: list[PathGlob]) -> list[dict[str, Any]]:
+        """Per group (the first value at each group-by path): count, min, max, sum and
+        average of the numbers at each field."""
+        sql = _Sql()
+        where = self._where(query, sql)
+        if where is None:
+            return []
+        group_exprs = []
+        group_params: list[Any] = []
+        for glob in group_by:
+            cond, params = _path_sql(glob, "g")
+            group_exprs.append(
+                "(SELECT g.value FROM entries g WHERE g.rowid BETWEEN d.rowid << 20 AND "
+                f"(d.rowid << 20) | {MAX_ENTRIES - 1} AND g.type != {NULL} AND {cond}"
+                " ORDER BY g.rowid LIMIT 1)")
+            group_params.extend(params)
+        groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for glob in fields:
+            cond, params = _path_sql(glob, "e")
+            select_groups = "".join(f"{expr}, " for expr in group_exprs)
+            rows = self._db.execute(
+                f"SELECT {select_groups} count(e.number), min(e.number), max(e.number),"
+                f" sum(e.number) FROM documents d JOIN entries e ON e.rowid BETWEEN"
+                f" d.rowid << 20 AND (d.rowid << 20) | {MAX_ENTRIES - 1}"
+                f" WHERE {where} AND e.number IS NOT NULL AND {cond}"
+                + (f" GROUP BY {', '.join(str(i + 1) for i in range(len(group_exprs)))}"
+                   if group_exprs else " HAVING count(e.number) > 0"),
+                (*group_params, *sql.params, *params)).fetchall()
+            for row in rows:
+                group = tuple(row[: len(group_exprs)])
+                count, low, high, total = row[len(group_exprs):]
+                stats = groups.setdefault(group, {})
+                stats[glob.text] = {"count": count, "min": _num(low), "max": _num(high),
+                                    "sum": _num(total),
+                                    "average": _num(float(f"{total / count:.10g}"))}
+        out = []
+        for group, stats in groups.items():
+            for glob in fields:
+                stats.setdefault(glob.text, {"count": 0, "min": None, "max": None, "sum": 0,
+                                             "average": None})
+            out.append({"fieldStats": stats,
+                        "group": {g.text: v for g, v in zip(group_by, group, strict=True)}})
+        return out
+
+    def histogram(self, query: Query, resolution: int,
+                  max_size: int | None) -> dict[str, Any]:
+        since = query.since
+        before = query.before if query.before is not None else int(time.time() * 1000)
+        counts = [0] * resolution
+        if since is None:
+            return {"since": None, "before": query.before, "counts": counts}
+        sql = _Sql()
+        where = self._where(query, sql)
+        if where is not None:
+            step = max(1, (before - since) // resolution)  # the reference has min: a bug
+            inner = f"SELECT d.ts FROM documents d WHERE {where} AND d.ts IS NOT NULL"
+            if max_size is not None:
+                inner += f" ORDER BY d.ts DESC LIMIT {int(max_size)}"
+            for bucket, n in self._db.execute(
+                    f"SELECT (ts - ?) / ?, count(*) FROM ({inner}) GROUP BY 1",
+                    (since, step, *sql.params)):
+                counts[min(max(int(bucket), 0), resolution - 1)] += n
+        return {"since": since, "before": before, "counts": counts}
+
+
+def _num(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+def _document(collection: str, row: Sequence[Any]) -> dict[str, Any]:
+    doc_id, ts, te, doc_type, data = row
+    return {"collection": collection, "id": doc_id, "timestamp": ts, "end": te,
+            "data_type": doc_type, "document": msgspec.Raw(data)}
+
+
+# -- sorting -----------------------------------------------------------------------------
+
+def _sort_keys(keys: list[str]) -> list[tuple[str, bool, list[Any]]]:
+    """(SQL expression, descending, parameters) per key; a missing value sorts last (its
+    IS NULL key first), and the rowid breaks ties."""
+    out: list[tuple[str, bool, list[Any]]] = []
+    for key in keys or ["-timestamp"]:
+        desc = key.startswith("-")
+        name = key[1:] if desc else key
+        params: list[Any]
+        if name == "timestamp":
+            expr, params = "d.ts", []
+        elif name == "end":
+            expr, params = "d.te", []
+        else:
+            aggregate = "max" if desc else "min"
+            expr = (f"(SELECT {aggregate}(s.value) FROM sortables s WHERE s.doc = d.rowid"
+                    " AND s.name = ?)")
+            params = [sortable_name(name)]
+        out.append((f"({expr} IS NULL)", False, params))
+        out.append((expr, desc, params))
+    out.append(("d.rowid", out[1][1], []))
+    return out
+
+
+def sortable_name(path: str) -> str:
+    return path.replace(".", "/")
+
+
+def _after(keys: list[tuple[str, bool, list[Any]]], row: Sequence[Any],
+           reverse: bool = False) -> tuple[str, list[Any]]:
+    """Rows that come after `row` (before it if reverse) in the order of `keys`."""
+    options: list[str] = []
+    params: list[Any] = []
+    for i, (expr, desc, key_params) in enumerate(keys):
+        if row[i] is None:
+            continue  # nothing is past a missing value on this key itself
+        parts = []
+        for j, (expr_j, _, params_j) in enumerate(keys[:i]):
+            parts.append(f"{expr_j} IS ?")
+            params.extend((*params_j, row[j]))
+        parts.append(f"{expr} {'<' if desc != reverse else '>'} ?")
+        params.extend((*key_params, row[i]))
+        options.append("(" + " AND ".join(parts) + ")")
+    return "(" + (" OR ".join(options) or "0") + ")", params
+
+
+# -- compiling constraints ---------------------------------------------------------------
+
+def _path_sql(glob: PathGlob, alias: str) -> tuple[str, list[Any]]:
+    # `+`: never drive a lookup by the path index; a value index is nearly always more
+    # selective (SQLite has no statistics to know that).
+    column = f"+{alias}.{'lpath' if glob.long else 'spath'}"
+    parts, params = [], []
+    for pattern in glob.globs:
+        if is_literal(pattern):
+            parts.append(f"{column} = ?")
+        else:
+            parts.append(f"{column} GLOB ?")
+        params.append(pattern)
+    return "(" + " OR ".join(parts) + ")", params
+
+
+def _paths_sql(paths: tuple[PathGlob, ...], alias: str, sql: _Sql) -> str:
+    parts = []
+    for glob in paths:
+        cond, params = _path_sql(glob, alias)
+        parts.append(cond)
+        sql.add(*params)
+    return "(" + " OR ".join(parts) + ")"
+
+
+def _entries_in(cond: str, paths: tuple[PathGlob, ...], colls: list[int], sql: _Sql) -> str:
+    path = f" AND {_paths_sql(paths, 'e', sql)}" if paths else ""
+    return (f"d.rowid IN (SELECT e.rowid >> {ENTRY_BITS} FROM entries e WHERE e.coll IN "
+            f"({','.join(map(str, colls))}) AND {cond}{path})")
+
+
+def _compile(node: Node, colls: list[int], sql: _Sql) -> str:
+    if isinstance(node, All):
+        if not node.items:
+            return "1"
+        return "(" + " AND ".join(_compile(n, colls, sql) for n in node.items) + ")"
+    if isinstance(node, Any_):
+        if not node.items:
+            return "0"
+        return "(" + " OR ".join(_compile(n, colls, sql) for n in node.items) + ")"
+    if isinstance(node, Not):
+        return f"NOT {_compile(node.item, colls, sql)}"
+    if isinstance(node, Facet):
+        sql.add(node.name, node.value)
+        return (f"d.rowid IN (SELECT f.doc FROM facets f WHERE f.coll IN "
+                f"({','.join(map(str, colls))}) AND f.name = ? AND f.value = ?)")
+    if isinstance(node, Match):
+        if node.strict:
+            sql.add(normalize(node.value), node.value, node.value)
+            return _entries_in("e.phrase IN (?, ?) AND e.value = ?", node.paths, colls, sql)
+        sql.add(normalize(node.value))
+        return _entries_in("e.phrase = ?", node.paths, colls, sql)
+    if isinstance(node, Between):
+        return _between(node, colls, sql)
+    if isinstance(node, Exists):
+        parts = []
+        for glob in node.paths:
+            column = "e.lpath" if glob.long else "e.spath"
+            for pattern in glob.globs:
+                if is_literal(pattern):
+                    parts.append(f"{column} = ? OR {column} GLOB ?")
+                    sql.add(pattern, _glob_escape(pattern) + "/*")
+                else:
+                    parts.append(f"{column} GLOB ? OR {column} GLOB ?")
+                    sql.add(pattern, pattern + "/*")
+        return _entries_in(f"e.type != {NULL} AND ({' OR '.join(parts)})", (), colls, sql)
+    assert isinstance(node, Contains)
+    return _contains(node, colls, sql)
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def _between(node: Between, colls: list[int], sql: _Sql) -> str:
+    numeric = isinstance(node.min, (int, float)) or isinstance(node.max, (int, float))
+    column = "e.number" if numeric else "e.phrase"
+    parts = []
+    for bound, op in ((node.min, ">="), (node.max, "<")):
+        if bound is not None:
+            parts.append(f"{column} {op} ?")
+            sql.add(float(bound) if numeric else normalize(str(bound)))
+    return _entries_in(" AND ".join(parts), node.paths, colls, sql)
+
+
+def _contains(node: Contains, colls: list[int], sql: _Sql) -> str:
+    term = node.term
+    found = words(term)
+    pattern = contains_regex(term, node.prefix, node.postfix)
+    if not found:  # no word to look up (punctuation only): the constraint forces a scan
+        sql.add(pattern)
+        return _entries_in("fc_find(e.phrase, ?)", node.paths, colls, sql)
+    exact = len(found) == 1 and found[0] == term
+    # Look up the longest word; whether it may be cut on the left (right) of a word in the
+    # text depends on whether it starts (ends) the term and the term may be cut there.
+    best = max(range(len(found)), key=lambda i: len(found[i]))
+    word = found[best]
+    open_left = node.prefix and best == 0 and term.startswith(word)
+    open_right = node.postfix and best == len(found) - 1 and term.endswith(word)
+    if open_left and open_right and len(word) >= 3:
+        # The trigram index serves GLOB (a word has no GLOB characters: letters and digits).
+        cond = "w.word IN (SELECT t.word FROM vocabulary_trigrams t WHERE t.word GLOB ?)"
+        sql.add(f"*{word}*")
+    elif open_left and open_right:
+        cond = "w.word IN (SELECT v.word FROM vocabulary v WHERE instr(v.word, ?) > 0)"
+        sql.add(word)
+    elif open_left:
+        cond = ("w.word IN (SELECT v.word FROM vocabulary v WHERE v.rword >= ? AND"
+                " v.rword < ?)")
+        sql.add(word[::-1], word[::-1] + _TOP)
+    elif open_right:
+        cond = "w.word >= ? AND w.word < ?"
+        sql.add(word, word + _TOP)
+    else:
+        cond = "w.word = ?"
+        sql.add(word)
+    if exact and not node.paths:
+        return f"d.rowid IN (SELECT w.entry >> {ENTRY_BITS} FROM words w WHERE {cond})"
+    extra = ""
+    if not exact:
+        extra = " AND fc_find(e.phrase, ?)"
+        sql.add(pattern)
+    if node.paths:
+        extra += f" AND {_paths_sql(node.paths, 'e', sql)}"
+    return (f"d.rowid IN (SELECT w.entry >> {ENTRY_BITS} FROM words w JOIN entries e ON"
+            f" e.rowid = w.entry WHERE {cond} AND +e.coll IN ({','.join(map(str, colls))})"
+            f"{extra})")
