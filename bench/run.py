@@ -2,6 +2,7 @@
 
 python bench/run.py --suite embedded --json FILE [--quick] [--dir DIR]
 python bench/run.py --suite service --json FILE [--quick] [--dir DIR]
+python bench/run.py --suite service --profile-request [--requests N]
 python -m bench.run ...
 """
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--suite", choices=["embedded", "service"], default="embedded")
-    parser.add_argument("--json", type=Path, required=True, help="where to write the rows")
+    parser.add_argument("--json", type=Path, help="where to write the rows (required)")
     parser.add_argument("--quick", action="store_true", help="small sizes: under a minute")
     parser.add_argument(
         "--dir",
@@ -35,7 +36,20 @@ def main(argv: list[str] | None = None) -> int:
         "(default: the system temp dir); put it on the disk you care about",
     )
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per row")
+    parser.add_argument(
+        "--profile-request",
+        action="store_true",
+        help="service suite: instead of the rows, time each hop of one request/response",
+    )
+    parser.add_argument("--requests", type=int, default=2000, help="with --profile-request")
     args = parser.parse_args(argv)
+    if args.suite == "service" and args.profile_request:
+        from bench.request_profile import profile_request
+
+        print(profile_request(args.requests, args.dir))
+        return 0
+    if args.json is None:
+        parser.error("--json FILE is required")
     if args.suite == "service":
         return _service(args)
 
