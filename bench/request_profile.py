@@ -14,6 +14,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import os
+import resource
 import sys
 import tempfile
 import time
@@ -24,7 +26,7 @@ from typing import Any
 if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.servers import fluxcore_argv, fluxcore_ready, free_port, running_server  # noqa: E402
+from bench.servers import fluxcore_argv, fluxcore_ready, free_port, running_server
 
 TOKEN = "bench"
 WARMUP = 300
@@ -52,9 +54,10 @@ Event = tuple[int, str]  # (perf_counter_ns, what)
 
 
 def _traced_server(trace_path: str, argv: list[str]) -> int:
-    from fluxcore import cli
     from fluxcore.server import project as project_module
     from fluxcore.server import session as session_module
+
+    from fluxcore import cli
 
     events: list[Event] = []
     clock = time.perf_counter_ns
@@ -95,7 +98,8 @@ def _traced_server(trace_path: str, argv: list[str]) -> int:
 def _wrap(obj: Any, name: str, record: Callable[[Event], None], label: str,
           sent: bool = False) -> None:
     """Records `label` when obj.name is called; with `sent`, when obj._send returns for a
-    frame that expects no answer (a request's APPEND or a handler's RESULT, not a READ)."""
+    frame that expects no answer (a request's APPEND or a handler's RESULT, not a READ), or
+    for a READ that carries a handler's results ahead of it."""
     original = getattr(obj, name)
     clock = time.perf_counter_ns
 
@@ -103,7 +107,7 @@ def _wrap(obj: Any, name: str, record: Callable[[Event], None], label: str,
         if not sent:
             record((clock(), label))
         result = original(*args, **kwargs)
-        if sent and result is None:
+        if sent and (result is None or kwargs.get("prefix")):
             record((clock(), label))
         return result
 
@@ -184,10 +188,13 @@ def profile_request(count: int = 2000, base: str | None = None) -> str:
                 _wrap(handler_client, "_send", record, "handler sent", sent=True)
                 _wrap(handler_client, "_deliver", record, "handler frame in")
                 request = requester.request
+                client_cpu, server_cpu = _cpu_seconds(), _process_cpu_seconds(server.process.pid)
                 for _ in range(count):
                     record((clock(), "request start"))
                     request(MessageType.COMMAND, payload, type="Profiled")
                     record((clock(), "request returned"))
+                client_cpu = _cpu_seconds() - client_cpu
+                server_cpu = _process_cpu_seconds(server.process.pid) - server_cpu
                 events_copy = list(events)
             finally:
                 handler_client.close()
@@ -205,7 +212,25 @@ def profile_request(count: int = 2000, base: str | None = None) -> str:
     totals = [(trip[-1] - trip[0]) / 1e3 for trip in trips]
     lines.append(f"{'round trip (total)':34} {_percentile(totals, 0.5):8.1f} "
                  f"{_percentile(totals, 0.9):8.1f}")
+    lines.append("")
+    lines.append(f"CPU time per round trip: {client_cpu / count * 1e6:.0f} us in the client"
+                 f" process (requester and handler), {server_cpu / count * 1e6:.0f} us in the"
+                 " server")
     return "\n".join(lines)
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of another process (Linux /proc), 0 where there is none."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

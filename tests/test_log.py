@@ -292,3 +292,28 @@ def test_at_most_max_mapped_files_stay_mapped(log_dir: Path) -> None:
         assert sum(f is not None for f in reader._files) <= 2
     with pytest.raises(ValueError):
         Log(log_dir, max_mapped_files=1)
+
+
+@pytest.mark.parametrize("policy", ["never", "interval", "always"])
+def test_one_record_buffers_read_back_and_survive_reopen(log_dir: Path, policy: str) -> None:
+    # A batch of one small record (the server's request and result appends) is written through
+    # the mapping, a bigger batch with pwrite: both kinds, interleaved, read back in order.
+    payloads = [b"one-%d" % i if i % 3 else b"x" * 70_000 for i in range(12)]
+    with Log(log_dir, fsync=policy) as log:  # type: ignore[arg-type]
+        for payload in payloads:
+            log.append_buffer(payload, np.array([0, len(payload)], dtype=np.int64),
+                              segments=np.array([7], dtype=np.uint8))
+        log.append_buffer(b"ab", np.array([0, 1, 2], dtype=np.int64),
+                          segments=np.array([1, 2], dtype=np.uint8))
+        assert [bytes(p) for p in log.read(0).payloads()] == [*payloads, b"a", b"b"]
+    with Log(log_dir, fsync=policy) as log:  # type: ignore[arg-type]
+        batch = log.read(0)
+        assert [bytes(p) for p in batch.payloads()] == [*payloads, b"a", b"b"]
+        assert [int(s) for s in batch.segments] == [7] * 12 + [1, 2]
+
+
+def test_buffer_segments_out_of_range_are_refused(log: Log) -> None:
+    for segments in (np.array([128], dtype=np.uint8), np.array([-1], dtype=np.int64)):
+        with pytest.raises(ValueError, match=r"0\.\.127"):
+            log.append_buffer(b"x", np.array([0, 1], dtype=np.int64), segments=segments)
+    assert len(log.read(0)) == 0
