@@ -244,8 +244,10 @@ class AsyncClient:
                prefix: bytes = b"") -> asyncio.Future[Reply] | None:
         if self._closed:
             raise ConnectionLost("the client is closed")
-        if self._owed is not None:
-            prefix = self._owed_read() + prefix
+        # The owed READ of results goes last: the frames before it (a request, a handler's
+        # results) are what someone waits for; the READ only has to be there before the
+        # result it reads can come.
+        owed = self._owed_read() if self._owed is not None else b""
         request_id = self._codec.next_request_id()
         frame = frame_of(request_id)
         future = None
@@ -254,7 +256,7 @@ class AsyncClient:
             self._pending[request_id] = _Pending(frame, append, future)
         protocol = self._protocol
         if protocol is not None and protocol.transport is not None:
-            protocol.transport.write(prefix + frame if prefix else frame)
+            protocol.transport.write(prefix + frame + owed if prefix or owed else frame)
         elif not self._reconnect:
             raise ConnectionLost("not connected")
         return future

@@ -254,10 +254,12 @@ class Client:
 
     def _write(self, frame_of: Callable[[int], bytes], answer: bool, append: bool,
                prefix: bytes) -> _Pending | None:
-        """With the send lock held: one write of the owed READ of results if there is one,
-        `prefix`, and the new request's frame."""
-        if self._owed is not None:
-            prefix = self._owed_read() + prefix
+        """With the send lock held: one write of `prefix`, the new request's frame, and the
+        owed READ of results if there is one."""
+        # The owed READ of results goes last: the frames before it (a request, a handler's
+        # results) are what someone waits for; the READ only has to be there before the
+        # result it reads can come.
+        owed = self._owed_read() if self._owed is not None else b""
         request_id = self._codec.next_request_id()
         frame = frame_of(request_id)
         pending = None
@@ -266,7 +268,7 @@ class Client:
         try:
             if self._sock is None:
                 raise ConnectionResetError("not connected")
-            self._sock.sendall(prefix + frame if prefix else frame)
+            self._sock.sendall(prefix + frame + owed if prefix or owed else frame)
         except OSError:
             if not self._reconnect:
                 raise
