@@ -79,6 +79,44 @@ class _Pending:
         self.future: concurrent.futures.Future[Reply] = concurrent.futures.Future()
 
 
+class _Waiter:
+    """What `request` waits on: a lock held until the reader thread settles it; lighter than
+    a concurrent.futures.Future (no condition, no callbacks) on the path of every request.
+    Settled once: only whoever pops it from the client's `_requests` settles it."""
+
+    __slots__ = ("_error", "_lock", "_result", "_settled")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._result: Message | None = None
+        self._error: BaseException | None = None
+        self._settled = False
+
+    def done(self) -> bool:
+        return self._settled
+
+    def set_result(self, result: Message) -> None:
+        self._result, self._settled = result, True
+        self._lock.release()
+
+    def set_exception(self, exception: BaseException) -> None:
+        self._error, self._settled = exception, True
+        self._lock.release()
+
+    def cancel(self) -> bool:
+        self.set_exception(concurrent.futures.CancelledError())
+        return True
+
+    def result(self, timeout: float) -> Message:
+        if not self._lock.acquire(timeout=timeout):
+            raise TimeoutError(f"no result in {timeout:g} s")
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
 class Client:
     """A connection to a fluxcore server. Thread-safe; also a context manager."""
 
@@ -107,7 +145,7 @@ class Client:
         self._connected = threading.Event()
         self._sock: socket.socket | None = None
         self._consumers: list[Consumer] = []
-        self._requests: dict[int, concurrent.futures.Future[Message]] = {}
+        self._requests: dict[int, concurrent.futures.Future[Message] | _Waiter] = {}
         self._results: ResultReader | None = None
         self._results_lock = threading.Lock()
         # The next READ of results, when it is not out yet: it goes out in front of the next
@@ -625,7 +663,8 @@ class Client:
     ) -> concurrent.futures.Future[Message]:
         """Sends a command or query; the future gets the handler's result (a Message) or a
         RequestError."""
-        number, future = self._request(message_type, payload, type, key, metadata, topic)
+        future: concurrent.futures.Future[Message] = concurrent.futures.Future()
+        number = self._request(future, message_type, payload, type, key, metadata, topic)
         # However it ends (result, timeout, cancel), the request stops being waited for.
         future.add_done_callback(lambda _f: self._requests.pop(number, None))
         return future
@@ -643,20 +682,20 @@ class Client:
     ) -> Message:
         """Sends a command or query and waits for its result; RequestError if the handler
         failed, TimeoutError if no result came in time."""
-        number, future = self._request(message_type, payload, type, key, metadata, topic)
+        waiter = _Waiter()
+        number = self._request(waiter, message_type, payload, type, key, metadata, topic)
         try:
-            return future.result(timeout)
+            return waiter.result(timeout)
         finally:
-            if not future.done():
-                future.cancel()
+            if not waiter.done():
                 self._requests.pop(number, None)
 
-    def _request(self, message_type: MessageType, payload: bytes, payload_type: str,
+    def _request(self, future: concurrent.futures.Future[Message] | _Waiter,
+                 message_type: MessageType, payload: bytes, payload_type: str,
                  key: str | bytes | None, metadata: dict[str, str] | None, topic: str | None
-                 ) -> tuple[int, concurrent.futures.Future[Message]]:
+                 ) -> int:
         if self._results is None:
             self._start_results()
-        future: concurrent.futures.Future[Message] = concurrent.futures.Future()
         codec, requests = self._codec, self._requests
         number = 0
 
@@ -675,7 +714,7 @@ class Client:
         except BaseException:
             requests.pop(number, None)
             raise
-        return number, future
+        return number
 
     def _start_results(self) -> None:
         with self._results_lock:
@@ -707,8 +746,10 @@ class Client:
             self._sock.close()
         self._reader.join(timeout=5)
         self._fail_pending(ConnectionLost("the client is closed"))
-        for future in list(self._requests.values()):
-            future.cancel()
+        for number in list(self._requests):
+            future = self._requests.pop(number, None)
+            if future is not None:
+                future.cancel()
 
     @property
     def closed(self) -> bool:
