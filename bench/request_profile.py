@@ -37,13 +37,13 @@ HOPS = (
     ("to server", "the server's event loop gets the bytes (kernel, loopback, loop wake-up)"),
     ("server parse + COMMAND append", "the request is in the COMMAND log"),
     ("handler's parked READ wakes", "its batch frame is built and written"),
-    ("to handler's client", "the handler client's reader thread has the frame"),
-    ("handler client: to the handler", "the handler function is called"),
+    ("to handler's client", "the handler's client has the frame (reader thread, protocol)"),
+    ("handler client: to the handler", "the handler function is called (thread or task)"),
     ("handler + RESULT frame sent", "the result frame is written"),
     ("to server (result)", "the server's event loop gets the result bytes"),
     ("server parse + RESULT append", "the result is in the RESULT log"),
     ("requester's parked READ wakes", "its batch frame is built and written"),
-    ("to requester's client", "the requester's reader thread has the frame"),
+    ("to requester's client", "the requester's client has the frame (reader thread, protocol)"),
     ("delivery to the caller", "request() returns the result"),
 )
 
@@ -107,7 +107,7 @@ def _wrap(obj: Any, name: str, record: Callable[[Event], None], label: str,
         if not sent:
             record((clock(), label))
         result = original(*args, **kwargs)
-        if sent and (result is None or kwargs.get("prefix")):
+        if sent and (result is None or kwargs.get("prefix") or (len(args) > 3 and args[3])):
             record((clock(), label))
         return result
 
@@ -151,11 +151,10 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def profile_request(count: int = 2000, base: str | None = None) -> str:
-    """Runs `count` requests one in flight against a tracing server; the breakdown as text."""
-    from fluxcore.client import Client, MessageType
-
-    payload = bytes(100)
+def profile_request(count: int = 2000, base: str | None = None, asynchronous: bool = False
+                    ) -> str:
+    """Runs `count` requests one in flight against a tracing server; the breakdown as text.
+    `asynchronous`: AsyncClient for the requester and the handler, in one event loop."""
     with tempfile.TemporaryDirectory(dir=base, prefix="fluxcore-profile-") as scratch:
         directory = Path(scratch)
         (directory / "data").mkdir()
@@ -165,45 +164,17 @@ def profile_request(count: int = 2000, base: str | None = None) -> str:
         argv = [argv[0], str(Path(__file__).resolve()), "--traced-server", str(trace_path),
                 *argv[3:]]
         events: list[Event] = []
-        record = events.append
         with running_server("fluxcore", argv, port, directory, ready=fluxcore_ready) as server:
-            requester = Client.connect(server.address, token=TOKEN, name="requester")
-            handler_client = Client.connect(server.address, token=TOKEN, name="handler")
-            try:
-                clock = time.perf_counter_ns
-
-                def handle(message: Any) -> bytes:
-                    record((clock(), "handler called"))
-                    return bytes(message.data)
-
-                handler_client.consume("profiled", MessageType.COMMAND, handle)
-                for _ in range(20):  # the handler starts reading at "now"
-                    with contextlib.suppress(TimeoutError):
-                        requester.request(MessageType.COMMAND, payload, timeout=2)
-                        break
-                for _ in range(WARMUP):
-                    requester.request(MessageType.COMMAND, payload, type="Profiled")
-                _wrap(requester, "_send", record, "requester sent", sent=True)
-                _wrap(requester, "_deliver", record, "requester frame in")
-                _wrap(handler_client, "_send", record, "handler sent", sent=True)
-                _wrap(handler_client, "_deliver", record, "handler frame in")
-                request = requester.request
-                client_cpu, server_cpu = _cpu_seconds(), _process_cpu_seconds(server.process.pid)
-                for _ in range(count):
-                    record((clock(), "request start"))
-                    request(MessageType.COMMAND, payload, type="Profiled")
-                    record((clock(), "request returned"))
-                client_cpu = _cpu_seconds() - client_cpu
-                server_cpu = _process_cpu_seconds(server.process.pid) - server_cpu
-                events_copy = list(events)
-            finally:
-                handler_client.close()
-                requester.close()
+            run = _run_async if asynchronous else _run_sync
+            client_cpu, server_cpu = run(server.address, server.process.pid, count, events)
         server_events = [tuple(e) for e in json.loads(trace_path.read_text())]
-    merged = sorted([*events_copy, *server_events])  # type: ignore[list-item]
+    client = "AsyncClient (requester and handler in one event loop)" if asynchronous else (
+        "Client (requester and handler in one process, a thread each)")
+    merged = sorted([*events, *server_events])  # type: ignore[list-item]
     trips = _round_trips(merged, count)  # type: ignore[arg-type]
-    lines = [f"one request/response round trip: {len(trips)} requests (of {count} with every"
-             " hop seen), one in flight, 100-byte payload; microseconds per hop", "",
+    lines = [f"one request/response round trip through {client}: {len(trips)} requests (of"
+             f" {count} with every hop seen), one in flight, 100-byte payload; microseconds per"
+             " hop", "",
              f"{'hop':34} {'p50':>8} {'p90':>8}  ends when"]
     for index, (name, ends) in enumerate(HOPS):
         spans = [(trip[index + 1] - trip[index]) / 1e3 for trip in trips]
@@ -217,6 +188,89 @@ def profile_request(count: int = 2000, base: str | None = None) -> str:
                  f" process (requester and handler), {server_cpu / count * 1e6:.0f} us in the"
                  " server")
     return "\n".join(lines)
+
+
+def _run_sync(address: str, pid: int, count: int, events: list[Event]
+              ) -> tuple[float, float]:
+    from fluxcore.client import Client, MessageType
+
+    payload = bytes(100)
+    record = events.append
+    clock = time.perf_counter_ns
+    requester = Client.connect(address, token=TOKEN, name="requester")
+    handler_client = Client.connect(address, token=TOKEN, name="handler")
+    try:
+        def handle(message: Any) -> bytes:
+            record((clock(), "handler called"))
+            return bytes(message.data)
+
+        handler_client.consume("profiled", MessageType.COMMAND, handle)
+        for _ in range(20):  # the handler starts reading at "now"
+            with contextlib.suppress(TimeoutError):
+                requester.request(MessageType.COMMAND, payload, timeout=2)
+                break
+        for _ in range(WARMUP):
+            requester.request(MessageType.COMMAND, payload, type="Profiled")
+        _wrap(requester, "_send", record, "requester sent", sent=True)
+        _wrap(requester, "_deliver", record, "requester frame in")
+        _wrap(handler_client, "_send", record, "handler sent", sent=True)
+        _wrap(handler_client, "_deliver", record, "handler frame in")
+        request = requester.request
+        client_cpu, server_cpu = _cpu_seconds(), _process_cpu_seconds(pid)
+        for _ in range(count):
+            record((clock(), "request start"))
+            request(MessageType.COMMAND, payload, type="Profiled")
+            record((clock(), "request returned"))
+        return _cpu_seconds() - client_cpu, _process_cpu_seconds(pid) - server_cpu
+    finally:
+        handler_client.close()
+        requester.close()
+
+
+def _run_async(address: str, pid: int, count: int, events: list[Event]
+               ) -> tuple[float, float]:
+    from bench.common import new_event_loop
+    from fluxcore.client import AsyncClient, MessageType
+
+    payload = bytes(100)
+    record = events.append
+    clock = time.perf_counter_ns
+
+    async def main() -> tuple[float, float]:
+        requester = await AsyncClient.connect(address, token=TOKEN, name="requester")
+        handler_client = await AsyncClient.connect(address, token=TOKEN, name="handler")
+        try:
+            def handle(message: Any) -> bytes:
+                record((clock(), "handler called"))
+                return bytes(message.data)
+
+            await handler_client.consume("profiled", MessageType.COMMAND, handle)
+            for _ in range(20):  # the handler starts reading at "now"
+                with contextlib.suppress(TimeoutError):
+                    await requester.request(MessageType.COMMAND, payload, timeout=2)
+                    break
+            for _ in range(WARMUP):
+                await requester.request(MessageType.COMMAND, payload, type="Profiled")
+            _wrap(requester, "_write", record, "requester sent", sent=True)
+            _wrap(requester, "_deliver", record, "requester frame in")
+            _wrap(handler_client, "_write", record, "handler sent", sent=True)
+            _wrap(handler_client, "_deliver", record, "handler frame in")
+            request = requester.request
+            client_cpu, server_cpu = _cpu_seconds(), _process_cpu_seconds(pid)
+            for _ in range(count):
+                record((clock(), "request start"))
+                await request(MessageType.COMMAND, payload, type="Profiled")
+                record((clock(), "request returned"))
+            return _cpu_seconds() - client_cpu, _process_cpu_seconds(pid) - server_cpu
+        finally:
+            await handler_client.close()
+            await requester.close()
+
+    loop = new_event_loop()
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
 
 
 def _cpu_seconds() -> float:
@@ -236,4 +290,4 @@ def _process_cpu_seconds(pid: int) -> float:
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--traced-server":
         sys.exit(_traced_server(sys.argv[2], sys.argv[3:]))
-    print(profile_request())
+    print(profile_request(asynchronous="--async" in sys.argv))

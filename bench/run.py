@@ -2,7 +2,7 @@
 
 python bench/run.py --suite embedded --json FILE [--quick] [--dir DIR]
 python bench/run.py --suite service --json FILE [--quick] [--dir DIR]
-python bench/run.py --suite service --profile-request [--requests N]
+python bench/run.py --suite service --profile-request [--async] [--requests N]
 python -m bench.run ...
 """
 
@@ -42,11 +42,17 @@ def main(argv: list[str] | None = None) -> int:
         help="service suite: instead of the rows, time each hop of one request/response",
     )
     parser.add_argument("--requests", type=int, default=2000, help="with --profile-request")
+    parser.add_argument(
+        "--async",
+        dest="asynchronous",
+        action="store_true",
+        help="with --profile-request: through AsyncClient instead of Client",
+    )
     args = parser.parse_args(argv)
     if args.suite == "service" and args.profile_request:
         from bench.request_profile import profile_request
 
-        print(profile_request(args.requests, args.dir))
+        print(profile_request(args.requests, args.dir, args.asynchronous))
         return 0
     if args.json is None:
         parser.error("--json FILE is required")
