@@ -124,6 +124,8 @@ class PendingRead:
                 start = int(positions[seg_range[0]:seg_range[1]].min())
             batch = self.log.read(start, max_count=params.max_size,
                                   segments=None if params.ignore_segment else seg_range)
+            if not len(batch) and batch.next_after == start:
+                return False  # nothing new (a READ that parks): no frame to build
             mask = self.type_filter.mask(batch) if self.type_filter and len(batch) else None
             scanned = batch.next_after != start
             frame, count = _proto.batch_frame(
