@@ -14,11 +14,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 import numpy as np
 
 from fluxcore._ext import _proto
-from fluxcore.protocol import ErrorCode, ProtocolError
 
 from .positions import UNSET
 from .tracking import EMPTY
@@ -30,42 +28,10 @@ if TYPE_CHECKING:
     from .session import Session
     from .tracking import Cluster, Tracker
 
-__all__ = ["PendingRead", "ReadParams", "ReadRequest", "TypeFilter", "decode_read"]
+__all__ = ["PendingRead", "ReadParams", "TypeFilter"]
 
 # How many all-filtered-out batches one attempt skips before it lets other work run.
 _SCANS_PER_TURN = 16
-
-
-class ReadRequest(msgspec.Struct, kw_only=True, frozen=True):
-    """The body of a READ (docs/protocol.md), its types checked as it is decoded: every READ
-    of every tracker comes through here, so no field is looked up and checked in Python."""
-
-    type: int
-    consumer: str
-    tracker: str
-    topic: str | None = None
-    max_size: int = 1024
-    max_timeout_ms: int = 10_000
-    type_filter: str | None = None
-    filter_target: bool = False
-    ignore_segment: bool = False
-    single_tracker: bool = False
-    client_index: bool = False
-    last_index: int | None = None
-    purge_timeout_ms: int | None = None
-    store_position: list[Any] | None = None
-
-
-_read_decoder = msgspec.msgpack.Decoder(ReadRequest)
-
-
-def decode_read(body: bytes) -> ReadRequest:
-    try:
-        return _read_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"bad READ: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"body is not msgpack: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,7 @@ from fluxcore.protocol import (
 from .events import EventBatch
 from .metrics import SessionStats
 from .positions import merged_ranges
-from .reads import PendingRead, ReadParams, ReadRequest, TypeFilter, decode_read
+from .reads import PendingRead, ReadParams, TypeFilter
 from .schedules import Schedule
 from .web import HTTP_METHODS, HttpError, http_response, parse_http
 
@@ -336,7 +336,7 @@ class Session(asyncio.BufferedProtocol):
             if op == Op.APPEND:
                 self._on_append(request_id, flags, start, end)
             elif op == Op.READ:
-                self._on_read(request_id, decode_read(bytes(self._buf[start:end])))
+                self._on_read(request_id, self._control(start, end))
             elif op == Op.PING:
                 self.send(_proto.frame_header(Op.PONG, request_id, 0))
             elif op == Op.SCHEDULE:
@@ -483,30 +483,31 @@ class Session(asyncio.BufferedProtocol):
             return
         self.send(ack)
 
-    def _on_read(self, request_id: int, req: ReadRequest) -> None:
+    def _on_read(self, request_id: int, req: dict[str, Any]) -> None:
         assert self.project is not None
         self.stats.reads += 1
         project = self.project
-        message_type = _message_type(req.type)
-        name = log_name(message_type, req.topic)
-        consumer = req.consumer
-        tracker_id = req.tracker
-        max_size = req.max_size
+        message_type, name = self._log_for(req)
+        consumer = _field(req, "consumer", str)
+        tracker_id = _field(req, "tracker", str)
+        max_size = _field(req, "max_size", int, 1024)
         if not 0 < max_size <= self.config.max_read_size:
             raise ProtocolError(ErrorCode.BAD_REQUEST,
                                 f"max_size must be 1..{self.config.max_read_size}")
-        ignore_segment = req.ignore_segment
-        client_index = req.client_index
+        ignore_segment = bool(_field(req, "ignore_segment", bool, False))
+        client_index = bool(_field(req, "client_index", bool, False))
         if message_type is MessageType.NOTIFICATION:
             ignore_segment = client_index = True
         params = ReadParams(
             log_name=name, consumer=consumer, tracker_id=tracker_id, max_size=max_size,
-            timeout=max(0, req.max_timeout_ms) / 1000.0, type_filter=req.type_filter,
-            filter_target=req.filter_target, ignore_segment=ignore_segment,
-            client_index=client_index, last_index=req.last_index)
-        single = req.single_tracker
-        purge_ms = req.purge_timeout_ms
-        store = req.store_position
+            timeout=max(0, _field(req, "max_timeout_ms", int, 10_000)) / 1000.0,
+            type_filter=_field(req, "type_filter", str, None),
+            filter_target=bool(_field(req, "filter_target", bool, False)),
+            ignore_segment=ignore_segment, client_index=client_index,
+            last_index=_field(req, "last_index", int, None))
+        single = bool(_field(req, "single_tracker", bool, False))
+        purge_ms = _field(req, "purge_timeout_ms", int, None)
+        store = _field(req, "store_position", list, None)
         type_filter = self._type_filter(params.type_filter) if params.type_filter else None
         if store is not None:  # the position after the tracker's previous batch
             self._store_position(name, consumer, store[:2], store[2] if len(store) == 3 else -1)
