@@ -297,6 +297,10 @@ def test_requests_after_the_results_read_came_back_empty(client: Client,
     assert client.request(MessageType.COMMAND, b"second", timeout=30).data == b"second"
     for n in range(20):
         assert client.request(MessageType.COMMAND, b"%d" % n, timeout=30).data == b"%d" % n
+    assert client.request(MessageType.COMMAND, b"no limit", timeout=None).data == b"no limit"
+    with pytest.raises(TimeoutError):
+        client.request(MessageType.QUERY, b"nobody answers queries", timeout=-1)
+    assert client._requests == {}
 
 
 def test_a_request_waiting_across_a_server_restart_gets_its_result(

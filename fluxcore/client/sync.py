@@ -108,8 +108,8 @@ class _Waiter:
         self.set_exception(concurrent.futures.CancelledError())
         return True
 
-    def result(self, timeout: float) -> Message:
-        if not self._lock.acquire(timeout=timeout):
+    def result(self, timeout: float | None) -> Message:
+        if not self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
             raise TimeoutError(f"no result in {timeout:g} s")
         if self._error is not None:
             raise self._error
@@ -678,7 +678,7 @@ class Client:
         key: str | bytes | None = None,
         metadata: dict[str, str] | None = None,
         topic: str | None = None,
-        timeout: float = 30.0,
+        timeout: float | None = 30.0,
     ) -> Message:
         """Sends a command or query and waits for its result; RequestError if the handler
         failed, TimeoutError if no result came in time."""
