@@ -3,6 +3,7 @@
 python bench/run.py --suite embedded --json FILE [--quick] [--dir DIR]
 python bench/run.py --suite service --json FILE [--quick] [--dir DIR]
 python bench/run.py --suite service --profile-request [--async] [--requests N]
+python bench/run.py --suite service --paired-requests [--rounds N]
 python -m bench.run ...
 """
 
@@ -48,7 +49,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --profile-request: through AsyncClient instead of Client",
     )
+    parser.add_argument(
+        "--paired-requests",
+        action="store_true",
+        help="service suite: fluxcore's and NATS's request rows in alternating rounds",
+    )
+    parser.add_argument("--rounds", type=int, default=4, help="with --paired-requests")
     args = parser.parse_args(argv)
+    if args.suite == "service" and args.paired_requests:
+        from bench.request_pairs import paired_requests
+
+        print(paired_requests(args.rounds, args.dir))
+        return 0
     if args.suite == "service" and args.profile_request:
         from bench.request_profile import profile_request
 
