@@ -30,6 +30,9 @@ SERVICE_ORDER = (
     "request_rate",
     "request_p50",
     "request_p99",
+    "request_rate_async",
+    "request_p50_async",
+    "request_p99_async",
 )
 
 

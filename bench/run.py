@@ -4,6 +4,8 @@ python bench/run.py --suite embedded --json FILE [--quick] [--dir DIR]
 python bench/run.py --suite service --json FILE [--quick] [--dir DIR]
 python bench/run.py --suite scale --json FILE [--quick] [--dir DIR] [--only ROW]
 python bench/run.py --suite search --json FILE [--quick] [--documents N] [--dir DIR]
+python bench/run.py --suite service --profile-request [--async] [--requests N]
+python bench/run.py --suite service --paired-requests [--rounds N]
 python -m bench.run ...
 """
 
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
                         default="embedded")
     parser.add_argument("--documents", type=int, default=None,
                         help="search suite: how many documents (default 1,000,000; quick 10,000)")
-    parser.add_argument("--json", type=Path, required=True, help="where to write the rows")
+    parser.add_argument("--json", type=Path, help="where to write the rows (required)")
     parser.add_argument("--quick", action="store_true", help="small sizes: under a minute")
     parser.add_argument(
         "--dir",
@@ -43,7 +45,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=None,
                         help="scale suite: run only this measurement (connection_rows, "
                         "log_rows, wake_row, fanout_row, restart_row); may repeat")
+    parser.add_argument(
+        "--profile-request",
+        action="store_true",
+        help="service suite: instead of the rows, time each hop of one request/response",
+    )
+    parser.add_argument("--requests", type=int, default=2000, help="with --profile-request")
+    parser.add_argument(
+        "--async",
+        dest="asynchronous",
+        action="store_true",
+        help="with --profile-request: through AsyncClient instead of Client",
+    )
+    parser.add_argument(
+        "--paired-requests",
+        action="store_true",
+        help="service suite: fluxcore's and NATS's request rows in alternating rounds",
+    )
+    parser.add_argument("--rounds", type=int, default=4, help="with --paired-requests")
     args = parser.parse_args(argv)
+    if args.suite == "service" and args.paired_requests:
+        from bench.request_pairs import paired_requests
+
+        print(paired_requests(args.rounds, args.dir))
+        return 0
+    if args.suite == "service" and args.profile_request:
+        from bench.request_profile import profile_request
+
+        print(profile_request(args.requests, args.dir, args.asynchronous))
+        return 0
+    if args.json is None:
+        parser.error("--json FILE is required")
     if args.suite == "service":
         return _service(args)
     if args.suite == "scale":

@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.metadata
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import msgspec
 
-from bench.common import Dataset
+from bench.common import Dataset, new_event_loop
 from bench.servers import fluxcore_argv, fluxcore_ready, free_port, running_server
 from bench.service_workloads import (
     CONSUME_BATCH,
     CONSUME_TIMEOUT_S,
     REQUEST_TIMEOUT_S,
+    AsyncRequests,
     Consumed,
     ServiceSystem,
     check_reply,
     chunks,
 )
 
+T = TypeVar("T")
 TOKEN = "bench"
 PAYLOAD_TYPE = "Bench"
 PROBE_TIMEOUT_S = 2.0
@@ -42,7 +46,7 @@ class BenchOrder(msgspec.Struct):
     note: str
 
 
-class FluxcoreSystem(ServiceSystem):
+class FluxcoreSystem(ServiceSystem, AsyncRequests):
     system = "fluxcore"
     setup = (
         "fluxcore serve --fsync interval: a STORED publish is acked once appended to the"
@@ -70,6 +74,13 @@ class FluxcoreSystem(ServiceSystem):
         ),
         "request_p50": "client.request(COMMAND), one in flight",
         "request_p99": "client.request(COMMAND), one in flight",
+        "request_rate_async": (
+            "await AsyncClient.request(COMMAND) in 64 tasks, each one request at a time, on"
+            " uvloop; the responder is an AsyncClient COMMAND consumer on a second connection"
+            " in the same event loop (as NATS's responder), returning the payload"
+        ),
+        "request_p50_async": "await AsyncClient.request(COMMAND), one in flight",
+        "request_p99_async": "await AsyncClient.request(COMMAND), one in flight",
     }
 
     @classmethod
@@ -99,6 +110,9 @@ class FluxcoreSystem(ServiceSystem):
         self._fill_first: int | None = None
         self._typed_first: int | None = None
         self._consumers = 0
+        self._loop: asyncio.AbstractEventLoop | None = None  # of the asyncio clients
+        self._async_client: Any = None
+        self._async_responder: Any = None
         try:
             port = free_port()
             (directory / "data").mkdir()
@@ -285,8 +299,84 @@ class FluxcoreSystem(ServiceSystem):
             check_reply(payload, answer.data)
         return samples
 
+    def _run_async(self, work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+        """Runs `work(async_client)` on this system's event loop (uvloop where installed)."""
+        from fluxcore.client import AsyncClient
+
+        if self._loop is None:
+            self._loop = new_event_loop()
+        loop = self._loop
+        if self._async_client is None:
+            self._async_client = loop.run_until_complete(
+                AsyncClient.connect(self._server.address, token=TOKEN, name="bench-async"))
+            loop.run_until_complete(self._start_async_responder())
+        return loop.run_until_complete(work(self._async_client))
+
+    async def _start_async_responder(self) -> None:
+        """The threaded responder hands over to one in this event loop (same consumer)."""
+        from fluxcore.client import AsyncClient, MessageType
+
+        if self._responder is not None:
+            self._responder.stop()
+        self._async_responder = await AsyncClient.connect(
+            self._server.address, token=TOKEN, name="bench-responder-async")
+        await self._async_responder.consume(
+            "bench-responder", MessageType.COMMAND, lambda message: message.data, trackers=1)
+        for _ in range(PROBE_TRIES):
+            with contextlib.suppress(TimeoutError):
+                answer = await self._async_client.request(
+                    MessageType.COMMAND, b"probe", timeout=PROBE_TIMEOUT_S)
+                check_reply(b"probe", answer.data)
+                return
+        raise RuntimeError(f"the asyncio responder answered no probe in {PROBE_TRIES} tries")
+
+    def request_rate_async(self, count: int, in_flight: int) -> None:
+        from fluxcore.client import MessageType
+
+        payloads = self._data.payloads
+
+        async def rate(client: Any) -> None:
+            async def worker(first: int, number: int) -> None:
+                for i in range(first, first + number):
+                    payload = payloads[i % len(payloads)]
+                    answer = await client.request(MessageType.COMMAND, payload,
+                                                  type=PAYLOAD_TYPE, timeout=REQUEST_TIMEOUT_S)
+                    check_reply(payload, answer.data)
+
+            share, rest = divmod(count, in_flight)
+            shares = [share + (1 if k < rest else 0) for k in range(in_flight)]
+            firsts = [sum(shares[:k]) for k in range(in_flight)]
+            await asyncio.gather(*(worker(f, s) for f, s in zip(firsts, shares, strict=True)))
+
+        self._run_async(rate)
+
+    def request_latencies_async(self, count: int) -> list[int]:
+        from fluxcore.client import MessageType
+
+        payloads = self._data.payloads
+        clock = time.perf_counter_ns
+
+        async def latencies(client: Any) -> list[int]:
+            samples = []
+            for i in range(count):
+                payload = payloads[i % len(payloads)]
+                start = clock()
+                answer = await client.request(MessageType.COMMAND, payload, type=PAYLOAD_TYPE,
+                                              timeout=REQUEST_TIMEOUT_S)
+                samples.append(clock() - start)
+                check_reply(payload, answer.data)
+            return samples
+
+        return self._run_async(latencies)
+
     def close(self) -> None:
         try:
+            if self._loop is not None:
+                for client in (self._async_responder, self._async_client):
+                    if client is not None:
+                        with contextlib.suppress(Exception):
+                            self._loop.run_until_complete(client.close())
+                self._loop.close()
             for closing in (
                 getattr(self._responder, "stop", None),
                 getattr(self._responder_client, "close", None),

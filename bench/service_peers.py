@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from bench.common import Dataset
+from bench.common import Dataset, new_event_loop
 from bench.servers import (
     find_binary,
     free_port,
@@ -283,16 +283,6 @@ class RedisSystem(ServiceSystem):
         self._stack.close()
 
 
-def _new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop where installed (as `fluxcore serve` does): nats-py's fastest setting."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
-
-
 class JetStreamSystem(ServiceSystem):
     system = "jetstream"
     setup = (
@@ -334,7 +324,7 @@ class JetStreamSystem(ServiceSystem):
     def __init__(self, directory: Path, data: Dataset) -> None:
         self._data = data
         self._stack = contextlib.ExitStack()
-        self._loop = _new_event_loop()
+        self._loop = new_event_loop()
         self._consumers = 0
         self._nc: Any = None
         self._responder_nc: Any = None

@@ -114,6 +114,18 @@ class ServiceSystem(abc.ABC):
         """Close the connections and stop the server (also after a failed __init__)."""
 
 
+class AsyncRequests(abc.ABC):
+    """A system whose asyncio client is measured apart (rows `request_*_async`)."""
+
+    @abc.abstractmethod
+    def request_rate_async(self, count: int, in_flight: int) -> None:
+        """As request_rate, through the asyncio client: `in_flight` tasks."""
+
+    @abc.abstractmethod
+    def request_latencies_async(self, count: int) -> list[int]:
+        """As request_latencies, through the asyncio client."""
+
+
 def time_repeats(work: Callable[[], tuple[int, float]], repeats: int) -> Timing:
     """Like common.time_runs, for work that times itself: it returns (messages, seconds).
 
@@ -254,17 +266,37 @@ def _run_rows(system: ServiceSystem, sizes: ServiceSizes, results: Results) -> N
             results.rows.append(_row(system, row))
         with results.attempt(f"request latency on {name}"):
             progress(f"{name}: request latency (1 in flight)")
-            results.rows.extend(_row(system, r) for r in _latency_rows(system, sizes, note))
+            results.rows.extend(_row(system, r) for r in _latency_rows(
+                system, system.request_latencies, "", sizes, note))
+        if isinstance(system, AsyncRequests):
+            _async_request_rows(system, sizes, results)
 
 
-def _latency_rows(system: ServiceSystem, sizes: ServiceSizes, note: str) -> list[Row]:
-    system.request_latencies(max(100, sizes.latency // 5))  # warm-up
+def _async_request_rows(system: AsyncRequests, sizes: ServiceSizes, results: Results) -> None:
+    assert isinstance(system, ServiceSystem)
+    name, note = system.system, system.setup
+    with results.attempt(f"request_rate_async on {name}"):
+        progress(f"{name}: request_rate_async ({IN_FLIGHT} in flight)")
+        work = _timed(lambda: system.request_rate_async(sizes.request, IN_FLIGHT), sizes.request)
+        timing = time_repeats(work, sizes.repeats)
+        row = Row.throughput("request_rate_async", name, timing, note)
+        row.extra["in_flight"] = IN_FLIGHT
+        results.rows.append(_row(system, row))
+    with results.attempt(f"async request latency on {name}"):
+        progress(f"{name}: async request latency (1 in flight)")
+        results.rows.extend(_row(system, r) for r in _latency_rows(
+            system, system.request_latencies_async, "_async", sizes, note))
+
+
+def _latency_rows(system: ServiceSystem, latencies: Callable[[int], list[int]], suffix: str,
+                  sizes: ServiceSizes, note: str) -> list[Row]:
+    latencies(max(100, sizes.latency // 5))  # warm-up
     samples: list[int] = []
     for _ in range(sizes.repeats):
         gc.collect()
         gc.disable()
         try:
-            samples.extend(system.request_latencies(sizes.latency))
+            samples.extend(latencies(sizes.latency))
         finally:
             gc.enable()
     samples.sort()
@@ -278,5 +310,6 @@ def _latency_rows(system: ServiceSystem, sizes: ServiceSizes, note: str) -> list
     rows = []
     for row_name, fraction in (("request_p50", 0.50), ("request_p99", 0.99)):
         value = percentile(samples, fraction) / 1e3
-        rows.append(Row(row_name, system.system, "us", value, len(samples), note, dict(extra)))
+        rows.append(Row(row_name + suffix, system.system, "us", value, len(samples), note,
+                        dict(extra)))
     return rows

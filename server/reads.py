@@ -121,8 +121,11 @@ class PendingRead:
             if plan is None:
                 return False
             positions, start, seg_range = plan
+            batch = self._read(start, seg_range)
+            if not len(batch) and batch.next_after == start:
+                return False  # nothing new (a READ that parks): no frame to build
             frame, count, scanned = self._frame(
-                self.request_id, self._read(start, seg_range), positions, start, seg_range)
+                self.request_id, batch, positions, start, seg_range)
             if count or (scanned and positions is None):
                 # Messages, or (for a reader that keeps its own index) the new last index, so
                 # that it does not scan the filtered-out messages again.

@@ -310,3 +310,28 @@ def test_append_buffer_with_a_preset_first_index(log: Log) -> None:
         log.append_buffer(buffer, [0, 3], first_index=1.5)  # type: ignore[arg-type]
     assert log.last_index == base + 2  # nothing of the refused appends was written
     assert log.append_buffer(buffer, [0, 3]).tolist()[0] > base + 2
+
+
+@pytest.mark.parametrize("policy", ["never", "interval", "always"])
+def test_one_record_buffers_read_back_and_survive_reopen(log_dir: Path, policy: str) -> None:
+    # A batch of one small record (the server's request and result appends) is written through
+    # the mapping, a bigger batch with pwrite: both kinds, interleaved, read back in order.
+    payloads = [b"one-%d" % i if i % 3 else b"x" * 70_000 for i in range(12)]
+    with Log(log_dir, fsync=policy) as log:  # type: ignore[arg-type]
+        for payload in payloads:
+            log.append_buffer(payload, np.array([0, len(payload)], dtype=np.int64),
+                              segments=np.array([7], dtype=np.uint8))
+        log.append_buffer(b"ab", np.array([0, 1, 2], dtype=np.int64),
+                          segments=np.array([1, 2], dtype=np.uint8))
+        assert [bytes(p) for p in log.read(0).payloads()] == [*payloads, b"a", b"b"]
+    with Log(log_dir, fsync=policy) as log:  # type: ignore[arg-type]
+        batch = log.read(0)
+        assert [bytes(p) for p in batch.payloads()] == [*payloads, b"a", b"b"]
+        assert [int(s) for s in batch.segments] == [7] * 12 + [1, 2]
+
+
+def test_buffer_segments_out_of_range_are_refused(log: Log) -> None:
+    for segments in (np.array([128], dtype=np.uint8), np.array([-1], dtype=np.int64)):
+        with pytest.raises(ValueError, match=r"0\.\.127"):
+            log.append_buffer(b"x", np.array([0, 1], dtype=np.int64), segments=segments)
+    assert len(log.read(0)) == 0

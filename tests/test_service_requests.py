@@ -4,14 +4,16 @@ routed only to their requester, timeouts."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from fluxcore.client import Client, Message, MessageType, RequestError
+from fluxcore.client import AsyncClient, Client, ConnectionLost, Message, MessageType, RequestError
 
 from .service_harness import TOKEN, ServerProcess
 
@@ -195,3 +197,140 @@ def test_timed_out_requests_are_not_kept(client: Client) -> None:
         with pytest.raises(TimeoutError):
             client.request(MessageType.QUERY, b"nobody answers", type="Unanswered", timeout=0.2)
     assert client._requests == {}
+
+
+# -- the request path: results woken by the reader, the results READ sent with requests ------
+
+
+def _echo_or_fail(message: Message) -> bytes:
+    if message.data.startswith(b"fail"):
+        raise KeyError(message.data.decode())
+    return b"re:" + message.data
+
+
+def test_threads_mixing_request_and_request_async_get_their_own_results(
+        client: Client, handler_client: Client) -> None:
+    handler_client.consume("mixed", MessageType.COMMAND, _echo_or_fail, trackers=2,
+                           from_index=0)
+    failures: list[BaseException] = []
+
+    def run(worker: int) -> None:
+        try:
+            for n in range(40):
+                payload = b"%s-%d-%d" % (b"fail" if n % 7 == 0 else b"ok", worker, n)
+                if n % 2:
+                    future = client.request_async(MessageType.COMMAND, payload)
+                    outcome: Message | BaseException
+                    try:
+                        outcome = future.result(60)
+                    except RequestError as exc:
+                        outcome = exc
+                else:
+                    try:
+                        outcome = client.request(MessageType.COMMAND, payload, timeout=60)
+                    except RequestError as exc:
+                        outcome = exc
+                if payload.startswith(b"fail"):
+                    assert isinstance(outcome, RequestError), outcome
+                    assert payload.decode() in str(outcome)
+                    assert outcome.result.target == client.client_id
+                else:
+                    assert isinstance(outcome, Message), outcome
+                    assert outcome.data == b"re:" + payload
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not failures, failures[:3]
+    assert client._requests == {}
+
+
+def test_async_tasks_get_their_own_results_and_errors(server: ServerProcess,
+                                                      handler_client: Client) -> None:
+    handler_client.consume("tasks", MessageType.QUERY, _echo_or_fail, trackers=2,
+                           from_index=0)
+
+    async def main() -> None:
+        async with await AsyncClient.connect(server.address, token=TOKEN,
+                                             name="tasks") as client:
+            async def run(worker: int) -> None:
+                for n in range(10):
+                    payload = b"%s-%d-%d" % (b"fail" if n % 5 == 0 else b"ok", worker, n)
+                    if payload.startswith(b"fail"):
+                        with pytest.raises(RequestError, match=payload.decode()):
+                            await client.request(MessageType.QUERY, payload, timeout=60)
+                    elif n % 2:
+                        future = await client.request_nowait(MessageType.QUERY, payload)
+                        assert (await asyncio.wait_for(future, 60)).data == b"re:" + payload
+                    else:
+                        result = await client.request(MessageType.QUERY, payload, timeout=60)
+                        assert result.data == b"re:" + payload
+                        assert result.target == client.client_id
+
+            await asyncio.gather(*(run(w) for w in range(50)))
+            assert client._requests == {}
+            with pytest.raises(TimeoutError):
+                await client.request(MessageType.COMMAND, b"nobody handles commands here",
+                                     timeout=0.3)
+            assert client._requests == {}
+
+    asyncio.run(main())
+
+
+def test_requests_after_the_results_read_came_back_empty(client: Client,
+                                                         handler_client: Client) -> None:
+    # Between requests no READ of results waits at the server: the next request takes it
+    # along. Also after the last one came back empty at its deadline (1 s), and when another
+    # thread's publish is what carries it.
+    handler_client.consume("idle", MessageType.COMMAND, lambda m: m.data, from_index=0)
+    assert client.request(MessageType.COMMAND, b"first", timeout=30).data == b"first"
+    future = client.request_async(MessageType.QUERY, b"nobody answers queries")
+    time.sleep(1.5)  # the READ that waited for it came back empty and went out again
+    assert not future.done()
+    future.cancel()
+    time.sleep(1.5)  # nothing waits now: the READ came back empty and stays owed
+    client.publish(MessageType.EVENT, b"carries the owed READ")
+    assert client.request(MessageType.COMMAND, b"second", timeout=30).data == b"second"
+    for n in range(20):
+        assert client.request(MessageType.COMMAND, b"%d" % n, timeout=30).data == b"%d" % n
+    assert client.request(MessageType.COMMAND, b"no limit", timeout=None).data == b"no limit"
+    with pytest.raises(TimeoutError):
+        client.request(MessageType.QUERY, b"nobody answers queries", timeout=-1)
+    assert client._requests == {}
+
+
+def test_a_request_waiting_across_a_server_restart_gets_its_result(
+        tmp_path: Path) -> None:
+    # The READ of results is resent on the new connection: the result of a request stored
+    # before the restart still reaches its requester.
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        with Client.connect(server.address, token=TOKEN, name="patient") as requester:
+            future = requester.request_async(MessageType.COMMAND, b"survive")
+            deadline = time.monotonic() + 30
+            while not requester.read_from_index(MessageType.COMMAND, 0):
+                assert time.monotonic() < deadline, "the request was not stored"
+                time.sleep(0.05)
+            server.stop()
+            server.start()
+            with Client.connect(server.address, token=TOKEN, name="late-handler") as handler:
+                handler.consume("svc", MessageType.COMMAND, lambda m: b"after:" + m.data,
+                                from_index=0)
+                assert future.result(60).data == b"after:survive"
+    finally:
+        server.kill()
+
+
+def test_requests_fail_at_once_when_the_connection_is_gone_for_good(
+        server: ServerProcess) -> None:
+    with Client.connect(server.address, token=TOKEN, name="mortal",
+                        reconnect=False) as requester:
+        future = requester.request_async(MessageType.COMMAND, b"no handler")
+        time.sleep(0.2)
+        server.kill()
+        with pytest.raises(ConnectionLost):
+            future.result(20)

@@ -263,12 +263,20 @@ cdef class LogCore:
             segs_arr = np.asarray(segments)
             if segs_arr.ndim != 1 or segs_arr.shape[0] != n:
                 raise ValueError(f"got {len(segs_arr)} segments for {n} payloads")
-            if n and (segs_arr.dtype.kind not in "iu" or segs_arr.min() < 0
-                      or segs_arr.max() >= SEGMENTS):
-                raise ValueError("segments must be integers in 0..127")
-            segs_arr = np.ascontiguousarray(segs_arr, dtype=np.uint8)
-            if n:
+            if cnp.PyArray_TYPE(segs_arr) == cnp.NPY_UINT8:
+                # The server's case (append_parse): checked here, not by two numpy reductions.
+                segs_arr = np.ascontiguousarray(segs_arr)
                 memcpy(self._segs, cnp.PyArray_DATA(segs_arr), n)
+                for i in range(n):
+                    if self._segs[i] >= SEGMENTS:
+                        raise ValueError("segments must be integers in 0..127")
+            else:
+                if n and (segs_arr.dtype.kind not in "iu" or segs_arr.min() < 0
+                          or segs_arr.max() >= SEGMENTS):
+                    raise ValueError("segments must be integers in 0..127")
+                segs_arr = np.ascontiguousarray(segs_arr, dtype=np.uint8)
+                if n:
+                    memcpy(self._segs, cnp.PyArray_DATA(segs_arr), n)
         else:
             seg_from_index = True
         out = cnp.PyArray_EMPTY(1, [n], cnp.NPY_UINT64, 0)
@@ -312,8 +320,13 @@ cdef class LogCore:
                 self._roll(base + <uint64_t>pos)
                 f = self._active
             with nogil:
-                written = f.write_records(self._stage, STAGE_SIZE, self._ptrs, self._lens,
-                                          self._segs, base, pos, n, &error)
+                if n - pos == 1 and self._lens[pos] <= MAPPED_RECORD_MAX:
+                    # One small record (a request, a result): through the mapping, as
+                    # append() does, cheaper than the system call of a staged write.
+                    written = f.append_records(self._ptrs, self._lens, self._segs, base, pos, n)
+                else:
+                    written = f.write_records(self._stage, STAGE_SIZE, self._ptrs, self._lens,
+                                              self._segs, base, pos, n, &error)
             pos += written
             if written:
                 self._last_index = base + <uint64_t>pos - 1

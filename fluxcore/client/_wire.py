@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -358,6 +358,42 @@ def new_client_id() -> str:
 
 def result_consumer(client_name: str) -> str:
     return client_name + RESULT_CONSUMER_SUFFIX
+
+
+def results_spec(client_name: str) -> ConsumerSpec:
+    """The client's own reader of the results of its requests (reference §5): every segment,
+    only results addressed to this client, its index kept by the client, from 2 s back."""
+    return ConsumerSpec(result_consumer(client_name), MessageType.RESULT, 1, True, None, None,
+                        1024, 1000, start_index(2000), None, results=True)
+
+
+class Settleable(Protocol):
+    """What a waiting request is: a concurrent.futures or an asyncio future."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: Message, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+def settle_results(requests: dict[int, Any], messages: list[Message]) -> None:
+    """Hands each result to the future of the request it answers (a failed handler's as a
+    RequestError); results nobody waits for any more are dropped."""
+    for message in messages:
+        future: Settleable | None = requests.pop(message.request_id, None)
+        if future is None or future.done():
+            continue
+        if message.is_error:
+            future.set_exception(RequestError(message.data.decode(errors="replace"), message))
+        else:
+            future.set_result(message)
+
+
+def fail_requests(requests: dict[int, Any], exc: BaseException) -> None:
+    """Every waiting request fails with `exc` (its results can no longer come)."""
+    for number in list(requests):
+        future: Settleable | None = requests.pop(number, None)
+        if future is not None and not future.done():
+            future.set_exception(exc)
 
 
 def indexes_of(first: int, count: int) -> npt.NDArray[np.uint64]:

@@ -9,7 +9,7 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -35,10 +35,10 @@ from ._wire import (
     ConsumerSpec,
     Deadline,
     Relationship,
-    RequestError,
     Scheduled,
     TrackerCursor,
     dispatcher,
+    fail_requests,
     indexes_of,
     log_request,
     new_client_id,
@@ -47,11 +47,11 @@ from ._wire import (
     raise_for,
     relationship_lists,
     relationships_of,
-    result_consumer,
+    results_spec,
     schedule_answer,
     schedule_request,
     scheduled_from,
-    start_index,
+    settle_results,
     value_answer,
     values_request,
 )
@@ -62,6 +62,7 @@ __all__ = ["AsyncClient", "AsyncConsumer"]
 logger = logging.getLogger("fluxcore.client")
 
 Reply = tuple[int, bytes]
+T = TypeVar("T")
 AsyncHandler = Callable[[Any], Any | Awaitable[Any]]
 
 
@@ -138,7 +139,10 @@ class AsyncClient(AsyncSearchMethods):
         self._reconnecting: asyncio.Task[None] | None = None
         self._consumers: list[AsyncConsumer] = []
         self._requests: dict[int, asyncio.Future[Message]] = {}
-        self._results: AsyncConsumer | None = None
+        self._results: AsyncResultReader | None = None
+        # The next READ of results, when it is not out yet: it goes out in front of the next
+        # frame written.
+        self._owed: AsyncResultReader | None = None
 
     @classmethod
     async def connect(cls, address: str, **options: Any) -> AsyncClient:
@@ -178,6 +182,11 @@ class AsyncClient(AsyncSearchMethods):
             return
         pending = self._pending.pop(request_id, None)
         if pending is not None:
+            results = self._results
+            if results is not None and request_id == results.request_id:
+                # Results go to the waiting requests right here: no task in between.
+                results.delivered(op, body)
+                return
             if not pending.future.done():
                 pending.future.set_result((op, body))
         elif op == Op.ERROR:
@@ -227,9 +236,24 @@ class AsyncClient(AsyncSearchMethods):
                 pending.future.set_exception(exc)
 
     async def _send(self, frame_of: Callable[[int], bytes], *, answer: bool,
-                    append: bool = False) -> asyncio.Future[Reply] | None:
+                    append: bool = False, prefix: bytes = b"") -> asyncio.Future[Reply] | None:
+        """Sends the frame built for a fresh request id; returns the future of its answer.
+        `prefix` (ready-made frames, say a handler's results) goes out in the same write,
+        first, and is not resent after a reconnect."""
+        future = self._write(frame_of, answer, append, prefix)
+        protocol = self._protocol
+        if protocol is not None:
+            await protocol.drain()  # backpressure: wait while the socket buffer is full
+        return future
+
+    def _write(self, frame_of: Callable[[int], bytes], answer: bool, append: bool = False,
+               prefix: bytes = b"") -> asyncio.Future[Reply] | None:
         if self._closed:
             raise ConnectionLost("the client is closed")
+        # The owed READ of results goes last: the frames before it (a request, a handler's
+        # results) are what someone waits for; the READ only has to be there before the
+        # result it reads can come.
+        owed = self._owed_read() if self._owed is not None else b""
         request_id = self._codec.next_request_id()
         frame = frame_of(request_id)
         future = None
@@ -238,11 +262,22 @@ class AsyncClient(AsyncSearchMethods):
             self._pending[request_id] = _Pending(frame, append, future)
         protocol = self._protocol
         if protocol is not None and protocol.transport is not None:
-            protocol.transport.write(frame)
-            await protocol.drain()  # backpressure: wait while the socket buffer is full
+            protocol.transport.write(prefix + frame + owed if prefix or owed else frame)
         elif not self._reconnect:
             raise ConnectionLost("not connected")
         return future
+
+    def _owed_read(self) -> bytes:
+        """The owed READ of results, registered for a resend."""
+        results, self._owed = self._owed, None
+        if results is None or results.stopped:
+            return b""
+        request_id = self._codec.next_request_id()
+        frame = results.frame(request_id)
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = _Pending(frame, False, future)
+        future.add_done_callback(results.failed)
+        return frame
 
     async def _call(self, op: Op, value: dict[str, Any], timeout: float | None = 30.0) -> Reply:
         return await self._exchange(lambda rid: self._codec.control(op, rid, value), timeout)
@@ -250,7 +285,7 @@ class AsyncClient(AsyncSearchMethods):
     async def _exchange(self, frame_of: Callable[[int], bytes], timeout: float | None) -> Reply:
         future = await self._send(frame_of, answer=True)
         assert future is not None
-        reply_op, body = await asyncio.wait_for(future, timeout)
+        reply_op, body = await _wait(future, timeout)
         raise_for(reply_op, body)
         return reply_op, body
 
@@ -474,8 +509,14 @@ class AsyncClient(AsyncSearchMethods):
         consumer.start()
         return consumer
 
-    async def read(self, request: dict[str, Any], timeout: float | None) -> BatchReply:
-        _op, body = await self._call(Op.READ, request, timeout)
+    async def read(self, request: dict[str, Any], timeout: float | None, *,
+                   answers: bytes = b"") -> BatchReply:
+        """One READ; `answers` (a handler's result frames) go out in the same write, first."""
+        future = await self._send(lambda rid: self._codec.control(Op.READ, rid, request),
+                                  answer=True, prefix=answers)
+        assert future is not None
+        op, body = await _wait(future, timeout)
+        raise_for(op, body)
         return BatchReply(body)
 
     async def store_position(self, consumer: str, message_type: MessageType,
@@ -526,45 +567,42 @@ class AsyncClient(AsyncSearchMethods):
                              metadata: dict[str, str] | None = None,
                              topic: str | None = None) -> asyncio.Future[Message]:
         """Sends a command or query; returns the future of its result."""
-        self._ensure_result_tracker()
-        number = self._codec.next_message_request_id()
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._requests[number] = future
+        number, future = await self._request(message_type, payload, type, key, metadata, topic)
         # However it ends (result, timeout, cancel), the request stops being waited for.
         future.add_done_callback(lambda _f: self._requests.pop(number, None))
-        try:
-            await self._send(lambda rid: self._codec.append(
-                rid, message_type, [payload], payload_type=type, guarantee=Guarantee.SENT,
-                keys=None if key is None else [key], topic=topic, metadata=metadata,
-                message_request_id=number), answer=False)
-        except BaseException:
-            self._requests.pop(number, None)
-            raise
         return future
 
     async def request(self, message_type: MessageType, payload: bytes, *, type: str = "",
                       key: str | bytes | None = None, metadata: dict[str, str] | None = None,
                       topic: str | None = None, timeout: float = 30.0) -> Message:
-        future = await self.request_nowait(message_type, payload, type=type, key=key,
-                                           metadata=metadata, topic=topic)
-        return await asyncio.wait_for(future, timeout)  # cancels it on timeout
+        """Sends a command or query and waits for its result; RequestError if the handler
+        failed, TimeoutError if no result came in time."""
+        number, future = await self._request(message_type, payload, type, key, metadata, topic)
+        try:
+            return await _wait(future, timeout)
+        finally:
+            if not future.done():
+                future.cancel()
+            self._requests.pop(number, None)
 
-    def _ensure_result_tracker(self) -> None:
-        if self._results is None:
-            self._results = AsyncConsumer(self, ConsumerSpec(
-                result_consumer(self.name), MessageType.RESULT, 1, True, None, None, 1024,
-                1000, start_index(2000), None, results=True), self._on_results)
-            self._results.start()
-
-    def _on_results(self, messages: list[Message]) -> None:
-        for message in messages:
-            future = self._requests.pop(message.request_id, None)
-            if future is None or future.done():
-                continue
-            if message.is_error:
-                future.set_exception(RequestError(message.data.decode(errors="replace"), message))
-            else:
-                future.set_result(message)
+    async def _request(self, message_type: MessageType, payload: bytes, payload_type: str,
+                       key: str | bytes | None, metadata: dict[str, str] | None,
+                       topic: str | None) -> tuple[int, asyncio.Future[Message]]:
+        if self._results is None:  # its first READ goes out in front of the request
+            self._owed = self._results = AsyncResultReader(self)
+        codec = self._codec
+        number = codec.next_message_request_id()
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._requests[number] = future
+        try:
+            await self._send(lambda rid: codec.append(
+                rid, message_type, [payload], payload_type=payload_type,
+                guarantee=Guarantee.SENT, keys=None if key is None else [key], topic=topic,
+                metadata=metadata, message_request_id=number), answer=False)
+        except BaseException:
+            self._requests.pop(number, None)
+            raise
+        return number, future
 
     async def send_frames(self, frames: bytes) -> None:
         if frames:
@@ -575,11 +613,10 @@ class AsyncClient(AsyncSearchMethods):
     async def close(self) -> None:
         if self._closed:
             return
-        consumers = list(self._consumers)
-        if self._results is not None:
-            consumers.append(self._results)
-        for consumer in consumers:
+        for consumer in list(self._consumers):
             await consumer.stop()
+        if self._results is not None:
+            await self._results.stop()
         with contextlib.suppress(asyncio.TimeoutError):
             await self.flush(timeout=5)
         self._closed = True
@@ -597,6 +634,76 @@ class AsyncClient(AsyncSearchMethods):
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+async def _wait(future: asyncio.Future[T], timeout: float | None) -> T:
+    """The future's result, or TimeoutError after `timeout` seconds. Unlike wait_for, this
+    adds no step between the future's result and the waiting task."""
+    if timeout is None:
+        return await future
+    handle = asyncio.get_running_loop().call_later(timeout, _time_out, future)
+    try:
+        return await future
+    finally:
+        handle.cancel()
+
+
+def _time_out(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
+class AsyncResultReader:
+    """Reads the results of this client's requests, as ResultReader of the sync client: a
+    READ waiting at the server while requests wait, whose batches the protocol hands over as
+    they come; it settles the waiting requests, and the next READ goes out at once if
+    requests still wait, else with the next request."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+        spec = results_spec(client.name)
+        self.tracker_id = spec.tracker_ids(client.client_id)[0]
+        self.cursor = TrackerCursor(spec, client._codec, self.tracker_id)
+        self.request_id = -1  # of the READ out now
+        self.stopped = False
+
+    def frame(self, request_id: int) -> bytes:
+        self.request_id = request_id
+        return self.client._codec.control(Op.READ, request_id, self.cursor.request())
+
+    def delivered(self, op: int, body: bytes) -> None:
+        client = self.client
+        self.request_id = -1
+        try:
+            raise_for(op, body)
+            reply = BatchReply(body)
+        except (ProtocolError, FrameError) as exc:
+            logger.error("reading the results of requests failed: %s", exc)
+            self.stopped = True
+            client._results = None  # the next request starts a new reader
+            fail_requests(client._requests, exc)
+            return
+        self.cursor.advance(reply)
+        settle_results(client._requests, reply.messages)
+        if not self.stopped and not client.closed:
+            # The next READ: now if other requests wait, else in front of the next request.
+            client._owed = self
+            if client._requests:
+                client._write(lambda _rid: b"", False)
+
+    def failed(self, future: asyncio.Future[Reply]) -> None:
+        # Only ConnectionLost completes the READ's future (answers are taken in _deliver).
+        exc = None if future.cancelled() else future.exception()
+        if exc is not None and not self.client.closed:
+            fail_requests(self.client._requests, exc)
+
+    async def stop(self) -> None:
+        """Ends the READ that waits at the server (its answer sends no other)."""
+        self.stopped = True
+        self.client._owed = None
+        spec = self.cursor.spec
+        with contextlib.suppress(ProtocolError, ConnectionLost, OSError, asyncio.TimeoutError):
+            await self.client.disconnect_tracker(spec.name, spec.message_type, self.tracker_id)
 
 
 class AsyncConsumer:
@@ -628,9 +735,11 @@ class AsyncConsumer:
     async def _run(self, tracker_id: str) -> None:
         client, spec = self.client, self.spec
         cursor = TrackerCursor(spec, client._codec, tracker_id)
+        answers = b""  # the results of the last batch: they go out with the next READ
         while not self._stopping:
             try:
-                reply = await client.read(cursor.request(), spec.read_timeout)
+                sending, answers = answers, b""
+                reply = await client.read(cursor.request(), spec.read_timeout, answers=sending)
             except ConnectionLost:
                 return
             except (TimeoutError, ProtocolError, OSError) as exc:
@@ -644,12 +753,13 @@ class AsyncConsumer:
             self._handling.add(tracker_id)
             try:
                 if reply.messages:
-                    await self._handle(reply.messages)
+                    answers = await self._handle(reply.messages)
                 cursor.advance(reply)
             finally:
                 self._handling.discard(tracker_id)
         # Store what was handled, then leave: the next owner of the segments starts after it.
         try:
+            await client.send_frames(answers)
             if cursor.unstored is not None:
                 await client.store_position(spec.name, spec.message_type, *cursor.unstored,
                                             spec.topic)
@@ -659,7 +769,8 @@ class AsyncConsumer:
             logger.error("tracker %s: storing its position or leaving failed: %s",
                          tracker_id, exc)
 
-    async def _handle(self, messages: list[Message]) -> None:
+    async def _handle(self, messages: list[Message]) -> bytes:
+        """Runs the handler; returns the frames owed to requesters."""
         answers = Answers(self.spec)
         if self.spec.batch:
             try:
@@ -674,7 +785,7 @@ class AsyncConsumer:
                     answers.failed(message, exc)
         self.handled += len(messages)
         self.errors += answers.errors
-        await self.client.send_frames(answers.frames(self.client._codec))
+        return answers.frames(self.client._codec)
 
     async def stop(self) -> None:
         if self._stopping:

@@ -43,6 +43,7 @@ from ._wire import (
     TrackerCursor,
     WebResponse,
     dispatcher,
+    fail_requests,
     indexes_of,
     log_request,
     new_client_id,
@@ -51,12 +52,12 @@ from ._wire import (
     raise_for,
     relationship_lists,
     relationships_of,
-    result_consumer,
     result_frames,
+    results_spec,
     schedule_answer,
     schedule_request,
     scheduled_from,
-    start_index,
+    settle_results,
     value_answer,
     values_request,
 )
@@ -91,6 +92,44 @@ class _Pending:
         self.future: concurrent.futures.Future[Reply] = concurrent.futures.Future()
 
 
+class _Waiter:
+    """What `request` waits on: a lock held until the reader thread settles it; lighter than
+    a concurrent.futures.Future (no condition, no callbacks) on the path of every request.
+    Settled once: only whoever pops it from the client's `_requests` settles it."""
+
+    __slots__ = ("_error", "_lock", "_result", "_settled")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._result: Message | None = None
+        self._error: BaseException | None = None
+        self._settled = False
+
+    def done(self) -> bool:
+        return self._settled
+
+    def set_result(self, result: Message) -> None:
+        self._result, self._settled = result, True
+        self._lock.release()
+
+    def set_exception(self, exception: BaseException) -> None:
+        self._error, self._settled = exception, True
+        self._lock.release()
+
+    def cancel(self) -> bool:
+        self.set_exception(concurrent.futures.CancelledError())
+        return True
+
+    def result(self, timeout: float | None) -> Message:
+        if not self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            raise TimeoutError(f"no result in {timeout:g} s")
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
 class Client(SearchMethods):
     """A connection to a fluxcore server. Thread-safe; also a context manager."""
 
@@ -119,9 +158,12 @@ class Client(SearchMethods):
         self._connected = threading.Event()
         self._sock: socket.socket | None = None
         self._consumers: list[Consumer] = []
-        self._requests: dict[int, concurrent.futures.Future[Message]] = {}
-        self._results: Consumer | None = None
+        self._requests: dict[int, concurrent.futures.Future[Message] | _Waiter] = {}
+        self._results: ResultReader | None = None
         self._results_lock = threading.Lock()
+        # The next READ of results, when it is not out yet: it goes out in front of the next
+        # frame written (see _write and ResultReader.delivered).
+        self._owed: ResultReader | None = None
         self._open_connection()
         self._reader = threading.Thread(target=self._read_loop, name="fluxcore-client-reader",
                                         daemon=True)
@@ -204,6 +246,11 @@ class Client(SearchMethods):
             return
         pending = self._pending.pop(request_id, None)
         if pending is not None:
+            results = self._results
+            if results is not None and request_id == results.request_id:
+                # Results go to the callers waiting for them from this thread: no hand-off.
+                results.delivered(op, body)
+                return
             pending.future.set_result((op, body))
         elif op == Op.ERROR:
             err = decode_control(body)
@@ -263,29 +310,69 @@ class Client(SearchMethods):
             if pending is not None and not pending.future.done():
                 pending.future.set_exception(exc)
 
-    def _send(self, frame_of: Callable[[int], bytes], *, answer: bool, append: bool = False
-              ) -> concurrent.futures.Future[Reply] | None:
-        """Sends the frame built for a fresh request id; returns the future of its answer."""
+    def _send(self, frame_of: Callable[[int], bytes], *, answer: bool, append: bool = False,
+              prefix: bytes = b"") -> concurrent.futures.Future[Reply] | None:
+        """Sends the frame built for a fresh request id; returns the future of its answer.
+        `prefix` (ready-made frames, say a handler's results) goes out in the same write,
+        first, and is not resent after a reconnect."""
         if self._closed:
             raise ConnectionLost("the client is closed")
         with self._send_lock:
-            request_id = self._codec.next_request_id()
-            frame = frame_of(request_id)
-            pending = None
-            if answer:
-                pending = self._pending[request_id] = _Pending(frame, append)
-            try:
-                if self._sock is None:
-                    raise ConnectionResetError("not connected")
-                self._sock.sendall(frame)
-            except OSError:
-                if not self._reconnect:
-                    raise
-                # The reader thread reconnects and resends everything pending.
-                if self._sock is not None:
-                    with contextlib.suppress(OSError):
-                        self._sock.shutdown(socket.SHUT_RDWR)
+            pending = self._write(frame_of, answer, append, prefix)
+        if self._owed is not None:
+            self._send_owed()
         return pending.future if pending is not None else None
+
+    def _write(self, frame_of: Callable[[int], bytes], answer: bool, append: bool,
+               prefix: bytes) -> _Pending | None:
+        """With the send lock held: one write of `prefix`, the new request's frame, and the
+        owed READ of results if there is one."""
+        # The owed READ of results goes last: the frames before it (a request, a handler's
+        # results) are what someone waits for; the READ only has to be there before the
+        # result it reads can come.
+        owed = self._owed_read() if self._owed is not None else b""
+        request_id = self._codec.next_request_id()
+        frame = frame_of(request_id)
+        pending = None
+        if answer:
+            pending = self._pending[request_id] = _Pending(frame, append)
+        try:
+            if self._sock is None:
+                raise ConnectionResetError("not connected")
+            self._sock.sendall(prefix + frame + owed if prefix or owed else frame)
+        except OSError:
+            if not self._reconnect:
+                raise
+            # The reader thread reconnects and resends everything pending.
+            if self._sock is not None:
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
+        return pending
+
+    def _owed_read(self) -> bytes:
+        """With the send lock held: the owed READ of results, registered for a resend."""
+        results, self._owed = self._owed, None
+        if results is None or results.stopped:
+            return b""
+        request_id = self._codec.next_request_id()
+        frame = results.frame(request_id)
+        pending = self._pending[request_id] = _Pending(frame, False)
+        pending.future.add_done_callback(results.failed)
+        return frame
+
+    def _send_owed(self) -> None:
+        """Sends the owed READ of results now, unless the send lock is taken. The reader
+        thread calls this and must never wait for the lock: a sender holding it may be blocked
+        until this thread reads what the server has for us. Whoever sets _owed calls this
+        after setting it, and every sender looks at _owed after releasing the lock, so one of
+        them sends it."""
+        if not self._send_lock.acquire(blocking=False):
+            return
+        try:
+            if self._owed is not None and not self._closed:
+                self._write(lambda _rid: b"", False, False, b"")
+        finally:
+            self._send_lock.release()
 
     def _call(self, op: Op, value: dict[str, Any], timeout: float | None = 30.0) -> Reply:
         return self._exchange(lambda rid: self._codec.control(op, rid, value), timeout)
@@ -550,8 +637,14 @@ class Client(SearchMethods):
         consumer.start()
         return consumer
 
-    def read(self, request: dict[str, Any], timeout: float | None) -> BatchReply:
-        _op, body = self._call(Op.READ, request, timeout)
+    def read(self, request: dict[str, Any], timeout: float | None, *, answers: bytes = b""
+             ) -> BatchReply:
+        """One READ; `answers` (a handler's result frames) go out in the same write, first."""
+        future = self._send(lambda rid: self._codec.control(Op.READ, rid, request), answer=True,
+                            prefix=answers)
+        assert future is not None
+        op, body = future.result(timeout)
+        raise_for(op, body)
         return BatchReply(body)
 
     def store_position(self, consumer: str, message_type: MessageType, segment: tuple[int, int],
@@ -611,25 +704,10 @@ class Client(SearchMethods):
     ) -> concurrent.futures.Future[Message]:
         """Sends a command or query; the future gets the handler's result (a Message) or a
         RequestError."""
-        self._ensure_result_tracker()
         future: concurrent.futures.Future[Message] = concurrent.futures.Future()
-        with self._send_lock:
-            number = self._codec.next_message_request_id()
-        self._requests[number] = future
+        number = self._request(future, message_type, payload, type, key, metadata, topic)
         # However it ends (result, timeout, cancel), the request stops being waited for.
         future.add_done_callback(lambda _f: self._requests.pop(number, None))
-
-        def frame_of(request_id: int) -> bytes:
-            return self._codec.append(
-                request_id, message_type, [payload], payload_type=type, guarantee=Guarantee.SENT,
-                keys=None if key is None else [key], topic=topic, metadata=metadata,
-                message_request_id=number)
-
-        try:
-            self._send(frame_of, answer=False)
-        except BaseException:
-            self._requests.pop(number, None)
-            raise
         return future
 
     def request(
@@ -641,35 +719,49 @@ class Client(SearchMethods):
         key: str | bytes | None = None,
         metadata: dict[str, str] | None = None,
         topic: str | None = None,
-        timeout: float = 30.0,
+        timeout: float | None = 30.0,
     ) -> Message:
         """Sends a command or query and waits for its result; RequestError if the handler
         failed, TimeoutError if no result came in time."""
-        future = self.request_async(message_type, payload, type=type, key=key,
-                                    metadata=metadata, topic=topic)
+        waiter = _Waiter()
+        number = self._request(waiter, message_type, payload, type, key, metadata, topic)
         try:
-            return future.result(timeout)
+            return waiter.result(timeout)
         finally:
-            if not future.done():
-                future.cancel()
+            if not waiter.done():
+                self._requests.pop(number, None)
 
-    def _ensure_result_tracker(self) -> None:
+    def _request(self, future: concurrent.futures.Future[Message] | _Waiter,
+                 message_type: MessageType, payload: bytes, payload_type: str,
+                 key: str | bytes | None, metadata: dict[str, str] | None, topic: str | None
+                 ) -> int:
+        if self._results is None:
+            self._start_results()
+        codec, requests = self._codec, self._requests
+        number = 0
+
+        def frame_of(request_id: int) -> bytes:
+            nonlocal number
+            # Under the send lock: numbered and waited for before the request can be answered.
+            number = codec.next_message_request_id()
+            requests[number] = future
+            return codec.append(
+                request_id, message_type, [payload], payload_type=payload_type,
+                guarantee=Guarantee.SENT, keys=None if key is None else [key], topic=topic,
+                metadata=metadata, message_request_id=number)
+
+        try:
+            self._send(frame_of, answer=False)
+        except BaseException:
+            requests.pop(number, None)
+            raise
+        return number
+
+    def _start_results(self) -> None:
         with self._results_lock:
             if self._results is None:
-                self._results = Consumer(self, ConsumerSpec(
-                    result_consumer(self.name), MessageType.RESULT, 1, True, None, None, 1024,
-                    1000, start_index(2000), None, results=True), self._on_results)
-                self._results.start()
-
-    def _on_results(self, messages: list[Message]) -> None:
-        for message in messages:
-            future = self._requests.pop(message.request_id, None)
-            if future is None or future.done():
-                continue
-            if message.is_error:
-                future.set_exception(RequestError(message.data.decode(errors="replace"), message))
-            else:
-                future.set_result(message)
+                # Its first READ goes out in front of the request.
+                self._owed = self._results = ResultReader(self)
 
     def answer(
         self,
@@ -695,11 +787,10 @@ class Client(SearchMethods):
         """Stops the consumers, then closes the connection."""
         if self._closed:
             return
-        consumers = list(self._consumers)
-        if self._results is not None:
-            consumers.append(self._results)
-        for consumer in consumers:
+        for consumer in list(self._consumers):
             consumer.stop()
+        if self._results is not None:
+            self._results.stop()
         with contextlib.suppress(concurrent.futures.TimeoutError):
             self.flush(timeout=5)
         self._closed = True
@@ -709,12 +800,73 @@ class Client(SearchMethods):
             self._sock.close()
         self._reader.join(timeout=5)
         self._fail_pending(ConnectionLost("the client is closed"))
-        for future in list(self._requests.values()):
-            future.cancel()
+        for number in list(self._requests):
+            future = self._requests.pop(number, None)
+            if future is not None:
+                future.cancel()
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+class ResultReader:
+    """Reads the results of this client's requests: a READ of the RESULT log, filtered to this
+    client by the server, waiting there while requests wait. The reader thread handles each
+    batch as it comes: it wakes the callers waiting for those results itself, and the next
+    READ goes out at once if requests still wait, else with the next request."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        spec = results_spec(client.name)
+        self.tracker_id = spec.tracker_ids(client.client_id)[0]
+        self.cursor = TrackerCursor(spec, client._codec, self.tracker_id)
+        self.request_id = -1  # of the READ out now (set under the send lock, before sending)
+        self.stopped = False
+
+    def frame(self, request_id: int) -> bytes:
+        self.request_id = request_id
+        return self.client._codec.control(Op.READ, request_id, self.cursor.request())
+
+    def delivered(self, op: int, body: bytes) -> None:
+        """A batch (in the reader thread): results to their callers, then the next READ."""
+        client = self.client
+        self.request_id = -1
+        try:
+            raise_for(op, body)
+            reply = BatchReply(body)
+        except (ProtocolError, FrameError) as exc:
+            logger.error("reading the results of requests failed: %s", exc)
+            self.stopped = True
+            client._results = None  # the next request starts a new reader
+            fail_requests(client._requests, exc)
+            return
+        self.cursor.advance(reply)
+        # The next READ: now if other requests wait, else in front of the next request (one
+        # write for both). Owed before the callers wake, so that their next request takes it;
+        # a request sent meanwhile is in `requests` by the time this looks (_send_owed).
+        if not self.stopped and not client.closed:
+            client._owed = self
+        requests = client._requests
+        settle_results(requests, reply.messages)
+        if requests and client._owed is self:
+            client._send_owed()
+
+    def failed(self, future: concurrent.futures.Future[Reply]) -> None:
+        # Only ConnectionLost completes the READ's future (answers are taken in _deliver):
+        # the client is closed, or gone for good; its waiting callers learn it now.
+        exc = None if future.cancelled() else future.exception()
+        if exc is not None and not self.client.closed:
+            fail_requests(self.client._requests, exc)
+
+    def stop(self) -> None:
+        """Ends the READ that waits at the server (its answer sends no other)."""
+        self.stopped = True
+        client, spec = self.client, self.cursor.spec
+        client._owed = None
+        with contextlib.suppress(ProtocolError, ConnectionLost, OSError,
+                                 concurrent.futures.TimeoutError):
+            client.disconnect_tracker(spec.name, spec.message_type, self.tracker_id)
 
 
 class Consumer:
@@ -745,9 +897,11 @@ class Consumer:
     def _run(self, tracker_id: str) -> None:
         client, spec = self.client, self.spec
         cursor = TrackerCursor(spec, client._codec, tracker_id)
+        answers = b""  # the results of the last batch: they go out with the next READ
         while not self._stop.is_set():
             try:
-                reply = client.read(cursor.request(), spec.read_timeout)
+                sending, answers = answers, b""
+                reply = client.read(cursor.request(), spec.read_timeout, answers=sending)
             except (ConnectionLost, concurrent.futures.CancelledError):
                 return
             except (ProtocolError, concurrent.futures.TimeoutError, OSError) as exc:
@@ -766,6 +920,7 @@ class Consumer:
                 if reply.messages:
                     _current_batch.value = (tracker_id, reply.segment)
                     self._handle(reply.messages)
+                    answers = self._handle(reply.messages)
                 cursor.advance(reply)
             finally:
                 with self._lock:
@@ -773,6 +928,7 @@ class Consumer:
         # Stopping: store what was handled, then leave, in this order, so that the tracker
         # that gets these segments next starts after the messages handled here.
         try:
+            client.send_frames(answers)
             if cursor.unstored is not None:
                 client.store_position(spec.name, spec.message_type, *cursor.unstored,
                                       spec.topic)
@@ -781,7 +937,8 @@ class Consumer:
             logger.error("tracker %s: storing its position or leaving failed: %s",
                          tracker_id, exc)
 
-    def _handle(self, messages: list[Message]) -> None:
+    def _handle(self, messages: list[Message]) -> bytes:
+        """Runs the handler; returns the frames owed to requesters."""
         answers = Answers(self.spec)
         if self.spec.batch:
             try:
@@ -797,7 +954,7 @@ class Consumer:
                     answers.failed(message, exc)
         self.handled += len(messages)
         self.errors += answers.errors
-        self.client.send_frames(answers.frames(self.client._codec))
+        return answers.frames(self.client._codec)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stops the trackers: each leaves its cluster, so its segments go to the others."""
