@@ -389,3 +389,36 @@ def test_coroutine_handlers_in_memory() -> None:
     fixture = TestFixture(app)
     fixture.when_query(CountUsers()).expect_result(42)
     app.stop()  # closes the event loop the coroutine ran on
+
+
+# -- failed handlers are logged rate-limited --------------------------------------------------
+
+class Broken(msgspec.Struct):
+    n: int
+
+
+def test_failing_handler_is_logged_once_then_counted(caplog: pytest.LogCaptureFixture) -> None:
+    app = Microclient("flaky")
+
+    @app.handle_event
+    def always_fails(event: Broken) -> None:
+        raise RuntimeError(f"bad {event.n}")
+
+    now = [100.0]
+    app.failures.clock = lambda: now[0]
+    app.failures.interval_s = 10.0
+    fixture = TestFixture(app)
+    with caplog.at_level("ERROR", logger="fluxcore.app"):
+        fixture.given_events(*[Broken(i) for i in range(500)])
+        lines = [r for r in caplog.records if "always_fails" in r.getMessage()]
+        assert len(lines) == 1  # the first in full, with its traceback
+        assert lines[0].exc_info is not None and "bad 0" in str(lines[0].exc_info[1])
+        now[0] += 10.0  # the interval passed: the next failure writes the count
+        fixture.given_events(Broken(500), Broken(501))
+        lines = [r.getMessage() for r in caplog.records if "always_fails" in r.getMessage()]
+        assert len(lines) == 2
+        assert "500 more times" in lines[1] and "bad 500" in lines[1]
+        app.stop()  # the count not logged yet (Broken(501)) is written when the app stops
+        lines = [r.getMessage() for r in caplog.records if "always_fails" in r.getMessage()]
+        assert len(lines) == 3 and "1 more times" in lines[2] and "bad 501" in lines[2]
+    assert app.handled_errors == 502

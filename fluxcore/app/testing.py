@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import threading
 import time
+import typing
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from fluxcore.client import Client, Guarantee, MessageType
 
@@ -25,8 +26,11 @@ from .app import Backend, LiveBackend, Microclient
 from .context import Incoming, LocalMessage, Metadata, current_message
 from .dispatch import Answer, Dispatcher
 from .serialization import Encoded, Serializer
+from .steps import Steps, run_sync
 
 __all__ = ["TestFixture"]
+
+T = TypeVar("T")
 
 MAX_CASCADE = 100_000  # messages handled per step before the fixture calls it a loop
 
@@ -96,11 +100,14 @@ class MemoryBackend:
                  message: LocalMessage) -> list[Answer]:
         answers: list[Answer] = []
         for dispatcher in self.dispatchers.get((message_type, topic), ()):
-            answers += dispatcher.handle_batch([message], None)
+            answers += self._run(dispatcher.handle_batch([message], None))
         if message_type is MessageType.EVENT:
             for dispatcher in self.dispatchers.get((MessageType.NOTIFICATION, None), ()):
-                dispatcher.handle_batch([message], None)
+                self._run(dispatcher.handle_batch([message], None))
         return answers
+
+    def _run(self, steps: Steps[T]) -> T:
+        return run_sync(steps, self, self.app.run_coroutine)
 
     def drain(self) -> None:
         """Handles what was sent, and what that sent, until nothing is left."""
@@ -430,4 +437,4 @@ class TestFixture:
     @property
     def backend(self) -> Backend:
         assert self.app.backend is not None
-        return self.app.backend
+        return typing.cast(Backend, self.app.backend)
