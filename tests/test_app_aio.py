@@ -19,7 +19,6 @@ from fluxcore.app import (
     ConcurrencyError,
     FunctionalError,
     Microclient,
-
     aggregate,
     apply,
     assert_legal,
