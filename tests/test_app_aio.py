@@ -163,14 +163,14 @@ def test_async_app_against_the_server(live: ServerProcess) -> None:
             # the plain event handler projected the events (another consumer)
 
             async def projected() -> bool:
-                return await app.query(Balance("a-1")) == 13
+                return bool(await app.query(Balance("a-1")) == 13)
 
             await wait_for(projected)
             # events published by the app reach the projection too
             await app.publish(Deposited("b-2", 3))
 
             async def published() -> bool:
-                return await app.query(Balance("b-2")) == 3
+                return bool(await app.query(Balance("b-2")) == 3)
 
             await wait_for(published)
             # the periodic job's first schedule exists
