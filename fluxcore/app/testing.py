@@ -9,23 +9,27 @@ fake clock: what handlers publish is handled before `when_...` returns, and sche
 
 from __future__ import annotations
 
+import http.client
+import json
 import threading
 import time
 import typing
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from fluxcore.client import Client, Guarantee, MessageType
+import msgspec
+
+from fluxcore.client import Client, Guarantee, MessageType, WebResponse
 
 from . import aggregates as _aggregates
 from .app import Backend, LiveBackend, Microclient
 from .context import Incoming, LocalMessage, Metadata, current_message
 from .dispatch import Answer, Dispatcher
-from .serialization import Encoded, Serializer
+from .serialization import Encoded, Serializer, is_payload_class
 from .steps import Steps, run_sync
 
 __all__ = ["TestFixture"]
@@ -151,6 +155,31 @@ class MemoryBackend:
         assert isinstance(value, Encoded)
         return LocalMessage(value.type, value.data, value.revision)
 
+    def web_request(self, method: str, url: str, body: bytes,
+                    headers: Mapping[str, str]) -> WebResponse:
+        """What the service would answer an HTTP request with, from the app's handlers."""
+        path = url.split("?", 1)[0]
+        self.index += 1
+        message = LocalMessage(
+            f"{method} {path}", body, metadata={"url": url, "method": method,
+                                                "headers": json.dumps(dict(headers))},
+            index=(self.clock_ms << 16) + self.index, request_id=self.index,
+            source="fixture-web", timestamp=self.clock_ms)
+        self._delivering = True  # what the handler sends is handled after it answered
+        try:
+            answers = self._deliver(MessageType.WEBREQUEST, None, message)
+        finally:
+            self._delivering = False
+        self.drain()
+        if not answers:
+            raise TimeoutError(f"no web handler of {method} {path}")
+        _request, value, exc = answers[0]
+        if exc is not None:  # as the service answers a failed handler
+            return WebResponse(f"{type(exc).__name__}: {exc}".encode(), 500,
+                               {"Content-Type": "text/plain"})
+        assert isinstance(value, WebResponse)
+        return value
+
     def schedule(self, payload: Encoded, deadline_ms: int, schedule_id: str, *,
                  metadata: Metadata | None, if_absent: bool) -> bool:
         if if_absent and schedule_id in self.schedules:
@@ -268,6 +297,7 @@ class TestFixture:
         self.live_mode = False
         self._client: Client | None = None
         self.timeout = 0.0
+        self._url: str | None = None
         self.memory: MemoryBackend | None = MemoryBackend(
             self.app, self.recorder, int((time.time() if now is None else now) * 1000))
         self.app.backend = self.memory
@@ -287,6 +317,7 @@ class TestFixture:
         fixture.live_mode = True
         fixture.timeout = timeout
         fixture.memory = None
+        fixture._url = url
         client = Client.connect(url, token=token, name=app.name, project=project)
         fixture._client = client
         app.start(client)
@@ -351,6 +382,40 @@ class TestFixture:
 
     def when_event(self, event: Any) -> TestFixture:
         return self._when(lambda: self.app.publish(event))
+
+    def when_web_request(self, method: str, path: str, body: Any = b"", *,
+                         headers: Mapping[str, str] | None = None) -> TestFixture:
+        """An HTTP request to the app's `@handle_web` handlers (path parameters and a query
+        string included): in memory as the service would deliver it, live over HTTP to the
+        server. `body`: bytes or str as they are, anything else as JSON. The step's result
+        is the WebResponse (a failed handler's: status 500, as the service answers)."""
+        all_headers = dict(headers or {})
+        if isinstance(body, str):
+            data = body.encode()
+        elif isinstance(body, (bytes, bytearray, memoryview)):
+            data = bytes(body)
+        else:
+            data = msgspec.json.encode(body)
+            all_headers.setdefault("Content-Type", "application/json")
+        method = method.upper()
+        if self.memory is not None:
+            memory = self.memory
+            return self._when(lambda: memory.web_request(method, path, data, all_headers),
+                              own_message=False)
+        return self._when(lambda: self._http(method, path, data, all_headers),
+                          own_message=False)
+
+    def _http(self, method: str, path: str, body: bytes,
+              headers: Mapping[str, str]) -> WebResponse:
+        assert self._url is not None
+        host, port = self._url.rsplit(":", 1)
+        connection = http.client.HTTPConnection(host, int(port), timeout=self.timeout or 30.0)
+        try:
+            connection.request(method, path, body=body, headers=dict(headers))
+            response = connection.getresponse()
+            return WebResponse(response.read(), response.status, dict(response.getheaders()))
+        finally:
+            connection.close()
 
     def when_time_elapses(self, delta: timedelta) -> TestFixture:
         """Moves the fake clock; the schedules (and periodic jobs) due meanwhile fire."""
@@ -418,6 +483,40 @@ class TestFixture:
                                  f"{self.error!r}") from self.error
         if not _matches(expected, self.result):
             raise AssertionError(f"expected result {expected!r}, got {self.result!r}")
+        return self
+
+    def expect_web_response(self, body: Any = None, *, status: int = 200,
+                            headers: Mapping[str, str] | None = None) -> TestFixture:
+        """The web request was answered with `status`, these headers (among others; names
+        in any case) and `body`: bytes or str compared as they are, a predicate called with
+        the body, anything else (dicts, payload objects) compared as JSON; None: any body."""
+        if self.error is not None:
+            raise AssertionError(f"expected a web response, the step raised {self.error!r}"
+                                 ) from self.error
+        response = self.result
+        if not isinstance(response, WebResponse):
+            raise AssertionError(f"expected a web response, got {response!r}")
+        actual = response.body.encode() if isinstance(response.body, str) else response.body
+        if response.status != status:
+            raise AssertionError(f"expected status {status}, got {response.status}: "
+                                 f"{actual[:200]!r}")
+        given = {k.lower(): v for k, v in (response.headers or {}).items()}
+        for name, value in (headers or {}).items():
+            if given.get(name.lower()) != value:
+                raise AssertionError(f"expected header {name}: {value!r}, got {given!r}")
+        if body is None:
+            return self
+        if isinstance(body, (bytes, str)):
+            ok = actual == (body.encode() if isinstance(body, str) else body)
+        elif callable(body) and not is_payload_class(type(body)):
+            ok = bool(body(actual))
+        else:
+            try:
+                ok = msgspec.json.decode(actual) == msgspec.to_builtins(body)
+            except msgspec.DecodeError:
+                ok = False
+        if not ok:
+            raise AssertionError(f"expected body {body!r}, got {actual[:500]!r}")
         return self
 
     def expect_error(self, expected: type[BaseException] = Exception) -> TestFixture:
