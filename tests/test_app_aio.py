@@ -19,6 +19,7 @@ from fluxcore.app import (
     ConcurrencyError,
     FunctionalError,
     Microclient,
+    TestFixture,
     aggregate,
     apply,
     assert_legal,
@@ -99,6 +100,9 @@ class Account(msgspec.Struct):
             raise NoAccount(f"no account {command.account}")
 
 
+nightly_runs: list[str] = []
+
+
 def bank_app(loop_seen: list[asyncio.AbstractEventLoop]) -> AsyncMicroclient:
     app = AsyncMicroclient("bank", max_batch=20)
     views = app.consumer("bank-views")
@@ -129,7 +133,8 @@ def bank_app(loop_seen: list[asyncio.AbstractEventLoop]) -> AsyncMicroclient:
     @app.handle_schedule
     @periodic(every=timedelta(hours=1), schedule_id="bank-nightly")
     async def nightly(job: Nightly) -> None:
-        pass
+        await asyncio.sleep(0)
+        nightly_runs.append(app.now().isoformat())
 
     return app
 
@@ -244,6 +249,30 @@ def test_async_app_starts_once_and_needs_a_url(live: ServerProcess) -> None:
                 await app.start()
 
     asyncio.run(main())
+
+
+def test_async_app_in_the_fixture() -> None:
+    fixture = TestFixture(bank_app([]))
+    fixture.when_command(Open("a-1")).expect_result("a-1").expect_events(Opened("a-1"))
+    fixture.when_command(Deposit("a-1", 5)).expect_result(5) \
+        .expect_events(Deposited("a-1", 5))
+    fixture.when_command(Deposit("zz", 5)).expect_error(NoAccount).expect_no_events()
+    fixture.when_query(Balance("a-1")).expect_result(5)  # the plain projection ran inline
+    before = len(nightly_runs)
+    fixture.when_time_elapses(timedelta(hours=2)).expect_schedules(Nightly)
+    assert len(nightly_runs) == before + 2
+
+    async def deposit_twice(app: AsyncMicroclient) -> int:
+        account = await app.load(Account, "a-1")
+        account.apply(Deposited("a-1", 1), Deposited("a-1", 2))
+        await account.commit()
+        return account.sequence
+
+    fixture.when_applying(deposit_twice).expect_result(3) \
+        .expect_events(Deposited("a-1", 1), Deposited("a-1", 2))
+    fixture.when_query(Balance("a-1")).expect_result(8)
+    with pytest.raises(TypeError, match="AsyncMicroclient"):
+        TestFixture.live("127.0.0.1:1", bank_app([]))
 
 
 # -- results keep their revision --------------------------------------------------------------

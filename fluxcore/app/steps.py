@@ -2,11 +2,13 @@
 (dispatch, serialization, aggregates, periodic jobs) is a generator that yields the I/O it
 needs, as `Call`s of a backend method or `Await`s of a handler's coroutine, and gets each
 outcome sent back (or its exception thrown in). `run_sync` performs the steps with a blocking
-backend, `run_async` with an asyncio one (or a blocking one, as the fixture's memory is)."""
+backend, `run_async` with an asyncio one (or a blocking one). A backend method may itself be
+written as steps (the fixture's memory, which calls handlers): they are performed in turn."""
 
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, NamedTuple, TypeVar
 
@@ -45,6 +47,9 @@ def run_sync(steps: Steps[T], backend: Any,
         try:
             if isinstance(step, Call):
                 outcome = getattr(backend, step.method)(*step.args, **step.kwargs)
+                if inspect.isgenerator(outcome):  # a backend method written as steps
+                    outcome = run_sync(typing.cast(Steps[Any], outcome), backend,
+                                       run_coroutine)
             else:
                 outcome = run_coroutine(step.coroutine)
         except Exception as exc:  # noqa: BLE001 - thrown into the steps, where it belongs
@@ -65,6 +70,8 @@ async def run_async(steps: Steps[T], backend: Any) -> T:
                 outcome = getattr(backend, step.method)(*step.args, **step.kwargs)
                 if inspect.isawaitable(outcome):
                     outcome = await outcome
+                elif inspect.isgenerator(outcome):  # a backend method written as steps
+                    outcome = await run_async(typing.cast(Steps[Any], outcome), backend)
             else:
                 outcome = await step.coroutine
         except Exception as exc:  # noqa: BLE001 - thrown into the steps, where it belongs

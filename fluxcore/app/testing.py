@@ -9,7 +9,9 @@ fake clock: what handlers publish is handled before `when_...` returns, and sche
 
 from __future__ import annotations
 
+import asyncio
 import http.client
+import inspect
 import json
 import threading
 import time
@@ -26,11 +28,12 @@ import msgspec
 from fluxcore.client import Client, Guarantee, MessageType, WebResponse
 
 from . import aggregates as _aggregates
-from .app import Backend, LiveBackend, Microclient
+from .aio import AsyncMicroclient
+from .app import AppCore, Backend, LiveBackend, Microclient
 from .context import Incoming, LocalMessage, Metadata, current_message
 from .dispatch import Answer, Dispatcher
 from .serialization import Encoded, Serializer, is_payload_class
-from .steps import Steps, run_sync
+from .steps import Steps, run_async, run_sync
 
 __all__ = ["TestFixture"]
 
@@ -73,7 +76,7 @@ class MemoryBackend:
     """The service in memory, on a fake clock: logs, event streams, values and schedules, with
     each message handled by the app's handlers as it is sent."""
 
-    def __init__(self, app: Microclient, recorder: _Recorder, now_ms: int) -> None:
+    def __init__(self, app: AppCore, recorder: _Recorder, now_ms: int) -> None:
         self.app = app
         self.serializer = app.serializer
         self.recorder = recorder
@@ -100,20 +103,20 @@ class MemoryBackend:
                             index=(self.clock_ms << 16) + self.index, request_id=request_id,
                             source=self.app.name, timestamp=self.clock_ms)
 
+    # The methods that call handlers are steps (steps.py): the blocking and the asyncio app
+    # perform them as they perform their own.
+
     def _deliver(self, message_type: MessageType, topic: str | None,
-                 message: LocalMessage) -> list[Answer]:
+                 message: LocalMessage) -> Steps[list[Answer]]:
         answers: list[Answer] = []
         for dispatcher in self.dispatchers.get((message_type, topic), ()):
-            answers += self._run(dispatcher.handle_batch([message], None))
+            answers += yield from dispatcher.handle_batch([message], None)
         if message_type is MessageType.EVENT:
             for dispatcher in self.dispatchers.get((MessageType.NOTIFICATION, None), ()):
-                self._run(dispatcher.handle_batch([message], None))
+                yield from dispatcher.handle_batch([message], None)
         return answers
 
-    def _run(self, steps: Steps[T]) -> T:
-        return run_sync(steps, self, self.app.run_coroutine)
-
-    def drain(self) -> None:
+    def drain(self) -> Steps[None]:
         """Handles what was sent, and what that sent, until nothing is left."""
         if self._delivering:
             return  # the outer drain picks up what this handler sent
@@ -123,29 +126,30 @@ class MemoryBackend:
                 if not self.queue:
                     return
                 message_type, topic, message = self.queue.popleft()
-                self._deliver(message_type, topic, message)
+                yield from self._deliver(message_type, topic, message)
             raise RuntimeError(f"more than {MAX_CASCADE} messages from one step: a loop?")
         finally:
             self._delivering = False
 
     def publish(self, message_type: MessageType, payloads: Sequence[Encoded], *,
                 keys: Sequence[str | None], topic: str | None,
-                metadata: Metadata | None, guarantee: Guarantee) -> None:
+                metadata: Metadata | None, guarantee: Guarantee) -> Steps[None]:
         if message_type is MessageType.EVENT:
             self.recorder.record("events", payloads)
         elif message_type is MessageType.COMMAND:
             self.recorder.record("commands", payloads)
         for payload in payloads:
             self.queue.append((message_type, topic, self._message(payload, metadata)))
-        self.drain()
+        yield from self.drain()
 
     def request(self, message_type: MessageType, payload: Encoded, *, key: str | None,
-                topic: str | None, metadata: Metadata | None, timeout: float) -> Incoming:
+                topic: str | None, metadata: Metadata | None, timeout: float
+                ) -> Steps[Incoming]:
         if message_type is MessageType.COMMAND:
             self.recorder.record("commands", [payload])
         message = self._message(payload, metadata, request_id=self.index + 1)
-        answers = self._deliver(message_type, topic, message)
-        self.drain()
+        answers = yield from self._deliver(message_type, topic, message)
+        yield from self.drain()
         if not answers:
             raise TimeoutError(f"no handler of {message_type.name} {payload.type!r}")
         _request, value, exc = answers[0]
@@ -156,7 +160,7 @@ class MemoryBackend:
         return LocalMessage(value.type, value.data, value.revision)
 
     def web_request(self, method: str, url: str, body: bytes,
-                    headers: Mapping[str, str]) -> WebResponse:
+                    headers: Mapping[str, str]) -> Steps[WebResponse]:
         """What the service would answer an HTTP request with, from the app's handlers."""
         path = url.split("?", 1)[0]
         self.index += 1
@@ -167,10 +171,10 @@ class MemoryBackend:
             source="fixture-web", timestamp=self.clock_ms)
         self._delivering = True  # what the handler sends is handled after it answered
         try:
-            answers = self._deliver(MessageType.WEBREQUEST, None, message)
+            answers = yield from self._deliver(MessageType.WEBREQUEST, None, message)
         finally:
             self._delivering = False
-        self.drain()
+        yield from self.drain()
         if not answers:
             raise TimeoutError(f"no web handler of {method} {path}")
         _request, value, exc = answers[0]
@@ -191,7 +195,7 @@ class MemoryBackend:
     def cancel_schedule(self, schedule_id: str) -> bool:
         return self.schedules.pop(schedule_id, None) is not None
 
-    def advance(self, delta_ms: int) -> None:
+    def advance(self, delta_ms: int) -> Steps[None]:
         """Moves the clock, firing each schedule that comes due, in deadline order."""
         until = self.clock_ms + delta_ms
         for _ in range(MAX_CASCADE):
@@ -201,15 +205,17 @@ class MemoryBackend:
             deadline, sid = min(due)
             _d, payload, metadata = self.schedules.pop(sid)
             self.clock_ms = max(self.clock_ms, deadline)
-            self._deliver(MessageType.SCHEDULE, None, self._message(payload, metadata))
-            self.drain()
+            yield from self._deliver(MessageType.SCHEDULE, None,
+                                     self._message(payload, metadata))
+            yield from self.drain()
         self.clock_ms = until
 
     def get_events(self, aggregate_id: str, after: int) -> Sequence[Incoming]:
         return self.streams.get(aggregate_id, [])[after + 1:]
 
     def append_events(self, aggregate_id: str, events: Sequence[Encoded],
-                      expected_sequence: int | None, metadata: Metadata | None) -> int:
+                      expected_sequence: int | None, metadata: Metadata | None
+                      ) -> Steps[int]:
         stream = self.streams.setdefault(aggregate_id, [])
         if expected_sequence is not None and expected_sequence != len(stream) - 1:
             raise _aggregates.ConcurrencyError(
@@ -219,8 +225,8 @@ class MemoryBackend:
             message = self._message(event, metadata)
             message.index = len(stream)
             stream.append(message)
-        self.publish(MessageType.EVENT, events, keys=[aggregate_id] * len(events), topic=None,
-                     metadata=metadata, guarantee=Guarantee.STORED)
+        yield from self.publish(MessageType.EVENT, events, keys=[aggregate_id] * len(events),
+                                topic=None, metadata=metadata, guarantee=Guarantee.STORED)
         return len(stream) - 1
 
     def get_value(self, key: str) -> bytes | None:
@@ -289,7 +295,8 @@ class TestFixture:
     def __init__(self, *handlers: Any, now: float | None = None) -> None:
         """`handlers`: a Microclient, or handlers, consumer classes, upcasters to put in a
         fresh one. `now`: the fake clock's start (epoch seconds; default: the real time)."""
-        if len(handlers) == 1 and isinstance(handlers[0], Microclient):
+        self.app: Microclient | AsyncMicroclient
+        if len(handlers) == 1 and isinstance(handlers[0], (Microclient, AsyncMicroclient)):
             self.app = handlers[0]
         else:
             self.app = Microclient("test-fixture").register(*handlers)
@@ -302,8 +309,22 @@ class TestFixture:
             self.app, self.recorder, int((time.time() if now is None else now) * 1000))
         self.app.backend = self.memory
         if self.app.periodic_handlers():
-            self.app.create_periodic_schedules()
+            self._drive(self.app.create_periodic_steps())
         self._reset()
+
+    def _drive(self, steps: Steps[T]) -> T:
+        """Performs steps on the fixture's memory as the app performs its own."""
+        app = self.app
+        if isinstance(app, Microclient):
+            return run_sync(steps, app.backend, app.run_coroutine)
+        return asyncio.run(run_async(steps, app.backend))
+
+    @staticmethod
+    def _perform(outcome: Any) -> Any:
+        """What an app call returned: an AsyncMicroclient's coroutine is run to its end."""
+        if inspect.iscoroutine(outcome):
+            return asyncio.run(outcome)
+        return outcome
 
     @classmethod
     def live(cls, url: str, app: Microclient, *, token: str = "dev",
@@ -311,6 +332,9 @@ class TestFixture:
         """The same fixture over a real server: the app runs (its consumers start now), and
         expectations wait up to `timeout` for what the app sends. Call close() at the end (or
         use it as a context manager)."""
+        if not isinstance(app, Microclient):
+            raise TypeError("TestFixture.live runs a Microclient; run an AsyncMicroclient "
+                            "against the server with `async with app:`")
         fixture = cls.__new__(cls)
         fixture.app = app
         fixture.recorder = _Recorder(app.serializer)
@@ -327,6 +351,7 @@ class TestFixture:
 
     def close(self) -> None:
         if self.live_mode:
+            assert isinstance(self.app, Microclient)
             self.app.stop()
             if self._client is not None:
                 self._client.close()
@@ -348,12 +373,12 @@ class TestFixture:
         """Commands handled before the test (their results are ignored; an error fails the
         test here, since the history it should have made is not there)."""
         for command in commands:
-            self.app.send(command, timeout=self.timeout or 30.0)
+            self._perform(self.app.send(command, timeout=self.timeout or 30.0))
         return self
 
     def given_events(self, *events: Any) -> TestFixture:
         """Events published (and handled) before the test."""
-        self.app.publish(*events)
+        self._perform(self.app.publish(*events))
         return self
 
     def given_time_elapses(self, delta: timedelta) -> TestFixture:
@@ -375,13 +400,15 @@ class TestFixture:
         return self
 
     def when_command(self, command: Any) -> TestFixture:
-        return self._when(lambda: self.app.send(command, timeout=self.timeout or 30.0))
+        return self._when(lambda: self._perform(
+            self.app.send(command, timeout=self.timeout or 30.0)))
 
     def when_query(self, query: Any) -> TestFixture:
-        return self._when(lambda: self.app.query(query, timeout=self.timeout or 30.0))
+        return self._when(lambda: self._perform(
+            self.app.query(query, timeout=self.timeout or 30.0)))
 
     def when_event(self, event: Any) -> TestFixture:
-        return self._when(lambda: self.app.publish(event))
+        return self._when(lambda: self._perform(self.app.publish(event)))
 
     def when_web_request(self, method: str, path: str, body: Any = b"", *,
                          headers: Mapping[str, str] | None = None) -> TestFixture:
@@ -400,8 +427,9 @@ class TestFixture:
         method = method.upper()
         if self.memory is not None:
             memory = self.memory
-            return self._when(lambda: memory.web_request(method, path, data, all_headers),
-                              own_message=False)
+            return self._when(
+                lambda: self._drive(memory.web_request(method, path, data, all_headers)),
+                own_message=False)
         return self._when(lambda: self._http(method, path, data, all_headers),
                           own_message=False)
 
@@ -421,15 +449,16 @@ class TestFixture:
         """Moves the fake clock; the schedules (and periodic jobs) due meanwhile fire."""
         return self._when(lambda: self._advance(delta), own_message=False)
 
-    def when_applying(self, action: Callable[[Microclient], Any]) -> TestFixture:
-        """Runs `action(app)` as the step under test (load aggregates, send several...)."""
-        return self._when(lambda: action(self.app), own_message=False)
+    def when_applying(self, action: Callable[[Any], Any]) -> TestFixture:
+        """Runs `action(app)` as the step under test (load aggregates, send several...); a
+        coroutine function for an AsyncMicroclient."""
+        return self._when(lambda: self._perform(action(self.app)), own_message=False)
 
     def _advance(self, delta: timedelta) -> None:
         if self.memory is None:
             time.sleep(delta.total_seconds())
             return
-        self.memory.advance(int(delta.total_seconds() * 1000))
+        self._drive(self.memory.advance(int(delta.total_seconds() * 1000)))
 
     # -- expect ----------------------------------------------------------------------------
 
