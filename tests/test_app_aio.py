@@ -329,3 +329,93 @@ def test_results_are_upcast_from_their_revision(live: ServerProcess) -> None:
 
 
 
+
+
+# -- the other calls, a client of one's own, run() until SIGTERM ------------------------------
+
+class Note(msgspec.Struct):
+    text: str
+
+
+def test_async_app_calls_on_a_client_of_ones_own(live: ServerProcess) -> None:
+    async def main() -> None:
+        app = AsyncMicroclient("notes")
+        notes: list[str] = []
+        audit: list[str] = []
+        arrived = asyncio.Event()
+
+        @app.handle_command
+        async def take(note: Note) -> None:
+            notes.append(note.text)
+            arrived.set()
+
+        @app.handle_custom("audit")
+        def audited(note: Note) -> None:
+            audit.append(note.text)
+
+        @app.handle_schedule
+        async def remind(note: Note) -> None:
+            await app.store_value(f"reminded/{note.text}", note)
+
+        client = await AsyncClient.connect(live.address, token=TOKEN, project="aio-notes")
+        async with client:
+            await app.start(client)
+            try:
+                await app.send_and_forget(Note("a"))
+                await arrived.wait()
+                await app.publish_to(MessageType.CUSTOM, Note("b"), topic="audit")
+                await app.store_value("k", Note("c"))
+                assert await app.get_value("k", Note) == Note("c")
+                assert await app.get_value("k") == {"text": "c"}
+                assert await app.get_value("k", bytes) == b'{"text":"c"}'
+                assert await app.delete_value("k") and await app.get_value("k") is None
+                sid = await app.schedule(Note("later"), timedelta(hours=1))
+                assert sid is not None and await app.cancel_schedule(sid)
+                assert await app.schedule(Note("soon"), timedelta(milliseconds=50),
+                                          schedule_id="s-1") == "s-1"
+                assert await app.schedule(Note("soon"), timedelta(milliseconds=50),
+                                          schedule_id="s-1", if_absent=True) is None
+
+                async def reminded() -> bool:
+                    return await app.get_value("reminded/soon", Note) == Note("soon")
+
+                await wait_for(reminded)
+                await wait_for(lambda: audit == ["b"])
+            finally:
+                await app.stop()
+            assert not client.closed  # the app leaves a client it was given open
+            assert notes == ["a"]
+
+    asyncio.run(main())
+
+
+def test_async_app_run_until_sigterm(live: ServerProcess) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import msgspec\nfrom fluxcore.app import AsyncMicroclient\n"
+        "class Ping(msgspec.Struct):\n    n: int\n"
+        f"app = AsyncMicroclient('pinger', {live.address!r}, {TOKEN!r}, project='aio-run')\n"
+        "@app.handle_query\nasync def ping(query: Ping) -> int:\n    return query.n + 1\n"
+        "print('running', flush=True)\napp.run()\nprint('stopped', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "running\n"
+
+        class Ping(msgspec.Struct):
+            n: int
+
+        caller = Microclient("ping-caller")
+        caller.url, caller.token, caller.project = live.address, TOKEN, "aio-run"
+        with caller:
+            assert caller.query(Ping(1), timeout=30) == 2
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert out == "stopped\n"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -35,6 +35,7 @@ from fluxcore.app import (
     handle_schedule,
     periodic,
 )
+from fluxcore.client import Client
 
 from .service_harness import TOKEN, ServerProcess
 
@@ -482,3 +483,32 @@ def test_web_requests_in_memory() -> None:
     with pytest.raises(AssertionError, match="expected header"):
         fixture.when_web_request("GET", "/items/8").expect_web_response(
             status=404, headers={"X-Item": "8"})
+
+
+# -- README's asyncio example -----------------------------------------------------------------
+
+def aio_orders_module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    fresh_orders_module(monkeypatch)
+    module = types.ModuleType("orders_aio")
+    monkeypatch.setitem(sys.modules, "orders_aio", module)
+    exec(compile(readme_blocks()[2], "README.md:orders_aio.py", "exec"), module.__dict__)
+    return module
+
+
+def test_readme_asyncio_fixture_example(monkeypatch: pytest.MonkeyPatch) -> None:
+    aio_orders_module(monkeypatch)
+    namespace: dict[str, Any] = {"__name__": "test_orders_aio"}
+    exec(compile(readme_blocks()[3], "README.md:test_orders_aio.py", "exec"), namespace)
+    namespace["test_asyncio_order_service"]()
+
+
+def test_readme_asyncio_example_live(live_server: ServerProcess,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    module = aio_orders_module(monkeypatch)
+    app = module.app
+    app.url, app.token, app.project = live_server.address, TOKEN, "readme-aio"
+    asyncio.run(module.main())
+    with Client.connect(live_server.address, token=TOKEN, project="readme-aio") as client:
+        assert [e.type for e in client.get_events("o-2")] == ["OrderPlaced"]
