@@ -247,6 +247,12 @@ def test_async_app_starts_once_and_needs_a_url(live: ServerProcess) -> None:
         async with app:
             with pytest.raises(RuntimeError, match="running already"):
                 await app.start()
+        # serve() runs until stop() (from a handler, another task, or a signal)
+        serving = asyncio.get_running_loop().create_task(app.serve())
+        await wait_for(lambda: app._flusher is not None)  # started
+        await app.stop()
+        await asyncio.wait_for(serving, 30)
+        assert app.client is None
 
     asyncio.run(main())
 
