@@ -3,6 +3,7 @@ as README shows it."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import types
@@ -20,8 +21,10 @@ from fluxcore.app import (
     CORRELATION,
     FunctionalError,
     HandlerError,
+    Message,
     Microclient,
     TestFixture,
+    WebResponse,
     aggregate,
     apply,
     assert_legal,
@@ -32,6 +35,7 @@ from fluxcore.app import (
     handle_schedule,
     periodic,
 )
+from fluxcore.client import Client
 
 from .service_harness import TOKEN, ServerProcess
 
@@ -389,3 +393,122 @@ def test_coroutine_handlers_in_memory() -> None:
     fixture = TestFixture(app)
     fixture.when_query(CountUsers()).expect_result(42)
     app.stop()  # closes the event loop the coroutine ran on
+
+
+# -- failed handlers are logged rate-limited --------------------------------------------------
+
+class Broken(msgspec.Struct):
+    n: int
+
+
+def test_failing_handler_is_logged_once_then_counted(caplog: pytest.LogCaptureFixture) -> None:
+    app = Microclient("flaky")
+
+    @app.handle_event
+    def always_fails(event: Broken) -> None:
+        raise RuntimeError(f"bad {event.n}")
+
+    now = [100.0]
+    app.failures.clock = lambda: now[0]
+    app.failures.interval_s = 10.0
+    fixture = TestFixture(app)
+    with caplog.at_level("ERROR", logger="fluxcore.app"):
+        fixture.given_events(*[Broken(i) for i in range(500)])
+        lines = [r for r in caplog.records if "always_fails" in r.getMessage()]
+        assert len(lines) == 1  # the first in full, with its traceback
+        assert lines[0].exc_info is not None and "bad 0" in str(lines[0].exc_info[1])
+        now[0] += 10.0  # the interval passed: the next failure writes the count
+        fixture.given_events(Broken(500), Broken(501))
+        lines = [r.getMessage() for r in caplog.records if "always_fails" in r.getMessage()]
+        assert len(lines) == 2
+        assert "500 more times" in lines[1] and "bad 500" in lines[1]
+        app.stop()  # the count not logged yet (Broken(501)) is written when the app stops
+        lines = [r.getMessage() for r in caplog.records if "always_fails" in r.getMessage()]
+        assert len(lines) == 3 and "1 more times" in lines[2] and "bad 501" in lines[2]
+    assert app.handled_errors == 502
+
+
+# -- web requests in memory -------------------------------------------------------------------
+
+class Item(msgspec.Struct):
+    name: str
+    price: int
+
+
+def web_shop() -> Microclient:
+    app = Microclient("web-shop")
+    stock: dict[int, Item] = {}
+
+    @app.handle_web("GET", "/items/{item_id}")
+    def get_item(item_id: int) -> Item | WebResponse:
+        found = stock.get(item_id)
+        return found if found is not None else WebResponse(b"no such item", 404)
+
+    @app.handle_web("PUT", "/items/{item_id}")
+    def put_item(item_id: int, item: Item, message: Message) -> WebResponse:
+        stock[item_id] = item
+        app.publish(Registered(item.name))
+        headers = json.loads(message.metadata["headers"])
+        return WebResponse(b"", 201, {"X-Item": str(item_id), "X-By": headers.get("X-By", "")})
+
+    @app.handle_web("DELETE", "/items/{item_id}")
+    def delete_item(item_id: int) -> None:
+        if item_id not in stock:
+            raise KeyError(item_id)
+        del stock[item_id]
+
+    return app
+
+
+def test_web_requests_in_memory() -> None:
+    fixture = TestFixture(web_shop())
+    fixture.when_web_request("PUT", "/items/7", Item("tea", 3), headers={"X-By": "ann"}) \
+        .expect_web_response(status=201, headers={"x-item": "7", "X-By": "ann"}) \
+        .expect_events(Registered("tea"))
+    fixture.when_web_request("GET", "/items/7?fields=all") \
+        .expect_web_response(Item("tea", 3), headers={"Content-Type": "application/json"}) \
+        .expect_web_response({"name": "tea", "price": 3}) \
+        .expect_web_response(lambda body: b"tea" in body)
+    fixture.when_web_request("GET", "/items/8").expect_web_response(b"no such item", status=404)
+    fixture.when_web_request("DELETE", "/items/7").expect_web_response(b"", status=204)
+    fixture.when_web_request("DELETE", "/items/7") \
+        .expect_web_response(lambda body: body.startswith(b"KeyError"), status=500)
+    # a body that does not decode into the handler's class fails it, as on the server
+    fixture.when_web_request("PUT", "/items/9", '{"name": 1}').expect_web_response(status=500)
+    fixture.when_web_request("POST", "/nowhere").expect_error(TimeoutError)
+    with pytest.raises(AssertionError, match="expected status 200, got 404"):
+        fixture.when_web_request("GET", "/items/8").expect_web_response()
+    with pytest.raises(AssertionError, match="expected body"):
+        fixture.when_web_request("GET", "/items/7").expect_web_response(b"x", status=404)
+    with pytest.raises(AssertionError, match="expected header"):
+        fixture.when_web_request("GET", "/items/8").expect_web_response(
+            status=404, headers={"X-Item": "8"})
+
+
+# -- README's asyncio example -----------------------------------------------------------------
+
+def aio_orders_module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    fresh_orders_module(monkeypatch)
+    module = types.ModuleType("orders_aio")
+    monkeypatch.setitem(sys.modules, "orders_aio", module)
+    exec(compile(readme_blocks()[2], "README.md:orders_aio.py", "exec"), module.__dict__)
+    return module
+
+
+def test_readme_asyncio_fixture_example(monkeypatch: pytest.MonkeyPatch) -> None:
+    aio_orders_module(monkeypatch)
+    namespace: dict[str, Any] = {"__name__": "test_orders_aio"}
+    exec(compile(readme_blocks()[3], "README.md:test_orders_aio.py", "exec"), namespace)
+    namespace["test_asyncio_order_service"]()
+
+
+def test_readme_asyncio_example_live(live_server: ServerProcess,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    module = aio_orders_module(monkeypatch)
+    app = module.app
+    app.url, app.token, app.project = live_server.address, TOKEN, "readme-aio"
+    asyncio.run(module.main())
+    with Client.connect(live_server.address, token=TOKEN, project="readme-aio") as client:
+        assert [e.type for e in client.get_events("o-2")] == ["OrderPlaced"]

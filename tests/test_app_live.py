@@ -589,3 +589,20 @@ def test_one_conflicting_batch_fails_the_whole_request(live: ServerProcess) -> N
         assert client.delete_events("multi-b")
         assert client.append_events("multi-b", [b"{}"], types="Made",
                                     expected_sequence=-1) == 0
+
+
+def test_fixture_web_requests_live(live: ServerProcess) -> None:
+    from fluxcore.app import TestFixture
+
+    from .test_app_fixture import Item, Registered, web_shop
+
+    app = web_shop()
+    with TestFixture.live(live.address, app, token=TOKEN, project="web-app") as fixture:
+        fixture.when_web_request("PUT", "/items/7", Item("tea", 3), headers={"X-By": "ann"}) \
+            .expect_web_response(status=201, headers={"x-item": "7", "X-By": "ann"}) \
+            .expect_events(Registered("tea"))
+        fixture.when_web_request("GET", "/items/7?fields=all") \
+            .expect_web_response(Item("tea", 3), headers={"Content-Type": "application/json"})
+        fixture.when_web_request("GET", "/items/8").expect_web_response(b"no such item",
+                                                                          status=404)
+        fixture.when_web_request("DELETE", "/items/7").expect_web_response(b"", status=204)

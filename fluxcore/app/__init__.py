@@ -4,6 +4,7 @@ fixture, over the wire client (`fluxcore.client`)."""
 from fluxcore.client import Message, MessageType, WebResponse
 
 from .aggregates import AggregateRoot, ConcurrencyError, aggregate, apply, assert_legal
+from .aio import AsyncMicroclient
 from .app import FunctionalError, HandlerError, Microclient, RoutingKey
 from .context import CAUSATION, CORRELATION, LocalMessage, Metadata, current_message
 from .handlers import (
@@ -29,6 +30,7 @@ __all__ = [
     "CAUSATION",
     "CORRELATION",
     "AggregateRoot",
+    "AsyncMicroclient",
     "ConcurrencyError",
     "FunctionalError",
     "HandlerError",

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
-from .context import Incoming, Metadata, current_handling, outgoing_metadata
+from .context import current_handling, outgoing_metadata
 from .handlers import _strip, _union_members, type_hints
-from .serialization import DROPPED, Encoded, Serializer, is_payload_class, type_name
+from .serialization import DROPPED, Serializer, is_payload_class, type_name
+from .steps import Call, Steps
 
 __all__ = [
     "AggregateRoot",
@@ -126,16 +127,10 @@ class AggregateModel:
         return model
 
 
-class EventStore(Protocol):
-    """What aggregates need of the service (the live client or the fixture's memory)."""
+class Runner(Protocol):
+    """Performs steps: the blocking app returns their value, the asyncio app an awaitable."""
 
-    serializer: Serializer
-
-    def get_events(self, aggregate_id: str, after: int) -> Sequence[Incoming]: ...
-    def append_events(self, aggregate_id: str, events: Sequence[Encoded],
-                      expected_sequence: int | None, metadata: Metadata | None) -> int: ...
-    def get_value(self, key: str) -> bytes | None: ...
-    def store_value(self, key: str, value: bytes) -> None: ...
+    def __call__(self, steps: Steps[Any], /) -> Any: ...
 
 
 class _Snapshot(msgspec.Struct):
@@ -149,33 +144,35 @@ class AggregateRoot(Generic[T]):
     """One aggregate as loaded: its state (None while it has no events), the sequence number
     of its last stored event (-1: none), and the events applied since it was loaded."""
 
-    def __init__(self, store: EventStore, cls: type[T], aggregate_id: str) -> None:
+    def __init__(self, serializer: Serializer, runner: Runner, cls: type[T],
+                 aggregate_id: str) -> None:
         self.id = aggregate_id
         self.model = AggregateModel.of(cls)
         self.state: T | None = None
         self.sequence = -1
         self.pending: list[Any] = []
-        self._store = store
+        self._serializer = serializer
+        self._runner = runner
 
     # -- loading -------------------------------------------------------------------------------
 
-    def load(self) -> AggregateRoot[T]:
-        serializer = self._store.serializer
+    def load_steps(self) -> Steps[AggregateRoot[T]]:
+        serializer = self._serializer
         model = self.model
         if not model.options.event_sourced:
-            value = self._store.get_value(VALUE_PREFIX + self.id)
+            value = yield Call("get_value", (VALUE_PREFIX + self.id,))
             if value is not None:
                 snap = msgspec.json.decode(value, type=_Snapshot)
                 self.sequence = snap.sequence
                 self.state = self._decode_state(snap)
             return self
         if model.options.snapshot_every is not None:
-            value = self._store.get_value(SNAPSHOT_PREFIX + self.id)
+            value = yield Call("get_value", (SNAPSHOT_PREFIX + self.id,))
             if value is not None:
                 snap = msgspec.json.decode(value, type=_Snapshot)
                 self.sequence = snap.sequence
                 self.state = self._decode_state(snap)
-        for message in self._store.get_events(self.id, self.sequence):
+        for message in (yield Call("get_events", (self.id, self.sequence))):
             found = serializer.read(message.data, message.type, message.revision,
                                     model.classes.get)
             self.sequence = message.index
@@ -184,7 +181,7 @@ class AggregateRoot(Generic[T]):
         return self
 
     def _decode_state(self, snap: _Snapshot) -> T:
-        state = self._store.serializer.decode(bytes(snap.state), snap.type, snap.revision,
+        state = self._serializer.decode(bytes(snap.state), snap.type, snap.revision,
                                               self.model.cls)
         if state is DROPPED:
             raise ValueError(f"an upcaster dropped the snapshot of {self.id!r}")
@@ -235,31 +232,36 @@ class AggregateRoot(Generic[T]):
 
     # -- storing -------------------------------------------------------------------------------
 
-    def commit(self) -> None:
+    def commit(self) -> Any:
         """Stores the pending events (conditional on the sequence it was loaded at) and, every
-        `snapshot_every` events, a snapshot. ConcurrencyError if another writer came first."""
+        `snapshot_every` events, a snapshot. ConcurrencyError if another writer came first.
+        Of an AsyncMicroclient's aggregate: `await root.commit()`."""
+        return self._runner(self.commit_steps())
+
+    def commit_steps(self) -> Steps[None]:
         if not self.pending:
             return
-        serializer = self._store.serializer
+        serializer = self._serializer
         if not self.model.options.event_sourced:
-            self.sequence += len(self.pending)
-            self._store.store_value(VALUE_PREFIX + self.id, self._snapshot())
+            sequence = self.sequence + len(self.pending)
+            yield Call("store_value", (VALUE_PREFIX + self.id, self._snapshot(sequence)))
+            self.sequence = sequence
             self.pending.clear()
             return
         encoded = [serializer.encode(e) for e in self.pending]
         before = self.sequence
-        self.sequence = self._store.append_events(self.id, encoded, before,
-                                                  outgoing_metadata(None))
+        self.sequence = yield Call("append_events", (self.id, encoded, before,
+                                                     outgoing_metadata(None)))
         self.pending.clear()
         every = self.model.options.snapshot_every
         if every is not None and (self.sequence + 1) // every > (before + 1) // every:
-            self._store.store_value(SNAPSHOT_PREFIX + self.id, self._snapshot())
+            yield Call("store_value", (SNAPSHOT_PREFIX + self.id, self._snapshot(self.sequence)))
 
-    def _snapshot(self) -> bytes:
+    def _snapshot(self, sequence: int) -> bytes:
         if self.state is None:
             raise ValueError(f"aggregate {self.id!r} has no state to store")
-        state = self._store.serializer.encode(self.state)
-        head = msgspec.json.encode({"sequence": self.sequence, "type": state.type,
+        state = self._serializer.encode(self.state)
+        head = msgspec.json.encode({"sequence": sequence, "type": state.type,
                                     "revision": state.revision})
         return head[:-1] + b',"state":' + state.data + b"}"
 
@@ -267,10 +269,11 @@ class AggregateRoot(Generic[T]):
         return f"<AggregateRoot {self.id!r} at {self.sequence}: {self.state!r}>"
 
 
-def load(store: EventStore, cls: type[T], aggregate_id: str) -> AggregateRoot[T]:
+def load_steps(serializer: Serializer, runner: Runner, cls: type[T], aggregate_id: str
+               ) -> Steps[AggregateRoot[T]]:
     """Loads an aggregate; inside a handler it is committed when the handler returns."""
-    root = AggregateRoot(store, cls, aggregate_id).load()
-    handling = current_handling()
+    handling = current_handling()  # before any I/O: the handler's context
+    root = yield from AggregateRoot(serializer, runner, cls, aggregate_id).load_steps()
     if handling is not None:
         handling.loaded(root)
     return root

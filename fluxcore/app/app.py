@@ -23,10 +23,11 @@ import time
 import typing
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from datetime import datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, Self, TypeVar
 
 from fluxcore.client import Client, ConcurrencyError, Guarantee, MessageType, RequestError
+from fluxcore.client._wire import Codec, result_frames
 from fluxcore.client.sync import current_batch
 from fluxcore.protocol import time_from_index
 
@@ -34,6 +35,7 @@ from . import aggregates as _aggregates
 from .aggregates import AggregateRoot
 from .context import Incoming, Metadata, outgoing_metadata
 from .dispatch import Answer, Dispatcher, web_response
+from .failures import FailureLog
 from .handlers import (
     ConsumerOptions,
     Handler,
@@ -55,9 +57,11 @@ from .handlers import (
 from .metrics import BatchMetrics, Outbox
 from .periodic import first_deadline, next_deadline
 from .serialization import Encoded, Serializer, is_payload_class
+from .steps import Call, Steps, run_sync
 from .upcasting import upcaster_key
 
-__all__ = ["Backend", "FunctionalError", "HandlerError", "Microclient", "RoutingKey"]
+__all__ = ["AppCore", "Backend", "FunctionalError", "HandlerError", "Microclient",
+           "RoutingKey"]
 
 logger = logging.getLogger("fluxcore.app")
 T = TypeVar("T")
@@ -141,6 +145,52 @@ class Backend(Protocol):
     def get_value(self, key: str) -> bytes | None: ...
     def store_value(self, key: str, value: bytes) -> None: ...
     def delete_value(self, key: str) -> bool: ...
+    def answer(self, answers: list[Answer], web: bool) -> None: ...
+    def send_metrics(self, payloads: list[tuple[str, bytes]]) -> None: ...
+
+
+def publish_groups(payloads: Sequence[Encoded], keys: Sequence[str | None]
+                   ) -> list[tuple[str, list[bytes], list[str] | None]]:
+    """(payload type, payloads, keys) per frame: a frame carries one payload type."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, p in enumerate(payloads):
+        groups.setdefault((p.type, p.revision), []).append(i)
+    out: list[tuple[str, list[bytes], list[str] | None]] = []
+    for (ptype, _revision), members in groups.items():
+        member_keys = [keys[i] for i in members]
+        out.append((ptype, [payloads[i].data for i in members],
+                    # Payloads without a key next to some with one: spread at random.
+                    None if all(k is None for k in member_keys) else
+                    [k if k is not None else uuid.uuid4().hex for k in member_keys]))
+    return out
+
+
+def answer_frames(codec: Codec, answers: list[Answer], web: bool) -> bytes:
+    """The frames answering a batch's requests. A frame carries one revision, so results of
+    payload classes at a revision other than 0 go in frames of their own: the requester
+    upcasts them from the revision they were written at."""
+    done: list[tuple[Any, Any, BaseException | None]] = []
+    types: list[str] = []
+    revised: dict[int, list[tuple[Incoming, Encoded]]] = {}
+    for request, value, exc in answers:
+        if isinstance(value, Encoded):
+            if value.revision and exc is None and request.request_id >= 0 and request.source:
+                revised.setdefault(value.revision, []).append((request, value))
+                continue
+            done.append((request, value.data, exc))
+            types.append(value.type)
+        else:
+            done.append((request, value, exc))
+            types.append("result")
+    results, errors = result_frames(codec, done, web, types) if done else (b"", b"")
+    frames = [results, errors]
+    for revision, members in revised.items():
+        frames.append(codec.append(
+            0, MessageType.RESULT, [v.data for _r, v in members], payload_type="",
+            guarantee=Guarantee.SENT, targets=[r.source for r, _v in members],
+            request_ids=[r.request_id for r, _v in members],
+            payload_types=[v.type for _r, v in members], revision=revision))
+    return b"".join(frames)
 
 
 class LiveBackend:
@@ -156,18 +206,19 @@ class LiveBackend:
     def publish(self, message_type: MessageType, payloads: Sequence[Encoded], *,
                 keys: Sequence[str | None], topic: str | None,
                 metadata: Metadata | None, guarantee: Guarantee) -> None:
-        # One frame per payload type (the frame carries one type and one revision).
-        groups: dict[tuple[str, int], list[int]] = {}
-        for i, p in enumerate(payloads):
-            groups.setdefault((p.type, p.revision), []).append(i)
-        for (ptype, _revision), members in groups.items():
-            member_keys = [keys[i] for i in members]
-            self.client.publish_batch(
-                message_type, [payloads[i].data for i in members], type=ptype,
-                # Payloads without a key next to some with one: spread at random.
-                keys=None if all(k is None for k in member_keys) else
-                [k if k is not None else uuid.uuid4().hex for k in member_keys],
-                metadata=metadata, topic=topic, guarantee=guarantee)
+        for ptype, data, frame_keys in publish_groups(payloads, keys):
+            self.client.publish_batch(message_type, data, type=ptype, keys=frame_keys,
+                                      metadata=metadata, topic=topic, guarantee=guarantee)
+
+    def answer(self, answers: list[Answer], web: bool) -> None:
+        self.client.send_frames(answer_frames(self.client._codec, answers, web))
+
+    def send_metrics(self, payloads: list[tuple[str, bytes]]) -> None:
+        """Sends the metrics of some batches, in one frame."""
+        if payloads:
+            self.client.publish_batch(MessageType.METRICS, [data for _, data in payloads],
+                                      types=[ptype for ptype, _ in payloads],
+                                      guarantee=Guarantee.NONE)
 
     def request(self, message_type: MessageType, payload: Encoded, *, key: str | None,
                 topic: str | None, metadata: Metadata | None, timeout: float) -> Incoming:
@@ -211,7 +262,7 @@ class LiveBackend:
 class HandlerGroup:
     """The handlers of one consumer; decorate functions with its methods."""
 
-    def __init__(self, app: Microclient, options: ConsumerOptions) -> None:
+    def __init__(self, app: AppCore, options: ConsumerOptions) -> None:
         self.app = app
         self.options = options
         self.handlers: list[Handler] = []
@@ -270,10 +321,10 @@ class HandlerGroup:
                 for (mt, topic), handlers in by_log.items()]
 
 
-class Microclient(HandlerGroup):
-    """An app: consumers of decorated handlers, and the ways to send, query, publish,
-    schedule, load aggregates and keep values. `app.handle_command` & co. add to the app's
-    own consumer (named like the app); `app.consumer(name, ...)` makes another one."""
+class AppCore(HandlerGroup):
+    """What the blocking and the asyncio app share, all but I/O: consumers of decorated
+    handlers, serialization, and the steps (steps.py) of sending, querying, publishing,
+    scheduling, loading aggregates and keeping values, which each app performs its way."""
 
     def __init__(self, name: str, url: str | None = None, token: str = "dev", *,
                  project: str = "public", metrics: bool = True, trackers: int = 1,
@@ -286,18 +337,11 @@ class Microclient(HandlerGroup):
         super().__init__(self, ConsumerOptions(name, trackers, max_batch, None, from_index,
                                                metrics))
         self.groups: list[HandlerGroup] = [self]
-        self.backend: Backend | None = None
-        self.client: Client | None = None
-        self._consumers: list[Any] = []
-        self._stopped = threading.Event()
-        self._loops: list[asyncio.AbstractEventLoop] = []
-        self._local = threading.local()
-        self._loops_lock = threading.Lock()
+        self.backend: Any = None
         self.handled_errors = 0
+        # handler failures: the first per handler in full, then a count every 10 s at most
+        self.failures = FailureLog(logger)
         self._outbox = Outbox()
-        self._own_client = False
-        self._flusher: threading.Thread | None = None
-        self._flusher_stop = threading.Event()
 
     # -- building --------------------------------------------------------------------------
 
@@ -311,7 +355,7 @@ class Microclient(HandlerGroup):
         self.groups.append(group)
         return group
 
-    def register(self, *objects: Any) -> Microclient:
+    def register(self, *objects: Any) -> Self:
         """Adds decorated functions (to the app's consumer), objects or classes whose methods
         are handlers (a class marked with @consumer is a consumer of its own), upcasters,
         and payload classes."""
@@ -346,6 +390,161 @@ class Microclient(HandlerGroup):
         group = HandlerGroup(self, options)
         self.groups.append(group)
         return group
+
+    def _backend(self) -> Any:
+        if self.backend is None:
+            raise RuntimeError(f"the app {self.name!r} is not started (start() or a "
+                               "TestFixture)")
+        return self.backend
+
+    # -- handling (called by the dispatchers) ----------------------------------------------
+
+    def batch_steps(self, dispatcher: Dispatcher, messages: list[Any],
+                    batch: tuple[str, tuple[int, int]] | None) -> Steps[None]:
+        """A tracker's batch: handled, its requests answered, its metrics kept (and sent
+        when enough waited)."""
+        options = dispatcher.options
+        # Handlers of METRICS measure nothing: their metrics would feed them forever.
+        measure = options.metrics and dispatcher.message_type is not MessageType.METRICS
+        metrics = BatchMetrics(options.name, dispatcher.message_type.name, dispatcher.codes) \
+            if measure else None
+        answers = yield from dispatcher.handle_batch(messages, metrics)
+        if answers:
+            yield Call("answer", (answers, dispatcher.web != []))
+        if metrics is not None:
+            tracker, segment = batch or ("", (0, 0))
+            payloads = metrics.payloads(self.name, tracker, segment, len(messages))
+            if self._outbox.add(payloads, len(metrics.codes)):
+                yield Call("send_metrics", (self._outbox.take(),))
+
+    def handler_failed(self, handler: Handler, message: Incoming, exc: BaseException) -> None:
+        """Counts a failure; logs it (rate-limited per handler) unless a requester gets it."""
+        self.handled_errors += 1
+        if not handler.kind.message_type.is_request:
+            self.failures.failed(f"{handler.consumer}/{handler.name}",
+                                 f"{message.type} #{message.index}", exc)
+
+    def encode_result(self, value: Any, *, web: bool = False) -> Encoded | Any:
+        if web:
+            return web_response(value)
+        if value is None:
+            return Encoded(b"", "", 0)
+        return self.serializer.encode(value)
+
+    # -- periodic --------------------------------------------------------------------------
+
+    def periodic_handlers(self) -> list[Handler]:
+        return [h for g in self.groups for h in g.handlers if h.periodic is not None]
+
+    @staticmethod
+    def periodic_id(handler: Handler) -> str:
+        assert handler.periodic is not None
+        return handler.periodic.schedule_id or f"periodic:{handler.consumer}:{handler.name}"
+
+    def _periodic_payload(self, handler: Handler) -> Encoded:
+        if handler.payload_classes:
+            return self.serializer.encode(handler.payload_classes[0]())
+        return Encoded(b"", handler.periodic_type, 0)
+
+    def create_periodic_steps(self) -> Steps[None]:
+        """The first schedule of each periodic handler, unless one is pending."""
+        now = yield Call("now_ms")
+        for handler in self.periodic_handlers():
+            assert handler.periodic is not None
+            deadline = first_deadline(handler.periodic, now)
+            yield Call("schedule", (self._periodic_payload(handler), deadline,
+                                    self.periodic_id(handler)),
+                       {"metadata": {DEADLINE_KEY: str(deadline)}, "if_absent": True})
+
+    def schedule_next_steps(self, handler: Handler, message: Incoming) -> Steps[None]:
+        """After a periodic handler ran: its next schedule, under the same id."""
+        assert handler.periodic is not None
+        given = message.metadata.get(DEADLINE_KEY) if message.metadata else None
+        previous = int(given) if given else time_from_index(message.index)
+        deadline = next_deadline(handler.periodic, previous, (yield Call("now_ms")))
+        yield Call("schedule", (self._periodic_payload(handler), deadline,
+                                self.periodic_id(handler)),
+                   {"metadata": {DEADLINE_KEY: str(deadline)}, "if_absent": False})
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def request_steps(self, message_type: MessageType, payload: Any,
+                      metadata: Metadata | None, timeout: float,
+                      result_type: type[T] | None) -> Steps[Any]:
+        encoded = self.serializer.encode(payload)
+        result: Incoming = yield Call("request", (message_type, encoded), {
+            "key": routing_key(payload), "topic": None,
+            "metadata": outgoing_metadata(metadata), "timeout": timeout})
+        if result.is_error:
+            raise error_from(result.type, result.data.decode(errors="replace"))
+        if not result.type and not result.data:
+            return None
+        return self.serializer.decode(result.data, result.type, result.revision, result_type)
+
+    def publish_steps(self, message_type: MessageType, payloads: Iterable[Any],
+                      metadata: Metadata | None, topic: str | None) -> Steps[None]:
+        items = list(payloads)
+        yield Call("publish", (message_type, [self.serializer.encode(p) for p in items]), {
+            "keys": [routing_key(p) for p in items], "topic": topic,
+            "metadata": outgoing_metadata(metadata), "guarantee": Guarantee.STORED})
+
+    def schedule_steps(self, payload: Any, deadline: datetime | timedelta,
+                       schedule_id: str | None, if_absent: bool,
+                       metadata: Metadata | None) -> Steps[str | None]:
+        if isinstance(deadline, timedelta):
+            at = (yield Call("now_ms")) + int(deadline.total_seconds() * 1000)
+        else:
+            at = int(deadline.timestamp() * 1000)
+        sid = schedule_id or uuid.uuid4().hex
+        stored = yield Call("schedule", (self.serializer.encode(payload), at, sid), {
+            "metadata": outgoing_metadata(metadata), "if_absent": if_absent})
+        return sid if stored else None
+
+    def load_steps(self, cls: type[T], aggregate_id: str,
+                   runner: _aggregates.Runner) -> Steps[AggregateRoot[T]]:
+        return _aggregates.load_steps(self.serializer, runner, cls, aggregate_id)
+
+    def store_value_steps(self, key: str, value: Any) -> Steps[None]:
+        yield Call("store_value", (key, self.serializer.encode(value).data))
+
+    def get_value_steps(self, key: str, cls: type[T] | None) -> Steps[Any]:
+        data = yield Call("get_value", (key,))
+        if data is None:
+            return None
+        if cls is bytes:
+            return data
+        if cls is None:
+            return self.serializer.loads(data)
+        return self.serializer.decoder(cls)(data)
+
+    def now(self) -> datetime:
+        """The app's clock (the fixture's fake one in tests)."""
+        return datetime.fromtimestamp(self._backend().now_ms() / 1000, UTC)
+
+
+class Microclient(AppCore):
+    """An app on the blocking client: consumers of decorated handlers (each tracker a
+    thread), and the ways to send, query, publish, schedule, load aggregates and keep values.
+    `app.handle_command` & co. add to the app's own consumer (named like the app);
+    `app.consumer(name, ...)` makes another one. The asyncio twin is AsyncMicroclient."""
+
+    def __init__(self, name: str, url: str | None = None, token: str = "dev", *,
+                 project: str = "public", metrics: bool = True, trackers: int = 1,
+                 max_batch: int = 1024, from_index: int | None = None) -> None:
+        super().__init__(name, url, token, project=project, metrics=metrics,
+                         trackers=trackers, max_batch=max_batch, from_index=from_index)
+        self.client: Client | None = None
+        self._consumers: list[Any] = []
+        self._stopped = threading.Event()
+        self._loops: list[asyncio.AbstractEventLoop] = []
+        self._local = threading.local()
+        self._loops_lock = threading.Lock()
+        self._own_client = False
+        self._flusher: threading.Thread | None = None
+        self._flusher_stop = threading.Event()
+
+    def _run(self, steps: Steps[T]) -> T:
+        return run_sync(steps, self._backend(), self.run_coroutine)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -409,7 +608,7 @@ class Microclient(HandlerGroup):
             self._flusher = None
         if self.client is not None and not self.client.closed:
             try:
-                self._send_metrics(self.client)
+                LiveBackend(self.client, self.serializer).send_metrics(self._outbox.take())
             except (OSError, ConnectionError) as exc:
                 logger.error("sending the last handler metrics failed: %s", exc)
         with self._loops_lock:
@@ -419,6 +618,7 @@ class Microclient(HandlerGroup):
         if self.client is not None and self._own_client:
             self.client.close()
         self.client = None
+        self.failures.flush()
 
     def __enter__(self) -> Microclient:
         return self.start()
@@ -427,59 +627,21 @@ class Microclient(HandlerGroup):
         self.stop()
 
     def _batch_handler(self, dispatcher: Dispatcher) -> Callable[[list[Any]], None]:
-        options = dispatcher.options
-        message_type = dispatcher.message_type.name
-        # Handlers of METRICS measure nothing: their metrics would feed them forever.
-        measure = options.metrics and dispatcher.message_type is not MessageType.METRICS
-
         def handle(messages: list[Any]) -> None:
-            metrics = BatchMetrics(options.name, message_type, dispatcher.codes) \
-                if measure else None
-            answers = dispatcher.handle_batch(messages, metrics)
-            client = self.client
-            if client is None:
-                return
-            if answers:
-                self._send_answers(client, answers, web=dispatcher.web != [])
-            if metrics is not None:
-                tracker, segment = current_batch() or ("", (0, 0))
-                payloads = metrics.payloads(self.name, tracker, segment, len(messages))
-                if self._outbox.add(payloads, len(metrics.codes)):
-                    self._send_metrics(client)
+            self._run(self.batch_steps(dispatcher, messages, current_batch()))
 
         return handle
-
-    def _send_metrics(self, client: Client) -> None:
-        """Sends the metrics the outbox holds, in one frame."""
-        payloads = self._outbox.take()
-        if payloads:
-            client.publish_batch(MessageType.METRICS, [data for _, data in payloads],
-                                 types=[ptype for ptype, _ in payloads],
-                                 guarantee=Guarantee.NONE)
 
     def _flush_metrics(self) -> None:
         """The app's metrics sender: what waited a second goes out even when no batch
         comes to send it."""
         while not self._flusher_stop.wait(0.25):
-            client = self.client
-            if client is not None and self._outbox.due():
+            backend = self.backend
+            if backend is not None and self._outbox.due():
                 try:
-                    self._send_metrics(client)
+                    backend.send_metrics(self._outbox.take())
                 except (OSError, ConnectionError) as exc:
                     logger.error("sending handler metrics failed: %s", exc)
-
-    @staticmethod
-    def _send_answers(client: Client, answers: list[Answer], web: bool) -> None:
-        done: list[tuple[Any, Any, BaseException | None]] = []
-        types: list[str] = []
-        for request, value, exc in answers:
-            if isinstance(value, Encoded):
-                done.append((request, value.data, exc))
-                types.append(value.type)
-            else:
-                done.append((request, value, exc))
-                types.append("result")
-        client.answer(done, types, web=web)
 
     def run_coroutine(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Runs a coroutine handler on this thread's event loop of the app."""
@@ -491,135 +653,59 @@ class Microclient(HandlerGroup):
                 self._loops.append(loop)
         return loop.run_until_complete(coroutine)
 
-    def handler_failed(self, handler: Handler, message: Incoming, exc: BaseException) -> None:
-        self.handled_errors += 1
-        if not handler.kind.message_type.is_request:
-            logger.error("handler %s failed on %s #%d: %s: %s", handler.name, message.type,
-                         message.index, type(exc).__name__, exc)
-
-    def encode_result(self, value: Any, *, web: bool = False) -> Encoded | Any:
-        if web:
-            return web_response(value)
-        if value is None:
-            return Encoded(b"", "", 0)
-        return self.serializer.encode(value)
-
-    # -- periodic --------------------------------------------------------------------------
-
-    def periodic_handlers(self) -> list[Handler]:
-        return [h for g in self.groups for h in g.handlers if h.periodic is not None]
-
-    @staticmethod
-    def periodic_id(handler: Handler) -> str:
-        assert handler.periodic is not None
-        return handler.periodic.schedule_id or f"periodic:{handler.consumer}:{handler.name}"
-
-    def _periodic_payload(self, handler: Handler) -> Encoded:
-        if handler.payload_classes:
-            return self.serializer.encode(handler.payload_classes[0]())
-        return Encoded(b"", handler.periodic_type, 0)
-
     def create_periodic_schedules(self) -> None:
-        backend = self._backend()
-        now = backend.now_ms()
-        for handler in self.periodic_handlers():
-            assert handler.periodic is not None
-            deadline = first_deadline(handler.periodic, now)
-            backend.schedule(self._periodic_payload(handler), deadline,
-                             self.periodic_id(handler),
-                             metadata={DEADLINE_KEY: str(deadline)}, if_absent=True)
-
-    def schedule_next(self, handler: Handler, message: Incoming) -> None:
-        """After a periodic handler ran: its next schedule, under the same id."""
-        assert handler.periodic is not None
-        backend = self._backend()
-        given = message.metadata.get(DEADLINE_KEY) if message.metadata else None
-        previous = int(given) if given else time_from_index(message.index)
-        deadline = next_deadline(handler.periodic, previous, backend.now_ms())
-        backend.schedule(self._periodic_payload(handler), deadline, self.periodic_id(handler),
-                         metadata={DEADLINE_KEY: str(deadline)}, if_absent=False)
+        self._run(self.create_periodic_steps())
 
     # -- sending ---------------------------------------------------------------------------
-
-    def _backend(self) -> Backend:
-        if self.backend is None:
-            raise RuntimeError(f"the app {self.name!r} is not started (start() or a "
-                               "TestFixture)")
-        return self.backend
-
-    def _request(self, message_type: MessageType, payload: Any, metadata: Metadata | None,
-                 timeout: float, result_type: type[T] | None) -> Any:
-        encoded = self.serializer.encode(payload)
-        result = self._backend().request(
-            message_type, encoded, key=routing_key(payload), topic=None,
-            metadata=outgoing_metadata(metadata), timeout=timeout)
-        if result.is_error:
-            raise error_from(result.type, result.data.decode(errors="replace"))
-        if not result.type and not result.data:
-            return None
-        return self.serializer.decode(result.data, result.type, result.revision, result_type)
 
     def send(self, command: Any, *, metadata: Metadata | None = None, timeout: float = 30.0,
              result_type: type[T] | None = None) -> Any:
         """Sends a command and waits for its handler's result (decoded into `result_type`, or
         the class of its payload type); the handler's exception comes back raised, as its
         FunctionalError subclass or as HandlerError."""
-        return self._request(MessageType.COMMAND, command, metadata, timeout, result_type)
+        return self._run(self.request_steps(MessageType.COMMAND, command, metadata, timeout,
+                                            result_type))
 
     def query(self, query: Any, *, metadata: Metadata | None = None, timeout: float = 30.0,
               result_type: type[T] | None = None) -> Any:
         """Sends a query and returns its handler's result, like send()."""
-        return self._request(MessageType.QUERY, query, metadata, timeout, result_type)
+        return self._run(self.request_steps(MessageType.QUERY, query, metadata, timeout,
+                                            result_type))
 
     def send_and_forget(self, *commands: Any, metadata: Metadata | None = None) -> None:
         """Sends commands without waiting for their results (they are stored)."""
-        self._publish(MessageType.COMMAND, commands, metadata, None)
+        self._run(self.publish_steps(MessageType.COMMAND, commands, metadata, None))
 
     def publish(self, *events: Any, metadata: Metadata | None = None) -> None:
         """Publishes events (stored once this returns)."""
-        self._publish(MessageType.EVENT, events, metadata, None)
+        self._run(self.publish_steps(MessageType.EVENT, events, metadata, None))
 
     def publish_to(self, message_type: MessageType, *payloads: Any, topic: str | None = None,
                    metadata: Metadata | None = None) -> None:
         """Publishes to any log (METRICS, DOCUMENT and CUSTOM topics, ...)."""
-        self._publish(message_type, payloads, metadata, topic)
-
-    def _publish(self, message_type: MessageType, payloads: Iterable[Any],
-                 metadata: Metadata | None, topic: str | None) -> None:
-        items = list(payloads)
-        self._backend().publish(
-            message_type, [self.serializer.encode(p) for p in items],
-            keys=[routing_key(p) for p in items], topic=topic,
-            metadata=outgoing_metadata(metadata), guarantee=Guarantee.STORED)
+        self._run(self.publish_steps(message_type, payloads, metadata, topic))
 
     def schedule(self, payload: Any, deadline: datetime | timedelta, *,
                  schedule_id: str | None = None, if_absent: bool = False,
                  metadata: Metadata | None = None) -> str | None:
         """Has `payload` delivered to the schedule handlers at `deadline` (a datetime or a
         delay). Returns the schedule id, or None if `if_absent` found one pending."""
-        backend = self._backend()
-        if isinstance(deadline, timedelta):
-            at = backend.now_ms() + int(deadline.total_seconds() * 1000)
-        else:
-            at = int(deadline.timestamp() * 1000)
-        sid = schedule_id or uuid.uuid4().hex
-        stored = backend.schedule(self.serializer.encode(payload), at, sid,
-                                  metadata=outgoing_metadata(metadata), if_absent=if_absent)
-        return sid if stored else None
+        return self._run(self.schedule_steps(payload, deadline, schedule_id, if_absent,
+                                             metadata))
 
     def cancel_schedule(self, schedule_id: str) -> bool:
-        return self._backend().cancel_schedule(schedule_id)
+        return bool(self._backend().cancel_schedule(schedule_id))
 
     # -- state -----------------------------------------------------------------------------
 
     def load(self, cls: type[T], aggregate_id: str) -> AggregateRoot[T]:
         """The aggregate from its newest snapshot plus the events after it. Inside a handler
         it is committed when the handler returns; elsewhere call `.commit()`."""
-        return _aggregates.load(self._backend(), cls, aggregate_id)
+        return self._run(self.load_steps(cls, aggregate_id, self._run))
 
     def store_value(self, key: str, value: Any) -> None:
         """Stores a payload (or bytes) in the project's key-value store."""
-        self._backend().store_value(key, self.serializer.encode(value).data)
+        self._run(self.store_value_steps(key, value))
 
     @typing.overload
     def get_value(self, key: str, cls: type[T]) -> T | None: ...
@@ -629,21 +715,7 @@ class Microclient(HandlerGroup):
 
     def get_value(self, key: str, cls: type[T] | None = None) -> Any:
         """The value under `key` decoded into `cls` (JSON values without it), or None."""
-        data = self._backend().get_value(key)
-        if data is None:
-            return None
-        if cls is bytes:
-            return data
-        if cls is None:
-            return self.serializer.loads(data)
-        return self.serializer.decoder(cls)(data)
+        return self._run(self.get_value_steps(key, cls))
 
     def delete_value(self, key: str) -> bool:
-        return self._backend().delete_value(key)
-
-    def now(self) -> datetime:
-        """The app's clock (the fixture's fake one in tests)."""
-        from datetime import UTC
-
-        return datetime.fromtimestamp(self._backend().now_ms() / 1000, UTC)
-
+        return bool(self._backend().delete_value(key))

@@ -1,6 +1,7 @@
 """Handling a batch of messages of one consumer and log: decode each payload into the class its
 handler asks for, call the handler (coroutine functions too), commit the aggregates it loaded,
-and collect the answers of requests and the handler metrics."""
+and collect the answers of requests and the handler metrics. Written once as steps (steps.py):
+the blocking app and the asyncio app only perform the I/O differently."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from .context import Handling, Incoming, enter, leave
 from .handlers import ConsumerOptions, Handler
 from .metrics import BatchMetrics, HandlerCodes
 from .serialization import Encoded
+from .steps import Await, Steps
 
 if TYPE_CHECKING:
-    from .app import Microclient
+    from .app import AppCore
 
 __all__ = ["Answer", "Dispatcher", "web_response"]
 
@@ -31,7 +33,7 @@ _json = msgspec.json.Encoder()
 class Dispatcher:
     """The handlers of one consumer for one message type (and topic)."""
 
-    def __init__(self, app: Microclient, options: ConsumerOptions, message_type: MessageType,
+    def __init__(self, app: AppCore, options: ConsumerOptions, message_type: MessageType,
                  topic: str | None, handlers: Sequence[Handler]) -> None:
         self.app = app
         self.options = options
@@ -73,11 +75,11 @@ class Dispatcher:
         return "|".join(parts) if parts else None
 
     def handle_batch(self, messages: Sequence[Incoming], metrics: BatchMetrics | None
-                     ) -> list[Answer]:
+                     ) -> Steps[list[Answer]]:
         answers: list[Answer] = []
         if self.web or self.requests:
             for message in messages:
-                self._handle(message, answers, metrics)
+                yield from self._handle(message, answers, metrics)
             return answers
         # The usual case, kept tight: a typed handler of events (or schedules, ...) with
         # only the payload for a parameter and no upcaster for its type.
@@ -100,7 +102,7 @@ class Dispatcher:
                     leave(token)
                     if metrics is not None:
                         metrics.last_ns = last
-                    self._handle(message, answers, metrics)
+                    yield from self._handle(message, answers, metrics)
                     if metrics is not None:
                         last = metrics.last_ns
                     token = enter(handling)
@@ -113,7 +115,7 @@ class Dispatcher:
                         fn(decode(message.data))
                         if handling.aggregates:
                             for root in handling.aggregates:
-                                root.commit()
+                                yield from root.commit_steps()
                     except Exception as exc:  # noqa: BLE001 - logged (and counted) by the app
                         if metrics is not None:
                             metrics.last_ns = last
@@ -132,12 +134,12 @@ class Dispatcher:
         return answers
 
     def _handle(self, message: Incoming, answers: list[Answer],
-                metrics: BatchMetrics | None) -> None:
+                metrics: BatchMetrics | None) -> Steps[None]:
         if self.web:
             for handler in self.web:
                 path = handler.route_match(message.type)
                 if path is not None:
-                    self._web(handler, message, path, answers, metrics)
+                    yield from self._web(handler, message, path, answers, metrics)
                     return
         serializer = self.app.serializer
         fast = self._fast.get(message.type)
@@ -148,13 +150,13 @@ class Dispatcher:
                 except (msgspec.DecodeError, ValueError) as exc:
                     self._failed(handler, message, message.type, exc, answers, metrics)
                 else:
-                    self._call(handler, payload, message, message.type, answers,
-                               metrics)
+                    yield from self._call(handler, payload, message, message.type, answers,
+                                          metrics)
                 if self.requests:
                     return
             return
         if fast is None and not serializer.upcasters.applies(message.type, message.revision):
-            self._untyped(message, answers, metrics)
+            yield from self._untyped(message, answers, metrics)
             return
         try:
             found = serializer.read(message.data, message.type, message.revision,
@@ -169,12 +171,12 @@ class Dispatcher:
         name, payload = found
         for handler in self.by_type.get(name) or self.untyped:
             arg = message.data if handler.wants_bytes else payload
-            self._call(handler, arg, message, name, answers, metrics)
+            yield from self._call(handler, arg, message, name, answers, metrics)
             if self.requests:
                 return
 
     def _untyped(self, message: Incoming, answers: list[Answer],
-                 metrics: BatchMetrics | None) -> None:
+                 metrics: BatchMetrics | None) -> Steps[None]:
         """A payload type no typed handler asked for: to the handlers of any type, decoded
         (JSON) only for those that do not take the bytes."""
         serializer = self.app.serializer
@@ -187,7 +189,7 @@ class Dispatcher:
                 except (msgspec.DecodeError, ValueError) as exc:
                     self._failed(handler, message, message.type, exc, answers, metrics)
                     continue
-            self._call(handler, payload, message, message.type, answers, metrics)
+            yield from self._call(handler, payload, message, message.type, answers, metrics)
             if self.requests:
                 return
 
@@ -197,7 +199,7 @@ class Dispatcher:
 
     def _call(self, handler: Handler, payload: Any, message: Incoming, payload_type: str,
               answers: list[Answer], metrics: BatchMetrics | None,
-              path: dict[str, Any] | None = None) -> Any:
+              path: dict[str, Any] | None = None) -> Steps[Any]:
         handling = Handling(message)
         token = enter(handling)
         failed: BaseException | None = None
@@ -205,14 +207,15 @@ class Dispatcher:
         try:
             value = handler.fn(**handler.arguments(payload, message, path))
             if handler.is_async:
-                value = self.app.run_coroutine(value)
+                value = yield Await(value)
             for root in handling.aggregates or ():
-                root.commit()
+                yield from root.commit_steps()
         except Exception as exc:  # noqa: BLE001 - the requester's error, or logged
             failed = exc
-        finally:
+        try:
             if handler.periodic is not None:
-                self.app.schedule_next(handler, message)
+                yield from self.app.schedule_next_steps(handler, message)
+        finally:
             leave(token)
         if metrics is not None:
             metrics.add(handler.name, payload_type, message.index, failed is not None)
@@ -224,7 +227,7 @@ class Dispatcher:
         return value
 
     def _web(self, handler: Handler, message: Incoming, path: dict[str, Any],
-             answers: list[Answer], metrics: BatchMetrics | None) -> None:
+             answers: list[Answer], metrics: BatchMetrics | None) -> Steps[None]:
         payload: Any = message.data  # the body: bytes unless the handler asks for more
         if handler.payload_param is not None and (handler.payload_classes
                                                   or handler.wants_json):
@@ -234,7 +237,7 @@ class Dispatcher:
             except (msgspec.DecodeError, ValueError) as exc:
                 self._failed(handler, message, message.type, exc, answers, metrics)
                 return
-        self._call(handler, payload, message, message.type, answers, metrics, path)
+        yield from self._call(handler, payload, message, message.type, answers, metrics, path)
 
     def _failed(self, handler: Handler, message: Incoming, payload_type: str,
                 exc: BaseException, answers: list[Answer],

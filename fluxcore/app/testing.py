@@ -9,24 +9,35 @@ fake clock: what handlers publish is handled before `when_...` returns, and sche
 
 from __future__ import annotations
 
+import asyncio
+import http.client
+import inspect
+import json
 import threading
 import time
+import typing
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from fluxcore.client import Client, Guarantee, MessageType
+import msgspec
+
+from fluxcore.client import Client, Guarantee, MessageType, WebResponse
 
 from . import aggregates as _aggregates
-from .app import Backend, LiveBackend, Microclient
+from .aio import AsyncMicroclient
+from .app import AppCore, Backend, LiveBackend, Microclient
 from .context import Incoming, LocalMessage, Metadata, current_message
 from .dispatch import Answer, Dispatcher
-from .serialization import Encoded, Serializer
+from .serialization import Encoded, Serializer, is_payload_class
+from .steps import Steps, run_async, run_sync
 
 __all__ = ["TestFixture"]
+
+T = TypeVar("T")
 
 MAX_CASCADE = 100_000  # messages handled per step before the fixture calls it a loop
 
@@ -65,7 +76,7 @@ class MemoryBackend:
     """The service in memory, on a fake clock: logs, event streams, values and schedules, with
     each message handled by the app's handlers as it is sent."""
 
-    def __init__(self, app: Microclient, recorder: _Recorder, now_ms: int) -> None:
+    def __init__(self, app: AppCore, recorder: _Recorder, now_ms: int) -> None:
         self.app = app
         self.serializer = app.serializer
         self.recorder = recorder
@@ -92,17 +103,20 @@ class MemoryBackend:
                             index=(self.clock_ms << 16) + self.index, request_id=request_id,
                             source=self.app.name, timestamp=self.clock_ms)
 
+    # The methods that call handlers are steps (steps.py): the blocking and the asyncio app
+    # perform them as they perform their own.
+
     def _deliver(self, message_type: MessageType, topic: str | None,
-                 message: LocalMessage) -> list[Answer]:
+                 message: LocalMessage) -> Steps[list[Answer]]:
         answers: list[Answer] = []
         for dispatcher in self.dispatchers.get((message_type, topic), ()):
-            answers += dispatcher.handle_batch([message], None)
+            answers += yield from dispatcher.handle_batch([message], None)
         if message_type is MessageType.EVENT:
             for dispatcher in self.dispatchers.get((MessageType.NOTIFICATION, None), ()):
-                dispatcher.handle_batch([message], None)
+                yield from dispatcher.handle_batch([message], None)
         return answers
 
-    def drain(self) -> None:
+    def drain(self) -> Steps[None]:
         """Handles what was sent, and what that sent, until nothing is left."""
         if self._delivering:
             return  # the outer drain picks up what this handler sent
@@ -112,29 +126,30 @@ class MemoryBackend:
                 if not self.queue:
                     return
                 message_type, topic, message = self.queue.popleft()
-                self._deliver(message_type, topic, message)
+                yield from self._deliver(message_type, topic, message)
             raise RuntimeError(f"more than {MAX_CASCADE} messages from one step: a loop?")
         finally:
             self._delivering = False
 
     def publish(self, message_type: MessageType, payloads: Sequence[Encoded], *,
                 keys: Sequence[str | None], topic: str | None,
-                metadata: Metadata | None, guarantee: Guarantee) -> None:
+                metadata: Metadata | None, guarantee: Guarantee) -> Steps[None]:
         if message_type is MessageType.EVENT:
             self.recorder.record("events", payloads)
         elif message_type is MessageType.COMMAND:
             self.recorder.record("commands", payloads)
         for payload in payloads:
             self.queue.append((message_type, topic, self._message(payload, metadata)))
-        self.drain()
+        yield from self.drain()
 
     def request(self, message_type: MessageType, payload: Encoded, *, key: str | None,
-                topic: str | None, metadata: Metadata | None, timeout: float) -> Incoming:
+                topic: str | None, metadata: Metadata | None, timeout: float
+                ) -> Steps[Incoming]:
         if message_type is MessageType.COMMAND:
             self.recorder.record("commands", [payload])
         message = self._message(payload, metadata, request_id=self.index + 1)
-        answers = self._deliver(message_type, topic, message)
-        self.drain()
+        answers = yield from self._deliver(message_type, topic, message)
+        yield from self.drain()
         if not answers:
             raise TimeoutError(f"no handler of {message_type.name} {payload.type!r}")
         _request, value, exc = answers[0]
@@ -143,6 +158,31 @@ class MemoryBackend:
             return LocalMessage(type(exc).__name__, text, is_error=True)
         assert isinstance(value, Encoded)
         return LocalMessage(value.type, value.data, value.revision)
+
+    def web_request(self, method: str, url: str, body: bytes,
+                    headers: Mapping[str, str]) -> Steps[WebResponse]:
+        """What the service would answer an HTTP request with, from the app's handlers."""
+        path = url.split("?", 1)[0]
+        self.index += 1
+        message = LocalMessage(
+            f"{method} {path}", body, metadata={"url": url, "method": method,
+                                                "headers": json.dumps(dict(headers))},
+            index=(self.clock_ms << 16) + self.index, request_id=self.index,
+            source="fixture-web", timestamp=self.clock_ms)
+        self._delivering = True  # what the handler sends is handled after it answered
+        try:
+            answers = yield from self._deliver(MessageType.WEBREQUEST, None, message)
+        finally:
+            self._delivering = False
+        yield from self.drain()
+        if not answers:
+            raise TimeoutError(f"no web handler of {method} {path}")
+        _request, value, exc = answers[0]
+        if exc is not None:  # as the service answers a failed handler
+            return WebResponse(f"{type(exc).__name__}: {exc}".encode(), 500,
+                               {"Content-Type": "text/plain"})
+        assert isinstance(value, WebResponse)
+        return value
 
     def schedule(self, payload: Encoded, deadline_ms: int, schedule_id: str, *,
                  metadata: Metadata | None, if_absent: bool) -> bool:
@@ -155,7 +195,7 @@ class MemoryBackend:
     def cancel_schedule(self, schedule_id: str) -> bool:
         return self.schedules.pop(schedule_id, None) is not None
 
-    def advance(self, delta_ms: int) -> None:
+    def advance(self, delta_ms: int) -> Steps[None]:
         """Moves the clock, firing each schedule that comes due, in deadline order."""
         until = self.clock_ms + delta_ms
         for _ in range(MAX_CASCADE):
@@ -165,15 +205,17 @@ class MemoryBackend:
             deadline, sid = min(due)
             _d, payload, metadata = self.schedules.pop(sid)
             self.clock_ms = max(self.clock_ms, deadline)
-            self._deliver(MessageType.SCHEDULE, None, self._message(payload, metadata))
-            self.drain()
+            yield from self._deliver(MessageType.SCHEDULE, None,
+                                     self._message(payload, metadata))
+            yield from self.drain()
         self.clock_ms = until
 
     def get_events(self, aggregate_id: str, after: int) -> Sequence[Incoming]:
         return self.streams.get(aggregate_id, [])[after + 1:]
 
     def append_events(self, aggregate_id: str, events: Sequence[Encoded],
-                      expected_sequence: int | None, metadata: Metadata | None) -> int:
+                      expected_sequence: int | None, metadata: Metadata | None
+                      ) -> Steps[int]:
         stream = self.streams.setdefault(aggregate_id, [])
         if expected_sequence is not None and expected_sequence != len(stream) - 1:
             raise _aggregates.ConcurrencyError(
@@ -183,8 +225,8 @@ class MemoryBackend:
             message = self._message(event, metadata)
             message.index = len(stream)
             stream.append(message)
-        self.publish(MessageType.EVENT, events, keys=[aggregate_id] * len(events), topic=None,
-                     metadata=metadata, guarantee=Guarantee.STORED)
+        yield from self.publish(MessageType.EVENT, events, keys=[aggregate_id] * len(events),
+                                topic=None, metadata=metadata, guarantee=Guarantee.STORED)
         return len(stream) - 1
 
     def get_value(self, key: str) -> bytes | None:
@@ -253,7 +295,8 @@ class TestFixture:
     def __init__(self, *handlers: Any, now: float | None = None) -> None:
         """`handlers`: a Microclient, or handlers, consumer classes, upcasters to put in a
         fresh one. `now`: the fake clock's start (epoch seconds; default: the real time)."""
-        if len(handlers) == 1 and isinstance(handlers[0], Microclient):
+        self.app: Microclient | AsyncMicroclient
+        if len(handlers) == 1 and isinstance(handlers[0], (Microclient, AsyncMicroclient)):
             self.app = handlers[0]
         else:
             self.app = Microclient("test-fixture").register(*handlers)
@@ -261,12 +304,27 @@ class TestFixture:
         self.live_mode = False
         self._client: Client | None = None
         self.timeout = 0.0
+        self._url: str | None = None
         self.memory: MemoryBackend | None = MemoryBackend(
             self.app, self.recorder, int((time.time() if now is None else now) * 1000))
         self.app.backend = self.memory
         if self.app.periodic_handlers():
-            self.app.create_periodic_schedules()
+            self._drive(self.app.create_periodic_steps())
         self._reset()
+
+    def _drive(self, steps: Steps[T]) -> T:
+        """Performs steps on the fixture's memory as the app performs its own."""
+        app = self.app
+        if isinstance(app, Microclient):
+            return run_sync(steps, app.backend, app.run_coroutine)
+        return asyncio.run(run_async(steps, app.backend))
+
+    @staticmethod
+    def _perform(outcome: Any) -> Any:
+        """What an app call returned: an AsyncMicroclient's coroutine is run to its end."""
+        if inspect.iscoroutine(outcome):
+            return asyncio.run(outcome)
+        return outcome
 
     @classmethod
     def live(cls, url: str, app: Microclient, *, token: str = "dev",
@@ -274,12 +332,16 @@ class TestFixture:
         """The same fixture over a real server: the app runs (its consumers start now), and
         expectations wait up to `timeout` for what the app sends. Call close() at the end (or
         use it as a context manager)."""
+        if not isinstance(app, Microclient):
+            raise TypeError("TestFixture.live runs a Microclient; run an AsyncMicroclient "
+                            "against the server with `async with app:`")
         fixture = cls.__new__(cls)
         fixture.app = app
         fixture.recorder = _Recorder(app.serializer)
         fixture.live_mode = True
         fixture.timeout = timeout
         fixture.memory = None
+        fixture._url = url
         client = Client.connect(url, token=token, name=app.name, project=project)
         fixture._client = client
         app.start(client)
@@ -289,6 +351,7 @@ class TestFixture:
 
     def close(self) -> None:
         if self.live_mode:
+            assert isinstance(self.app, Microclient)
             self.app.stop()
             if self._client is not None:
                 self._client.close()
@@ -310,12 +373,12 @@ class TestFixture:
         """Commands handled before the test (their results are ignored; an error fails the
         test here, since the history it should have made is not there)."""
         for command in commands:
-            self.app.send(command, timeout=self.timeout or 30.0)
+            self._perform(self.app.send(command, timeout=self.timeout or 30.0))
         return self
 
     def given_events(self, *events: Any) -> TestFixture:
         """Events published (and handled) before the test."""
-        self.app.publish(*events)
+        self._perform(self.app.publish(*events))
         return self
 
     def given_time_elapses(self, delta: timedelta) -> TestFixture:
@@ -337,27 +400,65 @@ class TestFixture:
         return self
 
     def when_command(self, command: Any) -> TestFixture:
-        return self._when(lambda: self.app.send(command, timeout=self.timeout or 30.0))
+        return self._when(lambda: self._perform(
+            self.app.send(command, timeout=self.timeout or 30.0)))
 
     def when_query(self, query: Any) -> TestFixture:
-        return self._when(lambda: self.app.query(query, timeout=self.timeout or 30.0))
+        return self._when(lambda: self._perform(
+            self.app.query(query, timeout=self.timeout or 30.0)))
 
     def when_event(self, event: Any) -> TestFixture:
-        return self._when(lambda: self.app.publish(event))
+        return self._when(lambda: self._perform(self.app.publish(event)))
+
+    def when_web_request(self, method: str, path: str, body: Any = b"", *,
+                         headers: Mapping[str, str] | None = None) -> TestFixture:
+        """An HTTP request to the app's `@handle_web` handlers (path parameters and a query
+        string included): in memory as the service would deliver it, live over HTTP to the
+        server. `body`: bytes or str as they are, anything else as JSON. The step's result
+        is the WebResponse (a failed handler's: status 500, as the service answers)."""
+        all_headers = dict(headers or {})
+        if isinstance(body, str):
+            data = body.encode()
+        elif isinstance(body, (bytes, bytearray, memoryview)):
+            data = bytes(body)
+        else:
+            data = msgspec.json.encode(body)
+            all_headers.setdefault("Content-Type", "application/json")
+        method = method.upper()
+        if self.memory is not None:
+            memory = self.memory
+            return self._when(
+                lambda: self._drive(memory.web_request(method, path, data, all_headers)),
+                own_message=False)
+        return self._when(lambda: self._http(method, path, data, all_headers),
+                          own_message=False)
+
+    def _http(self, method: str, path: str, body: bytes,
+              headers: Mapping[str, str]) -> WebResponse:
+        assert self._url is not None
+        host, port = self._url.rsplit(":", 1)
+        connection = http.client.HTTPConnection(host, int(port), timeout=self.timeout or 30.0)
+        try:
+            connection.request(method, path, body=body, headers=dict(headers))
+            response = connection.getresponse()
+            return WebResponse(response.read(), response.status, dict(response.getheaders()))
+        finally:
+            connection.close()
 
     def when_time_elapses(self, delta: timedelta) -> TestFixture:
         """Moves the fake clock; the schedules (and periodic jobs) due meanwhile fire."""
         return self._when(lambda: self._advance(delta), own_message=False)
 
-    def when_applying(self, action: Callable[[Microclient], Any]) -> TestFixture:
-        """Runs `action(app)` as the step under test (load aggregates, send several...)."""
-        return self._when(lambda: action(self.app), own_message=False)
+    def when_applying(self, action: Callable[[Any], Any]) -> TestFixture:
+        """Runs `action(app)` as the step under test (load aggregates, send several...); a
+        coroutine function for an AsyncMicroclient."""
+        return self._when(lambda: self._perform(action(self.app)), own_message=False)
 
     def _advance(self, delta: timedelta) -> None:
         if self.memory is None:
             time.sleep(delta.total_seconds())
             return
-        self.memory.advance(int(delta.total_seconds() * 1000))
+        self._drive(self.memory.advance(int(delta.total_seconds() * 1000)))
 
     # -- expect ----------------------------------------------------------------------------
 
@@ -413,6 +514,40 @@ class TestFixture:
             raise AssertionError(f"expected result {expected!r}, got {self.result!r}")
         return self
 
+    def expect_web_response(self, body: Any = None, *, status: int = 200,
+                            headers: Mapping[str, str] | None = None) -> TestFixture:
+        """The web request was answered with `status`, these headers (among others; names
+        in any case) and `body`: bytes or str compared as they are, a predicate called with
+        the body, anything else (dicts, payload objects) compared as JSON; None: any body."""
+        if self.error is not None:
+            raise AssertionError(f"expected a web response, the step raised {self.error!r}"
+                                 ) from self.error
+        response = self.result
+        if not isinstance(response, WebResponse):
+            raise AssertionError(f"expected a web response, got {response!r}")
+        actual = response.body.encode() if isinstance(response.body, str) else response.body
+        if response.status != status:
+            raise AssertionError(f"expected status {status}, got {response.status}: "
+                                 f"{actual[:200]!r}")
+        given = {k.lower(): v for k, v in (response.headers or {}).items()}
+        for name, value in (headers or {}).items():
+            if given.get(name.lower()) != value:
+                raise AssertionError(f"expected header {name}: {value!r}, got {given!r}")
+        if body is None:
+            return self
+        if isinstance(body, (bytes, str)):
+            ok = actual == (body.encode() if isinstance(body, str) else body)
+        elif callable(body) and not is_payload_class(type(body)):
+            ok = bool(body(actual))
+        else:
+            try:
+                ok = msgspec.json.decode(actual) == msgspec.to_builtins(body)
+            except msgspec.DecodeError:
+                ok = False
+        if not ok:
+            raise AssertionError(f"expected body {body!r}, got {actual[:500]!r}")
+        return self
+
     def expect_error(self, expected: type[BaseException] = Exception) -> TestFixture:
         """The step failed with this exception class (as the requester sees it)."""
         if self.error is None:
@@ -430,4 +565,4 @@ class TestFixture:
     @property
     def backend(self) -> Backend:
         assert self.app.backend is not None
-        return self.app.backend
+        return typing.cast(Backend, self.app.backend)

@@ -9,6 +9,7 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import numpy as np
@@ -57,13 +58,22 @@ from ._wire import (
 )
 from .search import AsyncSearchMethods
 
-__all__ = ["AsyncClient", "AsyncConsumer"]
+__all__ = ["AsyncClient", "AsyncConsumer", "current_batch"]
 
 logger = logging.getLogger("fluxcore.client")
 
 Reply = tuple[int, bytes]
 T = TypeVar("T")
 AsyncHandler = Callable[[Any], Any | Awaitable[Any]]
+
+# Each tracker is a task with a context of its own: this is its batch, while it handles it.
+_current_batch: ContextVar[tuple[str, tuple[int, int]] | None] = ContextVar(
+    "fluxcore_current_batch", default=None)
+
+
+def current_batch() -> tuple[str, tuple[int, int]] | None:
+    """In a handler called by a tracker: (tracker id, its segment range [start, end))."""
+    return _current_batch.get()
 
 
 class _Pending:
@@ -753,6 +763,7 @@ class AsyncConsumer:
             self._handling.add(tracker_id)
             try:
                 if reply.messages:
+                    _current_batch.set((tracker_id, reply.segment))
                     answers = await self._handle(reply.messages)
                 cursor.advance(reply)
             finally:
