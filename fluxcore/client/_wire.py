@@ -188,9 +188,21 @@ def raise_for(op: int, body: bytes) -> None:
         raise ProtocolError(str(err.get("code", ErrorCode.INTERNAL)), str(err.get("message", "")))
 
 
-def parse_ack(body: bytes) -> tuple[int, int]:
-    first, count = struct.unpack("<QI", body[:12])
-    return int(first), int(count)
+_ACK_RANGE = np.dtype([("first", "<u8"), ("count", "<u4")])
+
+
+def ack_indexes(body: bytes) -> npt.NDArray[np.uint64]:
+    """The index of each message of an acknowledged APPEND, in the order they were sent. An
+    ACK is one or more ranges (u64 first index, u32 count); more than one only for a resent
+    batch that the server had stored in part before it died (docs/protocol.md)."""
+    if len(body) == 12:
+        first, count = struct.unpack("<QI", body)
+        return np.arange(first, first + count, dtype=np.uint64)
+    if not body or len(body) % 12:
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"an ACK of {len(body)} bytes is not a "
+                            "whole number of 12-byte ranges")
+    return np.concatenate([np.arange(int(first), int(first) + int(count), dtype=np.uint64)
+                           for first, count in np.frombuffer(body, dtype=_ACK_RANGE)])
 
 
 class Codec:
@@ -343,10 +355,6 @@ def new_client_id() -> str:
 
 def result_consumer(client_name: str) -> str:
     return client_name + RESULT_CONSUMER_SUFFIX
-
-
-def indexes_of(first: int, count: int) -> npt.NDArray[np.uint64]:
-    return np.arange(first, first + count, dtype=np.uint64)
 
 
 def start_index(ms_ago: int) -> int:

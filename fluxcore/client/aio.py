@@ -38,11 +38,10 @@ from ._wire import (
     RequestError,
     Scheduled,
     TrackerCursor,
+    ack_indexes,
     dispatcher,
-    indexes_of,
     log_request,
     new_client_id,
-    parse_ack,
     parse_address,
     raise_for,
     relationship_lists,
@@ -297,7 +296,7 @@ class AsyncClient:
             try:
                 op, body = f.result()
                 raise_for(op, body)
-                out.set_result(indexes_of(*parse_ack(body)))
+                out.set_result(ack_indexes(body))
             except Exception as exc:  # noqa: BLE001 - handed to whoever awaits `out`
                 out.set_exception(exc)
 

@@ -40,11 +40,10 @@ from ._wire import (
     RequestError,
     Scheduled,
     TrackerCursor,
+    ack_indexes,
     dispatcher,
-    indexes_of,
     log_request,
     new_client_id,
-    parse_ack,
     parse_address,
     raise_for,
     relationship_lists,
@@ -332,7 +331,7 @@ class Client:
             try:
                 op, body = f.result()
                 raise_for(op, body)
-                out.set_result(indexes_of(*parse_ack(body)))
+                out.set_result(ack_indexes(body))
             except Exception as exc:  # noqa: BLE001 - handed to whoever waits on `out`
                 out.set_exception(exc)
 
