@@ -18,6 +18,7 @@ from fluxcore._ext import _proto
 from fluxcore._ext._proto import Message
 from fluxcore.protocol import (
     DEFAULT_MAX_FRAME,
+    ErrorCode,
     FrameError,
     Guarantee,
     MessageType,
@@ -79,7 +80,10 @@ class _Protocol(asyncio.Protocol):
         self.client = client
         self.transport: asyncio.Transport | None = None
         self._buf = bytearray()
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.lost: asyncio.Future[None] = loop.create_future()
+        # The answer to HELLO: the first frame, or the error if the connection ends first.
+        self.welcome: asyncio.Future[Reply] = loop.create_future()
         self._writable = asyncio.Event()
         self._writable.set()
 
@@ -97,6 +101,9 @@ class _Protocol(asyncio.Protocol):
                 self.transport.close()
             return
         for op, _flags, request_id, start, end in frames:
+            if not self.welcome.done():
+                self.welcome.set_result((op, bytes(buf[start:end])))
+                continue
             self.client._deliver(op, request_id, bytes(buf[start:end]))
         del buf[:consumed]
 
@@ -104,6 +111,9 @@ class _Protocol(asyncio.Protocol):
         self._writable.set()
         if not self.lost.done():
             self.lost.set_result(None)
+        if not self.welcome.done():
+            self.welcome.set_exception(
+                exc or ConnectionResetError("the server closed the connection during HELLO"))
         self.client._connection_lost(self, exc)
 
     def pause_writing(self) -> None:
@@ -133,6 +143,7 @@ class AsyncClient:
         self._protocol: _Protocol | None = None
         self._pending: dict[int, _Pending] = {}
         self._closed = False
+        self._gone: BaseException | None = None  # why the client stopped reconnecting
         self._reconnecting: asyncio.Task[None] | None = None
         self._consumers: list[AsyncConsumer] = []
         self._requests: dict[int, asyncio.Future[Message]] = {}
@@ -153,20 +164,28 @@ class AsyncClient:
     # -- connection --------------------------------------------------------------------------
 
     async def _open(self) -> None:
+        self._protocol = await self._handshake()
+
+    async def _handshake(self) -> _Protocol:
+        """A new connection that said HELLO and got WELCOME, and is still open."""
         loop = asyncio.get_running_loop()
         transport, protocol = await asyncio.wait_for(
             loop.create_connection(lambda: _Protocol(self), self.host, self.port, ssl=self._tls),
             self._connect_timeout)
-        future: asyncio.Future[Reply] = loop.create_future()
-        self._pending[0] = _Pending(b"", False, future)
-        transport.write(self._codec.hello(0))
         try:
-            op, body = await asyncio.wait_for(future, self._connect_timeout)
+            transport.write(self._codec.hello(0))
+            op, body = await asyncio.wait_for(protocol.welcome, self._connect_timeout)
             raise_for(op, body)
+            if op != Op.WELCOME:
+                raise ProtocolError(ErrorCode.BAD_FRAME, f"expected WELCOME, got op {op}")
+            if transport.is_closing():
+                # Lost after WELCOME, before we got here: its connection_lost, if it came,
+                # was not for the client's connection and went unheeded.
+                raise ConnectionResetError("the server closed the connection after WELCOME")
         except BaseException:
             transport.close()
             raise
-        self._protocol = protocol
+        return protocol
 
     def _deliver(self, op: int, request_id: int, body: bytes) -> None:
         pending = self._pending.pop(request_id, None)
@@ -181,37 +200,45 @@ class AsyncClient:
             return
         self._protocol = None
         if not self._reconnect:
-            self._fail_pending(ConnectionLost(str(exc or "connection closed")))
+            self._gone = ConnectionLost(str(exc or "connection closed"))
+            self._fail_pending(self._gone)
             return
         if self._reconnecting is None or self._reconnecting.done():
             self._reconnecting = asyncio.get_running_loop().create_task(self._recover())
 
     async def _recover(self) -> None:
+        """Reconnects with backoff and resends what was not answered, however often the new
+        connections fail (to connect, during HELLO, during the resend: a connection lost
+        after this task made it the client's starts a new one)."""
         delay = 0.05
         logger.warning("connection to %s:%d lost; reconnecting", self.host, self.port)
-        while not self._closed:
-            handshake = self._pending.pop(0, None)
+        while not self._closed and self._protocol is None:
             try:
-                await self._open()
-            except (TimeoutError, OSError, ProtocolError) as exc:
-                if isinstance(exc, ProtocolError) and exc.code == "auth":
+                protocol = await self._handshake()
+            except ProtocolError as exc:
+                if exc.code == ErrorCode.AUTH:
+                    self._gone = exc
                     self._fail_pending(exc)
                     return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            finally:
-                if handshake is not None:
-                    self._pending.setdefault(0, handshake)
-            protocol = self._protocol
-            assert protocol is not None and protocol.transport is not None
-            for pending in list(self._pending.values()):
-                frame = pending.frame
-                if pending.resend:
-                    frame = frame[:5] + bytes([frame[5] | FLAG_RESEND]) + frame[6:]
-                if frame:
-                    protocol.transport.write(frame)
-            return
+                logger.warning("reconnecting to %s:%d: %s", self.host, self.port, exc)
+            except (TimeoutError, OSError, FrameError) as exc:
+                logger.info("reconnecting to %s:%d: %s", self.host, self.port, exc)
+            else:
+                transport = protocol.transport
+                assert transport is not None
+                if self._closed:
+                    transport.close()
+                    return
+                # No await from the handshake's check to here: the transport is open.
+                self._protocol = protocol
+                for pending in list(self._pending.values()):
+                    frame = pending.frame
+                    if pending.resend:  # an append: the server stores only what it lacks
+                        frame = frame[:5] + bytes([frame[5] | FLAG_RESEND]) + frame[6:]
+                    transport.write(frame)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     def _fail_pending(self, exc: BaseException) -> None:
         for request_id in list(self._pending):
@@ -221,8 +248,8 @@ class AsyncClient:
 
     async def _send(self, frame_of: Callable[[int], bytes], *, answer: bool,
                     append: bool = False) -> asyncio.Future[Reply] | None:
-        if self._closed:
-            raise ConnectionLost("the client is closed")
+        if self._closed or self._gone is not None:
+            raise ConnectionLost("the client is closed" if self._closed else str(self._gone))
         request_id = self._codec.next_request_id()
         frame = frame_of(request_id)
         future = None
@@ -230,7 +257,10 @@ class AsyncClient:
             future = asyncio.get_running_loop().create_future()
             self._pending[request_id] = _Pending(frame, append, future)
         protocol = self._protocol
-        if protocol is not None and protocol.transport is not None:
+        # A closing transport is about to be reported lost: what waits for an answer is
+        # resent on the next connection (uvloop refuses a write to a closed transport).
+        if (protocol is not None and protocol.transport is not None
+                and not protocol.transport.is_closing()):
             protocol.transport.write(frame)
             await protocol.drain()  # backpressure: wait while the socket buffer is full
         elif not self._reconnect:

@@ -20,6 +20,7 @@ from fluxcore._ext import _proto
 from fluxcore._ext._proto import Message
 from fluxcore.protocol import (
     DEFAULT_MAX_FRAME,
+    ErrorCode,
     FrameError,
     Guarantee,
     MessageType,
@@ -102,6 +103,7 @@ class Client:
         self._send_lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}
         self._closed = False
+        self._gone: BaseException | None = None  # why the client stopped reconnecting
         self._connected = threading.Event()
         self._sock: socket.socket | None = None
         self._consumers: list[Consumer] = []
@@ -126,11 +128,16 @@ class Client:
     # -- connection --------------------------------------------------------------------------
 
     def _open_connection(self) -> None:
+        self._sock = self._handshake()
+        self._connected.set()
+
+    def _handshake(self) -> socket.socket:
+        """A new connection that said HELLO and got WELCOME."""
         sock = socket.create_connection((self.host, self.port), timeout=self._connect_timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._tls is not None:
-            sock = self._tls.wrap_socket(sock, server_hostname=self.host)
         try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls is not None:
+                sock = self._tls.wrap_socket(sock, server_hostname=self.host)
             sock.sendall(self._codec.hello(0))
             op, body = self._read_one(sock)
             raise_for(op, body)
@@ -140,8 +147,7 @@ class Client:
             sock.close()
             raise
         sock.settimeout(None)
-        self._sock = sock
-        self._connected.set()
+        return sock
 
     @staticmethod
     def _read_one(sock: socket.socket) -> Reply:
@@ -152,12 +158,22 @@ class Client:
         return header[4], _recv_exactly(sock, length - 8)
 
     def _read_loop(self) -> None:
+        try:
+            self._read_frames()
+        except Exception as exc:
+            # A bug of ours, not a lost connection: nobody would answer the callers any more,
+            # so they get the error now and every later call fails at once.
+            logger.exception("the reader of %s:%d failed", self.host, self.port)
+            self._give_up(ConnectionLost(f"the client's reader failed: {exc!r}"))
+
+    def _read_frames(self) -> None:
         buf = bytearray(1 << 20)
         start = end = 0
         while not self._closed:
             sock = self._sock
             try:
-                assert sock is not None
+                if sock is None:
+                    raise ConnectionResetError("not connected")
                 if end == len(buf):
                     if start:
                         buf[: end - start] = buf[start:end]
@@ -193,35 +209,63 @@ class Client:
             logger.error("server error for request %d: %s", request_id, err)
 
     def _recover(self, exc: BaseException) -> bool:
-        """Reconnects with backoff and resends what was not answered; False if closed."""
+        """Reconnects with backoff and resends what was not answered, however often the new
+        connections fail (to connect, during HELLO, during the resend); False if the client
+        closed, or gave up (no `reconnect`, or the server refused the token)."""
         self._connected.clear()
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.close()
+        self._drop_socket()
         if not self._reconnect:
-            self._fail_pending(ConnectionLost(str(exc)))
+            self._give_up(ConnectionLost(str(exc)))
             return False
         logger.warning("connection to %s:%d lost (%s); reconnecting", self.host, self.port, exc)
         delay = 0.05
         while not self._closed:
+            sock = None
             try:
-                self._open_connection()
-            except (OSError, ProtocolError) as retry_exc:
-                if isinstance(retry_exc, ProtocolError) and retry_exc.code == "auth":
-                    self._fail_pending(retry_exc)
+                sock = self._handshake()
+                self._resend(sock)
+            except ProtocolError as retry_exc:
+                if retry_exc.code == ErrorCode.AUTH:
+                    self._give_up(retry_exc)
                     return False
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            with self._send_lock:
-                assert self._sock is not None
-                for pending in list(self._pending.values()):
-                    frame = pending.frame
-                    if pending.resend:  # an append: the server acks it again if it has it
-                        frame = frame[:5] + bytes([frame[5] | FLAG_RESEND]) + frame[6:]
-                    self._sock.sendall(frame)
-            return True
+                logger.warning("reconnecting to %s:%d: %s", self.host, self.port, retry_exc)
+            except (OSError, FrameError) as retry_exc:
+                if sock is not None:
+                    sock.close()
+                logger.info("reconnecting to %s:%d: %s", self.host, self.port, retry_exc)
+            else:
+                if not self._closed:
+                    self._connected.set()
+                    return True
+                self._drop_socket()
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
         return False
+
+    def _resend(self, sock: socket.socket) -> None:
+        """Sends every request still waiting for its answer on the new connection, appends
+        marked RESEND; then the connection is the client's (the lock keeps new requests
+        after the resent ones)."""
+        with self._send_lock:
+            for pending in list(self._pending.values()):
+                frame = pending.frame
+                if pending.resend:  # an append: the server stores only what it lacks
+                    frame = frame[:5] + bytes([frame[5] | FLAG_RESEND]) + frame[6:]
+                sock.sendall(frame)
+            self._sock = sock
+
+    def _drop_socket(self) -> None:
+        with self._send_lock:
+            sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _give_up(self, exc: BaseException) -> None:
+        """No more connections: what waits gets `exc`, and so does every later request."""
+        self._gone = exc
+        self._fail_pending(exc)
 
     def _fail_pending(self, exc: BaseException) -> None:
         for request_id in list(self._pending):
@@ -232,8 +276,8 @@ class Client:
     def _send(self, frame_of: Callable[[int], bytes], *, answer: bool, append: bool = False
               ) -> concurrent.futures.Future[Reply] | None:
         """Sends the frame built for a fresh request id; returns the future of its answer."""
-        if self._closed:
-            raise ConnectionLost("the client is closed")
+        if self._closed or self._gone is not None:
+            raise ConnectionLost("the client is closed" if self._closed else str(self._gone))
         with self._send_lock:
             request_id = self._codec.next_request_id()
             frame = frame_of(request_id)
@@ -648,10 +692,11 @@ class Client:
         with contextlib.suppress(concurrent.futures.TimeoutError):
             self.flush(timeout=5)
         self._closed = True
-        if self._sock is not None:
+        sock = self._sock
+        if sock is not None:
             with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
-            self._sock.close()
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
         self._reader.join(timeout=5)
         self._fail_pending(ConnectionLost("the client is closed"))
         for future in list(self._requests.values()):
