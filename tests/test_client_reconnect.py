@@ -18,10 +18,17 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from fluxcore.client import AsyncClient, Client, Guarantee, MessageType
+from fluxcore.client import (
+    AsyncClient,
+    Client,
+    ConnectionLost,
+    Guarantee,
+    MessageType,
+    ProtocolError,
+)
 
 FRAME = struct.Struct("<IBBHI")  # length, op, flags, reserved, request id
-HELLO, APPEND, WELCOME, ACK = 1, 2, 129, 130
+HELLO, APPEND, WELCOME, ACK, ERROR = 1, 2, 129, 130, 143
 FLAG_RESEND = 1
 
 # A connection lost during HELLO must be noticed when it is lost, not after connect_timeout.
@@ -94,7 +101,9 @@ def _message_ids(body: bytes) -> list[bytes]:
 
 
 class FakeServer:
-    def __init__(self) -> None:
+    def __init__(self, script: list[str] | None = None) -> None:
+        # What it does on each connection, in order; the last one again for any more.
+        self.script = script or ["hold", *FAILURES, "behave"]
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
         self.stored: dict[bytes, int] = {}  # message id -> index, as acknowledged
@@ -116,7 +125,7 @@ class FakeServer:
         assert not self._thread.is_alive()
 
     def _serve(self) -> None:
-        script = ["hold", *FAILURES, "behave"]
+        script = self.script
         number = 0
         while not self._stop:
             try:
@@ -142,6 +151,12 @@ class FakeServer:
             op, _flags, _rid, _body = _frame(conn)
             self.held += op == APPEND
         _reset(conn)
+
+    def _refuse(self, conn: socket.socket) -> None:
+        _frame(conn)
+        # msgpack {"code": "auth", "message": "no"}
+        conn.sendall(_answer(ERROR, 0, b"\x82\xa4code\xa4auth\xa7message\xa2no"))
+        conn.close()
 
     def _drop_at_accept(self, conn: socket.socket) -> None:
         _reset(conn)
@@ -248,3 +263,48 @@ def test_async_client_survives_failures_in_every_phase_of_reconnecting(
     results = run(main())
     assert len(results) == BATCHES
     _check(fake, results)
+
+
+REFUSED = ["hold", "drop_in_hello", "refuse"]
+
+
+def test_sync_client_stops_reconnecting_when_its_token_is_refused() -> None:
+    fake = FakeServer(REFUSED)
+    try:
+        with Client.connect(fake.address, token="t") as client:
+            futures = [client.publish_batch_async(MessageType.EVENT, [b"x"], type="T")
+                       for _ in range(BATCHES)]
+            for future in futures:
+                assert future is not None
+                with pytest.raises(ProtocolError) as info:
+                    future.result(WAIT)
+                assert info.value.code == "auth"
+            with pytest.raises(ConnectionLost):
+                client.publish(MessageType.EVENT, b"later", type="T")
+    finally:
+        fake.close()
+    assert fake.behaviours == REFUSED
+
+
+def test_async_client_stops_reconnecting_when_its_token_is_refused() -> None:
+    async def main() -> None:
+        client = await AsyncClient.connect(fake.address, token="t")
+        try:
+            futures = [await client.publish_batch_nowait(MessageType.EVENT, [b"x"], type="T")
+                       for _ in range(BATCHES)]
+            for future in futures:
+                assert future is not None
+                with pytest.raises(ProtocolError) as info:
+                    await asyncio.wait_for(future, WAIT)
+                assert info.value.code == "auth"
+            with pytest.raises(ConnectionLost):
+                await client.publish(MessageType.EVENT, b"later", type="T")
+        finally:
+            await client.close()
+
+    fake = FakeServer(REFUSED)
+    try:
+        asyncio.run(main())
+    finally:
+        fake.close()
+    assert fake.behaviours == REFUSED

@@ -5,10 +5,12 @@ index of each message as the ACK gives it (docs/protocol.md, "Resending without 
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import fluxcore
 from fluxcore._ext import _proto
@@ -161,6 +163,38 @@ def test_resend_of_a_fully_stored_batch_stores_nothing(tmp_path: Path) -> None:
         assert len(ack[2]) == 12  # one range, as for any fresh append
     finally:
         server.kill()
+
+
+@pytest.mark.parametrize("skew_s", [9.0, -3600.0])
+def test_resend_is_found_whatever_the_clock_of_the_client(tmp_path: Path, skew_s: float
+                                                          ) -> None:
+    """The log is searched from 10 s before the batch's timestamp: a client's clock may be up
+    to 10 s ahead of the server's, and any amount behind."""
+    data = tmp_path / "data"
+    frame, _next = _proto.encode_append(
+        5, int(MessageType.EVENT), int(Guarantee.STORED), None,
+        [b"s%d" % i for i in range(6)], "T", None, "raw-client", "skewed-", 0,
+        timestamp=int((time.time() + skew_s) * 1000))
+    store_part(data, frame, 0, 2)
+    server = ServerProcess(data, env=SMALL_FILES).start()
+    try:
+        raw = RawConnection(server.address)
+        raw.sock.sendall(resent(frame))
+        ack = raw.read()
+        raw.close()
+        log = stored_ids(server.address)
+        assert len(log) == 6
+        check_acked(ack, 5, frame, log)
+    finally:
+        server.kill()
+
+
+def test_empty_append_is_acknowledged_with_no_range_of_messages(server: ServerProcess) -> None:
+    body = struct.pack("<BBHI", int(MessageType.EVENT), int(Guarantee.STORED), 0, 0)
+    raw = RawConnection(server.address)
+    raw.sock.sendall(struct.pack("<IBBHI", 8 + len(body), Op.APPEND, 0, 0, 4) + body)
+    assert raw.read() == (Op.ACK, 4, struct.pack("<QI", 0, 0))
+    raw.close()
 
 
 def test_client_takes_every_range_of_a_split_ack() -> None:
