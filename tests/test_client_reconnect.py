@@ -28,7 +28,8 @@ from fluxcore.client import (
 )
 
 FRAME = struct.Struct("<IBBHI")  # length, op, flags, reserved, request id
-HELLO, APPEND, WELCOME, ACK, ERROR = 1, 2, 129, 130, 143
+HELLO, APPEND, WELCOME, ACK, PONG, ERROR = 1, 2, 129, 130, 138, 143
+FLOOD = 24 << 20  # more than the socket buffers of both sides hold
 FLAG_RESEND = 1
 
 # A connection lost during HELLO must be noticed when it is lost, not after connect_timeout.
@@ -186,8 +187,19 @@ class FakeServer:
         _exactly(conn, 64 * 1024)  # part of the first resent frame; the rest stays unread
         _reset(conn)
 
+    def _flood_first(self, conn: socket.socket) -> None:
+        """As a server answering many READs at once after a reconnect: a big answer goes
+        out before it reads the resend, so a client that stops reading while it resends
+        would never get its resend through."""
+        self._hello(conn)
+        conn.sendall(_answer(PONG, 0xFFFF_FFF0, bytes(FLOOD)))
+        self._take_appends(conn)
+
     def _behave(self, conn: socket.socket) -> None:
         self._hello(conn)
+        self._take_appends(conn)
+
+    def _take_appends(self, conn: socket.socket) -> None:
         while True:
             op, flags, request_id, body = _frame(conn)
             if op != APPEND:
@@ -308,3 +320,38 @@ def test_async_client_stops_reconnecting_when_its_token_is_refused() -> None:
     finally:
         fake.close()
     assert fake.behaviours == REFUSED
+
+
+FLOODED = ["hold", "flood_first"]
+
+
+def test_sync_client_reads_while_it_resends() -> None:
+    fake = FakeServer(FLOODED)
+    try:
+        with Client.connect(fake.address, token="t") as client:
+            futures = [client.publish_batch_async(MessageType.EVENT, batch, type="T")
+                       for batch in _batches()]
+            results = [f.result(WAIT) for f in futures if f is not None]
+    finally:
+        fake.close()
+    assert fake.behaviours == FLOODED
+    assert len(fake.stored) == BATCHES * BATCH_SIZE and len(results) == BATCHES
+
+
+def test_async_client_reads_while_it_resends() -> None:
+    async def main() -> list[np.ndarray]:
+        client = await AsyncClient.connect(fake.address, token="t")
+        try:
+            futures = [await client.publish_batch_nowait(MessageType.EVENT, batch, type="T")
+                       for batch in _batches()]
+            return [await asyncio.wait_for(f, WAIT) for f in futures if f is not None]
+        finally:
+            await client.close()
+
+    fake = FakeServer(FLOODED)
+    try:
+        results = asyncio.run(main())
+    finally:
+        fake.close()
+    assert fake.behaviours == FLOODED
+    assert len(fake.stored) == BATCHES * BATCH_SIZE and len(results) == BATCHES

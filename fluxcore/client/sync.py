@@ -104,6 +104,7 @@ class Client:
         self._pending: dict[int, _Pending] = {}
         self._closed = False
         self._gone: BaseException | None = None  # why the client stopped reconnecting
+        self._resender: threading.Thread | None = None  # resends after a reconnect
         self._connected = threading.Event()
         self._sock: socket.socket | None = None
         self._consumers: list[Consumer] = []
@@ -220,47 +221,66 @@ class Client:
         logger.warning("connection to %s:%d lost (%s); reconnecting", self.host, self.port, exc)
         delay = 0.05
         while not self._closed:
-            sock = None
             try:
                 sock = self._handshake()
-                self._resend(sock)
             except ProtocolError as retry_exc:
                 if retry_exc.code == ErrorCode.AUTH:
                     self._give_up(retry_exc)
                     return False
                 logger.warning("reconnecting to %s:%d: %s", self.host, self.port, retry_exc)
             except (OSError, FrameError) as retry_exc:
-                if sock is not None:
-                    sock.close()
                 logger.info("reconnecting to %s:%d: %s", self.host, self.port, retry_exc)
             else:
-                if not self._closed:
-                    self._connected.set()
-                    return True
-                self._drop_socket()
-                return False
+                return self._start_resend(sock)
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
         return False
 
-    def _resend(self, sock: socket.socket) -> None:
-        """Sends every request still waiting for its answer on the new connection, appends
-        marked RESEND; then the connection is the client's (the lock keeps new requests
-        after the resent ones)."""
-        with self._send_lock:
-            for pending in list(self._pending.values()):
-                frame = pending.frame
-                if pending.resend:  # an append: the server stores only what it lacks
-                    frame = frame[:5] + bytes([frame[5] | FLAG_RESEND]) + frame[6:]
-                sock.sendall(frame)
+    def _start_resend(self, sock: socket.socket) -> bool:
+        """Makes `sock` the client's connection and resends on it every request still waiting
+        for its answer (appends marked RESEND), from a thread of its own while this one reads
+        the answers: a server may answer (pending READs, say) before it reads on, and would
+        wait for us as we waited for it. The send lock stays taken until the resend is done
+        (the resending thread releases it), so that new requests follow the resent ones."""
+        self._send_lock.acquire()
+        try:
+            if self._closed:
+                sock.close()
+                return False
+            frames = [p.frame[:5] + bytes([p.frame[5] | FLAG_RESEND]) + p.frame[6:]
+                      if p.resend else p.frame for p in self._pending.values()]
             self._sock = sock
+            self._resender = threading.Thread(
+                target=self._resend, args=(sock, frames), name="fluxcore-client-resend",
+                daemon=True)
+            self._resender.start()
+        except BaseException:
+            self._send_lock.release()
+            raise
+        self._connected.set()
+        return True
+
+    def _resend(self, sock: socket.socket, frames: list[bytes]) -> None:
+        try:
+            for frame in frames:
+                sock.sendall(frame)
+        except OSError as exc:
+            # The reader sees this connection fail too, and connects again.
+            logger.info("resending to %s:%d failed: %s", self.host, self.port, exc)
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            self._send_lock.release()
 
     def _drop_socket(self) -> None:
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # ends a send blocked on it, which holds the lock
         with self._send_lock:
             sock, self._sock = self._sock, None
         if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.close()
+            sock.close()
 
     def _give_up(self, exc: BaseException) -> None:
         """No more connections: what waits gets `exc`, and so does every later request."""
@@ -698,6 +718,8 @@ class Client:
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
         self._reader.join(timeout=5)
+        if self._resender is not None:
+            self._resender.join(timeout=5)
         self._fail_pending(ConnectionLost("the client is closed"))
         for future in list(self._requests.values()):
             future.cancel()
