@@ -458,25 +458,6 @@ def type_hashes(Batch batch):
     return out
 
 
-def find_message_id(Batch batch, message_id):
-    """Position in `batch` of the message whose id is `message_id` (bytes), or -1."""
-    cdef const char *want
-    cdef Py_ssize_t want_len
-    cdef Py_ssize_t i
-    cdef const char *msg
-    cdef const msg_header_t *h
-    text_arg(message_id, &want, &want_len, 65535, "message id")
-    for i in range(len(batch)):
-        msg = batch.base + batch.off_ptr[i]
-        if batch.len_ptr[i] < MSG_HEADER_SIZE:
-            continue
-        h = <const msg_header_t *>msg
-        if h.message_id_len == want_len and memcmp(
-                msg + MSG_HEADER_SIZE + h.type_len, want, want_len) == 0:
-            return i
-    return -1
-
-
 cdef inline bint msg_id_of(const char *msg, Py_ssize_t size, const char **id_ptr,
                            Py_ssize_t *id_len) noexcept nogil:
     """The message id of a stored message of `size` bytes; False if it has no room for one."""

@@ -205,6 +205,16 @@ class AsyncClient:
             return
         if self._reconnecting is None or self._reconnecting.done():
             self._reconnecting = asyncio.get_running_loop().create_task(self._recover())
+            self._reconnecting.add_done_callback(self._recover_done)
+
+    def _recover_done(self, task: asyncio.Task[None]) -> None:
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            # A bug of ours, not a lost connection: nobody would answer the callers any more,
+            # so they get the error now and every later call fails at once.
+            logger.error("reconnecting to %s:%d failed", self.host, self.port, exc_info=exc)
+            self._gone = ConnectionLost(f"the client's reconnect failed: {exc!r}")
+            self._fail_pending(self._gone)
 
     async def _recover(self) -> None:
         """Reconnects with backoff and resends what was not answered, however often the new

@@ -1,5 +1,6 @@
 """The blocking client: one connection, a reader thread that routes answers to waiting callers,
-one thread per tracker, reconnection with backoff."""
+one thread per tracker, reconnection with backoff (the reader reconnects; a short-lived thread
+resends what was not answered while the reader goes on reading)."""
 
 from __future__ import annotations
 
