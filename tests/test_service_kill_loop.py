@@ -2,7 +2,7 @@
 and reconnects and resends by itself: every acknowledged message is in the log exactly once,
 at the index its ACK gave, and every publish completes in the end.
 
-Batches of 1 to 3,000 messages of 12 to 1,508 bytes cross the 1 MiB segment files; the
+Batches of 1 to 3,000 messages of 8 to 1,508 bytes cross the 1 MiB segment files; the
 server is killed while it takes appends, at a random moment after it starts (often while it
 opens its logs or takes the resends), and before it even listens."""
 
@@ -32,7 +32,7 @@ SEGMENT_FILE_SIZE = 1 << 20
 
 class Publisher:
     """publish_batch_async in a loop, at most IN_FLIGHT unacknowledged; each payload starts
-    with a tag (batch, message) that says which message it is."""
+    with an 8-byte tag (batch, message) that says which message it is."""
 
     def __init__(self, client: Client, seed: int) -> None:
         self.client = client
@@ -52,8 +52,8 @@ class Publisher:
             if not self.slots.acquire(timeout=0.1):
                 continue
             count = self.rng.randint(1, 3000)
-            tags = [b"%06d:%04d:" % (self.batches, i) for i in range(count)]
-            payloads = [t + b"x" * self.rng.randint(0, 1496) for t in tags]
+            tags = [struct.pack("<II", self.batches, i) for i in range(count)]
+            payloads = [t + b"x" * self.rng.randint(0, 1500) for t in tags]
             self.batches += 1
             with self.lock:
                 self.sent.update(zip(tags, payloads, strict=True))
@@ -161,7 +161,7 @@ def test_kill_9_loop_loses_no_acknowledged_message(tmp_path: Path, fsync: str) -
     assert len(files) > ROUNDS  # batches crossed many file rolls
     ids = {message_id for _, message_id, _ in stored}
     assert len(ids) == len(stored), f"{len(stored) - len(ids)} message ids are stored twice"
-    by_tag = {data[:12]: (index, data) for index, _, data in stored}
+    by_tag = {data[:8]: (index, data) for index, _, data in stored}
     assert len(by_tag) == len(stored), f"{len(stored) - len(by_tag)} messages stored twice"
     # Nothing but what was published, byte for byte: nothing torn or foreign is readable.
     foreign = [tag for tag, (_, data) in by_tag.items() if publisher.sent.get(tag) != data]
