@@ -13,6 +13,7 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -111,6 +112,7 @@ class FakeServer:
         self.acked: dict[int, list[int]] = {}  # request id -> indexes of its ACK
         self.held = 0  # appends received on the first connection, never answered
         self.behaviours: list[str] = []
+        self.accepted_at: list[float] = []  # time.monotonic() of each connection
         self.resent_appends = 0
         self._next_index = 1 << 40
         self._stop = False
@@ -133,6 +135,7 @@ class FakeServer:
                 conn, _ = self.listener.accept()
             except OSError:
                 return
+            self.accepted_at.append(time.monotonic())
             behaviour = script[min(number, len(script) - 1)]
             number += 1
             self.behaviours.append(behaviour)
@@ -238,6 +241,10 @@ def _batches() -> list[list[bytes]]:
 
 def _check(fake: FakeServer, results: list[np.ndarray]) -> None:
     assert fake.behaviours[: len(FAILURES) + 2] == ["hold", *FAILURES, "behave"]
+    # With backoff: connections that break at once do not start the waits afresh (0.05 s
+    # doubling to 2 s: about 11 s over these failures). A wait is never shorter than asked,
+    # and only a connection that lasted a second would start them afresh.
+    assert fake.accepted_at[len(FAILURES) + 1] - fake.accepted_at[1] > 2.5
     assert fake.resent_appends == BATCHES
     assert len(fake.stored) == BATCHES * BATCH_SIZE  # every message once
     got = sorted(tuple(int(i) for i in r) for r in results)

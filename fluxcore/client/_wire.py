@@ -63,6 +63,33 @@ class ConnectionLost(ConnectionError):
     """The connection to the server is gone and could not be made again."""
 
 
+class Backoff:
+    """The waits between attempts to connect again: none after a connection that had lasted
+    `stable_s`, then 0.05 s doubling up to 2 s. A connection that breaks sooner (a server that
+    drops each one after HELLO, say) does not start the series afresh: it goes on from where
+    it was, so that a failing server is not hammered."""
+
+    def __init__(self, first: float = 0.05, most: float = 2.0, stable_s: float = 1.0) -> None:
+        self.first = first
+        self.most = most
+        self.stable_s = stable_s
+        self._delay = 0.0
+        self._connected_at = time.monotonic()
+
+    def connected(self) -> None:
+        self._connected_at = time.monotonic()
+
+    def lost(self) -> None:
+        if time.monotonic() - self._connected_at >= self.stable_s:
+            self._delay = 0.0
+
+    def wait(self) -> float:
+        """Seconds to wait before the next attempt."""
+        delay = self._delay
+        self._delay = min(max(2 * delay, self.first), self.most)
+        return delay
+
+
 def parse_address(address: str) -> tuple[str, int]:
     """'host:port', 'tcp://host:port' or '[::1]:port'."""
     if "://" in address:

@@ -30,6 +30,7 @@ from fluxcore.protocol import (
 from ._wire import (
     FLAG_RESEND,
     Answers,
+    Backoff,
     BatchReply,
     Codec,
     ConnectionLost,
@@ -145,6 +146,7 @@ class AsyncClient:
         self._closed = False
         self._gone: BaseException | None = None  # why the client stopped reconnecting
         self._reconnecting: asyncio.Task[None] | None = None
+        self._backoff = Backoff()
         self._consumers: list[AsyncConsumer] = []
         self._requests: dict[int, asyncio.Future[Message]] = {}
         self._results: AsyncConsumer | None = None
@@ -220,9 +222,12 @@ class AsyncClient:
         """Reconnects with backoff and resends what was not answered, however often the new
         connections fail (to connect, during HELLO, during the resend: a connection lost
         after this task made it the client's starts a new one)."""
-        delay = 0.05
         logger.warning("connection to %s:%d lost; reconnecting", self.host, self.port)
+        self._backoff.lost()
         while not self._closed and self._protocol is None:
+            await asyncio.sleep(self._backoff.wait())
+            if self._closed:
+                return
             try:
                 protocol = await self._handshake()
             except ProtocolError as exc:
@@ -241,14 +246,13 @@ class AsyncClient:
                     return
                 # No await from the handshake's check to here: the transport is open.
                 self._protocol = protocol
+                self._backoff.connected()
                 for pending in list(self._pending.values()):
                     frame = pending.frame
                     if pending.resend:  # an append: the server stores only what it lacks
                         frame = frame[:5] + bytes([frame[5] | FLAG_RESEND]) + frame[6:]
                     transport.write(frame)
                 return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
 
     def _fail_pending(self, exc: BaseException) -> None:
         for request_id in list(self._pending):

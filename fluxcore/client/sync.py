@@ -33,6 +33,7 @@ from fluxcore.protocol import (
 from ._wire import (
     FLAG_RESEND,
     Answers,
+    Backoff,
     BatchReply,
     Codec,
     ConnectionLost,
@@ -106,6 +107,7 @@ class Client:
         self._closed = False
         self._gone: BaseException | None = None  # why the client stopped reconnecting
         self._resender: threading.Thread | None = None  # resends after a reconnect
+        self._backoff = Backoff()
         self._connected = threading.Event()
         self._sock: socket.socket | None = None
         self._consumers: list[Consumer] = []
@@ -220,8 +222,11 @@ class Client:
             self._give_up(ConnectionLost(str(exc)))
             return False
         logger.warning("connection to %s:%d lost (%s); reconnecting", self.host, self.port, exc)
-        delay = 0.05
+        self._backoff.lost()
         while not self._closed:
+            time.sleep(self._backoff.wait())
+            if self._closed:
+                return False
             try:
                 sock = self._handshake()
             except ProtocolError as retry_exc:
@@ -232,9 +237,8 @@ class Client:
             except (OSError, FrameError) as retry_exc:
                 logger.info("reconnecting to %s:%d: %s", self.host, self.port, retry_exc)
             else:
+                self._backoff.connected()
                 return self._start_resend(sock)
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
         return False
 
     def _start_resend(self, sock: socket.socket) -> bool:
