@@ -234,12 +234,13 @@ class Server:
                         self.tracker_gone(project, log_name, consumer, tracker_id, "purged")
 
 
-class RecentAppends(OrderedDict[bytes, tuple[int, int]]):
-    """A bounded map of first message id -> (first index, count); oldest out first."""
+class RecentAppends(OrderedDict[bytes, tuple[tuple[int, int], ...]]):
+    """A bounded map of first message id -> the ranges (first index, count) its messages
+    were stored in, as the ACK names them; oldest out first."""
 
     limit = 128  # more than a client keeps in flight; older resends are found in the log
 
-    def __setitem__(self, key: bytes, value: tuple[int, int]) -> None:
+    def __setitem__(self, key: bytes, value: tuple[tuple[int, int], ...]) -> None:
         super().__setitem__(key, value)
         if len(self) > self.limit:
             self.popitem(last=False)

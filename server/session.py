@@ -20,6 +20,8 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
+
 from fluxcore._ext import _proto
 from fluxcore._ext._log import max_payload_for
 from fluxcore.errors import LogFullError, RecordTooLargeError
@@ -579,18 +581,8 @@ class Session(asyncio.BufferedProtocol):
         name = log_name(message_type, topic)
         log = self.project.log(name)
         if flags & FLAG_RESEND and first_id is not None:
-            # The client lost its connection before it got our ack: if we stored this append
-            # already, ack it again instead of storing it twice.
-            stored = self.server.recent_appends(self.client_id).get(first_id)
-            if stored is None:  # not in memory (we restarted): look in the log itself
-                sent_ms = struct.unpack_from("<q", self._buf, int(offsets[0]) + 24)[0]
-                found = _find_stored(log, first_id, sent_ms)
-                if found is not None:
-                    stored = (found, len(offsets) - 1)
-            if stored is not None:
-                if guarantee == Guarantee.STORED:
-                    self.send(self._ack(request_id, *stored))
-                return
+            self._on_resend(request_id, guarantee, log, name, first_id, offsets, segments)
+            return
         indexes = log.append_buffer(self._buf, offsets, segments=segments)
         self.project.appended(name)
         stats = self.stats
@@ -602,12 +594,52 @@ class Session(asyncio.BufferedProtocol):
                 self.send(self._ack(request_id, 0, 0))
             return
         if first_id is not None:
-            self.server.recent_appends(self.client_id)[first_id] = (int(indexes[0]), len(indexes))
+            self.server.recent_appends(self.client_id)[first_id] = (
+                (int(indexes[0]), len(indexes)),)
         if guarantee != Guarantee.STORED:
             return
         ack = self._ack(request_id, int(indexes[0]), len(indexes))
         if self.config.fsync == "always":
             self._spawn_ack(self._ack_when_durable(log, int(indexes[-1]), request_id, ack))
+        else:
+            self.send(ack)
+
+    def _on_resend(self, request_id: int, guarantee: int, log: Any, name: str,
+                   first_id: bytes, offsets: Any, segments: Any) -> None:
+        """An APPEND sent before on a connection that was lost before its ACK came. We may
+        have stored all of it, none of it, or, if the server died in the middle of the append,
+        its first messages: the log does not make a batch all-or-nothing. So the log (or our
+        memory of this client's last appends) says which messages are stored, and only the
+        missing ones are appended, in order: every message ends up stored exactly once, and
+        the ACK names the index of each (one range per run of consecutive indexes).
+
+        Chosen over making an append all-or-nothing across a crash: that needs a mark on each
+        record, readers (in other processes too) that hold a batch back until its last record
+        is written, and a recovery that cuts a batch spread over several segment files. The
+        publisher, which alone knows where its batch ends, can settle it exactly at no cost
+        to appends that are not resent."""
+        assert self.project is not None
+        recent = self.server.recent_appends(self.client_id)
+        ranges = recent.get(first_id)
+        if ranges is None:  # not in memory (we restarted, or it is old): look in the log
+            sent_ms = struct.unpack_from("<q", self._buf, int(offsets[0]) + 24)[0]
+            found, stored = _stored_runs(log, self._buf, offsets, sent_ms)
+            if stored < len(offsets) - 1:
+                indexes = log.append_buffer(self._buf, offsets[stored:],
+                                            segments=segments[stored:])
+                self.project.appended(name)
+                self.stats.appends += 1
+                self.stats.messages_in += len(indexes)
+                self.stats.bytes_in += int(offsets[-1] - offsets[stored])
+                found.append((int(indexes[0]), len(indexes)))
+            ranges = recent[first_id] = tuple(found)
+        if guarantee != Guarantee.STORED:
+            return
+        body = b"".join(struct.pack("<QI", first, count) for first, count in ranges)
+        ack = _proto.frame_header(Op.ACK, request_id, len(body)) + body
+        if self.config.fsync == "always":  # also what this process stored before the loss
+            last = max(first + count - 1 for first, count in ranges)
+            self._spawn_ack(self._ack_when_durable(log, last, request_id, ack))
         else:
             self.send(ack)
 
@@ -895,19 +927,39 @@ class Session(asyncio.BufferedProtocol):
 RESEND_SEARCH_MS = 10_000  # clock skew between client and server tolerated by the search
 
 
-def _find_stored(log: Any, message_id: bytes, sent_ms: int) -> int | None:
-    """Index of the message `message_id` if the log has it: a scan from shortly before the
-    time the client says it sent it. Only resends after a restart of the server get here."""
+def _stored_runs(log: Any, buf: bytearray, offsets: Any, sent_ms: int
+                 ) -> tuple[list[tuple[int, int]], int]:
+    """Which messages of a resent APPEND (message i is buf[offsets[i]:offsets[i + 1]]) the
+    log has, found by message id from shortly before the time the client says it sent them.
+    An append stores a prefix of its messages and a resend appends what is missing after the
+    stored ones, so the stored ones are messages 0 to `stored` - 1, in log order, in one or
+    more runs. Returns ([(first index, count), ...] of those runs, stored)."""
+    total = len(offsets) - 1
+    runs: list[tuple[int, int]] = []
+    stored = 0
     after = max(((sent_ms - RESEND_SEARCH_MS) << 16) - 1, 0)
-    while True:
+    while stored < total:
         batch = log.read(after, max_count=65536)
-        if len(batch):
-            position = _proto.find_message_id(batch, message_id)
-            if position >= 0:
-                return int(batch.indexes[position])
-        elif batch.next_after == after:
-            return None
+        position = 0
+        while stored < total:
+            position, count = _proto.find_stored_run(batch, position, buf, offsets, stored)
+            if position < 0:
+                break
+            indexes = batch.indexes[position : position + count]
+            # Records next to each other in the log, yet stored by two appends (before and
+            # after a restart), do not have consecutive indexes: one range each.
+            for part in np.split(indexes, np.flatnonzero(np.diff(indexes) != 1) + 1):
+                first = int(part[0])
+                if runs and sum(runs[-1]) == first:  # a run that went on into this batch
+                    runs[-1] = (runs[-1][0], runs[-1][1] + len(part))
+                else:
+                    runs.append((first, len(part)))
+            stored += count
+            position += count
+        if not len(batch) and batch.next_after == after:
+            break  # the end of the log
         after = batch.next_after
+    return runs, stored
 
 
 _CONTROL: dict[int, Any] = {

@@ -37,6 +37,14 @@ class ServerProcess:
         self.output: list[str] = []
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
+        found = self.launch()
+        if not found.wait(timeout):
+            self.kill()
+            raise RuntimeError("server did not start:\n" + "".join(self.output))
+        return self
+
+    def launch(self) -> threading.Event:
+        """Starts the process without waiting; the event is set once it listens."""
         cmd = [sys.executable, "-m", "fluxcore", "serve", "--data", str(self.data_dir),
                "--port", str(self.port), *self.extra]
         if self.token is not None and "--tokens" not in self.extra:
@@ -59,10 +67,7 @@ class ServerProcess:
                     found.set()
 
         threading.Thread(target=pump, daemon=True).start()
-        if not found.wait(timeout):
-            self.kill()
-            raise RuntimeError("server did not start:\n" + "".join(self.output))
-        return self
+        return found
 
     @property
     def pid(self) -> int:

@@ -85,10 +85,10 @@ def test_handlers_per_payload_type(client: Client) -> None:
 class RawConnection:
     """Frames by hand, as a client in another language would send them."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, codec: Codec | None = None) -> None:
         host, port = address.rsplit(":", 1)
         self.sock = socket.create_connection((host, int(port)), timeout=30)
-        self.codec = Codec("raw-client", "raw", "public", TOKEN)
+        self.codec = codec or Codec("raw-client", "raw", "public", TOKEN)
         self.sock.sendall(self.codec.hello(1))
         op, _rid, body = self.read()
         assert op == Op.WELCOME, decode_control(body)

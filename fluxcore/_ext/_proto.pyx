@@ -458,23 +458,62 @@ def type_hashes(Batch batch):
     return out
 
 
-def find_message_id(Batch batch, message_id):
-    """Position in `batch` of the message whose id is `message_id` (bytes), or -1."""
+cdef inline bint msg_id_of(const char *msg, Py_ssize_t size, const char **id_ptr,
+                           Py_ssize_t *id_len) noexcept nogil:
+    """The message id of a stored message of `size` bytes; False if it has no room for one."""
+    cdef const msg_header_t *h = <const msg_header_t *>msg
+    if size < MSG_HEADER_SIZE or MSG_HEADER_SIZE + h.type_len + h.message_id_len > size:
+        return False
+    id_ptr[0] = msg + MSG_HEADER_SIZE + h.type_len
+    id_len[0] = h.message_id_len
+    return True
+
+
+def find_stored_run(Batch batch, Py_ssize_t start, buffer, const int64_t[::1] offsets,
+                    Py_ssize_t first):
+    """Looks in `batch`, from record `start` on, for message `first` of an APPEND (message i
+    is buffer[offsets[i]:offsets[i + 1]], as append_parse bounds it), by message id. Returns
+    (position, count): the record that holds it, and how many records from there hold the
+    messages first, first + 1, ... in that order; (-1, 0) if it is not in the batch."""
+    cdef Py_buffer view
+    cdef const char *p
     cdef const char *want
-    cdef Py_ssize_t want_len
-    cdef Py_ssize_t i
-    cdef const char *msg
-    cdef const msg_header_t *h
-    text_arg(message_id, &want, &want_len, 65535, "message id")
-    for i in range(len(batch)):
-        msg = batch.base + batch.off_ptr[i]
-        if batch.len_ptr[i] < MSG_HEADER_SIZE:
-            continue
-        h = <const msg_header_t *>msg
-        if h.message_id_len == want_len and memcmp(
-                msg + MSG_HEADER_SIZE + h.type_len, want, want_len) == 0:
-            return i
-    return -1
+    cdef const char *have
+    cdef Py_ssize_t want_len, have_len, i, n = len(batch), total = offsets.shape[0] - 1
+    cdef Py_ssize_t position = -1, count = 0
+    if first < 0 or first >= total or start < 0:
+        raise ValueError("message or record position out of range")
+    PyObject_GetBuffer(buffer, &view, PyBUF_ANY_CONTIGUOUS)
+    try:
+        if offsets[0] < 0 or offsets[total] > view.len:
+            raise ValueError("offsets outside the buffer")
+        p = <const char *>view.buf
+        if not msg_id_of(p + offsets[first], offsets[first + 1] - offsets[first],
+                         &want, &want_len):
+            raise FrameError(f"message {first} has no room for its message id")
+        for i in range(start, n):
+            if (msg_id_of(batch.base + batch.off_ptr[i], batch.len_ptr[i], &have, &have_len)
+                    and have_len == want_len and memcmp(have, want, want_len) == 0):
+                position = i
+                break
+        if position < 0:
+            return -1, 0
+        count = 1
+        i = position + 1
+        while i < n and first + count < total:
+            if not msg_id_of(p + offsets[first + count],
+                             offsets[first + count + 1] - offsets[first + count],
+                             &want, &want_len):
+                break
+            if not (msg_id_of(batch.base + batch.off_ptr[i], batch.len_ptr[i], &have,
+                              &have_len)
+                    and have_len == want_len and memcmp(have, want, want_len) == 0):
+                break
+            count += 1
+            i += 1
+        return position, count
+    finally:
+        PyBuffer_Release(&view)
 
 
 def record_targets(Batch batch):

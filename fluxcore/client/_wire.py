@@ -69,6 +69,33 @@ class ConnectionLost(ConnectionError):
     """The connection to the server is gone and could not be made again."""
 
 
+class Backoff:
+    """The waits between attempts to connect again: none after a connection that had lasted
+    `stable_s`, then 0.05 s doubling up to 2 s. A connection that breaks sooner (a server that
+    drops each one after HELLO, say) does not start the series afresh: it goes on from where
+    it was, so that a failing server is not hammered."""
+
+    def __init__(self, first: float = 0.05, most: float = 2.0, stable_s: float = 1.0) -> None:
+        self.first = first
+        self.most = most
+        self.stable_s = stable_s
+        self._delay = 0.0
+        self._connected_at = time.monotonic()
+
+    def connected(self) -> None:
+        self._connected_at = time.monotonic()
+
+    def lost(self) -> None:
+        if time.monotonic() - self._connected_at >= self.stable_s:
+            self._delay = 0.0
+
+    def wait(self) -> float:
+        """Seconds to wait before the next attempt."""
+        delay = self._delay
+        self._delay = min(max(2 * delay, self.first), self.most)
+        return delay
+
+
 def parse_address(address: str) -> tuple[str, int]:
     """'host:port', 'tcp://host:port' or '[::1]:port'."""
     if "://" in address:
@@ -198,9 +225,21 @@ def raise_for(op: int, body: bytes) -> None:
         raise kind(code, str(err.get("message", "")))
 
 
-def parse_ack(body: bytes) -> tuple[int, int]:
-    first, count = struct.unpack("<QI", body[:12])
-    return int(first), int(count)
+_ACK_RANGE = np.dtype([("first", "<u8"), ("count", "<u4")])
+
+
+def ack_indexes(body: bytes) -> npt.NDArray[np.uint64]:
+    """The index of each message of an acknowledged APPEND, in the order they were sent. An
+    ACK is one or more ranges (u64 first index, u32 count); more than one only for a resent
+    batch that the server had stored in part before it died (docs/protocol.md)."""
+    if len(body) == 12:
+        first, count = struct.unpack("<QI", body)
+        return np.arange(first, first + count, dtype=np.uint64)
+    if not body or len(body) % 12:
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"an ACK of {len(body)} bytes is not a "
+                            "whole number of 12-byte ranges")
+    return np.concatenate([np.arange(int(first), int(first) + int(count), dtype=np.uint64)
+                           for first, count in np.frombuffer(body, dtype=_ACK_RANGE)])
 
 
 class Codec:
@@ -394,10 +433,6 @@ def fail_requests(requests: dict[int, Any], exc: BaseException) -> None:
         future: Settleable | None = requests.pop(number, None)
         if future is not None and not future.done():
             future.set_exception(exc)
-
-
-def indexes_of(first: int, count: int) -> npt.NDArray[np.uint64]:
-    return np.arange(first, first + count, dtype=np.uint64)
 
 
 def start_index(ms_ago: int) -> int:

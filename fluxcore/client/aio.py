@@ -19,6 +19,7 @@ from fluxcore._ext import _proto
 from fluxcore._ext._proto import Message
 from fluxcore.protocol import (
     DEFAULT_MAX_FRAME,
+    ErrorCode,
     FrameError,
     Guarantee,
     MessageType,
@@ -30,6 +31,7 @@ from fluxcore.protocol import (
 from ._wire import (
     FLAG_RESEND,
     Answers,
+    Backoff,
     BatchReply,
     Codec,
     ConnectionLost,
@@ -38,12 +40,11 @@ from ._wire import (
     Relationship,
     Scheduled,
     TrackerCursor,
+    ack_indexes,
     dispatcher,
     fail_requests,
-    indexes_of,
     log_request,
     new_client_id,
-    parse_ack,
     parse_address,
     raise_for,
     relationship_lists,
@@ -92,7 +93,10 @@ class _Protocol(asyncio.Protocol):
         self.client = client
         self.transport: asyncio.Transport | None = None
         self._buf = bytearray()
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.lost: asyncio.Future[None] = loop.create_future()
+        # The answer to HELLO: the first frame, or the error if the connection ends first.
+        self.welcome: asyncio.Future[Reply] = loop.create_future()
         self._writable = asyncio.Event()
         self._writable.set()
 
@@ -110,6 +114,9 @@ class _Protocol(asyncio.Protocol):
                 self.transport.close()
             return
         for op, _flags, request_id, start, end in frames:
+            if not self.welcome.done():
+                self.welcome.set_result((op, bytes(buf[start:end])))
+                continue
             self.client._deliver(op, request_id, bytes(buf[start:end]))
         del buf[:consumed]
 
@@ -117,6 +124,9 @@ class _Protocol(asyncio.Protocol):
         self._writable.set()
         if not self.lost.done():
             self.lost.set_result(None)
+        if not self.welcome.done():
+            self.welcome.set_exception(
+                exc or ConnectionResetError("the server closed the connection during HELLO"))
         self.client._connection_lost(self, exc)
 
     def pause_writing(self) -> None:
@@ -146,7 +156,9 @@ class AsyncClient(AsyncSearchMethods):
         self._protocol: _Protocol | None = None
         self._pending: dict[int, _Pending] = {}
         self._closed = False
+        self._gone: BaseException | None = None  # why the client stopped reconnecting
         self._reconnecting: asyncio.Task[None] | None = None
+        self._backoff = Backoff()
         self._consumers: list[AsyncConsumer] = []
         self._requests: dict[int, asyncio.Future[Message]] = {}
         self._results: AsyncResultReader | None = None
@@ -169,20 +181,28 @@ class AsyncClient(AsyncSearchMethods):
     # -- connection --------------------------------------------------------------------------
 
     async def _open(self) -> None:
+        self._protocol = await self._handshake()
+
+    async def _handshake(self) -> _Protocol:
+        """A new connection that said HELLO and got WELCOME, and is still open."""
         loop = asyncio.get_running_loop()
         transport, protocol = await asyncio.wait_for(
             loop.create_connection(lambda: _Protocol(self), self.host, self.port, ssl=self._tls),
             self._connect_timeout)
-        future: asyncio.Future[Reply] = loop.create_future()
-        self._pending[0] = _Pending(b"", False, future)
-        transport.write(self._codec.hello(0))
         try:
-            op, body = await asyncio.wait_for(future, self._connect_timeout)
+            transport.write(self._codec.hello(0))
+            op, body = await asyncio.wait_for(protocol.welcome, self._connect_timeout)
             raise_for(op, body)
+            if op != Op.WELCOME:
+                raise ProtocolError(ErrorCode.BAD_FRAME, f"expected WELCOME, got op {op}")
+            if transport.is_closing():
+                # Lost after WELCOME, before we got here: its connection_lost, if it came,
+                # was not for the client's connection and went unheeded.
+                raise ConnectionResetError("the server closed the connection after WELCOME")
         except BaseException:
             transport.close()
             raise
-        self._protocol = protocol
+        return protocol
 
     def _deliver(self, op: int, request_id: int, body: bytes) -> None:
         if op == Op.PING:  # the server checks that we are still there
@@ -207,37 +227,57 @@ class AsyncClient(AsyncSearchMethods):
             return
         self._protocol = None
         if not self._reconnect:
-            self._fail_pending(ConnectionLost(str(exc or "connection closed")))
+            self._gone = ConnectionLost(str(exc or "connection closed"))
+            self._fail_pending(self._gone)
             return
         if self._reconnecting is None or self._reconnecting.done():
             self._reconnecting = asyncio.get_running_loop().create_task(self._recover())
+            self._reconnecting.add_done_callback(self._recover_done)
+
+    def _recover_done(self, task: asyncio.Task[None]) -> None:
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            # A bug of ours, not a lost connection: nobody would answer the callers any more,
+            # so they get the error now and every later call fails at once.
+            logger.error("reconnecting to %s:%d failed", self.host, self.port, exc_info=exc)
+            self._gone = ConnectionLost(f"the client's reconnect failed: {exc!r}")
+            self._fail_pending(self._gone)
 
     async def _recover(self) -> None:
-        delay = 0.05
+        """Reconnects with backoff and resends what was not answered, however often the new
+        connections fail (to connect, during HELLO, during the resend: a connection lost
+        after this task made it the client's starts a new one)."""
         logger.warning("connection to %s:%d lost; reconnecting", self.host, self.port)
-        while not self._closed:
-            handshake = self._pending.pop(0, None)
+        self._backoff.lost()
+        while not self._closed and self._protocol is None:
+            await asyncio.sleep(self._backoff.wait())
+            if self._closed:
+                return
             try:
-                await self._open()
-            except (TimeoutError, OSError, ProtocolError) as exc:
-                if isinstance(exc, ProtocolError) and exc.code == "auth":
+                protocol = await self._handshake()
+            except ProtocolError as exc:
+                if exc.code == ErrorCode.AUTH:
+                    self._gone = exc
                     self._fail_pending(exc)
                     return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            finally:
-                if handshake is not None:
-                    self._pending.setdefault(0, handshake)
-            protocol = self._protocol
-            assert protocol is not None and protocol.transport is not None
-            for pending in list(self._pending.values()):
-                frame = pending.frame
-                if pending.resend:
-                    frame = frame[:5] + bytes([frame[5] | FLAG_RESEND]) + frame[6:]
-                if frame:
-                    protocol.transport.write(frame)
-            return
+                logger.warning("reconnecting to %s:%d: %s", self.host, self.port, exc)
+            except (TimeoutError, OSError, FrameError) as exc:
+                logger.info("reconnecting to %s:%d: %s", self.host, self.port, exc)
+            else:
+                transport = protocol.transport
+                assert transport is not None
+                if self._closed:
+                    transport.close()
+                    return
+                # No await from the handshake's check to here: the transport is open.
+                self._protocol = protocol
+                self._backoff.connected()
+                for pending in list(self._pending.values()):
+                    frame = pending.frame
+                    if pending.resend:  # an append: the server stores only what it lacks
+                        frame = frame[:5] + bytes([frame[5] | FLAG_RESEND]) + frame[6:]
+                    transport.write(frame)
+                return
 
     def _fail_pending(self, exc: BaseException) -> None:
         for request_id in list(self._pending):
@@ -252,14 +292,15 @@ class AsyncClient(AsyncSearchMethods):
         first, and is not resent after a reconnect."""
         future = self._write(frame_of, answer, append, prefix)
         protocol = self._protocol
-        if protocol is not None:
+        if (protocol is not None and protocol.transport is not None
+                and not protocol.transport.is_closing()):
             await protocol.drain()  # backpressure: wait while the socket buffer is full
         return future
 
     def _write(self, frame_of: Callable[[int], bytes], answer: bool, append: bool = False,
                prefix: bytes = b"") -> asyncio.Future[Reply] | None:
-        if self._closed:
-            raise ConnectionLost("the client is closed")
+        if self._closed or self._gone is not None:
+            raise ConnectionLost("the client is closed" if self._closed else str(self._gone))
         # The owed READ of results goes last: the frames before it (a request, a handler's
         # results) are what someone waits for; the READ only has to be there before the
         # result it reads can come.
@@ -271,7 +312,10 @@ class AsyncClient(AsyncSearchMethods):
             future = asyncio.get_running_loop().create_future()
             self._pending[request_id] = _Pending(frame, append, future)
         protocol = self._protocol
-        if protocol is not None and protocol.transport is not None:
+        # A closing transport is about to be reported lost: what waits for an answer is
+        # resent on the next connection (uvloop refuses a write to a closed transport).
+        if (protocol is not None and protocol.transport is not None
+                and not protocol.transport.is_closing()):
             protocol.transport.write(prefix + frame + owed if prefix or owed else frame)
         elif not self._reconnect:
             raise ConnectionLost("not connected")
@@ -354,7 +398,7 @@ class AsyncClient(AsyncSearchMethods):
             try:
                 op, body = f.result()
                 raise_for(op, body)
-                out.set_result(indexes_of(*parse_ack(body)))
+                out.set_result(ack_indexes(body))
             except Exception as exc:  # noqa: BLE001 - handed to whoever awaits `out`
                 out.set_exception(exc)
 

@@ -1,5 +1,6 @@
 """The blocking client: one connection, a reader thread that routes answers to waiting callers,
-one thread per tracker, reconnection with backoff."""
+one thread per tracker, reconnection with backoff (the reader reconnects; a short-lived thread
+resends what was not answered while the reader goes on reading)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from fluxcore._ext import _proto
 from fluxcore._ext._proto import Message
 from fluxcore.protocol import (
     DEFAULT_MAX_FRAME,
+    ErrorCode,
     FrameError,
     Guarantee,
     MessageType,
@@ -32,6 +34,7 @@ from fluxcore.protocol import (
 from ._wire import (
     FLAG_RESEND,
     Answers,
+    Backoff,
     BatchReply,
     Codec,
     ConnectionLost,
@@ -42,12 +45,11 @@ from ._wire import (
     Scheduled,
     TrackerCursor,
     WebResponse,
+    ack_indexes,
     dispatcher,
     fail_requests,
-    indexes_of,
     log_request,
     new_client_id,
-    parse_ack,
     parse_address,
     raise_for,
     relationship_lists,
@@ -155,6 +157,9 @@ class Client(SearchMethods):
         self._send_lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}
         self._closed = False
+        self._gone: BaseException | None = None  # why the client stopped reconnecting
+        self._resender: threading.Thread | None = None  # resends after a reconnect
+        self._backoff = Backoff()
         self._connected = threading.Event()
         self._sock: socket.socket | None = None
         self._consumers: list[Consumer] = []
@@ -182,11 +187,16 @@ class Client(SearchMethods):
     # -- connection --------------------------------------------------------------------------
 
     def _open_connection(self) -> None:
+        self._sock = self._handshake()
+        self._connected.set()
+
+    def _handshake(self) -> socket.socket:
+        """A new connection that said HELLO and got WELCOME."""
         sock = socket.create_connection((self.host, self.port), timeout=self._connect_timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._tls is not None:
-            sock = self._tls.wrap_socket(sock, server_hostname=self.host)
         try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls is not None:
+                sock = self._tls.wrap_socket(sock, server_hostname=self.host)
             sock.sendall(self._codec.hello(0))
             op, body = self._read_one(sock)
             raise_for(op, body)
@@ -196,8 +206,7 @@ class Client(SearchMethods):
             sock.close()
             raise
         sock.settimeout(None)
-        self._sock = sock
-        self._connected.set()
+        return sock
 
     @staticmethod
     def _read_one(sock: socket.socket) -> Reply:
@@ -208,12 +217,22 @@ class Client(SearchMethods):
         return header[4], _recv_exactly(sock, length - 8)
 
     def _read_loop(self) -> None:
+        try:
+            self._read_frames()
+        except Exception as exc:
+            # A bug of ours, not a lost connection: nobody would answer the callers any more,
+            # so they get the error now and every later call fails at once.
+            logger.exception("the reader of %s:%d failed", self.host, self.port)
+            self._give_up(ConnectionLost(f"the client's reader failed: {exc!r}"))
+
+    def _read_frames(self) -> None:
         buf = bytearray(1 << 20)
         start = end = 0
         while not self._closed:
             sock = self._sock
             try:
-                assert sock is not None
+                if sock is None:
+                    raise ConnectionResetError("not connected")
                 if end == len(buf):
                     if start:
                         buf[: end - start] = buf[start:end]
@@ -274,35 +293,84 @@ class Client(SearchMethods):
             self._send_lock.release()
 
     def _recover(self, exc: BaseException) -> bool:
-        """Reconnects with backoff and resends what was not answered; False if closed."""
+        """Reconnects with backoff and resends what was not answered, however often the new
+        connections fail (to connect, during HELLO, during the resend); False if the client
+        closed, or gave up (no `reconnect`, or the server refused the token)."""
         self._connected.clear()
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.close()
+        self._drop_socket()
         if not self._reconnect:
-            self._fail_pending(ConnectionLost(str(exc)))
+            self._give_up(ConnectionLost(str(exc)))
             return False
         logger.warning("connection to %s:%d lost (%s); reconnecting", self.host, self.port, exc)
-        delay = 0.05
+        self._backoff.lost()
         while not self._closed:
+            time.sleep(self._backoff.wait())
+            if self._closed:
+                return False
             try:
-                self._open_connection()
-            except (OSError, ProtocolError) as retry_exc:
-                if isinstance(retry_exc, ProtocolError) and retry_exc.code == "auth":
-                    self._fail_pending(retry_exc)
+                sock = self._handshake()
+            except ProtocolError as retry_exc:
+                if retry_exc.code == ErrorCode.AUTH:
+                    self._give_up(retry_exc)
                     return False
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            with self._send_lock:
-                assert self._sock is not None
-                for pending in list(self._pending.values()):
-                    frame = pending.frame
-                    if pending.resend:  # an append: the server acks it again if it has it
-                        frame = frame[:5] + bytes([frame[5] | FLAG_RESEND]) + frame[6:]
-                    self._sock.sendall(frame)
-            return True
+                logger.warning("reconnecting to %s:%d: %s", self.host, self.port, retry_exc)
+            except (OSError, FrameError) as retry_exc:
+                logger.info("reconnecting to %s:%d: %s", self.host, self.port, retry_exc)
+            else:
+                self._backoff.connected()
+                return self._start_resend(sock)
         return False
+
+    def _start_resend(self, sock: socket.socket) -> bool:
+        """Makes `sock` the client's connection and resends on it every request still waiting
+        for its answer (appends marked RESEND), from a thread of its own while this one reads
+        the answers: a server may answer (pending READs, say) before it reads on, and would
+        wait for us as we waited for it. The send lock stays taken until the resend is done
+        (the resending thread releases it), so that new requests follow the resent ones."""
+        self._send_lock.acquire()
+        try:
+            if self._closed:
+                sock.close()
+                return False
+            frames = [p.frame[:5] + bytes([p.frame[5] | FLAG_RESEND]) + p.frame[6:]
+                      if p.resend else p.frame for p in self._pending.values()]
+            self._sock = sock
+            self._resender = threading.Thread(
+                target=self._resend, args=(sock, frames), name="fluxcore-client-resend",
+                daemon=True)
+            self._resender.start()
+        except BaseException:
+            self._send_lock.release()
+            raise
+        self._connected.set()
+        return True
+
+    def _resend(self, sock: socket.socket, frames: list[bytes]) -> None:
+        try:
+            for frame in frames:
+                sock.sendall(frame)
+        except OSError as exc:
+            # The reader sees this connection fail too, and connects again.
+            logger.info("resending to %s:%d failed: %s", self.host, self.port, exc)
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            self._send_lock.release()
+
+    def _drop_socket(self) -> None:
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # ends a send blocked on it, which holds the lock
+        with self._send_lock:
+            sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def _give_up(self, exc: BaseException) -> None:
+        """No more connections: what waits gets `exc`, and so does every later request."""
+        self._gone = exc
+        self._fail_pending(exc)
 
     def _fail_pending(self, exc: BaseException) -> None:
         for request_id in list(self._pending):
@@ -315,8 +383,8 @@ class Client(SearchMethods):
         """Sends the frame built for a fresh request id; returns the future of its answer.
         `prefix` (ready-made frames, say a handler's results) goes out in the same write,
         first, and is not resent after a reconnect."""
-        if self._closed:
-            raise ConnectionLost("the client is closed")
+        if self._closed or self._gone is not None:
+            raise ConnectionLost("the client is closed" if self._closed else str(self._gone))
         with self._send_lock:
             pending = self._write(frame_of, answer, append, prefix)
         if self._owed is not None:
@@ -456,7 +524,7 @@ class Client(SearchMethods):
             try:
                 op, body = f.result()
                 raise_for(op, body)
-                out.set_result(indexes_of(*parse_ack(body)))
+                out.set_result(ack_indexes(body))
             except Exception as exc:  # noqa: BLE001 - handed to whoever waits on `out`
                 out.set_exception(exc)
 
@@ -794,11 +862,14 @@ class Client(SearchMethods):
         with contextlib.suppress(concurrent.futures.TimeoutError):
             self.flush(timeout=5)
         self._closed = True
-        if self._sock is not None:
+        sock = self._sock
+        if sock is not None:
             with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
-            self._sock.close()
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
         self._reader.join(timeout=5)
+        if self._resender is not None:
+            self._resender.join(timeout=5)
         self._fail_pending(ConnectionLost("the client is closed"))
         for number in list(self._requests):
             future = self._requests.pop(number, None)
