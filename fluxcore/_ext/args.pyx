@@ -61,6 +61,6 @@ cdef int get_contiguous(object obj, Py_buffer *view, str name) except -1:
     (a strided memoryview or array)."""
     try:
         PyObject_GetBuffer(obj, view, PyBUF_ANY_CONTIGUOUS)
-    except BufferError as exc:
+    except (BufferError, ValueError) as exc:  # numpy says ValueError
         raise ValueError(f"{name} must be a contiguous buffer ({exc})") from None
     return 0
