@@ -67,7 +67,7 @@ def _int_arg(value: object, name: str, lo: int, hi: int = (1 << 64) - 1) -> int:
     __index__, never a float, str or bool), ValueError naming `name` if out of range."""
     if isinstance(value, bool) or not hasattr(type(value), "__index__"):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    number = operator.index(value)  # type: ignore[call-overload]
+    number = operator.index(value)  # type: ignore[arg-type]
     if not lo <= number <= hi:
         raise ValueError(f"{name} must be in {lo}..{hi}, not {number}")
     return number
@@ -235,7 +235,8 @@ class Log(LogCore):
     def _open_file(self, first_index: int, writable: bool) -> SegmentFile:
         file_path = os.path.join(self.path, _file_name(first_index))
         fd = os.open(file_path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
-        return segment_file_open(file_path, fd, writable, first_index)  # owns fd from here on, even on error
+        # The SegmentFile owns fd from here on, even when it raises.
+        return segment_file_open(file_path, fd, writable, first_index)
 
     def _map(self, pos: int) -> SegmentFile | None:
         """Maps the file at list position `pos` on first use (read-only); None if it is gone."""
