@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -536,3 +537,47 @@ def test_verify_false_is_the_opt_out(tmp_path, closed_log):
         assert raw[5][0] == index and raw[5][1] != payload
         with pytest.raises(fluxcore.CorruptLogError):
             list(log.tail(after=0, timeout=0))
+
+
+def test_service_never_delivers_a_damaged_record(tmp_path, caplog):
+    """The server reads with CRC checks too: a consumer gets the records before a damaged one,
+    never the damaged bytes, and its reads fail with `unavailable` naming the file; requests
+    by index fail the same way, and the server goes on serving."""
+    from fluxcore.client import Client, MessageType
+
+    from .service_harness import TOKEN, ServerProcess
+
+    data = tmp_path / "data"
+    payloads = [b"event %04d " % k + bytes(range(64)) for k in range(40)]
+    server = ServerProcess(data).start()
+    try:
+        with Client.connect(server.address, token=TOKEN, name="t") as client:
+            client.publish_batch(MessageType.EVENT, payloads, type="E")
+    finally:
+        assert server.stop() == 0
+    damaged = [f for f in data.rglob("*.seg") if payloads[20] in f.read_bytes()]
+    assert len(damaged) == 1
+    offset = damaged[0].read_bytes().index(payloads[20]) + 3
+    xor_byte(damaged[0], offset)
+
+    server = ServerProcess(data).start()
+    try:
+        with Client.connect(server.address, token=TOKEN, name="t") as client:
+            got: list[bytes] = []
+            with caplog.at_level("ERROR", logger="fluxcore.client"):
+                consumer = client.consume("c", MessageType.EVENT, lambda m: got.append(m.data),
+                                          from_index=0, max_size=8)
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and not any(
+                        damaged[0].name in r.getMessage() for r in caplog.records):
+                    time.sleep(0.05)
+                consumer.stop()
+            failures = [r.getMessage() for r in caplog.records if "read failed" in r.getMessage()]
+            assert failures and "unavailable" in failures[0], failures
+            assert damaged[0].name in failures[0], failures
+            assert got == payloads[: len(got)] and len(got) <= 20, "damaged bytes were delivered"
+            with pytest.raises(Exception, match=damaged[0].name):
+                client.read_from_index(MessageType.EVENT, 0, max_size=100)
+            client.ping()
+    finally:
+        assert server.stop() == 0
