@@ -388,7 +388,7 @@ class Log(LogCore):
     def find(self, index: int) -> int | None:
         """The first index >= `index` present in the log, or None."""
         self._check_open()
-        index = _int_arg(index, "index", 0, 1 << 64)
+        index = _int_arg(index, "index", -(1 << 64), 1 << 64)  # at or below 0: the first
         after = max(index, 1) - 1
         while True:
             batch = self.read(after, max_count=1)
@@ -400,7 +400,8 @@ class Log(LogCore):
 
     def find_time(self, ms: int) -> int | None:
         """Index of the first record with a timestamp (index >> 16) at or after `ms`, or None."""
-        return self.find(_int_arg(ms, "ms", 0, (1 << 48) - 1) << 16)
+        ms = _int_arg(ms, "ms", -(1 << 64), (1 << 48) - 1)  # before 1970: the first record
+        return self.find(max(ms, 0) << 16)
 
     def wait(self, after: int, timeout: float | None = 1.0) -> bool:
         """Waits until a record with index > `after` exists; False at the timeout.

@@ -537,6 +537,10 @@ def test_verify_false_is_the_opt_out(tmp_path, closed_log):
         assert raw[5][0] == index and raw[5][1] != payload
         with pytest.raises(fluxcore.CorruptLogError):
             list(log.tail(after=0, timeout=0))
+        raw_tail = [p for b in log.tail(after=0, timeout=0, verify=False) for _, p in b]
+        assert len(raw_tail) == len(written) and raw_tail[5] != payload
+        with pytest.raises(fluxcore.CorruptLogError):
+            log.find(index)
 
 
 def test_service_never_delivers_a_damaged_record(tmp_path, caplog):

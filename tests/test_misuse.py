@@ -405,14 +405,18 @@ OUT_OF_RANGE = {
     "append index=2**64": ("index", lambda lg: lg.append(b"x", index=2**64)),
     "append index=-1": ("index", lambda lg: lg.append(b"x", index=-1)),
     "find_time 2**60": ("ms", lambda lg: lg.find_time(2**60)),
-    "find_time -1": ("ms", lambda lg: lg.find_time(-1)),
-    "find -1": ("index", lambda lg: lg.find(-1)),
     "find 2**65": ("index", lambda lg: lg.find(2**65)),
     "wait after=-1": ("after", lambda lg: lg.wait(-1, timeout=0)),
     "wait after=2**64": ("after", lambda lg: lg.wait(2**64, timeout=0)),
     "tail after=-5": ("after", lambda lg: lg.tail(after=-5, timeout=0)),
     "tail max_count=0": ("max_count", lambda lg: lg.tail(max_count=0, timeout=0)),
 }
+
+
+def test_find_before_the_first_record(log):
+    i = log.append(b"x")
+    assert log.find(-1) == log.find(0) == i
+    assert log.find_time(-1) == log.find_time(0) == i
 
 
 @pytest.mark.parametrize("case", list(OUT_OF_RANGE))
