@@ -527,12 +527,14 @@ def test_verify_false_is_the_opt_out(tmp_path, closed_log):
     off = record_offset(first, index, len(payload))
     xor_byte(first, off + REC_HEADER + 10)
     with fluxcore.Log(path, readonly=True) as log:
+        # the records before the damaged one read as usual; the read that reaches it raises
+        b = log.read(after=0)
+        assert [(int(i), p) for i, p in b] == written[:5]
         with pytest.raises(fluxcore.CorruptLogError) as ei:
-            log.read(after=0)
+            log.read(after=b.next_after)
         assert_names(ei.value, first, off)
-        assert [int(i) for i in log.read(after=0, max_count=5).indexes] == [
-            i for i, _ in written[:5]
-        ]
+        with pytest.raises(fluxcore.CorruptLogError):
+            log.read(after=written[4][0], max_count=10, segments=(0, 1))
         raw = log.read(after=0, verify=False)
         assert raw[5][0] == index and raw[5][1] != payload
         with pytest.raises(fluxcore.CorruptLogError):
@@ -548,6 +550,7 @@ def test_service_never_delivers_a_damaged_record(tmp_path, caplog):
     never the damaged bytes, and its reads fail with `unavailable` naming the file; requests
     by index fail the same way, and the server goes on serving."""
     from fluxcore.client import Client, MessageType
+    from fluxcore.protocol import ProtocolError
 
     from .service_harness import TOKEN, ServerProcess
 
@@ -579,9 +582,12 @@ def test_service_never_delivers_a_damaged_record(tmp_path, caplog):
             failures = [r.getMessage() for r in caplog.records if "read failed" in r.getMessage()]
             assert failures and "unavailable" in failures[0], failures
             assert damaged[0].name in failures[0], failures
-            assert got == payloads[: len(got)] and len(got) <= 20, "damaged bytes were delivered"
-            with pytest.raises(Exception, match=damaged[0].name):
-                client.read_from_index(MessageType.EVENT, 0, max_size=100)
+            assert got == payloads[:20], "damaged bytes delivered, or records before them not"
+            before = client.read_from_index(MessageType.EVENT, 0, max_size=100)
+            assert [m.data for m in before] == payloads[:20]
+            with pytest.raises(ProtocolError, match=damaged[0].name) as ei:
+                client.read_from_index(MessageType.EVENT, before[-1].index + 1, max_size=100)
+            assert ei.value.code == "unavailable"
             client.ping()
     finally:
         assert server.stop() == 0

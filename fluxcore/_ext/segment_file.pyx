@@ -57,6 +57,20 @@ cdef enum:
     HDR_COMMITTED_END = 88
 
 
+cdef Py_ssize_t keep_before(uint64_t bad, Py_ssize_t count, const int64_t *out_off,
+                            const uint64_t *out_idx, uint64_t *offset_io,
+                            uint64_t *last_scanned) noexcept nogil:
+    """A read met a damaged record at `bad`: keeps the records collected before it (the next
+    read starts at `bad` and reports it), or -1 if there are none."""
+    while count > 0 and <uint64_t>out_off[count - 1] > bad:
+        count -= 1
+    offset_io[0] = bad
+    if count == 0:
+        return -1
+    last_scanned[0] = out_idx[count - 1]
+    return count
+
+
 cdef int write_fully(int fd, iovec *iov, int count, uint64_t off, uint64_t total,
                      int *error) noexcept nogil:
     """pwritev until `total` bytes are written (a write may be short); -1 and *error else."""
@@ -408,10 +422,10 @@ cdef class SegmentFile:
             self, uint64_t *offset_io, Py_ssize_t max_count, uint64_t max_bytes,
             int seg_lo, int seg_hi, bint verify, int64_t *out_off, int64_t *out_len,
             uint64_t *out_idx, uint8_t *out_seg, uint64_t *last_scanned) noexcept nogil:
-        """Collects records from *offset_io on; returns the count, or -1 at a damaged record
-        (then *offset_io is its offset). With `verify`, every record passed over is
-        CRC-checked, three at a time; the caller drops the batch if one fails, so nothing
-        collected from a damaged header is ever handed out."""
+        """Collects records from *offset_io on; returns the count. At a damaged record, the
+        records before it (*offset_io is then its offset, so the next read starts there), or
+        -1 if there are none. With `verify`, every record passed over is CRC-checked, three at
+        a time; records collected past a damaged one are dropped before the return."""
         cdef uint64_t off = offset_io[0]
         cdef uint64_t total = 0
         cdef int64_t length
@@ -426,8 +440,11 @@ cdef class SegmentFile:
             if length == 0:
                 break
             if length < 0:
-                offset_io[0] = off
-                return -1
+                if npending:  # a damaged record among those still to check comes first
+                    bad = rec_verify3(pending, npending)
+                    if bad >= 0:
+                        off = <uint64_t>(pending[bad] - self.base)
+                return keep_before(off, count, out_off, out_idx, offset_io, last_scanned)
             h = <const rec_header_t *>(self.base + off)
             if seg_lo <= h.segment < seg_hi:
                 payload = <uint64_t>length - REC_HEADER_SIZE
@@ -445,16 +462,16 @@ cdef class SegmentFile:
                 if npending == 3:
                     bad = rec_verify3(pending, 3)
                     if bad >= 0:
-                        offset_io[0] = <uint64_t>(pending[bad] - self.base)
-                        return -1
+                        return keep_before(<uint64_t>(pending[bad] - self.base), count,
+                                           out_off, out_idx, offset_io, last_scanned)
                     npending = 0
             last_scanned[0] = h.index
             off += rec_stride(<uint64_t>length)
         if npending:
             bad = rec_verify3(pending, npending)
             if bad >= 0:
-                offset_io[0] = <uint64_t>(pending[bad] - self.base)
-                return -1
+                return keep_before(<uint64_t>(pending[bad] - self.base), count, out_off,
+                                   out_idx, offset_io, last_scanned)
         offset_io[0] = off
         return count
 
