@@ -14,6 +14,8 @@ import contextlib
 import errno
 import fcntl
 import logging
+import math
+import operator
 import os
 import threading
 import time
@@ -60,6 +62,29 @@ def _file_name(first_index: int) -> str:
     return f"{first_index:020d}{_SUFFIX}"
 
 
+def _int_arg(value: object, name: str, lo: int, hi: int = (1 << 64) - 1) -> int:
+    """`value` as an int in lo..hi: TypeError unless it is an integer (an int or anything with
+    __index__, never a float, str or bool), ValueError naming `name` if out of range."""
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    number = operator.index(value)  # type: ignore[arg-type]
+    if not lo <= number <= hi:
+        raise ValueError(f"{name} must be in {lo}..{hi}, not {number}")
+    return number
+
+
+def _timeout_arg(timeout: float | None) -> float | None:
+    """None (no limit) or a number of seconds >= 0; NaN and negative times are refused."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds or None, not "
+                        f"{type(timeout).__name__}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout}")
+    return float(timeout)
+
+
 class Log(LogCore):
     """An append-only log of records (bytes), each with a 64-bit index and a segment (0-127).
 
@@ -88,6 +113,8 @@ class Log(LogCore):
         max_mapped_files: int = 64,
         page_cache_bytes: int | None = DEFAULT_PAGE_CACHE_BYTES,
     ) -> None:
+        if not isinstance(fsync, str):
+            raise TypeError(f"fsync must be a str, not {type(fsync).__name__}")
         if fsync not in _FSYNC_MODES:
             raise ValueError(f"fsync must be one of {sorted(_FSYNC_MODES)}, not {fsync!r}")
         if not isinstance(segment_file_size, int) or isinstance(segment_file_size, bool):
@@ -96,19 +123,15 @@ class Log(LogCore):
             raise ValueError(
                 "segment_file_size must be a multiple of 4096, at least 1 MiB and under 4 GiB"
             )
-        if not isinstance(fsync_interval_ms, int) or fsync_interval_ms <= 0:
-            raise ValueError("fsync_interval_ms must be a positive int")
-        if not isinstance(max_mapped_files, int) or max_mapped_files < 2:
-            raise ValueError("max_mapped_files must be an int >= 2")
+        _int_arg(fsync_interval_ms, "fsync_interval_ms", 1)
+        _int_arg(max_mapped_files, "max_mapped_files", 2)
         for name, value in (
             ("retention_ms", retention_ms),
             ("retention_bytes", retention_bytes),
             ("page_cache_bytes", page_cache_bytes),
         ):
-            if value is not None and (
-                not isinstance(value, int) or isinstance(value, bool) or value <= 0
-            ):
-                raise ValueError(f"{name} must be a positive int or None")
+            if value is not None:
+                _int_arg(value, name, 1)
         self._configure(readonly, segment_file_size, _FSYNC_MODES[fsync], page_cache_bytes or 0)
         self.path = os.fspath(path)
         self.fsync: FsyncPolicy = fsync
@@ -125,6 +148,7 @@ class Log(LogCore):
         self._sync_thread: threading.Thread | None = None
         self._sync_error: BaseException | None = None
         self._open_lock = threading.Lock()  # guards _refresh/_map against concurrent readers
+        self._close_lock = threading.Lock()  # one close() at a time; the others wait for it
         if not os.path.isdir(self.path):
             if not create or readonly:
                 raise FileNotFoundError(errno.ENOENT, "no log directory", self.path)
@@ -167,13 +191,21 @@ class Log(LogCore):
             f = self._open_file(self._starts[pos], writable=True)
             self._files[pos] = f
             report = f.recover(repair, previous)
-            self.recovery = {
-                "truncated_bytes": report["truncated_bytes"],
-                "dropped_records": report["dropped_records"],
-            }
+            self.recovery["truncated_bytes"] += report["truncated_bytes"]
+            self.recovery["dropped_records"] += report["dropped_records"]
+            if report["cut_short"] or report["dropped_records"] or report["truncated_bytes"]:
+                logger.warning(
+                    "%s: %s; cut at the last intact record: %d records (%d bytes) dropped",
+                    f.path,
+                    f"the file was cut short to {report['cut_short']} bytes"
+                    if report["cut_short"] else "damaged or torn tail",
+                    report["dropped_records"],
+                    report["truncated_bytes"],
+                )
             if report["records"] == 0 and not f.sealed_end:
                 # A file is named by its first record: an empty one (a crash right after a
-                # roll) goes, so the next append names its file anew.
+                # roll, or a file whose every record was damaged, as reported above) goes,
+                # so the next append names its file anew.
                 self._files.pop()
                 self._starts.pop()
                 os.unlink(f.path)
@@ -203,11 +235,13 @@ class Log(LogCore):
     def _open_file(self, first_index: int, writable: bool) -> SegmentFile:
         file_path = os.path.join(self.path, _file_name(first_index))
         fd = os.open(file_path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
-        return segment_file_open(file_path, fd, writable)  # owns fd from here on, even on error
+        # The SegmentFile owns fd from here on, even when it raises.
+        return segment_file_open(file_path, fd, writable, first_index)
 
     def _map(self, pos: int) -> SegmentFile | None:
         """Maps the file at list position `pos` on first use (read-only); None if it is gone."""
         with self._open_lock:
+            self._check_open()
             f = self._files[pos]
             if f is None:
                 try:
@@ -232,6 +266,7 @@ class Log(LogCore):
     def _refresh(self) -> None:
         """A reader re-lists the directory: new files from the writer, old ones retired."""
         with self._open_lock:
+            self._check_open()
             known = dict(zip(self._starts, self._files, strict=True))
             starts = self._list_files()
             self._files = [known.get(s) for s in starts]
@@ -353,9 +388,8 @@ class Log(LogCore):
     def find(self, index: int) -> int | None:
         """The first index >= `index` present in the log, or None."""
         self._check_open()
-        if index <= 0:
-            index = 1
-        after = index - 1
+        index = _int_arg(index, "index", -(1 << 64), 1 << 64)  # at or below 0: the first
+        after = max(index, 1) - 1
         while True:
             batch = self.read(after, max_count=1)
             if len(batch):
@@ -366,7 +400,8 @@ class Log(LogCore):
 
     def find_time(self, ms: int) -> int | None:
         """Index of the first record with a timestamp (index >> 16) at or after `ms`, or None."""
-        return self.find(ms << 16)
+        ms = _int_arg(ms, "ms", -(1 << 64), (1 << 48) - 1)  # before 1970: the first record
+        return self.find(max(ms, 0) << 16)
 
     def wait(self, after: int, timeout: float | None = 1.0) -> bool:
         """Waits until a record with index > `after` exists; False at the timeout.
@@ -375,9 +410,12 @@ class Log(LogCore):
         growing to 1 ms, so a new record is seen within about a millisecond.
         """
         self._check_open()
+        after = _int_arg(after, "after", 0)
+        timeout = _timeout_arg(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.0
         while True:
+            self._check_open()  # close() from another thread ends the wait
             if self._has_after(after):
                 return True
             if deadline is not None and time.monotonic() >= deadline:
@@ -386,11 +424,26 @@ class Log(LogCore):
             delay = min(0.001, delay * 2 + 0.00005)
 
     def tail(
-        self, after: int = 0, *, timeout: float | None = None, max_count: int = 10_000
+        self,
+        after: int = 0,
+        *,
+        timeout: float | None = None,
+        max_count: int = 10_000,
+        verify: bool = True,
     ) -> Iterator[Batch]:
-        """Yields non-empty batches as records arrive, until `timeout` passes with none."""
+        """Yields non-empty batches as records arrive, until `timeout` passes with none.
+        The arguments are checked here, before the first batch is asked for."""
+        self._check_open()
+        after = _int_arg(after, "after", 0)
+        timeout = _timeout_arg(timeout)
+        _int_arg(max_count, "max_count", 1, (1 << 63) - 1)
+        return self._tail(after, timeout, max_count, verify)
+
+    def _tail(
+        self, after: int, timeout: float | None, max_count: int, verify: bool
+    ) -> Iterator[Batch]:
         while True:
-            batch = self.read(after, max_count=max_count)
+            batch = self.read(after, max_count=max_count, verify=verify)
             after = batch.next_after
             if len(batch):
                 yield batch
@@ -403,7 +456,11 @@ class Log(LogCore):
         if self.readonly:
             self._refresh()
         total = 0
-        for pos in range(len(self._starts)):
+        for first in list(self._starts):
+            self._check_open()
+            pos = bisect.bisect_left(self._starts, first)
+            if pos == len(self._starts) or self._starts[pos] != first:
+                continue  # removed by retention meanwhile
             f = self._map(pos)
             if f is not None:
                 total += int(f.verify_all())
@@ -455,31 +512,38 @@ class Log(LogCore):
     def close(self) -> None:
         """Syncs (unless the policy is ``never``), stops the sync thread and releases the
         lock. Batches read before stay valid: their files stay mapped while they live."""
-        if self.closed:
-            return
-        self._stop.set()
-        if self._sync_thread is not None:
-            self._sync_thread.join()
-            self._sync_thread = None
-        try:
-            if not self.readonly and self.fsync != "never":
-                self._sync_to(0)
-                if self._active is not None:
-                    self._active.flush_header()
-        finally:
-            self._release()
+        with self._close_lock:
+            if self.closed:
+                return
+            # Calls from here on raise LogClosedError; appends in flight finish first (the
+            # final sync covers them), reads in flight finish or raise.
+            self._mark_closed()
+            self._stop.set()
+            if self._sync_thread is not None:
+                self._sync_thread.join()
+                self._sync_thread = None
+            try:
+                if not self.readonly:
+                    self._quiesce()
+                    if self.fsync != "never":
+                        self._sync_to(0)
+                        if self._active is not None:
+                            self._active.flush_header()
+            finally:
+                self._release()
 
     def _release(self) -> None:
         spares, self._spares = self._spares, []
         for spare in spares:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(spare.path)
-        self._mark_closed()
-        self._active = None
-        self._files = []
-        self._starts = []
-        self._unsynced = []
-        self._cached = []
+        with self._open_lock:
+            self._mark_closed()
+            self._active = None
+            self._files = []
+            self._starts = []
+            self._unsynced = []
+            self._cached = []
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # closing the descriptor drops the flock
             self._lock_fd = -1

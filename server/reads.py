@@ -9,6 +9,7 @@ between an append and the batch leaving for the tracker that waited for it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import struct
 import time
@@ -18,9 +19,13 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from fluxcore._ext import _proto
+from fluxcore.errors import CorruptLogError
+from fluxcore.protocol import ErrorCode
 
 from .positions import UNSET
 from .tracking import EMPTY
+
+logger = logging.getLogger("fluxcore.server")
 
 if TYPE_CHECKING:
     from fluxcore.log import Log
@@ -106,7 +111,14 @@ class PendingRead:
             self._watch()
             self.session.when_writable(self)
             return
-        if self._attempt():
+        try:
+            answered = self._attempt()
+        except CorruptLogError as exc:  # a damaged record is never sent; this reader is told
+            logger.error("read of %s failed: %s", self.params.log_name, exc)
+            self.session.send_error(self.request_id, ErrorCode.UNAVAILABLE, str(exc))
+            self._finish()
+            return
+        if answered:
             self._finish()
         else:
             self._watch()

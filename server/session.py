@@ -24,7 +24,7 @@ import numpy as np
 
 from fluxcore._ext import _proto
 from fluxcore._ext._log import max_payload_for
-from fluxcore.errors import LogFullError, RecordTooLargeError
+from fluxcore.errors import CorruptLogError, LogFullError, RecordTooLargeError
 from fluxcore.protocol import (
     FLAG_RESEND,
     PROTOCOL_VERSION,
@@ -491,6 +491,9 @@ class Session(asyncio.BufferedProtocol):
             self.send_error(request_id, ErrorCode.TOO_LARGE, str(exc))
         except LogFullError as exc:
             logger.error("disk full: %s", exc)
+            self.send_error(request_id, ErrorCode.UNAVAILABLE, str(exc))
+        except CorruptLogError as exc:  # a damaged record is never sent
+            logger.error("%s", exc)
             self.send_error(request_id, ErrorCode.UNAVAILABLE, str(exc))
         except sqlite3.OperationalError as exc:  # a full disk or an I/O error: nothing stored
             logger.error("a store of %s failed: %s", self.project.name if self.project else "?",

@@ -10,10 +10,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
 import struct
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -335,3 +337,257 @@ def test_file_shorter_than_header_page(tmp_path):
     assert out["log_error"], out
     assert victim.name in out["message"], out
     assert len(idx) == 20
+
+
+# -- closed logs cut short or with single bytes flipped (plain reads verify the CRCs) ----------
+
+CLOSED_COUNT, CLOSED_SIZE = 3000, 1000
+
+
+@pytest.fixture(scope="module")
+def closed_log(tmp_path_factory):
+    """A cleanly closed log (fsync="always", 1 MiB files) of 3,000 records of 1,000 bytes, and
+    the payloads written, in order."""
+    path = tmp_path_factory.mktemp("closed") / "log"
+    payloads = [wp.make_payload(k, CLOSED_SIZE - wp.HEADER_SIZE) for k in range(CLOSED_COUNT)]
+    with fluxcore.Log(path, segment_file_size=MiB, fsync="always") as log:
+        indexes: list[int] = []
+        for k in range(0, CLOSED_COUNT, 100):
+            indexes.extend(int(i) for i in log.append_batch(payloads[k : k + 100]))
+    return path, list(zip(indexes, payloads, strict=True))
+
+
+def copy_log(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def plain_read(log: fluxcore.Log) -> tuple[list[tuple[int, bytes]], BaseException | None]:
+    """Every record a plain read() hands out, and the CorruptLogError that stopped it, if any."""
+    out: list[tuple[int, bytes]] = []
+    after = 0
+    try:
+        while True:
+            b = log.read(after=after)
+            if len(b) == 0:
+                return out, None
+            out.extend((int(i), p) for i, p in b)
+            after = b.next_after
+    except fluxcore.CorruptLogError as exc:
+        return out, exc
+
+
+def payload_ends(path: Path, file: Path) -> list[tuple[int, int]]:
+    """(index, end offset of the record's bytes) of every record of one file."""
+    out = []
+    with fluxcore.Log(path, readonly=True) as log:
+        after = int(file.stem) - 1
+        while True:
+            b = log.read(after=after)
+            if len(b) == 0 or b.file.path != str(file):
+                return out
+            out.extend(
+                (int(i), int(o) + int(n))
+                for i, o, n in zip(b.indexes, b.offsets, b.lengths, strict=True)
+            )
+            after = b.next_after
+
+
+def test_closed_log_last_file_cut_below_checkpoint(tmp_path, closed_log):
+    """The last file cut mid-record, far below its checkpoint: the writer reports exactly the
+    records it lost and never hands out the cut record (zero-filled) as if it were intact."""
+    template, written = closed_log
+    path = copy_log(template, tmp_path / "log")
+    last = seg_files(path)[-1]
+    ends = payload_ends(path, last)
+    cut = 100_000
+    kept_in_last = sum(1 for _, end in ends if end <= cut)
+    assert 0 < kept_in_last < len(ends)
+    os.truncate(last, cut)
+    keep = len(written) - len(ends) + kept_in_last
+
+    with fluxcore.Log(path, segment_file_size=MiB) as log:
+        assert log.recovery["dropped_records"] == len(ends) - kept_in_last, log.recovery
+        assert log.recovery["truncated_bytes"] > 0
+        got, err = plain_read(log)
+        assert err is None
+        assert got == written[:keep]
+        i = log.append(b"after the cut")
+    with fluxcore.Log(path, segment_file_size=MiB) as log:
+        assert log.recovery["dropped_records"] == 0
+        assert plain_read(log) == ([*written[:keep], (i, b"after the cut")], None)
+        assert log.verify() == keep + 1
+
+
+@pytest.mark.parametrize("cut_at", ["first_record", "sparse_index"])
+def test_closed_log_last_file_cut_before_its_records(tmp_path, closed_log, cut_at):
+    """Cut inside the first record, or before any record: every record of the file is lost,
+    and the writer says so (the empty file goes, as after a crash right after a roll)."""
+    template, written = closed_log
+    path = copy_log(template, tmp_path / "log")
+    last = seg_files(path)[-1]
+    ends = payload_ends(path, last)
+    first_record = ends[0][1] - CLOSED_SIZE - REC_HEADER
+    os.truncate(last, first_record + 500 if cut_at == "first_record" else 6000)
+    keep = len(written) - len(ends)
+
+    with fluxcore.Log(path, segment_file_size=MiB) as log:
+        assert log.recovery["dropped_records"] == len(ends), log.recovery
+        assert log.recovery["truncated_bytes"] >= len(ends) * CLOSED_SIZE
+        assert plain_read(log) == (written[:keep], None)
+        i = log.append(b"next")
+    with fluxcore.Log(path, segment_file_size=MiB) as log:
+        assert plain_read(log) == ([*written[:keep], (i, b"next")], None)
+
+
+def test_random_truncations(tmp_path, closed_log):
+    """80 random cuts of closed segment files: a cut in the last file is reported exactly, a
+    cut in an earlier one raises CorruptLogError (at open or at the read that reaches it);
+    nothing is ever handed out that was not written, and nothing is skipped silently."""
+    template, written = closed_log
+    rng = random.Random(7)
+    files = seg_files(template)
+    for case in range(80):
+        path = copy_log(template, tmp_path / f"cut{case}")
+        pos = rng.randrange(len(files))
+        victim = path / files[pos].name
+        cut = rng.randrange(0, victim.stat().st_size)
+        os.truncate(victim, cut)
+        what = f"case {case}: {victim.name} cut to {cut}"
+        try:
+            log = fluxcore.Log(path, segment_file_size=MiB)
+        except fluxcore.CorruptLogError as exc:
+            # only damage in mid-log, or a header that is gone, may refuse the open
+            assert pos < len(files) - 1 or cut < 4096, what
+            assert victim.name in str(exc), what
+            continue
+        with log:
+            got, err = plain_read(log)
+            assert got == written[: len(got)], f"{what}: a read handed out other bytes"
+            if err is not None:
+                assert pos < len(files) - 1, f"{what}: {err}"
+                assert victim.name in str(err), what
+                continue
+            dropped = log.recovery["dropped_records"]
+            assert len(got) == len(written) - dropped, f"{what}: {log.recovery}, {len(got)} read"
+            if pos < len(files) - 1:
+                raise AssertionError(f"{what}: a cut in mid-log went unnoticed")
+
+
+HEADER_FIELDS = range(0, 104)  # magic .. record_count
+
+
+def test_random_byte_flips(tmp_path, closed_log):
+    """200 single-byte flips in closed segment files (header, sparse index, records): a plain
+    read by a reader or by the writer either raises CorruptLogError or returns exactly what
+    was written; never other bytes, never a record under another index, never a gap."""
+    template, written = closed_log
+    rng = random.Random(11)
+    files = seg_files(template)
+    for case in range(200):
+        path = copy_log(template, tmp_path / f"flip{case}")
+        victim = path / rng.choice(files).name
+        with fluxcore.Log(path, readonly=True) as log:
+            used = log.read(after=int(victim.stem) - 1).file.sealed_end or None
+        size = victim.stat().st_size
+        kind = rng.random()
+        if kind < 0.1:
+            offset = rng.choice(HEADER_FIELDS)
+        elif kind < 0.3:
+            offset = rng.randrange(4096, 12288)  # the sparse index of a 1 MiB file
+        else:
+            offset = rng.randrange(12288, used or size)
+        xor_byte(victim, offset, rng.randrange(1, 256))
+        what = f"case {case}: {victim.name} byte {offset} flipped"
+        for readonly in (True, False):
+            try:
+                log = fluxcore.Log(path, segment_file_size=MiB, readonly=readonly)
+            except fluxcore.CorruptLogError as exc:
+                assert not readonly, what
+                assert victim.name in str(exc), what
+                continue
+            with log:
+                got, err = plain_read(log)
+                assert got == written[: len(got)], f"{what}: a read handed out other bytes"
+                if err is not None:
+                    assert victim.name in str(err), f"{what}: {err}"
+                    continue
+                assert log.recovery["dropped_records"] == len(written) - len(got), what
+
+
+def test_verify_false_is_the_opt_out(tmp_path, closed_log):
+    """read() checks CRCs; read(verify=False) skips that (raw speed) and hands out what is
+    there, damaged or not."""
+    template, written = closed_log
+    path = copy_log(template, tmp_path / "log")
+    first = seg_files(path)[0]
+    index, payload = written[5]
+    off = record_offset(first, index, len(payload))
+    xor_byte(first, off + REC_HEADER + 10)
+    with fluxcore.Log(path, readonly=True) as log:
+        # the records before the damaged one read as usual; the read that reaches it raises
+        b = log.read(after=0)
+        assert [(int(i), p) for i, p in b] == written[:5]
+        with pytest.raises(fluxcore.CorruptLogError) as ei:
+            log.read(after=b.next_after)
+        assert_names(ei.value, first, off)
+        with pytest.raises(fluxcore.CorruptLogError):
+            log.read(after=written[4][0], max_count=10, segments=(0, 1))
+        raw = log.read(after=0, verify=False)
+        assert raw[5][0] == index and raw[5][1] != payload
+        with pytest.raises(fluxcore.CorruptLogError):
+            list(log.tail(after=0, timeout=0))
+        raw_tail = [p for b in log.tail(after=0, timeout=0, verify=False) for _, p in b]
+        assert len(raw_tail) == len(written) and raw_tail[5] != payload
+        with pytest.raises(fluxcore.CorruptLogError):
+            log.find(index)
+
+
+def test_service_never_delivers_a_damaged_record(tmp_path, caplog):
+    """The server reads with CRC checks too: a consumer gets the records before a damaged one,
+    never the damaged bytes, and its reads fail with `unavailable` naming the file; requests
+    by index fail the same way, and the server goes on serving."""
+    from fluxcore.client import Client, MessageType
+    from fluxcore.protocol import ProtocolError
+
+    from .service_harness import TOKEN, ServerProcess
+
+    data = tmp_path / "data"
+    payloads = [b"event %04d " % k + bytes(range(64)) for k in range(40)]
+    server = ServerProcess(data).start()
+    try:
+        with Client.connect(server.address, token=TOKEN, name="t") as client:
+            client.publish_batch(MessageType.EVENT, payloads, type="E")
+    finally:
+        assert server.stop() == 0
+    damaged = [f for f in data.rglob("*.seg") if payloads[20] in f.read_bytes()]
+    assert len(damaged) == 1
+    offset = damaged[0].read_bytes().index(payloads[20]) + 3
+    xor_byte(damaged[0], offset)
+
+    server = ServerProcess(data).start()
+    try:
+        with Client.connect(server.address, token=TOKEN, name="t") as client:
+            got: list[bytes] = []
+            with caplog.at_level("ERROR", logger="fluxcore.client"):
+                consumer = client.consume("c", MessageType.EVENT, lambda m: got.append(m.data),
+                                          from_index=0, max_size=8)
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and not any(
+                        damaged[0].name in r.getMessage() for r in caplog.records):
+                    time.sleep(0.05)
+                consumer.stop()
+            failures = [r.getMessage() for r in caplog.records if "read failed" in r.getMessage()]
+            assert failures and "unavailable" in failures[0], failures
+            assert damaged[0].name in failures[0], failures
+            assert got == payloads[:20], "damaged bytes delivered, or records before them not"
+            before = client.read_from_index(MessageType.EVENT, 0, max_size=100)
+            assert [m.data for m in before] == payloads[:20]
+            with pytest.raises(ProtocolError, match=damaged[0].name) as ei:
+                client.read_from_index(MessageType.EVENT, before[-1].index + 1, max_size=100)
+            assert ei.value.code == "unavailable"
+            client.ping()
+    finally:
+        assert server.stop() == 0

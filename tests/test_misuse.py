@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import random
 import select
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -154,8 +157,7 @@ def test_options_are_keyword_only(tmp_path):
         {"retention_bytes": -1},
         {"page_cache_bytes": 0},
         {"page_cache_bytes": -1},
-        {"page_cache_bytes": True},
-        {"page_cache_bytes": "1G"},
+        {"max_mapped_files": 1},
     ],
 )
 def test_bad_option_value(tmp_path, kwargs):
@@ -297,3 +299,213 @@ def test_batch_data_is_read_only(log):
     with pytest.raises(TypeError):
         b.data[int(b.offsets[0])] = 0
     assert b.payloads() == [b"payload"]
+
+
+# -- close() while other threads use the log -----------------------------------------------
+
+WORKERS = {
+    "append": lambda lg: lg.append(b"a" * 200),
+    "append_batch": lambda lg: lg.append_batch([b"b" * 300] * 50),
+    "read": lambda lg: [len(b) for b in lg.tail(after=0, timeout=0, max_count=500)],
+    "verify": lambda lg: lg.verify(),
+    "wait": lambda lg: lg.wait(lg.last_index + (1 << 40), timeout=None),
+}
+
+
+def _close_round(path: Path, fsync: str, pause: float) -> None:
+    log = fluxcore.Log(path, segment_file_size=MiB, fsync=fsync, fsync_interval_ms=5)
+    log.append_batch([b"x" * 100] * 1000)
+    outcomes: dict[str, object] = {}
+    acked: list[int] = []
+    go = threading.Barrier(len(WORKERS) + 1)
+
+    def work(name: str) -> None:
+        go.wait()
+        try:
+            while True:
+                result = WORKERS[name](log)
+                if name == "append":
+                    acked.append(result)
+                elif name == "append_batch":
+                    acked.extend(int(i) for i in result)
+        except fluxcore.LogClosedError:
+            outcomes[name] = "closed"
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            outcomes[name] = exc
+
+    threads = [threading.Thread(target=work, args=(n,), daemon=True) for n in WORKERS]
+    for t in threads:
+        t.start()
+    go.wait()
+    time.sleep(pause)
+    log.close()
+    for t in threads:
+        t.join(timeout=60)
+    hung = [n for n, t in zip(WORKERS, threads, strict=True) if t.is_alive()]
+    assert not hung, f"{fsync}: still running after close(): {hung}"
+    assert outcomes == dict.fromkeys(WORKERS, "closed"), outcomes
+    with fluxcore.Log(path, segment_file_size=MiB) as again:  # every acknowledged append kept
+        present = set()
+        for b in again.tail(after=0, timeout=0):
+            present.update(int(i) for i in b.indexes)
+        assert present.issuperset(acked)
+
+
+@pytest.mark.parametrize("fsync", ["never", "interval", "always"])
+def test_close_while_threads_append_read_verify_and_wait(tmp_path, fsync):
+    """close() from one thread while five others append, read, verify and wait: each of them
+    gets LogClosedError promptly (none hangs, none sees another error), and every append that
+    returned before is in the log."""
+    rng = random.Random(3)
+    for k in range(8):
+        _close_round(tmp_path / f"log{k}", fsync, rng.uniform(0.0, 0.05))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"page_cache_bytes": True},
+        {"page_cache_bytes": "1G"},
+        {"retention_ms": 1.5},
+        {"retention_bytes": "10"},
+        {"fsync_interval_ms": 2.5},
+        {"max_mapped_files": 8.0},
+        {"segment_file_size": float(MiB)},
+        {"fsync": 1},
+    ],
+)
+def test_wrong_option_type(tmp_path, kwargs):
+    with pytest.raises(TypeError, match=next(iter(kwargs))):
+        fluxcore.Log(tmp_path / "log", **kwargs)
+
+
+# -- timeouts and arguments out of range or of the wrong type --------------------------------
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), -1, -0.001, float("-inf")])
+def test_wait_and_tail_refuse_nan_and_negative_timeouts(log, timeout):
+    log.append(b"x")
+    with pytest.raises(ValueError, match="timeout"):
+        log.wait(log.last_index, timeout=timeout)
+    with pytest.raises(ValueError, match="timeout"):
+        log.tail(timeout=timeout)  # refused at the call, before the first batch
+    with pytest.raises(TypeError, match="timeout"):
+        log.wait(log.last_index, timeout="1")
+    assert log.wait(0, timeout=0) is True
+    assert log.wait(log.last_index, timeout=0) is False
+    assert [len(b) for b in log.tail(timeout=0)] == [1]
+
+
+OUT_OF_RANGE = {
+    "read after=-1": ("after", lambda lg: lg.read(after=-1)),
+    "read after=2**64": ("after", lambda lg: lg.read(after=2**64)),
+    "read max_bytes=-1": ("max_bytes", lambda lg: lg.read(0, max_bytes=-1)),
+    "read max_count=0": ("max_count", lambda lg: lg.read(0, max_count=0)),
+    "read max_count=2**64": ("max_count", lambda lg: lg.read(0, max_count=2**64)),
+    "append index=2**64": ("index", lambda lg: lg.append(b"x", index=2**64)),
+    "append index=-1": ("index", lambda lg: lg.append(b"x", index=-1)),
+    "find_time 2**60": ("ms", lambda lg: lg.find_time(2**60)),
+    "find 2**65": ("index", lambda lg: lg.find(2**65)),
+    "wait after=-1": ("after", lambda lg: lg.wait(-1, timeout=0)),
+    "wait after=2**64": ("after", lambda lg: lg.wait(2**64, timeout=0)),
+    "tail after=-5": ("after", lambda lg: lg.tail(after=-5, timeout=0)),
+    "tail max_count=0": ("max_count", lambda lg: lg.tail(max_count=0, timeout=0)),
+}
+
+
+def test_find_before_the_first_record(log):
+    i = log.append(b"x")
+    assert log.find(-1) == log.find(0) == i
+    assert log.find_time(-1) == log.find_time(0) == i
+
+
+@pytest.mark.parametrize("case", list(OUT_OF_RANGE))
+def test_out_of_range_integers_raise_value_error(log, case):
+    log.append(b"x")
+    name, call = OUT_OF_RANGE[case]
+    with pytest.raises(ValueError, match=name) as ei:
+        call(log)
+    assert not isinstance(ei.value, OverflowError)
+    assert [p for _, p in read_all(log)] == [b"x"]
+
+
+def _strided() -> memoryview:
+    return memoryview(b"abcdefgh")[::2]
+
+
+NOT_CONTIGUOUS = {
+    "append": ("payload", lambda lg: lg.append(_strided())),
+    "append_batch": ("payload 1", lambda lg: lg.append_batch([b"ok", _strided()])),
+    "append_buffer": (
+        "buffer", lambda lg: lg.append_buffer(_strided(), np.array([0, 2, 4], dtype=np.int64))
+    ),
+    "append_buffer 2-d": (
+        "buffer", lambda lg: lg.append_buffer(np.zeros((4, 4), dtype=np.uint8)[:, 1],
+                                              np.array([0, 4], dtype=np.int64))
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_CONTIGUOUS))
+def test_non_contiguous_buffers_are_refused_by_name(log, case):
+    name, call = NOT_CONTIGUOUS[case]
+    with pytest.raises(ValueError, match=name) as ei:
+        call(log)
+    assert not isinstance(ei.value, BufferError)
+    assert log.last_index == 0
+
+
+WRONG_TYPE = {
+    "append segment=1.5": ("segment", lambda lg: lg.append(b"x", segment=1.5)),
+    "append segment='3'": ("segment", lambda lg: lg.append(b"x", segment="3")),
+    "append segment=True": ("segment", lambda lg: lg.append(b"x", segment=True)),
+    "append index=5.0": ("index", lambda lg: lg.append(b"x", index=float(2**50))),
+    "append_buffer offsets=str list": (
+        "offsets", lambda lg: lg.append_buffer(b"0123456789", ["0", "5", "10"])
+    ),
+    "append_buffer offsets=floats": (
+        "offsets", lambda lg: lg.append_buffer(b"0123456789", [0.0, 5.0, 10.0])
+    ),
+    "append_buffer offsets=str": ("offsets", lambda lg: lg.append_buffer(b"0123", "0123")),
+    "append_batch keys=str": ("keys", lambda lg: lg.append_batch([b"a", b"b"], keys="ab")),
+    "append_batch keys=bytes": ("keys", lambda lg: lg.append_batch([b"a", b"b"], keys=b"ab")),
+    "append_batch segments=floats": (
+        "segments", lambda lg: lg.append_batch([b"a", b"b"], segments=[0.5, 3])
+    ),
+    "append_batch segments=str": (
+        "segments", lambda lg: lg.append_batch([b"a", b"b"], segments="ab")
+    ),
+    "read after=3.7": ("after", lambda lg: lg.read(after=3.7)),
+    "read after='0'": ("after", lambda lg: lg.read(after="0")),
+    "read max_count=1.0": ("max_count", lambda lg: lg.read(0, max_count=10.0)),
+    "read max_bytes='1'": ("max_bytes", lambda lg: lg.read(0, max_bytes="1")),
+    "read segments=(0.5, 3)": ("segments", lambda lg: lg.read(0, segments=(0.5, 3))),
+    "read segments=('0', 3)": ("segments", lambda lg: lg.read(0, segments=("0", 3))),
+    "find 1.5": ("index", lambda lg: lg.find(1.5)),
+    "find_time 1.5": ("ms", lambda lg: lg.find_time(1.5)),
+    "wait after=3.7": ("after", lambda lg: lg.wait(3.7, timeout=0)),
+    "tail after=3.7": ("after", lambda lg: lg.tail(after=3.7, timeout=0)),
+    "segments_of str": ("keys", lambda lg: fluxcore.segments_of("ab")),
+}
+
+
+@pytest.mark.parametrize("case", list(WRONG_TYPE))
+def test_floats_and_strings_for_integers_raise_type_error(log, case):
+    log.append(b"x")
+    name, call = WRONG_TYPE[case]
+    with pytest.raises(TypeError, match=name):
+        call(log)
+    assert [p for _, p in read_all(log)] == [b"x"], "a refused call wrote something"
+
+
+def test_numpy_integers_are_integers(log):
+    i = log.append(b"x", segment=np.uint8(3))
+    j = log.append(b"y", index=np.uint64(i + 1))
+    assert j == i + 1
+    b = log.read(after=np.uint64(0), max_count=np.int64(10), segments=(np.int8(0), 128))
+    assert [int(k) for k in b.indexes] == [i, j]
+    assert log.read(after=b.indexes[0]).indexes.tolist() == [j]
+    assert log.find(np.uint64(i)) == i
+    idx = log.append_buffer(b"abcd", np.array([0, 2, 4], dtype=np.uint32),
+                            segments=np.array([1, 2], dtype=np.int16))
+    assert len(idx) == 2

@@ -26,17 +26,23 @@ cdef class SegmentFile:
         uint64_t next_entry_at        # offset at which the next entry is due
         uint64_t synced_offset        # records below this offset are on disk
         uint64_t cache_dropped        # below this offset the page cache was dropped (sync thread)
+        uint64_t record_count         # records below write_offset
+        uint64_t found_size           # the file's size when opened (short: it was cut)
 
     cdef int _map(self, size_t size, bint writable) except -1
     cdef int _zero_tail(self, uint64_t end) except -1
     cdef int _flush_range(self, uint64_t start, uint64_t stop) except -1
     cdef int drop_cache(self, uint64_t upto) except -1
     cdef int64_t _walk(self, uint64_t start, uint64_t limit, uint64_t verify_from,
-                       bint rebuild_index, uint64_t *last_index, uint64_t *count) noexcept nogil
+                       uint64_t must_reach, bint rebuild_index, uint64_t *last_index,
+                       uint64_t *count) noexcept nogil
+    cdef uint64_t _claimed(self, uint64_t value) noexcept nogil
+    cdef bint _entry_valid(self, uint64_t pos, uint64_t limit, bint verify) noexcept nogil
+    cdef int check_header(self) except -1
     cdef int64_t _probe_valid_after(self, uint64_t bad, uint64_t last_index) noexcept nogil
     cdef void publish_entry(self, uint64_t off, uint64_t index) noexcept nogil
     cdef uint64_t entry_count(self) noexcept nogil
-    cdef uint64_t seek(self, uint64_t after) noexcept nogil
+    cdef uint64_t seek(self, uint64_t after, bint verify) noexcept nogil
     cdef bint is_sealed_at(self, uint64_t offset) noexcept nogil
     cdef uint64_t committed(self) noexcept nogil
     cdef int _write_stage(self, char *stage, size_t used, uint64_t off,
@@ -100,10 +106,13 @@ cdef class LogCore:
 
     cdef int _check_writable(self) except -1
     cdef int _lock_append(self) except -1
+    cdef int _lock_append_open(self) except -1
     cdef int _grow_scratch(self, Py_ssize_t n) except -1
     cdef uint64_t _max_payload(self)
     cdef object _append_gathered(self, Py_ssize_t n, object keys, object segments,
                                  uint64_t first_index=*)
     cdef int _trim_page_cache(self, list synced, SegmentFile active) except -1
     cdef SegmentFile _file_at(self, Py_ssize_t pos)
-    cdef Py_ssize_t _locate(self, uint64_t after, uint64_t *offset) except -2
+    cdef Py_ssize_t _locate(self, uint64_t after, uint64_t *offset, bint verify) except -2
+    cdef Batch _read(self, uint64_t after, Py_ssize_t max_count, uint64_t max_bytes,
+                     int seg_lo, int seg_hi, bint verify)

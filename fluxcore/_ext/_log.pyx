@@ -20,6 +20,8 @@ from cpython.bytes cimport (
     PyBytes_GET_SIZE,
 )
 from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.long cimport PyLong_CheckExact
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.ref cimport Py_INCREF
 from cpython.sequence cimport PySequence_Fast, PySequence_Fast_GET_ITEM, PySequence_Fast_GET_SIZE
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
@@ -30,6 +32,7 @@ from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset
 
 from fluxcore._ext.includes.fc cimport (
+    REC_ALIGN,
     REC_HEADER_SIZE,
     SEG_HEADER_SIZE,
     SEG_INDEX_STRIDE,
@@ -40,6 +43,7 @@ from fluxcore._ext.includes.fc cimport (
     crc_uses_hardware,
     rec_crc,
     rec_fill_crcs,
+    rec_verify3,
     rec_header_t,
     rec_stride,
     seg_header_t,
@@ -83,6 +87,7 @@ from fluxcore._ext.includes.sys cimport (
 )
 
 import bisect
+import operator
 import os
 
 import numpy as np
@@ -99,6 +104,7 @@ cnp.import_array()
 crc_init()
 
 include "consts.pxi"
+include "args.pyx"
 include "routing.pyx"
 include "segment_file.pyx"
 include "batch.pyx"

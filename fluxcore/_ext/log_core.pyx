@@ -38,8 +38,14 @@ cdef class LogCore:
         self.durable_index = last_index
 
     def _mark_closed(self):
+        """From here on every call raises LogClosedError; calls in flight finish or raise it."""
         self.closed = True
         self._cur_valid = False
+
+    def _quiesce(self):
+        """Waits for the append in flight, if any (the ones after it see `closed`)."""
+        self._lock_append()
+        pthread_mutex_unlock(&self._append_mu)
 
     @property
     def last_index(self):
@@ -61,6 +67,15 @@ cdef class LogCore:
         if pthread_mutex_trylock(&self._append_mu) != 0:
             with nogil:
                 pthread_mutex_lock(&self._append_mu)
+        return 0
+
+    cdef int _lock_append_open(self) except -1:
+        """The append lock, for an append: LogClosedError if close() began meanwhile (close
+        takes this lock once after marking the log closed, so no append runs past that)."""
+        self._lock_append()
+        if self.closed:
+            pthread_mutex_unlock(&self._append_mu)
+            raise LogClosedError("the log is closed")
         return 0
 
     cdef int _grow_scratch(self, Py_ssize_t n) except -1:
@@ -101,14 +116,19 @@ cdef class LogCore:
         cdef SegmentFile f
         cdef const char *key_ptr
         cdef Py_ssize_t key_size
+        cdef uint64_t preset = 0
         self._check_writable()
+        if index is not None:
+            u64_arg(index, "index", &preset)
+        if segment is not None:
+            segment = int_value(segment, "segment")
         if PyBytes_CheckExact(payload):
             ptr = PyBytes_AS_STRING(payload)
             size = PyBytes_GET_SIZE(payload)
         elif PyUnicode_Check(payload) or not PyObject_CheckBuffer(payload):
             raise TypeError(f"a payload must be bytes-like, not {type(payload).__name__}")
         else:
-            PyObject_GetBuffer(payload, &view, PyBUF_ANY_CONTIGUOUS)
+            get_contiguous(payload, &view, "payload")
             have_view = True
             ptr = <const char *>view.buf
             size = view.len
@@ -128,13 +148,13 @@ cdef class LogCore:
                 seg = <uint8_t>segment
             else:
                 seg_from_index = True
-            self._lock_append()
+            self._lock_append_open()
             try:
                 if index is not None:
-                    if index <= self._last_index:
+                    if preset <= self._last_index:
                         raise ValueError(f"preset index {index} is not greater than the last "
                                          f"index {self._last_index}")
-                    idx = index
+                    idx = preset
                 else:
                     now = seg_now_ms() << 16
                     idx = now if now > self._last_index else self._last_index + 1
@@ -164,8 +184,9 @@ cdef class LogCore:
         cdef object item
         cdef list converted = None
         cdef object out
+        cdef Py_buffer view
         self._check_writable()
-        self._lock_append()  # the scratch arrays are the writer's: gather under the lock
+        self._lock_append_open()  # the scratch arrays are the writer's: gather under the lock
         try:
             self._grow_scratch(n)
             for i in range(n):
@@ -174,6 +195,8 @@ cdef class LogCore:
                     if PyUnicode_Check(item) or not PyObject_CheckBuffer(item):
                         raise TypeError(
                             f"payload {i} must be bytes-like, not {type(item).__name__}")
+                    get_contiguous(item, &view, f"payload {i}")
+                    PyBuffer_Release(&view)
                     item = bytes(item)  # rare: bytearray or memoryview items are copied once
                     if converted is None:
                         converted = []
@@ -206,11 +229,18 @@ cdef class LogCore:
             preset = first_index
         if PyUnicode_Check(buffer) or not PyObject_CheckBuffer(buffer):
             raise TypeError(f"buffer must be bytes-like, not {type(buffer).__name__}")
-        offs = np.ascontiguousarray(offsets, dtype=np.int64)
+        if isinstance(offsets, (str, bytes, bytearray)):
+            raise TypeError(f"offsets must be a sequence of ints, not {type(offsets).__name__}")
+        raw = np.asarray(offsets)
+        if raw.size and raw.dtype.kind not in "iu":
+            raise TypeError(f"offsets must be integers, not {raw.dtype}")
+        if raw.dtype.kind == "u" and raw.size and raw.max() > 0x7FFFFFFFFFFFFFFF:
+            raise ValueError("offsets must ascend within the buffer")
+        offs = np.ascontiguousarray(raw, dtype=np.int64)
         if offs.ndim != 1 or offs.shape[0] < 1:
             raise ValueError("offsets must be a 1-d array of n+1 boundaries")
         n = offs.shape[0] - 1
-        PyObject_GetBuffer(buffer, &view, PyBUF_ANY_CONTIGUOUS)
+        get_contiguous(buffer, &view, "buffer")
         try:
             o = <const int64_t *>cnp.PyArray_DATA(offs)
             if n and (o[0] < 0 or o[n] > view.len):
@@ -218,7 +248,7 @@ cdef class LogCore:
             for i in range(n):
                 if o[i + 1] < o[i]:
                     raise ValueError("offsets must ascend within the buffer")
-            self._lock_append()
+            self._lock_append_open()
             try:
                 self._grow_scratch(n)
                 for i in range(n):
@@ -260,23 +290,9 @@ cdef class LogCore:
                 raise ValueError("give keys or segments, not both")
             route_keys(keys, n, self._segs)
         elif segments is not None:
-            segs_arr = np.asarray(segments)
-            if segs_arr.ndim != 1 or segs_arr.shape[0] != n:
-                raise ValueError(f"got {len(segs_arr)} segments for {n} payloads")
-            if cnp.PyArray_TYPE(segs_arr) == cnp.NPY_UINT8:
-                # The server's case (append_parse): checked here, not by two numpy reductions.
-                segs_arr = np.ascontiguousarray(segs_arr)
+            segs_arr = segment_array(segments, n)
+            if n:
                 memcpy(self._segs, cnp.PyArray_DATA(segs_arr), n)
-                for i in range(n):
-                    if self._segs[i] >= SEGMENTS:
-                        raise ValueError("segments must be integers in 0..127")
-            else:
-                if n and (segs_arr.dtype.kind not in "iu" or segs_arr.min() < 0
-                          or segs_arr.max() >= SEGMENTS):
-                    raise ValueError("segments must be integers in 0..127")
-                segs_arr = np.ascontiguousarray(segs_arr, dtype=np.uint8)
-                if n:
-                    memcpy(self._segs, cnp.PyArray_DATA(segs_arr), n)
         else:
             seg_from_index = True
         out = cnp.PyArray_EMPTY(1, [n], cnp.NPY_UINT64, 0)
@@ -418,12 +434,15 @@ cdef class LogCore:
     # -- reading -----------------------------------------------------------------------------
 
     cdef SegmentFile _file_at(self, Py_ssize_t pos):
+        # close() empties the lists only after setting `closed`, and both happen under the GIL.
+        if self.closed:
+            raise LogClosedError("the log is closed")
         cdef object f = self._files[pos]
         if f is None:
             f = self._map(pos)
         return <SegmentFile>f
 
-    cdef Py_ssize_t _locate(self, uint64_t after, uint64_t *offset) except -2:
+    cdef Py_ssize_t _locate(self, uint64_t after, uint64_t *offset, bint verify) except -2:
         """Position in _files and offset of the first record with index > after; -1 if the
         log has no files."""
         cdef Py_ssize_t pos
@@ -443,14 +462,35 @@ cdef class LogCore:
         f = self._file_at(pos)
         if f is None:  # removed by retention under a reader: start again from the list
             self._refresh()
-            return self._locate(after, offset)
-        offset[0] = f.seek(after)
+            return self._locate(after, offset, verify)
+        f.check_header()
+        offset[0] = f.seek(after, verify)
         return pos
 
-    def read(self, uint64_t after=0, *, Py_ssize_t max_count=10000,
-             uint64_t max_bytes=16 * 1024 * 1024, segments=None, bint verify=False):
-        """Reads records with index > after, from one segment file, into one Batch."""
+    def read(self, after=0, *, max_count=10000, max_bytes=16 * 1024 * 1024, segments=None,
+             bint verify=True):
+        """Reads records with index > after, from one segment file, into one Batch. With
+        `verify` (the default) the CRC of every record passed over is checked, and a damaged
+        one raises CorruptLogError instead of being handed out."""
         cdef int seg_lo = 0, seg_hi = SEGMENTS
+        cdef uint64_t after_, max_bytes_
+        cdef Py_ssize_t max_count_
+        if self.closed:
+            raise LogClosedError("the log is closed")
+        u64_arg(after, "after", &after_)
+        ssize_arg(max_count, "max_count", 1, &max_count_)
+        u64_arg(max_bytes, "max_bytes", &max_bytes_)
+        if segments is not None:
+            if isinstance(segments, (str, bytes)) or len(segments) != 2:
+                raise ValueError("segments must be a range (lo, hi) with 0 <= lo <= hi <= 128")
+            lo, hi = int_value(segments[0], "segments"), int_value(segments[1], "segments")
+            if not 0 <= lo <= hi <= SEGMENTS:
+                raise ValueError("segments must be a range (lo, hi) with 0 <= lo <= hi <= 128")
+            seg_lo, seg_hi = lo, hi
+        return self._read(after_, max_count_, max_bytes_, seg_lo, seg_hi, verify)
+
+    cdef Batch _read(self, uint64_t after, Py_ssize_t max_count, uint64_t max_bytes,
+                     int seg_lo, int seg_hi, bint verify):
         cdef uint64_t offset = 0, last_scanned = 0
         cdef Py_ssize_t pos, count, capacity
         cdef SegmentFile f
@@ -459,15 +499,7 @@ cdef class LogCore:
         cdef int64_t *out_len
         cdef uint64_t *out_idx
         cdef uint8_t *out_seg
-        if self.closed:
-            raise LogClosedError("the log is closed")
-        if max_count <= 0:
-            raise ValueError("max_count must be positive")
-        if segments is not None:
-            seg_lo, seg_hi = segments
-            if not 0 <= seg_lo <= seg_hi <= SEGMENTS:
-                raise ValueError("segments must be a range (lo, hi) with 0 <= lo <= hi <= 128")
-        pos = self._locate(after, &offset)
+        pos = self._locate(after, &offset, verify)
         if pos < 0:
             b = batch_new(None, 0)
             batch_trim(b, 0, after)
@@ -476,8 +508,9 @@ cdef class LogCore:
             f = self._file_at(pos)
             if f is None:
                 self._refresh()
-                pos = self._locate(after, &offset)
+                pos = self._locate(after, &offset, verify)
                 continue
+            f.check_header()
             capacity = min(<uint64_t>max_count, (f.size - offset) // REC_HEADER_SIZE + 1)
             b = batch_new(f, capacity)
             out_off = <int64_t *>b.off_ptr
@@ -488,7 +521,8 @@ cdef class LogCore:
                 count = f.read_records(&offset, capacity, max_bytes, seg_lo, seg_hi, verify,
                                        out_off, out_len, out_idx, out_seg, &last_scanned)
             if count < 0:
-                raise CorruptLogError(f.path, offset, "damaged record (bad length or CRC)")
+                raise CorruptLogError(f.path, offset, "damaged record (bad length or CRC)"
+                                      if verify else "damaged record (bad length)")
             if last_scanned:
                 after = last_scanned
             if count == 0 and f.is_sealed_at(offset):
@@ -500,7 +534,7 @@ cdef class LogCore:
                     f = self._file_at(pos)
                     if f is None:
                         self._refresh()
-                        pos = self._locate(after, &offset)
+                        pos = self._locate(after, &offset, verify)
                         if pos < 0:
                             break
                     else:
@@ -521,7 +555,7 @@ cdef class LogCore:
         cdef SegmentFile f
         if not self.readonly:
             return self._last_index > after
-        pos = self._locate(after, &offset)
+        pos = self._locate(after, &offset, False)
         while pos >= 0:
             f = self._file_at(pos)
             if f is None:

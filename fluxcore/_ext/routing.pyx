@@ -27,7 +27,7 @@ cdef inline uint8_t route_index(uint64_t index) noexcept nogil:
 
 
 cdef int route_keys(object keys, Py_ssize_t n, uint8_t *out) except -1:
-    cdef object seq = PySequence_Fast(keys, "keys must be a sequence of str or bytes")
+    cdef object seq = key_sequence(keys, "keys")
     cdef Py_ssize_t i
     cdef const char *ptr
     cdef Py_ssize_t size
@@ -42,7 +42,7 @@ cdef int route_keys(object keys, Py_ssize_t n, uint8_t *out) except -1:
 def xxh64_digest(data, uint64_t seed=0):
     """XXH64 of a bytes-like object, as an unsigned int."""
     cdef Py_buffer view
-    PyObject_GetBuffer(data, &view, PyBUF_ANY_CONTIGUOUS)
+    get_contiguous(data, &view, "data")
     try:
         return xxh64(view.buf, <size_t>view.len, seed)
     finally:
@@ -53,7 +53,7 @@ def crc32c(data, uint32_t value=0):
     """CRC32C of a bytes-like object, continuing from `value`."""
     cdef Py_buffer view
     cdef uint32_t out
-    PyObject_GetBuffer(data, &view, PyBUF_ANY_CONTIGUOUS)
+    get_contiguous(data, &view, "data")
     try:
         with nogil:
             out = crc32c_value(value, view.buf, <size_t>view.len)
@@ -77,7 +77,7 @@ def segment_of(key):
 
 def segments_of(keys):
     """Segments of many keys in one call, as a numpy uint8 array."""
-    cdef object seq = PySequence_Fast(keys, "keys must be a sequence of str or bytes")
+    cdef object seq = key_sequence(keys, "keys")
     cdef Py_ssize_t n = PySequence_Fast_GET_SIZE(seq)
     cdef cnp.ndarray out = cnp.PyArray_EMPTY(1, [n], cnp.NPY_UINT8, 0)
     route_keys(seq, n, <uint8_t *>cnp.PyArray_DATA(out))

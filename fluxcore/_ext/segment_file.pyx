@@ -14,7 +14,8 @@ cdef inline uint64_t page_up(uint64_t n) noexcept nogil:
 
 cdef inline int64_t rec_check(const char *base, uint64_t off, uint64_t limit,
                               bint verify) noexcept nogil:
-    """Length of the committed record at `off`; 0 at the end of the records; -1 if damaged."""
+    """Length of the record at `off` in a scan for the end of the records (recovery): 0 at a
+    zero length word or where no header fits; -1 if damaged."""
     cdef const rec_header_t *h
     cdef uint32_t length
     if off + REC_HEADER_SIZE > limit:
@@ -28,6 +29,46 @@ cdef inline int64_t rec_check(const char *base, uint64_t off, uint64_t limit,
     if verify and rec_crc(base + off, length) != h.crc:
         return -1
     return length
+
+
+cdef inline int64_t rec_span(const char *base, uint64_t off, uint64_t limit) noexcept nogil:
+    """Length of the record at `off` below `limit`, a committed end: every byte below it belongs
+    to a record, so anything but a record that fits is damage (-1); 0 at `limit` or past it.
+    The CRC is not checked here."""
+    cdef uint32_t length
+    if off >= limit:
+        return 0
+    if off + REC_HEADER_SIZE > limit:
+        return -1
+    length = seg_load_u32(&(<const rec_header_t *>(base + off)).length)
+    if length < REC_HEADER_SIZE or off + rec_stride(length) > limit:
+        return -1
+    return length
+
+
+cdef inline bint rec_crc_ok(const char *rec, uint32_t length) noexcept nogil:
+    return rec_crc(rec, length) == (<const rec_header_t *>rec).crc
+
+
+# Byte offsets of the header fields a reader depends on (named in CorruptLogError).
+cdef enum:
+    HDR_SEALED_END = 64
+    HDR_CHECKPOINT_OFFSET = 72
+    HDR_COMMITTED_END = 88
+
+
+cdef Py_ssize_t keep_before(uint64_t bad, Py_ssize_t count, const int64_t *out_off,
+                            const uint64_t *out_idx, uint64_t *offset_io,
+                            uint64_t *last_scanned) noexcept nogil:
+    """A read met a damaged record at `bad`: keeps the records collected before it (the next
+    read starts at `bad` and reports it), or -1 if there are none."""
+    while count > 0 and <uint64_t>out_off[count - 1] > bad:
+        count -= 1
+    offset_io[0] = bad
+    if count == 0:
+        return -1
+    last_scanned[0] = out_idx[count - 1]
+    return count
 
 
 cdef int write_fully(int fd, iovec *iov, int count, uint64_t off, uint64_t total,
@@ -156,11 +197,25 @@ cdef class SegmentFile:
                 hi = mid
         return lo
 
-    cdef uint64_t seek(self, uint64_t after) noexcept nogil:
-        """Offset of the first record with index > after (or of the end of the records)."""
+    cdef bint _entry_valid(self, uint64_t pos, uint64_t limit, bint verify) noexcept nogil:
+        """True if sparse-index entry `pos` points at a record of its index (a damaged entry
+        must not send a reader past records it has not read)."""
+        cdef uint64_t index = seg_load_u64(&self.entries[pos].index)
+        cdef uint64_t off = self.entries[pos].offset
+        cdef int64_t length
+        if off < self.data_offset or off % REC_ALIGN:
+            return False
+        length = rec_span(self.base, off, limit)
+        if length <= 0 or (<const rec_header_t *>(self.base + off)).index != index:
+            return False
+        return not verify or rec_crc_ok(self.base + off, <uint32_t>length)
+
+    cdef uint64_t seek(self, uint64_t after, bint verify) noexcept nogil:
+        """Offset of the first record with index > after, of the end of the records, or of
+        the first damaged record on the way (the read that follows reports it)."""
         cdef uint64_t lo = 0, hi = self.entry_count(), mid
         cdef uint64_t off = self.data_offset
-        cdef uint64_t limit
+        cdef uint64_t limit = self.committed()
         cdef int64_t length
         while lo < hi:  # last entry with index <= after
             mid = (lo + hi) // 2
@@ -168,17 +223,44 @@ cdef class SegmentFile:
                 lo = mid + 1
             else:
                 hi = mid
-        if lo > 0:
-            off = self.entries[lo - 1].offset
-        limit = self.committed()
+        # A damaged entry (its record is not there, or its index is past `after`): start from
+        # an earlier one. Slower, never wrong: the records before a valid entry <= after are.
+        while lo > 0:
+            if (seg_load_u64(&self.entries[lo - 1].index) <= after
+                    and self._entry_valid(lo - 1, limit, verify)):
+                off = self.entries[lo - 1].offset
+                break
+            lo -= 1
         while True:  # at most one index stride of records
-            length = rec_check(self.base, off, limit, False)
-            if length <= 0 or (<const rec_header_t *>(self.base + off)).index > after:
+            length = rec_span(self.base, off, limit)
+            if length <= 0 or (verify and not rec_crc_ok(self.base + off, <uint32_t>length)):
+                return off
+            if (<const rec_header_t *>(self.base + off)).index > after:
                 return off
             off += rec_stride(<uint64_t>length)
 
     cdef uint64_t committed(self) noexcept nogil:
-        return seg_load_u64(&self.hdr.committed_end)
+        # Clamped to the mapping: a damaged header must not send a reader past its end
+        # (check_header reports the damage).
+        cdef uint64_t end = seg_load_u64(&self.hdr.committed_end)
+        return end if end <= self.size else self.size
+
+    cdef int check_header(self) except -1:
+        """Raises CorruptLogError if the header fields a reader relies on contradict each
+        other: checkpoint <= committed end <= file size, and a sealed file ends at its seal."""
+        cdef uint64_t checkpoint = seg_load_u64(&self.hdr.checkpoint_offset)
+        cdef uint64_t sealed = seg_load_u64(&self.hdr.sealed_end)
+        cdef uint64_t end = seg_load_u64(&self.hdr.committed_end)
+        if end < self.data_offset or end > self.size or end % REC_ALIGN:
+            raise CorruptLogError(self.path, HDR_COMMITTED_END,
+                                  f"damaged header: committed end {end} is outside the records")
+        if sealed and sealed != end:
+            raise CorruptLogError(self.path, HDR_SEALED_END, f"damaged header: sealed at "
+                                  f"{sealed} but records are committed up to {end}")
+        if checkpoint > end:
+            raise CorruptLogError(self.path, HDR_CHECKPOINT_OFFSET, f"damaged header: "
+                                  f"checkpoint {checkpoint} is past the committed end {end}")
+        return 0
 
     cdef bint is_sealed_at(self, uint64_t offset) noexcept nogil:
         cdef uint64_t end = seg_load_u64(&self.hdr.sealed_end)
@@ -223,7 +305,9 @@ cdef class SegmentFile:
             i += 1
         if i > start:
             self.last_index = index
+            self.record_count += <uint64_t>(i - start)
             seg_store_u64(&self.write_offset, off)
+            seg_store_u64(&self.hdr.record_count, self.record_count)
             seg_store_u64(&self.hdr.committed_end, off)  # publish
         return i - start
 
@@ -307,7 +391,9 @@ cdef class SegmentFile:
             return 0
         if i > start:
             self.last_index = last
+            self.record_count += <uint64_t>(i - start)
             seg_store_u64(&self.write_offset, off)
+            seg_store_u64(&self.hdr.record_count, self.record_count)
             seg_store_u64(&self.hdr.committed_end, off)  # readers may read up to here now
         return i - start
 
@@ -336,8 +422,10 @@ cdef class SegmentFile:
             self, uint64_t *offset_io, Py_ssize_t max_count, uint64_t max_bytes,
             int seg_lo, int seg_hi, bint verify, int64_t *out_off, int64_t *out_len,
             uint64_t *out_idx, uint8_t *out_seg, uint64_t *last_scanned) noexcept nogil:
-        """Collects records from *offset_io on; returns the count, or -1 at a damaged record
-        (then *offset_io is its offset)."""
+        """Collects records from *offset_io on; returns the count. At a damaged record, the
+        records before it (*offset_io is then its offset, so the next read starts there), or
+        -1 if there are none. With `verify`, every record passed over is CRC-checked, three at
+        a time; records collected past a damaged one are dropped before the return."""
         cdef uint64_t off = offset_io[0]
         cdef uint64_t total = 0
         cdef int64_t length
@@ -345,13 +433,18 @@ cdef class SegmentFile:
         cdef const rec_header_t *h
         cdef Py_ssize_t count = 0
         cdef uint64_t limit = self.committed()
+        cdef const char *pending[3]
+        cdef int npending = 0, bad
         while count < max_count:
-            length = rec_check(self.base, off, limit, verify)
+            length = rec_span(self.base, off, limit)
             if length == 0:
                 break
             if length < 0:
-                offset_io[0] = off
-                return -1
+                if npending:  # a damaged record among those still to check comes first
+                    bad = rec_verify3(pending, npending)
+                    if bad >= 0:
+                        off = <uint64_t>(pending[bad] - self.base)
+                return keep_before(off, count, out_off, out_idx, offset_io, last_scanned)
             h = <const rec_header_t *>(self.base + off)
             if seg_lo <= h.segment < seg_hi:
                 payload = <uint64_t>length - REC_HEADER_SIZE
@@ -363,21 +456,39 @@ cdef class SegmentFile:
                 out_idx[count] = h.index
                 out_seg[count] = <uint8_t>h.segment
                 count += 1
+            if verify:
+                pending[npending] = self.base + off
+                npending += 1
+                if npending == 3:
+                    bad = rec_verify3(pending, 3)
+                    if bad >= 0:
+                        return keep_before(<uint64_t>(pending[bad] - self.base), count,
+                                           out_off, out_idx, offset_io, last_scanned)
+                    npending = 0
             last_scanned[0] = h.index
             off += rec_stride(<uint64_t>length)
+        if npending:
+            bad = rec_verify3(pending, npending)
+            if bad >= 0:
+                return keep_before(<uint64_t>(pending[bad] - self.base), count, out_off,
+                                   out_idx, offset_io, last_scanned)
         offset_io[0] = off
         return count
 
     cdef int64_t _walk(self, uint64_t start, uint64_t limit, uint64_t verify_from,
-                       bint rebuild_index, uint64_t *last_index, uint64_t *count) noexcept nogil:
+                       uint64_t must_reach, bint rebuild_index, uint64_t *last_index,
+                       uint64_t *count) noexcept nogil:
         """Walks records from `start`; returns the end offset, or -(offset)-1 of a damaged
-        record (bad length, bad CRC at or past verify_from, or an index that does not grow)."""
+        record (bad length, bad CRC at or past verify_from, an index that does not grow, or
+        the records ending before `must_reach`)."""
         cdef uint64_t off = start
         cdef int64_t length
         cdef uint64_t index
         while True:
             length = rec_check(self.base, off, limit, off >= verify_from)
             if length == 0:
+                if off < must_reach:
+                    return -<int64_t>off - 1
                 return <int64_t>off
             if length < 0:
                 return -<int64_t>off - 1
@@ -401,22 +512,46 @@ cdef class SegmentFile:
             off += 8
         return -1
 
+    cdef uint64_t _claimed(self, uint64_t value) noexcept nogil:
+        """A header offset if it could be the end of records; data_offset if not."""
+        if value < self.data_offset or value > self.size or value % REC_ALIGN:
+            return self.data_offset
+        return value
+
     def recover(self, bint repair, uint64_t previous_last_index):
-        """Opening the writer's last file: verify the records past the checkpoint, rebuild the
-        sparse index, cut a torn tail and zero what lies beyond it. A damaged record followed by
-        intact ones is corruption: CorruptLogError, or with repair=True, a cut there as well."""
-        cdef uint64_t last = previous_last_index, count = 0, dropped = 0, dropped_bytes = 0
+        """Opening the writer's last file: verify the records past the checkpoint (all of them
+        if the file was cut short), rebuild the sparse index, cut a damaged or torn tail and
+        zero what lies beyond it.
+
+        The header says how far the records reached (committed end, checkpoint) and how many
+        were published: records missing below that are damage, not the end of the log. Damage
+        followed by intact records is corruption: CorruptLogError, or with repair=True a cut
+        there as well. At the tail (nothing intact after it), the file is cut and the published
+        records lost are counted in `dropped_records`."""
+        cdef uint64_t last = previous_last_index, count = 0, seen = 0, dropped_bytes = 0
         cdef uint64_t verify_from = self.hdr.checkpoint_offset
         cdef uint64_t sealed = self.hdr.sealed_end
-        cdef uint64_t limit = sealed if sealed else self.size
-        cdef uint64_t end, bad, tail_last
+        cdef uint64_t claimed_end = max(self._claimed(self.hdr.committed_end),
+                                        self._claimed(self.hdr.checkpoint_offset))
+        cdef uint64_t claimed_count = self.hdr.record_count, lost = 0
+        cdef bint cut_short = self.found_size < self.size
+        cdef uint64_t limit, end, bad, tail_last, damage_end
         cdef int64_t walked, probe, length
-        if verify_from < self.data_offset or verify_from > self.size:
+        if sealed and self._claimed(sealed) != sealed:
+            if not repair:
+                raise CorruptLogError(self.path, HDR_SEALED_END,
+                                      f"damaged header: sealed at {sealed}, outside the records")
+            sealed = 0
+        if sealed:
+            claimed_end = max(claimed_end, sealed)
+        limit = sealed if sealed and not cut_short else self.size
+        if verify_from < self.data_offset or verify_from > self.size or cut_short:
             verify_from = self.data_offset
         self.index_count = 0
         self.next_entry_at = self.data_offset
         with nogil:
-            walked = self._walk(self.data_offset, limit, verify_from, True, &last, &count)
+            walked = self._walk(self.data_offset, limit, verify_from, claimed_end, True, &last,
+                                &count)
         if walked >= 0:
             end = <uint64_t>walked
             if sealed and end != sealed:
@@ -424,22 +559,29 @@ cdef class SegmentFile:
                                       f"sealed at {sealed}")
         else:
             bad = <uint64_t>(-walked - 1)
-            probe = -1 if sealed else self._probe_valid_after(bad, last)
-            if bad < verify_from or probe >= 0 or sealed:
+            probe = self._probe_valid_after(bad, last)
+            if probe >= 0 or (not cut_short and (sealed or bad < verify_from)):
                 if not repair:
                     raise CorruptLogError(
                         self.path, bad, "damaged record (bad length, CRC or index) followed by "
-                        "intact records; open with repair=True to truncate the log there")
+                        "intact records; open with repair=True to truncate the log there"
+                        if probe >= 0 else "damaged record in synced records (bad length, CRC "
+                        "or index); open with repair=True to truncate the log there")
             length = rec_check(self.base, bad, self.size, False)
-            dropped = 1
-            dropped_bytes = <uint64_t>length if length > 0 else 0
+            damage_end = bad + (rec_stride(<uint64_t>length) if length > 0 else 0)
+            if length > 0 and bad < claimed_end:
+                seen = 1  # the damaged record had been published
             if probe >= 0:
                 tail_last = last
-                walked = self._walk(<uint64_t>probe, self.size, self.size, False, &tail_last,
-                                    &dropped)
-                dropped_bytes = <uint64_t>(walked if walked >= 0 else -walked - 1) - bad
-            elif length <= 0:
-                dropped = 0
+                walked = self._walk(<uint64_t>probe, self.size, self.size, 0, False,
+                                    &tail_last, &seen)
+                damage_end = max(damage_end, <uint64_t>(walked if walked >= 0 else -walked - 1))
+            # Published records that are gone (the header counted them): the file was cut,
+            # or zeros where records were. Not when only a header field overstates the end.
+            lost = claimed_count - count if claimed_count > count else 0
+            if lost:
+                damage_end = max(damage_end, claimed_end)
+            dropped_bytes = damage_end - bad
             end = bad
             if sealed:
                 self.hdr.sealed_end = 0
@@ -448,14 +590,18 @@ cdef class SegmentFile:
                (self.index_capacity - self.index_count) * sizeof(seg_index_entry_t))
         self.write_offset = end
         self.last_index = last if count else 0
+        self.record_count = count
         if not self.hdr.sealed_end:
             self._zero_tail(end)
+        seg_store_u64(&self.hdr.checkpoint_offset, end)
+        self.hdr.checkpoint_index = self.last_index
+        seg_store_u64(&self.hdr.record_count, count)
         seg_store_u64(&self.hdr.committed_end, end)
         self._flush_range(self.data_offset if verify_from > end else verify_from, end)
-        self.hdr.checkpoint_offset = end
-        self.hdr.checkpoint_index = self.last_index
         self.synced_offset = end
-        return {"records": count, "truncated_bytes": dropped_bytes, "dropped_records": dropped}
+        return {"records": count, "truncated_bytes": dropped_bytes,
+                "dropped_records": max(seen, lost),
+                "cut_short": self.found_size if cut_short else 0}
 
     cdef int _zero_tail(self, uint64_t end) except -1:
         # Bytes past the last record may hold the body of a record whose length word never
@@ -488,8 +634,8 @@ cdef class SegmentFile:
         if upto <= self.synced_offset:
             return
         self._flush_range(self.synced_offset, upto)
-        self.hdr.checkpoint_offset = upto
         self.hdr.checkpoint_index = last_index
+        seg_store_u64(&self.hdr.checkpoint_offset, upto)  # never past committed_end
         self.synced_offset = upto
 
     def flush_header(self):
@@ -538,20 +684,23 @@ cdef class SegmentFile:
         cdef uint64_t off = self.data_offset
         cdef uint64_t last = 0, count = 0, limit
         cdef int64_t walked
-        if n > 0:
-            off = self.entries[n - 1].offset
         limit = self.committed()
-        walked = self._walk(off, limit, limit, False, &last, &count)
+        if n > 0 and self._entry_valid(n - 1, limit, False):
+            off = self.entries[n - 1].offset
+        walked = self._walk(off, limit, limit, limit, False, &last, &count)
         return (walked if walked >= 0 else -walked - 1), last
 
     def verify_all(self):
         """CRC-checks every record; returns the count, raises CorruptLogError on damage."""
         cdef uint64_t last = 0, count = 0
         cdef uint64_t sealed = seg_load_u64(&self.hdr.sealed_end)
+        cdef uint64_t limit
         cdef int64_t walked
+        self.check_header()
+        limit = self.committed()
         with nogil:
-            walked = self._walk(self.data_offset, sealed if sealed else self.committed(),
-                                self.data_offset, False, &last, &count)
+            walked = self._walk(self.data_offset, limit, self.data_offset, limit, False, &last,
+                                &count)
         if walked < 0:
             raise CorruptLogError(self.path, -walked - 1, "damaged record (bad length, CRC "
                                   "or index)")
@@ -589,10 +738,11 @@ def segment_file_create(str path, int fd, uint64_t file_size):
     return f
 
 
-def segment_file_open(str path, int fd, bint writable):
-    """Maps an existing segment file after checking its header; owns `fd` from the call on, even
-    if it raises. A writer extends a file that was cut short back to the size its header states
-    (the lost part reads as zeros)."""
+def segment_file_open(str path, int fd, bint writable, uint64_t first_index):
+    """Maps an existing segment file after checking its header against its name (the first
+    index); owns `fd` from the call on, even if it raises. A writer extends a file that was cut
+    short back to the size its header states (the lost part reads as zeros, and recovery sees
+    that the file was short); a reader refuses it."""
     cdef SegmentFile f = SegmentFile.__new__(SegmentFile)
     cdef stat st
     cdef seg_header_t hdr
@@ -612,7 +762,11 @@ def segment_file_open(str path, int fd, bint writable):
         raise CorruptLogError(path, 0, "not a fluxcore segment file (bad magic)")
     if hdr.version != SEG_VERSION:
         raise CorruptLogError(path, 8, f"unsupported segment file version {hdr.version}")
+    if hdr.first_index != first_index:
+        raise CorruptLogError(path, 24, f"damaged header: first index {hdr.first_index}, the "
+                              f"file name says {first_index}")
     if (hdr.file_size < MIN_SEGMENT_FILE_SIZE or hdr.file_size % PAGE
+            or hdr.header_size != SEG_HEADER_SIZE or hdr.index_stride != SEG_INDEX_STRIDE
             or layout_data_offset(hdr.file_size, &capacity) != hdr.data_offset
             or hdr.index_capacity != capacity):
         raise CorruptLogError(path, 16, "inconsistent segment file header")
@@ -621,6 +775,7 @@ def segment_file_open(str path, int fd, bint writable):
             raise CorruptLogError(path, actual, f"file is {actual} bytes, its header says "
                                   f"{hdr.file_size}")
         os.posix_fallocate(fd, 0, hdr.file_size)
+    f.found_size = actual
     f._map(hdr.file_size, writable)
     f.first_index = hdr.first_index
     f.data_offset = hdr.data_offset

@@ -21,6 +21,7 @@ cdef extern from "fc_seg.h" nogil:
     unsigned int REC_ALIGN
     uint32_t rec_crc(const char *rec, uint32_t length)
     void rec_fill_crcs(char *stage, size_t used)
+    int rec_verify3(const char **r, int n)
 
     ctypedef struct seg_header_t:
         char magic[8]
@@ -36,6 +37,7 @@ cdef extern from "fc_seg.h" nogil:
         uint64_t checkpoint_offset
         uint64_t checkpoint_index
         uint64_t committed_end
+        uint64_t record_count
 
     ctypedef struct rec_header_t:
         uint32_t length
