@@ -136,7 +136,8 @@ def evaluate(c: dict[str, Any], entries: list[tuple[int, str, str, str]],
 def test_store_equals_brute_force(docs: list[tuple[Any, set[str], int]],
                                   constraints: list[dict[str, Any]], since: int | None,
                                   before: int | None) -> None:
-    store = SearchStore(":memory:", durable=False, publish=lambda c, items: None)
+    store = SearchStore(":memory:", durable=False, publish=lambda c, items: None,
+                        open_log=lambda c: None)
     try:
         store.update([("index", IndexedDocument("c", str(i), ts, ts, "", b"", flatten(doc),
                                                 [("f", v) for v in sorted(f)], []))
@@ -166,7 +167,8 @@ def test_store_equals_brute_force(docs: list[tuple[Any, set[str], int]],
        st.sampled_from(TERMS), st.booleans(), st.booleans(), paths)
 def test_contains_equals_brute_force(docs: list[dict[str, str]], term: str, prefix: bool,
                                      postfix: bool, on: list[str]) -> None:
-    store = SearchStore(":memory:", durable=False, publish=lambda c, items: None)
+    store = SearchStore(":memory:", durable=False, publish=lambda c, items: None,
+                        open_log=lambda c: None)
     try:
         store.update([("index", IndexedDocument("c", str(i), 0, 0, "", b"", flatten(doc), [],
                                                 []))
@@ -187,7 +189,8 @@ def test_contains_equals_brute_force(docs: list[dict[str, str]], term: str, pref
 def test_a_page_by_one_sortable_equals_the_full_sort(
         docs: list[tuple[int, list[int]]], desc: bool, skip: int, size: int,
         group: int | None) -> None:
-    store = SearchStore(":memory:", durable=False, publish=lambda c, items: None)
+    store = SearchStore(":memory:", durable=False, publish=lambda c, items: None,
+                        open_log=lambda c: None)
     try:
         store.update([("index", IndexedDocument(
             "c", str(i), 0, 0, "", b"", flatten({"g": g}), [],

@@ -192,7 +192,8 @@ class Store:
         self.published: list[tuple[str, list[str]]] = []
         self.store = SearchStore(str(path / "search.sqlite"), durable=False,
                                  publish=lambda c, items: self.published.append(
-                                     (c, [i.id for i in items])))
+                                     (c, [i.id for i in items])),
+                                 open_log=lambda c: None)
 
     def index(self, doc_id: str, document: Any, *, collection: str = "c", ts: int | None = 0,
               end: int | None = None, facets: list[tuple[str, str]] | None = None,

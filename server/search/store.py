@@ -10,6 +10,7 @@ documents); facets and sortables."""
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -17,6 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+
+from fluxcore.errors import LogError
+from fluxcore.protocol import ProtocolError
 
 from ..store import connect, transaction
 from .constraints import (
@@ -39,6 +43,7 @@ __all__ = ["SEARCH_FILE", "IndexedDocument", "Query", "SearchStore", "Sorting"]
 SEARCH_FILE = "search.sqlite"
 ENTRY_BITS = 20
 MAX_ENTRIES = 1 << ENTRY_BITS  # entries of one document
+logger = logging.getLogger("fluxcore.server")
 _TOP = "\U0010ffff"  # above every character: `x >= t AND x < t + _TOP` is "starts with t"
 
 _SCHEMA = """
@@ -74,6 +79,7 @@ CREATE TABLE IF NOT EXISTS sortables (
     doc INTEGER NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY (doc, name, value)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sortables_value ON sortables (name, value, doc);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 _LETTER = r"[^\W\d_]"
@@ -127,6 +133,8 @@ class Sorting:
 
 
 Publish = Callable[[str, list[IndexedDocument]], None]
+# Opens (creates) a collection's DOCUMENT log, or raises if the project may not have it.
+OpenLog = Callable[[str], None]
 
 
 class _Sql:
@@ -140,7 +148,8 @@ class _Sql:
 
 
 class SearchStore:
-    def __init__(self, path: str, *, durable: bool, publish: Publish) -> None:
+    def __init__(self, path: str, *, durable: bool, publish: Publish,
+                 open_log: OpenLog) -> None:
         self._db = connect(path, durable=durable)
         # A bigger page cache and fewer checkpoints: index inserts land all over the B-trees.
         self._db.execute("PRAGMA cache_size=-65536")
@@ -148,11 +157,22 @@ class SearchStore:
         self._db.executescript(_SCHEMA)
         self._db.create_function("fc_find", 2, _find, deterministic=True)
         self._publish = publish
+        self._open_log = open_log
+        # The DOCUMENT logs have every document up to this rowid (rowids are never reused:
+        # AUTOINCREMENT). It is stored lazily (next transaction, retry(), close()): after a
+        # crash the documents since the stored value are published again (at least once).
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'published_upto'").fetchone()
+        self._published_upto = self._stored_upto = 0 if row is None else int(row[0])
+        # Documents committed that their log did not take yet. Until the first retry() looks,
+        # a crash may have left some.
+        self.backlog = True
         self._collections: dict[str, int] = dict(
             self._db.execute("SELECT name, id FROM collections").fetchall())
         self._names = {v: k for k, v in self._collections.items()}
 
     def close(self) -> None:
+        if not self.backlog:
+            self._store_upto()
         self._db.close()
 
     # -- writing -------------------------------------------------------------------------
@@ -191,8 +211,15 @@ class SearchStore:
             for rows in (entries, word_rows, vocabulary, facets, sortables):
                 rows.clear()
 
+        # Every new collection's DOCUMENT log first: a document is not stored if its log
+        # cannot be (max_logs, descriptors).
+        for collection in dict.fromkeys(item.collection for kind, item in updates
+                                        if isinstance(item, IndexedDocument)):
+            self._open_log(collection)
         try:
             with transaction(db):
+                if self._stored_upto != self._published_upto:
+                    self._write_upto()
                 for kind, item in updates:
                     if kind == "delete":
                         assert isinstance(item, tuple)
@@ -235,8 +262,19 @@ class SearchStore:
             self._collections = dict(db.execute("SELECT name, id FROM collections").fetchall())
             self._names = {v: k for k, v in self._collections.items()}
             raise
-        if indexed:
-            self._publish_all(indexed)
+        if self.backlog:  # earlier documents still wait for their logs: these go after them
+            self._publish_backlog()
+        elif indexed:
+            top = int(db.execute("SELECT max(rowid) FROM documents").fetchone()[0] or 0)
+            try:
+                self._publish_all(indexed)
+            except (OSError, LogError, ProtocolError) as exc:
+                # Stored all the same: they go to the logs once these take them again.
+                logger.error("publishing %d documents failed, kept for later: %s",
+                             len(indexed), exc)
+                self.backlog = True
+            else:
+                self._published_upto = max(self._published_upto, top)
         return done
 
     def _publish_all(self, indexed: list[IndexedDocument]) -> None:
@@ -245,6 +283,50 @@ class SearchStore:
             by_collection.setdefault(item.collection, []).append(item)
         for collection, items in by_collection.items():
             self._publish(collection, items)
+
+    def _write_upto(self) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('published_upto', ?)",
+                         (self._published_upto,))
+        self._stored_upto = self._published_upto
+
+    def _store_upto(self) -> None:
+        if self._stored_upto != self._published_upto:
+            with transaction(self._db):
+                self._write_upto()
+
+    def retry(self) -> None:
+        """Publishes the backlog if there is one, else stores how far the logs have every
+        document (the server calls this every 100 ms)."""
+        if self.backlog:
+            self._publish_backlog()
+        else:
+            self._store_upto()
+
+    def _publish_backlog(self) -> None:
+        try:
+            self.publish_pending()
+        except (OSError, LogError, ProtocolError) as exc:
+            logger.error("publishing stored documents failed, kept for later: %s", exc)
+
+    def publish_pending(self) -> None:
+        """Publishes the documents committed but maybe not published (after a crash, or
+        while a log could not take them), in the order they were indexed."""
+        while True:  # a page at a time: the backlog may be a large bulk
+            pending: list[IndexedDocument] = []
+            top = self._published_upto
+            for rowid, collection, doc_id, ts, te, doc_type, data in self._db.execute(
+                    "SELECT d.rowid, c.name, d.id, d.ts, d.te, d.type, d.data FROM documents d"
+                    " JOIN collections c ON c.id = d.coll WHERE d.rowid > ? ORDER BY d.rowid"
+                    " LIMIT 1000", (self._published_upto,)):
+                top = rowid
+                pending.append(IndexedDocument(collection, doc_id, ts, te, doc_type,
+                                               bytes(data), [], [], []))
+            if not pending:
+                break
+            self._publish_all(pending)
+            self._published_upto = top
+        self._store_upto()
+        self.backlog = False
 
     def _delete_id(self, coll: int, doc_id: str) -> bool:
         row = self._db.execute("SELECT rowid FROM documents WHERE coll = ? AND id = ?",
