@@ -405,3 +405,25 @@ def test_any_starts_from_index_lookups(store: Store) -> None:
     plan = " ".join(row[3] for row in sql._db.execute(
         f"EXPLAIN QUERY PLAN SELECT d.rowid FROM documents d WHERE {where}", params.params))
     assert "SCAN d" not in plan and "INTEGER PRIMARY KEY" in plan
+
+
+def test_facet_stats_of_every_document_follow_reindexing_and_deletes(store: Store) -> None:
+    def counted() -> dict[tuple[str, str], int]:
+        # the same numbers as counting the facets of the documents matched by a constraint
+        every = store.store.facet_stats(store.query({"exists": "v"}))
+        plain = store.store.facet_stats(store.query())
+        assert plain == every
+        return {(s["name"], s["value"]): s["count"] for s in plain}
+
+    for i in range(6):
+        store.index(str(i), {"v": i}, facets=[("g", str(i % 2)), ("g", str(i % 2)), ("k", "x")])
+    assert counted() == {("g", "0"): 3, ("g", "1"): 3, ("k", "x"): 6}  # a repeat counts once
+    store.index("0", {"v": 0}, facets=[("g", "2")])  # re-indexed with other facets
+    store.store.update([("delete", ("c", "1"))])
+    store.store.delete_query(store.query({"match": 5}))
+    assert counted() == {("g", "0"): 2, ("g", "1"): 1, ("g", "2"): 1, ("k", "x"): 3}
+    store.index("x", {"v": 9}, collection="other", facets=[("k", "x")])
+    store.store.delete_collection("c")
+    assert counted() == {}
+    assert store.store.facet_stats(Query(["other"], parse_constraints([]))) == [
+        {"name": "k", "value": "x", "count": 1}]

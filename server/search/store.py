@@ -80,6 +80,9 @@ CREATE TABLE IF NOT EXISTS sortables (
     PRIMARY KEY (doc, name, value)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sortables_value ON sortables (name, value, doc);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS facet_counts (
+    coll INTEGER NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (coll, name, value)) WITHOUT ROWID;
 """
 
 _LETTER = r"[^\W\d_]"
@@ -154,7 +157,13 @@ class SearchStore:
         # A bigger page cache and fewer checkpoints: index inserts land all over the B-trees.
         self._db.execute("PRAGMA cache_size=-65536")
         self._db.execute("PRAGMA wal_autocheckpoint=20000")
+        counted = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'facet_counts'").fetchone() is not None
         self._db.executescript(_SCHEMA)
+        if not counted:  # a store from before the counts: count what it has
+            with transaction(self._db):
+                self._db.execute("INSERT INTO facet_counts SELECT coll, name, value, count(*)"
+                                 " FROM facets GROUP BY coll, name, value")
         self._db.create_function("fc_find", 2, _find, deterministic=True)
         self._publish = publish
         self._open_log = open_log
@@ -196,6 +205,7 @@ class SearchStore:
         word_rows: list[tuple[str, int]] = []
         vocabulary: set[str] = set()
         facets: list[tuple[int, str, str, int]] = []
+        facet_counts: dict[tuple[int, str, str], int] = {}
         sortables: set[tuple[int, str, str]] = set()
         db = self._db
 
@@ -206,9 +216,10 @@ class SearchStore:
             db.executemany("INSERT INTO words VALUES (?, ?)", word_rows)
             db.executemany("INSERT OR IGNORE INTO vocabulary VALUES (?, ?)",
                            [(w, w[::-1]) for w in sorted(vocabulary)])
-            db.executemany("INSERT OR IGNORE INTO facets VALUES (?, ?, ?, ?)", facets)
+            db.executemany("INSERT INTO facets VALUES (?, ?, ?, ?)", facets)
+            self._count_facets(facet_counts, 1)
             db.executemany("INSERT INTO sortables VALUES (?, ?, ?)", sortables)
-            for rows in (entries, word_rows, vocabulary, facets, sortables):
+            for rows in (entries, word_rows, vocabulary, facets, sortables, facet_counts):
                 rows.clear()
 
         # Every new collection's DOCUMENT log first: a document is not stored if its log
@@ -252,7 +263,10 @@ class SearchStore:
                         found = set(words(phrase))
                         word_rows.extend((word, entry) for word in found)
                         vocabulary.update(found)
-                    facets.extend((doc, name, value, coll) for name, value in item.facets)
+                    for name, value in dict.fromkeys(item.facets):
+                        facets.append((doc, name, value, coll))
+                        key = (coll, name, value)
+                        facet_counts[key] = facet_counts.get(key, 0) + 1
                     sortables.update((doc, name, value) for name, value in item.sortables)
                     indexed.append(item)
                     done.append(True)
@@ -328,6 +342,16 @@ class SearchStore:
         self._store_upto()
         self.backlog = False
 
+    def _count_facets(self, counts: dict[tuple[int, str, str], int], sign: int) -> None:
+        """Adds (sign 1) or takes away (-1) documents from the counts of facet values."""
+        if not counts:
+            return
+        self._db.executemany(
+            "INSERT INTO facet_counts VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
+            " n = n + excluded.n", [(*key, sign * n) for key, n in counts.items()])
+        if sign < 0:
+            self._db.execute("DELETE FROM facet_counts WHERE n <= 0")
+
     def _delete_id(self, coll: int, doc_id: str) -> bool:
         row = self._db.execute("SELECT rowid FROM documents WHERE coll = ? AND id = ?",
                                (coll, doc_id)).fetchone()
@@ -348,6 +372,14 @@ class SearchStore:
                 word_rows.extend((word, entry) for word in set(words(phrase)))
         db.executemany("DELETE FROM words WHERE word = ? AND entry = ?", word_rows)
         db.executemany("DELETE FROM entries WHERE rowid BETWEEN ? AND ?", ranges)
+        removed: dict[tuple[int, str, str], int] = {}
+        for first in range(0, len(docs), 500):
+            chunk = docs[first : first + 500]
+            for key in db.execute(
+                    "SELECT coll, name, value FROM facets WHERE doc IN"
+                    f" ({','.join('?' * len(chunk))})", chunk):
+                removed[key] = removed.get(key, 0) + 1
+        self._count_facets(removed, -1)
         rows = [(d,) for d in docs]
         db.executemany("DELETE FROM facets WHERE doc = ?", rows)
         db.executemany("DELETE FROM sortables WHERE doc = ?", rows)
@@ -510,11 +542,11 @@ class SearchStore:
         if where is None:
             return []
         plain = not query.constraint.items and query.since is None and query.before is None
-        if plain:  # every document of the collections: the facet index alone
+        if plain:  # every document of the collections: the counts kept as they change
             colls = [self._collections[c] for c in query.collections if c in self._collections]
             rows = self._db.execute(
-                "SELECT name, value, count(*) AS n FROM facets WHERE coll IN "
-                f"({','.join(map(str, colls))}) GROUP BY coll, name, value").fetchall()
+                "SELECT name, value, n FROM facet_counts WHERE coll IN "
+                f"({','.join(map(str, colls))})").fetchall()
         else:
             rows = self._db.execute(
                 "SELECT name, value, count(*) FROM facets WHERE doc IN (SELECT d.rowid FROM "
