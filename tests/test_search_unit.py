@@ -427,3 +427,39 @@ def test_facet_stats_of_every_document_follow_reindexing_and_deletes(store: Stor
     assert counted() == {}
     assert store.store.facet_stats(Query(["other"], parse_constraints([]))) == [
         {"name": "k", "value": "x", "count": 1}]
+
+
+def test_plans_for_large_collections_find_the_same_documents(tmp_path: Path) -> None:
+    # Tiny thresholds make a few documents take the plans of a large collection: the set of
+    # the most selective constraint with the others tested per document, and pages found by
+    # walking the sort order. Both stores must answer every query the same.
+    stores = [SearchStore(str(tmp_path / f"{n}.sqlite"), durable=False,
+                          publish=lambda c, items: None, open_log=lambda c: None, **planning)
+              for n, planning in enumerate([{}, {"estimate_cap": 1, "walk_budget": 4}])]
+    colors = ["red", "green", "blue"]
+    for store in stores:
+        store.update([("index", IndexedDocument(
+            "c", f"d{i}", i % 7 if i % 5 else None, None, "", b"",
+            flatten({"color": colors[i % 3], "n": i, "text": f"the {colors[i % 2]} fox {i}",
+                     "tags": [colors[(i + 1) % 3]]}),
+            [("k", colors[i % 3])], [("n", sortable_text(i % 4, "n"))] if i % 6 else []))
+            for i in range(40)])
+    queries: list[list[Any]] = [
+        [], [{"match": "red"}], [{"match": "red", "paths": ["color"]}, {"contains": "fox"}],
+        [{"match": "blue"}, {"not": {"contains": "green"}}, {"min": 3, "max": 30}],
+        [{"facet": {"name": "k", "value": "green"}}, {"contains": "the"},
+         {"any": [{"match": 4, "paths": ["n"]}, {"exists": "tags"}]}],
+        [{"contains": "red", "paths": ["tags"]}, {"match": "green"}],
+        [{"match": "red"}, {"match": "nothing"}],
+    ]
+    for constraints in queries:
+        query = Query(["c"], parse_constraints(constraints))
+        for sort in ([], ["timestamp"], ["-n"], ["n"], ["end"]):
+            for max_size, skip in ((None, 0), (3, 0), (2, 3)):
+                answers = [[d["id"] for d in store.search(
+                    query, Sorting(sort), max_size=max_size, skip=skip, last_hit=None)]
+                    for store in stores]
+                assert answers[0] == answers[1], (constraints, sort, max_size, skip)
+        assert stores[0].count(query) == stores[1].count(query)
+    for store in stores:
+        store.close()

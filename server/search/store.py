@@ -43,6 +43,10 @@ __all__ = ["SEARCH_FILE", "IndexedDocument", "Query", "SearchStore", "Sorting"]
 SEARCH_FILE = "search.sqlite"
 ENTRY_BITS = 20
 MAX_ENTRIES = 1 << ENTRY_BITS  # entries of one document
+# A query planned by how many documents its constraints find counts up to this many.
+ESTIMATE_CAP = 5000
+# Rows a walk in sort order tests before it gives up and sorts the matches instead.
+WALK_BUDGET = 4096
 logger = logging.getLogger("fluxcore.server")
 _TOP = "\U0010ffff"  # above every character: `x >= t AND x < t + _TOP` is "starts with t"
 
@@ -151,8 +155,10 @@ class _Sql:
 
 
 class SearchStore:
-    def __init__(self, path: str, *, durable: bool, publish: Publish,
-                 open_log: OpenLog) -> None:
+    def __init__(self, path: str, *, durable: bool, publish: Publish, open_log: OpenLog,
+                 estimate_cap: int = ESTIMATE_CAP, walk_budget: int = WALK_BUDGET) -> None:
+        self._estimate_cap = estimate_cap
+        self._walk_budget = walk_budget
         self._db = connect(path, durable=durable)
         # A bigger page cache and fewer checkpoints: index inserts land all over the B-trees.
         self._db.execute("PRAGMA cache_size=-65536")
@@ -421,8 +427,9 @@ class SearchStore:
             "SELECT 1 FROM documents WHERE coll = ? AND id = ?", (coll, doc_id)
         ).fetchone() is not None
 
-    def _where(self, query: Query, sql: _Sql) -> str | None:
-        """The WHERE clause over `documents d` for a query; None if it cannot match."""
+    def _where(self, query: Query, sql: _Sql, *, probe: bool = False) -> str | None:
+        """The WHERE clause over `documents d` for a query; None if it cannot match. Probe:
+        every constraint a test of one document (for a walk in sort order), not a set."""
         colls = [self._collections[c] for c in query.collections if c in self._collections]
         if not colls:
             return None
@@ -438,8 +445,121 @@ class SearchStore:
             # `+`: start from the documents the constraints find, not from every document of
             # the collection in timestamp order.
             clauses[0] = "+" + clauses[0]
-            clauses.append(_compile(query.constraint, colls, sql))
+            if probe:
+                clauses.append(_compile(query.constraint, colls, sql, probe=True))
+            else:
+                clauses.append(self._conjunction(_conjuncts(query.constraint), colls, sql))
         return " AND ".join(clauses)
+
+    def _conjunction(self, items: list[Node], colls: list[int], sql: _Sql) -> str:
+        """Constraints that must all hold: the set of the most selective one, tested
+        document by document against the others that a test serves well, instead of the
+        intersection of every set."""
+        if not items:
+            return "1"
+        probed: set[int] = set()
+        if len(items) > 1:
+            estimates = [self._estimate(n, colls) for n in items]
+            known = [i for i, n in enumerate(estimates) if n is not None]
+            if known:
+                driver = min(known, key=lambda i: estimates[i] or 0)
+                probed = {i for i, n in enumerate(items) if i != driver and _probes_well(n)}
+        return "(" + " AND ".join(_compile(n, colls, sql, probe=i in probed)
+                                  for i, n in enumerate(items)) + ")"
+
+    def _estimate(self, node: Node, colls: list[int]) -> int | None:
+        """About how many documents (entries) a constraint finds, up to self._estimate_cap; None
+        if there is no cheap way to tell."""
+        in_colls = f"({','.join(map(str, colls))})"
+        if isinstance(node, Facet):
+            row = self._db.execute(
+                f"SELECT sum(n) FROM facet_counts WHERE coll IN {in_colls} AND name = ? AND"
+                " value = ?", (node.name, node.value)).fetchone()
+            return int(row[0] or 0)
+        if isinstance(node, Match) and not node.strict:
+            inner = (f"SELECT 1 FROM entries e WHERE e.coll IN {in_colls} AND e.phrase = ?"
+                     f" LIMIT {int(self._estimate_cap)}")
+            param = normalize(node.value)
+        elif (isinstance(node, Contains) and not node.prefix and not node.postfix
+              and words(node.term) == [node.term]):
+            inner = f"SELECT 1 FROM words WHERE word = ? LIMIT {int(self._estimate_cap)}"
+            param = node.term
+        else:
+            return None
+        return int(self._db.execute(f"SELECT count(*) FROM ({inner})", (param,)).fetchone()[0])
+
+    def _broad(self, query: Query) -> bool:
+        """Whether the query surely matches many documents (a walk in sort order finds a
+        page soon): no constraint, or each at least self._estimate_cap of them."""
+        colls = [self._collections[c] for c in query.collections if c in self._collections]
+        items = _conjuncts(query.constraint)
+        for item in items:
+            estimate = self._estimate(item, colls)
+            if estimate is None or estimate < self._estimate_cap:
+                return False
+        return True
+
+    def _walk(self, walk_sql: str, params: list[Any], wanted: int) -> list[int] | None:
+        """The first `wanted` distinct documents of a walk of (rowid, matches) rows, or None
+        if the walk ended or went past self._walk_budget rows first (then sort the matches)."""
+        found: dict[int, None] = {}
+        walked = 0
+        cursor = self._db.execute(walk_sql, params)
+        try:
+            while len(found) < wanted and walked < self._walk_budget:
+                batch = cursor.fetchmany(256)
+                if not batch:
+                    return None
+                for rowid, matches in batch:
+                    walked += 1
+                    if matches:
+                        found.setdefault(rowid)
+                        if len(found) >= wanted:
+                            break
+        finally:
+            cursor.close()
+        return list(found) if len(found) >= wanted else None
+
+    def _page(self, page: list[int]) -> list[dict[str, Any]]:
+        if not page:
+            return []
+        rows = {row[0]: row[1:] for row in self._db.execute(
+            "SELECT d.rowid, c.name, d.id, d.ts, d.te, d.type, d.data FROM documents d JOIN"
+            f" collections c ON c.id = d.coll WHERE d.rowid IN ({','.join('?' * len(page))})",
+            page)}
+        return [_document(rows[r][0], rows[r][1:]) for r in page]
+
+    def _walked_page(self, query: Query, key: str, max_size: int,
+                     skip: int) -> list[dict[str, Any]] | None:
+        """A page sorted by one key, found by walking the key's index in order and testing
+        each document, when the query matches many documents; None otherwise."""
+        desc = key.startswith("-")
+        name = key[1:] if desc else key
+        colls = [self._collections[c] for c in query.collections if c in self._collections]
+        if not colls or name == "end" or (name == "timestamp" and len(colls) > 1):
+            return None
+        if not self._broad(query):
+            return None
+        sql = _Sql()
+        test = self._where(query, sql, probe=True)
+        if test is None:
+            return None
+        order = "DESC" if desc else "ASC"
+        if name == "timestamp":
+            # Documents without a timestamp sort last: the walk leaves them out and gives up
+            # when it runs out (the general sort then has them).
+            walk = (f"SELECT d.rowid, {test} FROM documents d WHERE d.coll = {colls[0]} AND"
+                    f" d.ts IS NOT NULL ORDER BY d.ts {order}, d.rowid {order}")
+            params = sql.params
+        else:
+            walk = (f"SELECT s.doc, {test} FROM sortables s CROSS JOIN documents d ON"
+                    f" d.rowid = s.doc WHERE s.name = ? ORDER BY s.value {order},"
+                    f" s.doc {order}")
+            params = [*sql.params, sortable_name(name)]
+        found = self._walk(walk, params, skip + max_size)
+        if found is None:
+            return None
+        return self._page(found[skip:])
 
     def _matching_rowids(self, query: Query) -> list[int]:
         sql = _Sql()
@@ -486,9 +606,13 @@ class SearchStore:
             after, params = _after(keys, row)
             where = f"{where} AND {after}"
             sql.add(*params)
-        elif (max_size is not None and len(sorting.keys) == 1
-              and sorting.keys[0].lstrip("-") not in ("timestamp", "end")):
-            return self._top_by_sortable(where, sql.params, sorting.keys[0], max_size, skip)
+        elif max_size is not None and len(sorting.keys or ["-timestamp"]) == 1:
+            key = (sorting.keys or ["-timestamp"])[0]
+            walked = self._walked_page(query, key, max_size, skip)
+            if walked is not None:
+                return walked
+            if key.lstrip("-") not in ("timestamp", "end"):
+                return self._top_by_sortable(where, sql.params, key, max_size, skip)
         limit = -1 if max_size is None else max_size
         rows = self._db.execute(
             f"SELECT c.name, d.id, d.ts, d.te, d.type, d.data FROM documents d"
@@ -525,14 +649,7 @@ class SearchStore:
                     f" FROM sortables s WHERE s.doc = d.rowid AND s.name = ?) ORDER BY"
                     f" d.rowid {order} LIMIT ?", (*params, name, wanted - len(found))):
                 found.setdefault(rowid)
-        page = list(found)[skip:wanted]
-        if not page:
-            return []
-        rows = {row[0]: row[1:] for row in self._db.execute(
-            "SELECT d.rowid, c.name, d.id, d.ts, d.te, d.type, d.data FROM documents d JOIN"
-            f" collections c ON c.id = d.coll WHERE d.rowid IN ({','.join('?' * len(page))})",
-            page)}
-        return [_document(rows[r][0], rows[r][1:]) for r in page]
+        return self._page(list(found)[skip:wanted])
 
     # -- statistics ----------------------------------------------------------------------
 
@@ -707,35 +824,47 @@ def _paths_sql(paths: tuple[PathGlob, ...], alias: str, sql: _Sql) -> str:
     return "(" + " OR ".join(parts) + ")"
 
 
-def _entries_in(cond: str, paths: tuple[PathGlob, ...], colls: list[int], sql: _Sql) -> str:
+_OWN_ENTRIES = f"BETWEEN d.rowid << {ENTRY_BITS} AND (d.rowid << {ENTRY_BITS}) | {MAX_ENTRIES - 1}"
+
+
+def _entries_in(cond: str, paths: tuple[PathGlob, ...], colls: list[int], sql: _Sql,
+                probe: bool) -> str:
+    """Documents with an entry that meets `cond` at one of `paths`: the set of them from a
+    value index, or (probe) a test of the document's own entries (a rowid range)."""
     path = f" AND {_paths_sql(paths, 'e', sql)}" if paths else ""
+    if probe:
+        return f"EXISTS (SELECT 1 FROM entries e WHERE e.rowid {_OWN_ENTRIES} AND {cond}{path})"
     return (f"d.rowid IN (SELECT e.rowid >> {ENTRY_BITS} FROM entries e WHERE e.coll IN "
             f"({','.join(map(str, colls))}) AND {cond}{path})")
 
 
-def _compile(node: Node, colls: list[int], sql: _Sql) -> str:
+def _compile(node: Node, colls: list[int], sql: _Sql, probe: bool = False) -> str:
     if isinstance(node, All):
         if not node.items:
             return "1"
-        return "(" + " AND ".join(_compile(n, colls, sql) for n in node.items) + ")"
+        return "(" + " AND ".join(_compile(n, colls, sql, probe) for n in node.items) + ")"
     if isinstance(node, Any_):
         if not node.items:
             return "0"
-        return "(" + " OR ".join(_compile(n, colls, sql) for n in node.items) + ")"
+        return "(" + " OR ".join(_compile(n, colls, sql, probe) for n in node.items) + ")"
     if isinstance(node, Not):
-        return f"NOT {_compile(node.item, colls, sql)}"
+        return f"NOT {_compile(node.item, colls, sql, probe)}"
     if isinstance(node, Facet):
         sql.add(node.name, node.value)
+        if probe:
+            return ("EXISTS (SELECT 1 FROM facets f WHERE f.doc = d.rowid AND f.name = ? AND"
+                    " f.value = ?)")
         return (f"d.rowid IN (SELECT f.doc FROM facets f WHERE f.coll IN "
                 f"({','.join(map(str, colls))}) AND f.name = ? AND f.value = ?)")
     if isinstance(node, Match):
         if node.strict:
             sql.add(normalize(node.value), node.value, node.value)
-            return _entries_in("e.phrase IN (?, ?) AND e.value = ?", node.paths, colls, sql)
+            return _entries_in("e.phrase IN (?, ?) AND e.value = ?", node.paths, colls, sql,
+                               probe)
         sql.add(normalize(node.value))
-        return _entries_in("e.phrase = ?", node.paths, colls, sql)
+        return _entries_in("e.phrase = ?", node.paths, colls, sql, probe)
     if isinstance(node, Between):
-        return _between(node, colls, sql)
+        return _between(node, colls, sql, probe)
     if isinstance(node, Exists):
         parts = []
         for glob in node.paths:
@@ -747,16 +876,41 @@ def _compile(node: Node, colls: list[int], sql: _Sql) -> str:
                 else:
                     parts.append(f"{column} GLOB ? OR {column} GLOB ?")
                     sql.add(pattern, pattern + "/*")
-        return _entries_in(f"e.type != {NULL} AND ({' OR '.join(parts)})", (), colls, sql)
+        return _entries_in(f"e.type != {NULL} AND ({' OR '.join(parts)})", (), colls, sql,
+                           probe)
     assert isinstance(node, Contains)
-    return _contains(node, colls, sql)
+    return _contains(node, colls, sql, probe)
+
+
+def _conjuncts(node: All) -> list[Node]:
+    """The constraints of an All, with the items of nested Alls brought up."""
+    out: list[Node] = []
+    for item in node.items:
+        if isinstance(item, All):
+            out.extend(_conjuncts(item))
+        else:
+            out.append(item)
+    return out
+
+
+def _probes_well(node: Node) -> bool:
+    """Whether testing one document for the constraint is cheap (SQL on its own entries,
+    no Python per entry)."""
+    if isinstance(node, (All, Any_)):
+        return all(_probes_well(n) for n in node.items)
+    if isinstance(node, Not):
+        return _probes_well(node.item)
+    if isinstance(node, Contains):
+        return (not node.prefix and not node.postfix and not node.paths
+                and words(node.term) == [node.term])
+    return True
 
 
 def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
 
 
-def _between(node: Between, colls: list[int], sql: _Sql) -> str:
+def _between(node: Between, colls: list[int], sql: _Sql, probe: bool) -> str:
     numeric = isinstance(node.min, (int, float)) or isinstance(node.max, (int, float))
     column = "e.number" if numeric else "e.phrase"
     parts = []
@@ -764,17 +918,21 @@ def _between(node: Between, colls: list[int], sql: _Sql) -> str:
         if bound is not None:
             parts.append(f"{column} {op} ?")
             sql.add(float(bound) if numeric else normalize(str(bound)))
-    return _entries_in(" AND ".join(parts), node.paths, colls, sql)
+    return _entries_in(" AND ".join(parts), node.paths, colls, sql, probe)
 
 
-def _contains(node: Contains, colls: list[int], sql: _Sql) -> str:
+def _contains(node: Contains, colls: list[int], sql: _Sql, probe: bool) -> str:
     term = node.term
     found = words(term)
     pattern = contains_regex(term, node.prefix, node.postfix)
-    if not found:  # no word to look up (punctuation only): the constraint forces a scan
-        sql.add(pattern)
-        return _entries_in("fc_find(e.phrase, ?)", node.paths, colls, sql)
     exact = len(found) == 1 and found[0] == term
+    if probe and exact and not node.prefix and not node.postfix and not node.paths:
+        sql.add(term)  # the word's index entry for one of the document's entries
+        return (f"EXISTS (SELECT 1 FROM words w WHERE w.word = ? AND w.entry"
+                f" {_OWN_ENTRIES})")
+    if probe or not found:  # the document's entries; no word to look up: a scan
+        sql.add(pattern)
+        return _entries_in("fc_find(e.phrase, ?)", node.paths, colls, sql, probe)
     # Look up the longest word; whether it may be cut on the left (right) of a word in the
     # text depends on whether it starts (ends) the term and the term may be cut there.
     best = max(range(len(found)), key=lambda i: len(found[i]))
