@@ -138,7 +138,7 @@ def test_store_equals_brute_force(docs: list[tuple[Any, set[str], int]],
                                   before: int | None, walks: bool) -> None:
     # walks: plans for large collections (set of the most selective constraint, the others
     # tested per document; pages found by walking the sort order) at this small size.
-    planning = {"estimate_cap": 1, "walk_budget": 3} if walks else {}
+    planning = {"estimate_cap": 1, "walk_budget": 10**6} if walks else {}
     store = SearchStore(":memory:", durable=False, publish=lambda c, items: None,
                         open_log=lambda c: None, **planning)
     try:
@@ -195,7 +195,7 @@ def test_contains_equals_brute_force(docs: list[dict[str, str]], term: str, pref
 def test_a_page_by_one_sortable_equals_the_full_sort(
         docs: list[tuple[int, list[int]]], desc: bool, skip: int, size: int,
         group: int | None, walks: bool) -> None:
-    planning = {"estimate_cap": 1, "walk_budget": 3} if walks else {}
+    planning = {"estimate_cap": 1, "walk_budget": 10**6} if walks else {}
     store = SearchStore(":memory:", durable=False, publish=lambda c, items: None,
                         open_log=lambda c: None, **planning)
     try:

@@ -47,6 +47,8 @@ MAX_ENTRIES = 1 << ENTRY_BITS  # entries of one document
 ESTIMATE_CAP = 5000
 # Rows a walk in sort order tests before it gives up and sorts the matches instead.
 WALK_BUDGET = 4096
+_MANY = 1 << 62  # an estimate: at least as many as asked
+_FEW = 200  # documents few enough to test one by one against any constraint
 logger = logging.getLogger("fluxcore.server")
 _TOP = "\U0010ffff"  # above every character: `x >= t AND x < t + _TOP` is "starts with t"
 
@@ -459,17 +461,24 @@ class SearchStore:
             return "1"
         probed: set[int] = set()
         if len(items) > 1:
-            estimates = [self._estimate(n, colls) for n in items]
-            known = [i for i, n in enumerate(estimates) if n is not None]
+            cap = self._estimate_cap
+            estimates = [self._estimate(n, colls, cap) for n in items]
+            known = [(n, i) for i, n in enumerate(estimates) if n is not None]
             if known:
-                driver = min(known, key=lambda i: estimates[i] or 0)
-                probed = {i for i, n in enumerate(items) if i != driver and _probes_well(n)}
+                least, driver = min(known)
+                # A test per document of the driver's set costs more than a set lookup:
+                # only against a much larger set, or an unknown one while the driver's is
+                # small.
+                probed = {i for i, (node, n) in enumerate(zip(items, estimates, strict=True))
+                          if i != driver and _probes_well(node) and (
+                              (n is not None and n >= 8 * least) or
+                              (n is None and least <= _FEW))}
         return "(" + " AND ".join(_compile(n, colls, sql, probe=i in probed)
                                   for i, n in enumerate(items)) + ")"
 
-    def _estimate(self, node: Node, colls: list[int]) -> int | None:
-        """About how many documents (entries) a constraint finds, up to self._estimate_cap; None
-        if there is no cheap way to tell."""
+    def _estimate(self, node: Node, colls: list[int], limit: int) -> int | None:
+        """About how many documents (entries) a constraint finds, counted up to `limit`;
+        None if there is no cheap way to tell."""
         in_colls = f"({','.join(map(str, colls))})"
         if isinstance(node, Facet):
             row = self._db.execute(
@@ -478,26 +487,36 @@ class SearchStore:
             return int(row[0] or 0)
         if isinstance(node, Match) and not node.strict:
             inner = (f"SELECT 1 FROM entries e WHERE e.coll IN {in_colls} AND e.phrase = ?"
-                     f" LIMIT {int(self._estimate_cap)}")
+                     f" LIMIT {int(limit)}")
             param = normalize(node.value)
         elif (isinstance(node, Contains) and not node.prefix and not node.postfix
               and words(node.term) == [node.term]):
-            inner = f"SELECT 1 FROM words WHERE word = ? LIMIT {int(self._estimate_cap)}"
+            inner = f"SELECT 1 FROM words WHERE word = ? LIMIT {int(limit)}"
             param = node.term
         else:
             return None
         return int(self._db.execute(f"SELECT count(*) FROM ({inner})", (param,)).fetchone()[0])
 
-    def _broad(self, query: Query) -> bool:
-        """Whether the query surely matches many documents (a walk in sort order finds a
-        page soon): no constraint, or each at least self._estimate_cap of them."""
+    def _broad_estimate(self, wanted: int) -> int:
+        """How many matches make a walk of _walk_budget documents in sort order likely
+        (twice over) to find `wanted` of them in the largest collection there may be."""
+        (top,) = self._db.execute("SELECT max(rowid) FROM documents").fetchone()
+        return max(1, -(-2 * wanted * int(top or 0) // self._walk_budget))
+
+    def _smallest(self, query: Query, many: int) -> int | None:
+        """The fewest documents a constraint of the query finds, counted up to `many`
+        (_MANY if none finds fewer; None: no constraint can tell cheaply and some may be
+        selective)."""
         colls = [self._collections[c] for c in query.collections if c in self._collections]
-        items = _conjuncts(query.constraint)
-        for item in items:
-            estimate = self._estimate(item, colls)
-            if estimate is None or estimate < self._estimate_cap:
-                return False
-        return True
+        smallest: int | None = _MANY
+        for item in _conjuncts(query.constraint):
+            estimate = self._estimate(item, colls, many)
+            if estimate is None:
+                if smallest == _MANY:
+                    smallest = None
+            elif estimate < many and (smallest is None or estimate < smallest):
+                smallest = estimate
+        return smallest
 
     def _walk(self, walk_sql: str, params: list[Any], wanted: int) -> list[int] | None:
         """The first `wanted` distinct documents of a walk of (rowid, matches) rows, or None
@@ -537,8 +556,6 @@ class SearchStore:
         name = key[1:] if desc else key
         colls = [self._collections[c] for c in query.collections if c in self._collections]
         if not colls or name == "end" or (name == "timestamp" and len(colls) > 1):
-            return None
-        if not self._broad(query):
             return None
         sql = _Sql()
         test = self._where(query, sql, probe=True)
@@ -608,10 +625,14 @@ class SearchStore:
             sql.add(*params)
         elif max_size is not None and len(sorting.keys or ["-timestamp"]) == 1:
             key = (sorting.keys or ["-timestamp"])[0]
-            walked = self._walked_page(query, key, max_size, skip)
-            if walked is not None:
-                return walked
-            if key.lstrip("-") not in ("timestamp", "end"):
+            smallest = self._smallest(query, self._broad_estimate(skip + max_size))
+            if smallest == _MANY:
+                walked = self._walked_page(query, key, max_size, skip)
+                if walked is not None:
+                    return walked
+            if key.lstrip("-") not in ("timestamp", "end") and (
+                    smallest is None or smallest == _MANY):
+                # Many or maybe many matches: the sortable's index walked, matches as a set.
                 return self._top_by_sortable(where, sql.params, key, max_size, skip)
         limit = -1 if max_size is None else max_size
         rows = self._db.execute(
