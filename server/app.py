@@ -204,6 +204,11 @@ class Server:
                     project.events.retry()
                 except sqlite3.Error as exc:
                     logger.error("publishing stored events of %s failed: %s", project.name, exc)
+                try:
+                    project.search.retry()
+                except sqlite3.Error as exc:
+                    logger.error("publishing stored documents of %s failed: %s", project.name,
+                                 exc)
 
     async def _idle_loop(self) -> None:
         """Pings connections gone quiet and closes those that stay so (Session.check_idle)."""

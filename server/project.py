@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from fluxcore._ext import _proto
 from fluxcore.log import Log
-from fluxcore.protocol import ErrorCode, MessageType, ProtocolError, check_name
+from fluxcore.protocol import ErrorCode, MessageType, ProtocolError, check_name, log_name
 
 from .config import ServerConfig
 from .events import EVENTS_FILE, EventStore
@@ -65,8 +65,11 @@ class Project:
         self.events = EventStore(os.path.join(self.path, EVENTS_FILE), durable=durable,
                                  publish=self._publish_events)
         self.events.retry()  # what a crash left unpublished goes out first
-        self.search = SearchStore(os.path.join(self.path, SEARCH_FILE), durable=durable,
-                                  publish=document_publisher(self))
+        self.search = SearchStore(
+            os.path.join(self.path, SEARCH_FILE), durable=durable,
+            publish=document_publisher(self),
+            open_log=self._open_document_log)
+        self.search.retry()  # documents a crash left unpublished go out first
         self.web = WebProxy(self)
 
     def log(self, name: str) -> Log:
@@ -116,6 +119,9 @@ class Project:
         if named:
             self._named_logs.add(name)
         return log
+
+    def _open_document_log(self, collection: str) -> None:
+        self.log(log_name(MessageType.DOCUMENT, collection))
 
     def _default_retention(self, name: str) -> int | None:
         # As the original service: metrics are kept a month, everything else indefinitely

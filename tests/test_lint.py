@@ -40,3 +40,20 @@ def test_cython_lint() -> None:
 
 def test_mypy() -> None:
     check(tool("mypy"))
+
+
+def test_no_merge_conflict_markers() -> None:
+    # Text files the repository tracks (docs too, which ruff and mypy never read).
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    markers = ("<" * 7 + " ", "=" * 7 + "\n", ">" * 7 + " ")
+    found = []
+    for name in listed.stdout.split():
+        path = ROOT / name
+        if path.suffix not in {".py", ".pyx", ".pxd", ".pxi", ".pyi", ".h", ".md", ".toml",
+                               ".cfg", ".txt"} and name != ".ci/run":
+            continue
+        lines = path.read_text(errors="replace").splitlines(keepends=True)
+        found += [f"{name}:{n}" for n, line in enumerate(lines, 1) if line.startswith(markers)]
+    assert not found, f"merge conflict markers left in: {found}"

@@ -131,12 +131,16 @@ def evaluate(c: dict[str, Any], entries: list[tuple[int, str, str, str]],
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(document, st.sets(st.sampled_from("xyz")), st.integers(0, 9)),
                 min_size=1, max_size=12),
-       st.lists(constraint, max_size=2), st.one_of(st.none(), st.integers(0, 9)),
-       st.one_of(st.none(), st.integers(0, 9)))
+       st.lists(constraint, max_size=3), st.one_of(st.none(), st.integers(0, 9)),
+       st.one_of(st.none(), st.integers(0, 9)), st.booleans())
 def test_store_equals_brute_force(docs: list[tuple[Any, set[str], int]],
                                   constraints: list[dict[str, Any]], since: int | None,
-                                  before: int | None) -> None:
-    store = SearchStore(":memory:", durable=False, publish=lambda c, items: None)
+                                  before: int | None, walks: bool) -> None:
+    # walks: plans for large collections (set of the most selective constraint, the others
+    # tested per document; pages found by walking the sort order) at this small size.
+    planning = {"estimate_cap": 1, "walk_budget": 10**6} if walks else {}
+    store = SearchStore(":memory:", durable=False, publish=lambda c, items: None,
+                        open_log=lambda c: None, **planning)
     try:
         store.update([("index", IndexedDocument("c", str(i), ts, ts, "", b"", flatten(doc),
                                                 [("f", v) for v in sorted(f)], []))
@@ -156,6 +160,8 @@ def test_store_equals_brute_force(docs: list[tuple[Any, set[str], int]],
                 expected.append((ts, i))
         assert [d["id"] for d in found] == [str(i) for _, i in sorted(expected)]
         assert store.count(query) == len(expected)
+        newest = store.search(query, Sorting([]), max_size=3, skip=1, last_hit=None)
+        assert [d["id"] for d in newest] == [str(i) for _, i in sorted(expected)[::-1][1:4]]
     finally:
         store.close()
 
@@ -166,7 +172,8 @@ def test_store_equals_brute_force(docs: list[tuple[Any, set[str], int]],
        st.sampled_from(TERMS), st.booleans(), st.booleans(), paths)
 def test_contains_equals_brute_force(docs: list[dict[str, str]], term: str, prefix: bool,
                                      postfix: bool, on: list[str]) -> None:
-    store = SearchStore(":memory:", durable=False, publish=lambda c, items: None)
+    store = SearchStore(":memory:", durable=False, publish=lambda c, items: None,
+                        open_log=lambda c: None)
     try:
         store.update([("index", IndexedDocument("c", str(i), 0, 0, "", b"", flatten(doc), [],
                                                 []))
@@ -183,11 +190,14 @@ def test_contains_equals_brute_force(docs: list[dict[str, str]], term: str, pref
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 3), st.lists(st.integers(0, 5), max_size=3)),
                 min_size=1, max_size=15),
-       st.booleans(), st.integers(0, 4), st.integers(1, 6), st.one_of(st.none(), st.integers(0, 3)))
+       st.booleans(), st.integers(0, 4), st.integers(1, 6), st.one_of(st.none(), st.integers(0, 3)),
+       st.booleans())
 def test_a_page_by_one_sortable_equals_the_full_sort(
         docs: list[tuple[int, list[int]]], desc: bool, skip: int, size: int,
-        group: int | None) -> None:
-    store = SearchStore(":memory:", durable=False, publish=lambda c, items: None)
+        group: int | None, walks: bool) -> None:
+    planning = {"estimate_cap": 1, "walk_budget": 10**6} if walks else {}
+    store = SearchStore(":memory:", durable=False, publish=lambda c, items: None,
+                        open_log=lambda c: None, **planning)
     try:
         store.update([("index", IndexedDocument(
             "c", str(i), 0, 0, "", b"", flatten({"g": g}), [],

@@ -192,7 +192,8 @@ class Store:
         self.published: list[tuple[str, list[str]]] = []
         self.store = SearchStore(str(path / "search.sqlite"), durable=False,
                                  publish=lambda c, items: self.published.append(
-                                     (c, [i.id for i in items])))
+                                     (c, [i.id for i in items])),
+                                 open_log=lambda c: None)
 
     def index(self, doc_id: str, document: Any, *, collection: str = "c", ts: int | None = 0,
               end: int | None = None, facets: list[tuple[str, str]] | None = None,
@@ -404,3 +405,63 @@ def test_any_starts_from_index_lookups(store: Store) -> None:
     plan = " ".join(row[3] for row in sql._db.execute(
         f"EXPLAIN QUERY PLAN SELECT d.rowid FROM documents d WHERE {where}", params.params))
     assert "SCAN d" not in plan and "INTEGER PRIMARY KEY" in plan
+
+
+def test_facet_stats_of_every_document_follow_reindexing_and_deletes(store: Store) -> None:
+    def counted() -> dict[tuple[str, str], int]:
+        # the same numbers as counting the facets of the documents matched by a constraint
+        every = store.store.facet_stats(store.query({"exists": "v"}))
+        plain = store.store.facet_stats(store.query())
+        assert plain == every
+        return {(s["name"], s["value"]): s["count"] for s in plain}
+
+    for i in range(6):
+        store.index(str(i), {"v": i}, facets=[("g", str(i % 2)), ("g", str(i % 2)), ("k", "x")])
+    assert counted() == {("g", "0"): 3, ("g", "1"): 3, ("k", "x"): 6}  # a repeat counts once
+    store.index("0", {"v": 0}, facets=[("g", "2")])  # re-indexed with other facets
+    store.store.update([("delete", ("c", "1"))])
+    store.store.delete_query(store.query({"match": 5}))
+    assert counted() == {("g", "0"): 2, ("g", "1"): 1, ("g", "2"): 1, ("k", "x"): 3}
+    store.index("x", {"v": 9}, collection="other", facets=[("k", "x")])
+    store.store.delete_collection("c")
+    assert counted() == {}
+    assert store.store.facet_stats(Query(["other"], parse_constraints([]))) == [
+        {"name": "k", "value": "x", "count": 1}]
+
+
+def test_plans_for_large_collections_find_the_same_documents(tmp_path: Path) -> None:
+    # Tiny thresholds make a few documents take the plans of a large collection: the set of
+    # the most selective constraint with the others tested per document, and pages found by
+    # walking the sort order. Every store must answer every query the same.
+    stores = [SearchStore(str(tmp_path / f"{n}.sqlite"), durable=False,
+                          publish=lambda c, items: None, open_log=lambda c: None, **planning)
+              for n, planning in enumerate([{}, {"estimate_cap": 1, "walk_budget": 10**6},
+                                            {"estimate_cap": 1, "walk_budget": 4}])]
+    colors = ["red", "green", "blue"]
+    for store in stores:
+        store.update([("index", IndexedDocument(
+            "c", f"d{i}", i % 7 if i % 5 else None, None, "", b"",
+            flatten({"color": colors[i % 3], "n": i, "text": f"the {colors[i % 2]} fox {i}",
+                     "tags": [colors[(i + 1) % 3]]}),
+            [("k", colors[i % 3])], [("n", sortable_text(i % 4, "n"))] if i % 6 else []))
+            for i in range(40)])
+    queries: list[list[Any]] = [
+        [], [{"match": "red"}], [{"match": "red", "paths": ["color"]}, {"contains": "fox"}],
+        [{"match": "blue"}, {"not": {"contains": "green"}}, {"min": 3, "max": 30}],
+        [{"facet": {"name": "k", "value": "green"}}, {"contains": "the"},
+         {"any": [{"match": 4, "paths": ["n"]}, {"exists": "tags"}]}],
+        [{"contains": "red", "paths": ["tags"]}, {"match": "green"}],
+        [{"match": "red"}, {"match": "nothing"}],
+    ]
+    for constraints in queries:
+        query = Query(["c"], parse_constraints(constraints))
+        for sort in ([], ["timestamp"], ["-n"], ["n"], ["end"]):
+            for max_size, skip in ((None, 0), (3, 0), (2, 3)):
+                answers = [[d["id"] for d in store.search(
+                    query, Sorting(sort), max_size=max_size, skip=skip, last_hit=None)]
+                    for store in stores]
+                assert answers[0] == answers[1] == answers[2], (constraints, sort, max_size,
+                                                                skip)
+        assert stores[0].count(query) == stores[1].count(query) == stores[2].count(query)
+    for store in stores:
+        store.close()

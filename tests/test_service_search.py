@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -275,5 +278,78 @@ def test_bulks_are_all_or_nothing_across_kill_9(tmp_path: Path) -> None:
                 assert counts.pop(bulk) == size
             assert all(n == size for n in counts.values())  # an unacknowledged bulk: all or none
             assert client.search("k").count() == size * (len(acknowledged) + len(counts))
+            logged: set[str] = set()
+            after = 0
+            while page := client.read_from_index(MessageType.DOCUMENT, after, 10_000,
+                                                 topic="k"):
+                logged.update(m.message_id for m in page)
+                after = page[-1].index + 1
+            stored = {f"{b}-{i}" for b in [*acknowledged, *counts] for i in range(size)}
+            assert stored <= logged  # every stored document is on the log (at least once)
+    finally:
+        server.kill()
+
+
+_CRASH_AFTER_COMMIT = """
+import os, signal, sys
+import msgspec
+from fluxcore.server.search.store import IndexedDocument, SearchStore
+
+def crash(collection, items):  # the process dies between the commit and the log append
+    os.kill(os.getpid(), signal.SIGKILL)
+
+store = SearchStore(sys.argv[1], durable=False, publish=crash, open_log=lambda c: None)
+store.update([("index", IndexedDocument("people", f"p{i}", 1000 + i, 1000 + i, "T",
+                                        msgspec.msgpack.encode({"v": i}),
+                                        [(1, str(i), "v", "v")], [], []))
+              for i in range(3)])
+"""
+
+
+def test_documents_committed_before_a_kill_9_reach_the_document_log(tmp_path: Path) -> None:
+    project = tmp_path / "data" / "public"
+    project.mkdir(parents=True)
+    crashed = subprocess.run([sys.executable, "-c", _CRASH_AFTER_COMMIT,
+                              str(project / "search.sqlite")], capture_output=True, timeout=60)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        with Client.connect(server.address, token=TOKEN) as client:
+            assert client.search("people").count() == 3
+            messages = client.read_from_index(MessageType.DOCUMENT, 0, topic="people")
+            assert [m.message_id for m in messages] == ["p0", "p1", "p2"]
+            assert [msgspec.msgpack.decode(m.data) for m in messages] == [
+                {"v": 0}, {"v": 1}, {"v": 2}]
+            assert messages[1].metadata == {"$start": "1001", "$end": "1001"}
+            client.index({"v": 3}, collection="people", id="p3")
+        server.stop()
+        server.start()  # published once: a clean restart publishes nothing again
+        with Client.connect(server.address, token=TOKEN) as client:
+            messages = client.read_from_index(MessageType.DOCUMENT, 0, topic="people")
+            assert [m.message_id for m in messages] == ["p0", "p1", "p2", "p3"]
+    finally:
+        server.kill()
+
+
+def test_no_document_is_stored_when_its_collection_log_cannot_be_created(
+        tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", env={"FLUXCORE_MAX_LOGS": "2"}).start()
+    try:
+        with Client.connect(server.address, token=TOKEN) as client:
+            assert client.index({"v": 1}, collection="old", id="a")
+            client.publish(MessageType.CUSTOM, b"x", topic="t")  # the second and last log
+            with pytest.raises(ProtocolError, match="max_logs") as caught:
+                client.index_many([index_entry({"v": 2}, collection="old", id="b"),
+                                   index_entry({"v": 3}, collection="new", id="c")])
+            assert caught.value.code == "bad_request"
+            with pytest.raises(ProtocolError, match="max_logs"):
+                client.bulk_update([{"type": "index", "collection": "new", "id": "d",
+                                     "document": {"v": 4}}])
+            assert not client.has_document("old", "b") and client.search("new").count() == 0
+            assert client.search("old").count() == 1
+            assert client.index({"v": 5}, collection="old", id="e")  # an existing log is fine
+            assert [m.message_id for m in client.read_from_index(
+                MessageType.DOCUMENT, 0, topic="old")] == ["a", "e"]
+        assert not (tmp_path / "data" / "public" / "logs" / "document-new").exists()
     finally:
         server.kill()

@@ -10,6 +10,7 @@ documents); facets and sortables."""
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -17,6 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+
+from fluxcore.errors import LogError
+from fluxcore.protocol import ProtocolError
 
 from ..store import connect, transaction
 from .constraints import (
@@ -39,6 +43,13 @@ __all__ = ["SEARCH_FILE", "IndexedDocument", "Query", "SearchStore", "Sorting"]
 SEARCH_FILE = "search.sqlite"
 ENTRY_BITS = 20
 MAX_ENTRIES = 1 << ENTRY_BITS  # entries of one document
+# A query planned by how many documents its constraints find counts up to this many.
+ESTIMATE_CAP = 5000
+# Rows a walk in sort order tests before it gives up and sorts the matches instead.
+WALK_BUDGET = 4096
+_MANY = 1 << 62  # an estimate: at least as many as asked
+_FEW = 200  # documents few enough to test one by one against any constraint
+logger = logging.getLogger("fluxcore.server")
 _TOP = "\U0010ffff"  # above every character: `x >= t AND x < t + _TOP` is "starts with t"
 
 _SCHEMA = """
@@ -74,6 +85,10 @@ CREATE TABLE IF NOT EXISTS sortables (
     doc INTEGER NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY (doc, name, value)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sortables_value ON sortables (name, value, doc);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS facet_counts (
+    coll INTEGER NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (coll, name, value)) WITHOUT ROWID;
 """
 
 _LETTER = r"[^\W\d_]"
@@ -127,6 +142,8 @@ class Sorting:
 
 
 Publish = Callable[[str, list[IndexedDocument]], None]
+# Opens (creates) a collection's DOCUMENT log, or raises if the project may not have it.
+OpenLog = Callable[[str], None]
 
 
 class _Sql:
@@ -140,19 +157,39 @@ class _Sql:
 
 
 class SearchStore:
-    def __init__(self, path: str, *, durable: bool, publish: Publish) -> None:
+    def __init__(self, path: str, *, durable: bool, publish: Publish, open_log: OpenLog,
+                 estimate_cap: int = ESTIMATE_CAP, walk_budget: int = WALK_BUDGET) -> None:
+        self._estimate_cap = estimate_cap
+        self._walk_budget = walk_budget
         self._db = connect(path, durable=durable)
         # A bigger page cache and fewer checkpoints: index inserts land all over the B-trees.
         self._db.execute("PRAGMA cache_size=-65536")
         self._db.execute("PRAGMA wal_autocheckpoint=20000")
+        counted = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'facet_counts'").fetchone() is not None
         self._db.executescript(_SCHEMA)
+        if not counted:  # a store from before the counts: count what it has
+            with transaction(self._db):
+                self._db.execute("INSERT INTO facet_counts SELECT coll, name, value, count(*)"
+                                 " FROM facets GROUP BY coll, name, value")
         self._db.create_function("fc_find", 2, _find, deterministic=True)
         self._publish = publish
+        self._open_log = open_log
+        # The DOCUMENT logs have every document up to this rowid (rowids are never reused:
+        # AUTOINCREMENT). It is stored lazily (next transaction, retry(), close()): after a
+        # crash the documents since the stored value are published again (at least once).
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'published_upto'").fetchone()
+        self._published_upto = self._stored_upto = 0 if row is None else int(row[0])
+        # Documents committed that their log did not take yet. Until the first retry() looks,
+        # a crash may have left some.
+        self.backlog = True
         self._collections: dict[str, int] = dict(
             self._db.execute("SELECT name, id FROM collections").fetchall())
         self._names = {v: k for k, v in self._collections.items()}
 
     def close(self) -> None:
+        if not self.backlog:
+            self._store_upto()
         self._db.close()
 
     # -- writing -------------------------------------------------------------------------
@@ -176,6 +213,7 @@ class SearchStore:
         word_rows: list[tuple[str, int]] = []
         vocabulary: set[str] = set()
         facets: list[tuple[int, str, str, int]] = []
+        facet_counts: dict[tuple[int, str, str], int] = {}
         sortables: set[tuple[int, str, str]] = set()
         db = self._db
 
@@ -186,13 +224,21 @@ class SearchStore:
             db.executemany("INSERT INTO words VALUES (?, ?)", word_rows)
             db.executemany("INSERT OR IGNORE INTO vocabulary VALUES (?, ?)",
                            [(w, w[::-1]) for w in sorted(vocabulary)])
-            db.executemany("INSERT OR IGNORE INTO facets VALUES (?, ?, ?, ?)", facets)
+            db.executemany("INSERT INTO facets VALUES (?, ?, ?, ?)", facets)
+            self._count_facets(facet_counts, 1)
             db.executemany("INSERT INTO sortables VALUES (?, ?, ?)", sortables)
-            for rows in (entries, word_rows, vocabulary, facets, sortables):
+            for rows in (entries, word_rows, vocabulary, facets, sortables, facet_counts):
                 rows.clear()
 
+        # Every new collection's DOCUMENT log first: a document is not stored if its log
+        # cannot be (max_logs, descriptors).
+        for collection in dict.fromkeys(item.collection for kind, item in updates
+                                        if isinstance(item, IndexedDocument)):
+            self._open_log(collection)
         try:
             with transaction(db):
+                if self._stored_upto != self._published_upto:
+                    self._write_upto()
                 for kind, item in updates:
                     if kind == "delete":
                         assert isinstance(item, tuple)
@@ -225,7 +271,10 @@ class SearchStore:
                         found = set(words(phrase))
                         word_rows.extend((word, entry) for word in found)
                         vocabulary.update(found)
-                    facets.extend((doc, name, value, coll) for name, value in item.facets)
+                    for name, value in dict.fromkeys(item.facets):
+                        facets.append((doc, name, value, coll))
+                        key = (coll, name, value)
+                        facet_counts[key] = facet_counts.get(key, 0) + 1
                     sortables.update((doc, name, value) for name, value in item.sortables)
                     indexed.append(item)
                     done.append(True)
@@ -235,8 +284,19 @@ class SearchStore:
             self._collections = dict(db.execute("SELECT name, id FROM collections").fetchall())
             self._names = {v: k for k, v in self._collections.items()}
             raise
-        if indexed:
-            self._publish_all(indexed)
+        if self.backlog:  # earlier documents still wait for their logs: these go after them
+            self._publish_backlog()
+        elif indexed:
+            top = int(db.execute("SELECT max(rowid) FROM documents").fetchone()[0] or 0)
+            try:
+                self._publish_all(indexed)
+            except (OSError, LogError, ProtocolError) as exc:
+                # Stored all the same: they go to the logs once these take them again.
+                logger.error("publishing %d documents failed, kept for later: %s",
+                             len(indexed), exc)
+                self.backlog = True
+            else:
+                self._published_upto = max(self._published_upto, top)
         return done
 
     def _publish_all(self, indexed: list[IndexedDocument]) -> None:
@@ -245,6 +305,60 @@ class SearchStore:
             by_collection.setdefault(item.collection, []).append(item)
         for collection, items in by_collection.items():
             self._publish(collection, items)
+
+    def _write_upto(self) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('published_upto', ?)",
+                         (self._published_upto,))
+        self._stored_upto = self._published_upto
+
+    def _store_upto(self) -> None:
+        if self._stored_upto != self._published_upto:
+            with transaction(self._db):
+                self._write_upto()
+
+    def retry(self) -> None:
+        """Publishes the backlog if there is one, else stores how far the logs have every
+        document (the server calls this every 100 ms)."""
+        if self.backlog:
+            self._publish_backlog()
+        else:
+            self._store_upto()
+
+    def _publish_backlog(self) -> None:
+        try:
+            self.publish_pending()
+        except (OSError, LogError, ProtocolError) as exc:
+            logger.error("publishing stored documents failed, kept for later: %s", exc)
+
+    def publish_pending(self) -> None:
+        """Publishes the documents committed but maybe not published (after a crash, or
+        while a log could not take them), in the order they were indexed."""
+        while True:  # a page at a time: the backlog may be a large bulk
+            pending: list[IndexedDocument] = []
+            top = self._published_upto
+            for rowid, collection, doc_id, ts, te, doc_type, data in self._db.execute(
+                    "SELECT d.rowid, c.name, d.id, d.ts, d.te, d.type, d.data FROM documents d"
+                    " JOIN collections c ON c.id = d.coll WHERE d.rowid > ? ORDER BY d.rowid"
+                    " LIMIT 1000", (self._published_upto,)):
+                top = rowid
+                pending.append(IndexedDocument(collection, doc_id, ts, te, doc_type,
+                                               bytes(data), [], [], []))
+            if not pending:
+                break
+            self._publish_all(pending)
+            self._published_upto = top
+        self._store_upto()
+        self.backlog = False
+
+    def _count_facets(self, counts: dict[tuple[int, str, str], int], sign: int) -> None:
+        """Adds (sign 1) or takes away (-1) documents from the counts of facet values."""
+        if not counts:
+            return
+        self._db.executemany(
+            "INSERT INTO facet_counts VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
+            " n = n + excluded.n", [(*key, sign * n) for key, n in counts.items()])
+        if sign < 0:
+            self._db.execute("DELETE FROM facet_counts WHERE n <= 0")
 
     def _delete_id(self, coll: int, doc_id: str) -> bool:
         row = self._db.execute("SELECT rowid FROM documents WHERE coll = ? AND id = ?",
@@ -266,6 +380,14 @@ class SearchStore:
                 word_rows.extend((word, entry) for word in set(words(phrase)))
         db.executemany("DELETE FROM words WHERE word = ? AND entry = ?", word_rows)
         db.executemany("DELETE FROM entries WHERE rowid BETWEEN ? AND ?", ranges)
+        removed: dict[tuple[int, str, str], int] = {}
+        for first in range(0, len(docs), 500):
+            chunk = docs[first : first + 500]
+            for key in db.execute(
+                    "SELECT coll, name, value FROM facets WHERE doc IN"
+                    f" ({','.join('?' * len(chunk))})", chunk):
+                removed[key] = removed.get(key, 0) + 1
+        self._count_facets(removed, -1)
         rows = [(d,) for d in docs]
         db.executemany("DELETE FROM facets WHERE doc = ?", rows)
         db.executemany("DELETE FROM sortables WHERE doc = ?", rows)
@@ -307,8 +429,9 @@ class SearchStore:
             "SELECT 1 FROM documents WHERE coll = ? AND id = ?", (coll, doc_id)
         ).fetchone() is not None
 
-    def _where(self, query: Query, sql: _Sql) -> str | None:
-        """The WHERE clause over `documents d` for a query; None if it cannot match."""
+    def _where(self, query: Query, sql: _Sql, *, probe: bool = False) -> str | None:
+        """The WHERE clause over `documents d` for a query; None if it cannot match. Probe:
+        every constraint a test of one document (for a walk in sort order), not a set."""
         colls = [self._collections[c] for c in query.collections if c in self._collections]
         if not colls:
             return None
@@ -324,8 +447,136 @@ class SearchStore:
             # `+`: start from the documents the constraints find, not from every document of
             # the collection in timestamp order.
             clauses[0] = "+" + clauses[0]
-            clauses.append(_compile(query.constraint, colls, sql))
+            if probe:
+                clauses.append(_compile(query.constraint, colls, sql, probe=True))
+            else:
+                clauses.append(self._conjunction(_conjuncts(query.constraint), colls, sql))
         return " AND ".join(clauses)
+
+    def _conjunction(self, items: list[Node], colls: list[int], sql: _Sql) -> str:
+        """Constraints that must all hold: the set of the most selective one, tested
+        document by document against the others that a test serves well, instead of the
+        intersection of every set."""
+        if not items:
+            return "1"
+        probed: set[int] = set()
+        if len(items) > 1:
+            cap = self._estimate_cap
+            estimates = [self._estimate(n, colls, cap) for n in items]
+            known = [(n, i) for i, n in enumerate(estimates) if n is not None]
+            if known:
+                least, driver = min(known)
+                # A test per document of the driver's set costs more than a set lookup:
+                # only against a much larger set, or an unknown one while the driver's is
+                # small.
+                probed = {i for i, (node, n) in enumerate(zip(items, estimates, strict=True))
+                          if i != driver and _probes_well(node) and (
+                              (n is not None and n >= 8 * least) or
+                              (n is None and least <= _FEW))}
+        return "(" + " AND ".join(_compile(n, colls, sql, probe=i in probed)
+                                  for i, n in enumerate(items)) + ")"
+
+    def _estimate(self, node: Node, colls: list[int], limit: int) -> int | None:
+        """About how many documents (entries) a constraint finds, counted up to `limit`;
+        None if there is no cheap way to tell."""
+        in_colls = f"({','.join(map(str, colls))})"
+        if isinstance(node, Facet):
+            row = self._db.execute(
+                f"SELECT sum(n) FROM facet_counts WHERE coll IN {in_colls} AND name = ? AND"
+                " value = ?", (node.name, node.value)).fetchone()
+            return int(row[0] or 0)
+        if isinstance(node, Match) and not node.strict:
+            inner = (f"SELECT 1 FROM entries e WHERE e.coll IN {in_colls} AND e.phrase = ?"
+                     f" LIMIT {int(limit)}")
+            param = normalize(node.value)
+        elif (isinstance(node, Contains) and not node.prefix and not node.postfix
+              and words(node.term) == [node.term]):
+            inner = f"SELECT 1 FROM words WHERE word = ? LIMIT {int(limit)}"
+            param = node.term
+        else:
+            return None
+        return int(self._db.execute(f"SELECT count(*) FROM ({inner})", (param,)).fetchone()[0])
+
+    def _broad_estimate(self, wanted: int) -> int:
+        """How many matches make a walk of _walk_budget documents in sort order likely
+        (twice over) to find `wanted` of them in the largest collection there may be."""
+        (top,) = self._db.execute("SELECT max(rowid) FROM documents").fetchone()
+        return max(1, -(-2 * wanted * int(top or 0) // self._walk_budget))
+
+    def _smallest(self, query: Query, many: int) -> int | None:
+        """The fewest documents a constraint of the query finds, counted up to `many`
+        (_MANY if none finds fewer; None: no constraint can tell cheaply and some may be
+        selective)."""
+        colls = [self._collections[c] for c in query.collections if c in self._collections]
+        smallest: int | None = _MANY
+        for item in _conjuncts(query.constraint):
+            estimate = self._estimate(item, colls, many)
+            if estimate is None:
+                if smallest == _MANY:
+                    smallest = None
+            elif estimate < many and (smallest is None or estimate < smallest):
+                smallest = estimate
+        return smallest
+
+    def _walk(self, walk_sql: str, params: list[Any], wanted: int) -> list[int] | None:
+        """The first `wanted` distinct documents of a walk of (rowid, matches) rows, or None
+        if the walk ended or went past self._walk_budget rows first (then sort the matches)."""
+        found: dict[int, None] = {}
+        walked = 0
+        cursor = self._db.execute(walk_sql, params)
+        try:
+            while len(found) < wanted and walked < self._walk_budget:
+                batch = cursor.fetchmany(256)
+                if not batch:
+                    return None
+                for rowid, matches in batch:
+                    walked += 1
+                    if matches:
+                        found.setdefault(rowid)
+                        if len(found) >= wanted:
+                            break
+        finally:
+            cursor.close()
+        return list(found) if len(found) >= wanted else None
+
+    def _page(self, page: list[int]) -> list[dict[str, Any]]:
+        if not page:
+            return []
+        rows = {row[0]: row[1:] for row in self._db.execute(
+            "SELECT d.rowid, c.name, d.id, d.ts, d.te, d.type, d.data FROM documents d JOIN"
+            f" collections c ON c.id = d.coll WHERE d.rowid IN ({','.join('?' * len(page))})",
+            page)}
+        return [_document(rows[r][0], rows[r][1:]) for r in page]
+
+    def _walked_page(self, query: Query, key: str, max_size: int,
+                     skip: int) -> list[dict[str, Any]] | None:
+        """A page sorted by one key, found by walking the key's index in order and testing
+        each document, when the query matches many documents; None otherwise."""
+        desc = key.startswith("-")
+        name = key[1:] if desc else key
+        colls = [self._collections[c] for c in query.collections if c in self._collections]
+        if not colls or name == "end" or (name == "timestamp" and len(colls) > 1):
+            return None
+        sql = _Sql()
+        test = self._where(query, sql, probe=True)
+        if test is None:
+            return None
+        order = "DESC" if desc else "ASC"
+        if name == "timestamp":
+            # Documents without a timestamp sort last: the walk leaves them out and gives up
+            # when it runs out (the general sort then has them).
+            walk = (f"SELECT d.rowid, {test} FROM documents d WHERE d.coll = {colls[0]} AND"
+                    f" d.ts IS NOT NULL ORDER BY d.ts {order}, d.rowid {order}")
+            params = sql.params
+        else:
+            walk = (f"SELECT s.doc, {test} FROM sortables s CROSS JOIN documents d ON"
+                    f" d.rowid = s.doc WHERE s.name = ? ORDER BY s.value {order},"
+                    f" s.doc {order}")
+            params = [*sql.params, sortable_name(name)]
+        found = self._walk(walk, params, skip + max_size)
+        if found is None:
+            return None
+        return self._page(found[skip:])
 
     def _matching_rowids(self, query: Query) -> list[int]:
         sql = _Sql()
@@ -372,9 +623,17 @@ class SearchStore:
             after, params = _after(keys, row)
             where = f"{where} AND {after}"
             sql.add(*params)
-        elif (max_size is not None and len(sorting.keys) == 1
-              and sorting.keys[0].lstrip("-") not in ("timestamp", "end")):
-            return self._top_by_sortable(where, sql.params, sorting.keys[0], max_size, skip)
+        elif max_size is not None and len(sorting.keys or ["-timestamp"]) == 1:
+            key = (sorting.keys or ["-timestamp"])[0]
+            smallest = self._smallest(query, self._broad_estimate(skip + max_size))
+            if smallest == _MANY:
+                walked = self._walked_page(query, key, max_size, skip)
+                if walked is not None:
+                    return walked
+            if key.lstrip("-") not in ("timestamp", "end") and (
+                    smallest is None or smallest == _MANY):
+                # Many or maybe many matches: the sortable's index walked, matches as a set.
+                return self._top_by_sortable(where, sql.params, key, max_size, skip)
         limit = -1 if max_size is None else max_size
         rows = self._db.execute(
             f"SELECT c.name, d.id, d.ts, d.te, d.type, d.data FROM documents d"
@@ -411,14 +670,7 @@ class SearchStore:
                     f" FROM sortables s WHERE s.doc = d.rowid AND s.name = ?) ORDER BY"
                     f" d.rowid {order} LIMIT ?", (*params, name, wanted - len(found))):
                 found.setdefault(rowid)
-        page = list(found)[skip:wanted]
-        if not page:
-            return []
-        rows = {row[0]: row[1:] for row in self._db.execute(
-            "SELECT d.rowid, c.name, d.id, d.ts, d.te, d.type, d.data FROM documents d JOIN"
-            f" collections c ON c.id = d.coll WHERE d.rowid IN ({','.join('?' * len(page))})",
-            page)}
-        return [_document(rows[r][0], rows[r][1:]) for r in page]
+        return self._page(list(found)[skip:wanted])
 
     # -- statistics ----------------------------------------------------------------------
 
@@ -428,11 +680,11 @@ class SearchStore:
         if where is None:
             return []
         plain = not query.constraint.items and query.since is None and query.before is None
-        if plain:  # every document of the collections: the facet index alone
+        if plain:  # every document of the collections: the counts kept as they change
             colls = [self._collections[c] for c in query.collections if c in self._collections]
             rows = self._db.execute(
-                "SELECT name, value, count(*) AS n FROM facets WHERE coll IN "
-                f"({','.join(map(str, colls))}) GROUP BY coll, name, value").fetchall()
+                "SELECT name, value, n FROM facet_counts WHERE coll IN "
+                f"({','.join(map(str, colls))})").fetchall()
         else:
             rows = self._db.execute(
                 "SELECT name, value, count(*) FROM facets WHERE doc IN (SELECT d.rowid FROM "
@@ -593,35 +845,47 @@ def _paths_sql(paths: tuple[PathGlob, ...], alias: str, sql: _Sql) -> str:
     return "(" + " OR ".join(parts) + ")"
 
 
-def _entries_in(cond: str, paths: tuple[PathGlob, ...], colls: list[int], sql: _Sql) -> str:
+_OWN_ENTRIES = f"BETWEEN d.rowid << {ENTRY_BITS} AND (d.rowid << {ENTRY_BITS}) | {MAX_ENTRIES - 1}"
+
+
+def _entries_in(cond: str, paths: tuple[PathGlob, ...], colls: list[int], sql: _Sql,
+                probe: bool) -> str:
+    """Documents with an entry that meets `cond` at one of `paths`: the set of them from a
+    value index, or (probe) a test of the document's own entries (a rowid range)."""
     path = f" AND {_paths_sql(paths, 'e', sql)}" if paths else ""
+    if probe:
+        return f"EXISTS (SELECT 1 FROM entries e WHERE e.rowid {_OWN_ENTRIES} AND {cond}{path})"
     return (f"d.rowid IN (SELECT e.rowid >> {ENTRY_BITS} FROM entries e WHERE e.coll IN "
             f"({','.join(map(str, colls))}) AND {cond}{path})")
 
 
-def _compile(node: Node, colls: list[int], sql: _Sql) -> str:
+def _compile(node: Node, colls: list[int], sql: _Sql, probe: bool = False) -> str:
     if isinstance(node, All):
         if not node.items:
             return "1"
-        return "(" + " AND ".join(_compile(n, colls, sql) for n in node.items) + ")"
+        return "(" + " AND ".join(_compile(n, colls, sql, probe) for n in node.items) + ")"
     if isinstance(node, Any_):
         if not node.items:
             return "0"
-        return "(" + " OR ".join(_compile(n, colls, sql) for n in node.items) + ")"
+        return "(" + " OR ".join(_compile(n, colls, sql, probe) for n in node.items) + ")"
     if isinstance(node, Not):
-        return f"NOT {_compile(node.item, colls, sql)}"
+        return f"NOT {_compile(node.item, colls, sql, probe)}"
     if isinstance(node, Facet):
         sql.add(node.name, node.value)
+        if probe:
+            return ("EXISTS (SELECT 1 FROM facets f WHERE f.doc = d.rowid AND f.name = ? AND"
+                    " f.value = ?)")
         return (f"d.rowid IN (SELECT f.doc FROM facets f WHERE f.coll IN "
                 f"({','.join(map(str, colls))}) AND f.name = ? AND f.value = ?)")
     if isinstance(node, Match):
         if node.strict:
             sql.add(normalize(node.value), node.value, node.value)
-            return _entries_in("e.phrase IN (?, ?) AND e.value = ?", node.paths, colls, sql)
+            return _entries_in("e.phrase IN (?, ?) AND e.value = ?", node.paths, colls, sql,
+                               probe)
         sql.add(normalize(node.value))
-        return _entries_in("e.phrase = ?", node.paths, colls, sql)
+        return _entries_in("e.phrase = ?", node.paths, colls, sql, probe)
     if isinstance(node, Between):
-        return _between(node, colls, sql)
+        return _between(node, colls, sql, probe)
     if isinstance(node, Exists):
         parts = []
         for glob in node.paths:
@@ -633,16 +897,41 @@ def _compile(node: Node, colls: list[int], sql: _Sql) -> str:
                 else:
                     parts.append(f"{column} GLOB ? OR {column} GLOB ?")
                     sql.add(pattern, pattern + "/*")
-        return _entries_in(f"e.type != {NULL} AND ({' OR '.join(parts)})", (), colls, sql)
+        return _entries_in(f"e.type != {NULL} AND ({' OR '.join(parts)})", (), colls, sql,
+                           probe)
     assert isinstance(node, Contains)
-    return _contains(node, colls, sql)
+    return _contains(node, colls, sql, probe)
+
+
+def _conjuncts(node: All) -> list[Node]:
+    """The constraints of an All, with the items of nested Alls brought up."""
+    out: list[Node] = []
+    for item in node.items:
+        if isinstance(item, All):
+            out.extend(_conjuncts(item))
+        else:
+            out.append(item)
+    return out
+
+
+def _probes_well(node: Node) -> bool:
+    """Whether testing one document for the constraint is cheap (SQL on its own entries,
+    no Python per entry)."""
+    if isinstance(node, (All, Any_)):
+        return all(_probes_well(n) for n in node.items)
+    if isinstance(node, Not):
+        return _probes_well(node.item)
+    if isinstance(node, Contains):
+        return (not node.prefix and not node.postfix and not node.paths
+                and words(node.term) == [node.term])
+    return True
 
 
 def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
 
 
-def _between(node: Between, colls: list[int], sql: _Sql) -> str:
+def _between(node: Between, colls: list[int], sql: _Sql, probe: bool) -> str:
     numeric = isinstance(node.min, (int, float)) or isinstance(node.max, (int, float))
     column = "e.number" if numeric else "e.phrase"
     parts = []
@@ -650,17 +939,21 @@ def _between(node: Between, colls: list[int], sql: _Sql) -> str:
         if bound is not None:
             parts.append(f"{column} {op} ?")
             sql.add(float(bound) if numeric else normalize(str(bound)))
-    return _entries_in(" AND ".join(parts), node.paths, colls, sql)
+    return _entries_in(" AND ".join(parts), node.paths, colls, sql, probe)
 
 
-def _contains(node: Contains, colls: list[int], sql: _Sql) -> str:
+def _contains(node: Contains, colls: list[int], sql: _Sql, probe: bool) -> str:
     term = node.term
     found = words(term)
     pattern = contains_regex(term, node.prefix, node.postfix)
-    if not found:  # no word to look up (punctuation only): the constraint forces a scan
-        sql.add(pattern)
-        return _entries_in("fc_find(e.phrase, ?)", node.paths, colls, sql)
     exact = len(found) == 1 and found[0] == term
+    if probe and exact and not node.prefix and not node.postfix and not node.paths:
+        sql.add(term)  # the word's index entry for one of the document's entries
+        return (f"EXISTS (SELECT 1 FROM words w WHERE w.word = ? AND w.entry"
+                f" {_OWN_ENTRIES})")
+    if probe or not found:  # the document's entries; no word to look up: a scan
+        sql.add(pattern)
+        return _entries_in("fc_find(e.phrase, ?)", node.paths, colls, sql, probe)
     # Look up the longest word; whether it may be cut on the left (right) of a word in the
     # text depends on whether it starts (ends) the term and the term may be cut there.
     best = max(range(len(found)), key=lambda i: len(found[i]))
