@@ -126,6 +126,35 @@ def test_bad_revisions_are_refused_and_nothing_is_sent(live: ServerProcess) -> N
         assert client.get_events("agg-bad") == []
 
 
+def test_a_sync_consumer_handles_each_batch_once(live: ServerProcess) -> None:
+    # (a merge once left Consumer._run calling the handler twice per batch)
+    with Client.connect(live.address, token=TOKEN, project="wire-once", name="c") as client:
+        client.publish_batch(MessageType.EVENT, [b"%d" % i for i in range(20)], type="N")
+        handled: list[bytes] = []
+        batches: list[int] = []
+        lock = threading.Lock()
+
+        def each(message: Message) -> None:
+            with lock:
+                handled.append(message.data)
+
+        def batch(messages: list[Message]) -> None:
+            with lock:
+                batches.extend(m.index for m in messages)
+
+        one = client.consume("once", MessageType.EVENT, each, from_index=0)
+        many = client.consume("once-batch", MessageType.EVENT, batch, batch=True, from_index=0)
+        try:
+            wait_until(lambda: len(handled) >= 20 and len(batches) >= 20)
+            time.sleep(0.3)  # a second call would come right after the first
+            with lock:
+                assert sorted(handled) == sorted(b"%d" % i for i in range(20))
+                assert len(batches) == len(set(batches)) == 20
+        finally:
+            one.stop()
+            many.stop()
+
+
 # -- the microclients -----------------------------------------------------------------------------
 # Every payload class is at revision 2; the upcasters of revision 0 must never run on them.
 

@@ -934,7 +934,6 @@ class Consumer:
             try:
                 if reply.messages:
                     _current_batch.value = (tracker_id, reply.segment)
-                    self._handle(reply.messages)
                     answers = self._handle(reply.messages)
                 cursor.advance(reply)
             finally:
