@@ -416,10 +416,10 @@ class AsyncClient(AsyncSearchMethods):
     ) -> int:
         """Appends events to the aggregate's stream (numbered from 0) and, unless
         `store_only`, publishes them to the EVENT log, routed by the aggregate id. `types`:
-        one payload type for all, or one per event; `revision` likewise. With `expected_sequence` (the stream's
-        last number when the writer read it; -1: empty) the append happens only if no one
-        appended since, else ConcurrencyError and nothing is stored. Returns the stream's
-        last number."""
+        one payload type for all, or one per event; `revision` likewise. With
+        `expected_sequence` (the stream's last number when the writer read it; -1: empty)
+        the append happens only if no one appended since, else ConcurrencyError and nothing
+        is stored. Returns the stream's last number."""
         _op, body = await self._exchange(
             lambda rid: self._codec.append_events(
                 rid, aggregate_id, payloads, types=types, metadata=metadata,
