@@ -42,6 +42,7 @@ def encode_append(
     targets: Sequence[str] | None = None,
     request_ids: Any = None,
     payload_types: Sequence[str] | None = None,
+    revisions: Sequence[int] | None = None,
 ) -> tuple[bytes, int]: ...
 def stream_records(
     buffer: Any,

@@ -216,13 +216,15 @@ def encode_append(uint32_t request_id, uint8_t type_code, uint8_t guarantee, top
                   payload_type, keys, source, id_prefix, uint64_t id_counter,
                   bytes metadata=None, int64_t timestamp=0, int64_t message_request_id=-1,
                   target=None, uint8_t flags=0, uint32_t revision=0, payload_format=None,
-                  segments=None, targets=None, request_ids=None, payload_types=None):
+                  segments=None, targets=None, request_ids=None, payload_types=None,
+                  revisions=None):
     """One APPEND frame (header included) carrying every payload as a message. Message ids are
     id_prefix + the hex of id_counter, id_counter + 1, ...; a message's segment is its key's,
     or its id's when there is no key, unless `segments` gives them. `targets` and
     `request_ids` (sequences) give each message its own target and request id, as results
     answering many requests need; `payload_types` its own payload type, as the events of one
-    aggregate have. Returns (frame bytes, the next id counter)."""
+    aggregate have; `revisions` its own payload revision (0 to 2**32 - 1), instead of
+    `revision` for all. Returns (frame bytes, the next id counter)."""
     cdef object seq = PySequence_Fast(payloads, "payloads must be a sequence of bytes")
     cdef object key_seq = None
     cdef Py_ssize_t n = PySequence_Fast_GET_SIZE(seq)
@@ -245,10 +247,11 @@ def encode_append(uint32_t request_id, uint8_t type_code, uint8_t guarantee, top
     cdef msg_header_t h
     cdef char id_buf[256]
     cdef const uint8_t *seg_in = NULL
-    cdef cnp.ndarray seg_arr, rid_arr
+    cdef cnp.ndarray seg_arr, rid_arr, rev_arr
     cdef object target_seq = None
     cdef object types_seq = None
     cdef const int64_t *rid_in = NULL
+    cdef const int64_t *rev_in = NULL
     cdef const char *each_p
     cdef Py_ssize_t each_len = 0
     text_arg(topic, &topic_p, &topic_len, 100, "topic")
@@ -272,6 +275,13 @@ def encode_append(uint32_t request_id, uint8_t type_code, uint8_t guarantee, top
         if rid_arr.shape[0] != n:
             raise ValueError("request_ids must give one value per payload")
         rid_in = <const int64_t *>cnp.PyArray_DATA(rid_arr)
+    if revisions is not None:
+        rev_arr = np.ascontiguousarray(revisions, dtype=np.int64)
+        if rev_arr.ndim != 1 or rev_arr.shape[0] != n:
+            raise ValueError("revisions must give one value per payload")
+        if n and (rev_arr.min() < 0 or rev_arr.max() > 0xFFFFFFFF):
+            raise ValueError("a revision is 0 to 2**32 - 1")
+        rev_in = <const int64_t *>cnp.PyArray_DATA(rev_arr)
     id_len = prefix_len + 16
     fixed = MSG_HEADER_SIZE + type_len + id_len + source_len + target_len + format_len + meta_len
     total = FRAME_HEADER_SIZE + 8 + topic_len + 5 * n + fixed * n
@@ -344,6 +354,8 @@ def encode_append(uint32_t request_id, uint8_t type_code, uint8_t guarantee, top
             h.target_len = <uint16_t>target_len
         if rid_in != NULL:
             h.request_id = rid_in[i]
+        if rev_in != NULL:
+            h.revision = <uint32_t>rev_in[i]
         if types_seq is not None:
             text_arg(<object>PySequence_Fast_GET_ITEM(types_seq, i), &type_p, &type_len,
                      65535, "payload type")

@@ -55,10 +55,10 @@ class AsyncLiveBackend:
     async def publish(self, message_type: MessageType, payloads: Sequence[Encoded], *,
                       keys: Sequence[str | None], topic: str | None,
                       metadata: Metadata | None, guarantee: Guarantee) -> None:
-        for ptype, data, frame_keys in publish_groups(payloads, keys):
+        for ptype, revision, data, frame_keys in publish_groups(payloads, keys):
             await self.client.publish_batch(message_type, data, type=ptype, keys=frame_keys,
                                             metadata=metadata, topic=topic,
-                                            guarantee=guarantee)
+                                            guarantee=guarantee, revision=revision)
 
     async def request(self, message_type: MessageType, payload: Encoded, *, key: str | None,
                       topic: str | None, metadata: Metadata | None,
@@ -66,7 +66,7 @@ class AsyncLiveBackend:
         try:
             return await self.client.request(message_type, payload.data, type=payload.type,
                                              key=key, metadata=metadata, topic=topic,
-                                             timeout=timeout)
+                                             timeout=timeout, revision=payload.revision)
         except RequestError as exc:
             return exc.result
 
@@ -74,7 +74,7 @@ class AsyncLiveBackend:
                        metadata: Metadata | None, if_absent: bool) -> bool:
         return await self.client.schedule(
             payload.data, deadline_ms / 1000, schedule_id=schedule_id, type=payload.type,
-            metadata=metadata, if_absent=if_absent) is not None
+            metadata=metadata, if_absent=if_absent, revision=payload.revision) is not None
 
     async def cancel_schedule(self, schedule_id: str) -> bool:
         return await self.client.cancel_schedule(schedule_id)
@@ -87,7 +87,8 @@ class AsyncLiveBackend:
         try:
             return await self.client.append_events(
                 aggregate_id, [e.data for e in events], types=[e.type for e in events],
-                metadata=metadata, expected_sequence=expected_sequence)
+                revision=[e.revision for e in events], metadata=metadata,
+                expected_sequence=expected_sequence)
         except ConcurrencyError as exc:
             raise _aggregates.ConcurrencyError(exc.message) from exc
 

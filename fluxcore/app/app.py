@@ -150,15 +150,16 @@ class Backend(Protocol):
 
 
 def publish_groups(payloads: Sequence[Encoded], keys: Sequence[str | None]
-                   ) -> list[tuple[str, list[bytes], list[str] | None]]:
-    """(payload type, payloads, keys) per frame: a frame carries one payload type."""
+                   ) -> list[tuple[str, int, list[bytes], list[str] | None]]:
+    """(payload type, revision, payloads, keys) per frame: a frame carries one payload type
+    and revision."""
     groups: dict[tuple[str, int], list[int]] = {}
     for i, p in enumerate(payloads):
         groups.setdefault((p.type, p.revision), []).append(i)
-    out: list[tuple[str, list[bytes], list[str] | None]] = []
-    for (ptype, _revision), members in groups.items():
+    out: list[tuple[str, int, list[bytes], list[str] | None]] = []
+    for (ptype, revision), members in groups.items():
         member_keys = [keys[i] for i in members]
-        out.append((ptype, [payloads[i].data for i in members],
+        out.append((ptype, revision, [payloads[i].data for i in members],
                     # Payloads without a key next to some with one: spread at random.
                     None if all(k is None for k in member_keys) else
                     [k if k is not None else uuid.uuid4().hex for k in member_keys]))
@@ -206,9 +207,10 @@ class LiveBackend:
     def publish(self, message_type: MessageType, payloads: Sequence[Encoded], *,
                 keys: Sequence[str | None], topic: str | None,
                 metadata: Metadata | None, guarantee: Guarantee) -> None:
-        for ptype, data, frame_keys in publish_groups(payloads, keys):
+        for ptype, revision, data, frame_keys in publish_groups(payloads, keys):
             self.client.publish_batch(message_type, data, type=ptype, keys=frame_keys,
-                                      metadata=metadata, topic=topic, guarantee=guarantee)
+                                      metadata=metadata, topic=topic, guarantee=guarantee,
+                                      revision=revision)
 
     def answer(self, answers: list[Answer], web: bool) -> None:
         self.client.send_frames(answer_frames(self.client._codec, answers, web))
@@ -224,7 +226,8 @@ class LiveBackend:
                 topic: str | None, metadata: Metadata | None, timeout: float) -> Incoming:
         try:
             return self.client.request(message_type, payload.data, type=payload.type, key=key,
-                                       metadata=metadata, topic=topic, timeout=timeout)
+                                       metadata=metadata, topic=topic, timeout=timeout,
+                                       revision=payload.revision)
         except RequestError as exc:
             return exc.result
 
@@ -232,7 +235,7 @@ class LiveBackend:
                  metadata: Metadata | None, if_absent: bool) -> bool:
         return self.client.schedule(payload.data, deadline_ms / 1000, schedule_id=schedule_id,
                                     type=payload.type, metadata=metadata,
-                                    if_absent=if_absent) is not None
+                                    if_absent=if_absent, revision=payload.revision) is not None
 
     def cancel_schedule(self, schedule_id: str) -> bool:
         return self.client.cancel_schedule(schedule_id)
@@ -245,7 +248,8 @@ class LiveBackend:
         try:
             return self.client.append_events(
                 aggregate_id, [e.data for e in events], types=[e.type for e in events],
-                metadata=metadata, expected_sequence=expected_sequence)
+                revision=[e.revision for e in events], metadata=metadata,
+                expected_sequence=expected_sequence)
         except ConcurrencyError as exc:
             raise _aggregates.ConcurrencyError(exc.message) from exc
 

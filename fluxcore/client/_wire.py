@@ -42,6 +42,7 @@ __all__ = [
     "ConcurrencyError",
     "Relationship",
     "RequestError",
+    "Revisions",
     "Scheduled",
     "WebResponse",
     "parse_address",
@@ -119,6 +120,28 @@ class BatchReply:
         self.messages: list[Message] = messages
 
 
+# A payload revision: one for every message, or one per message.
+Revisions = int | Sequence[int]
+
+
+def revision_args(revision: Revisions, count: int) -> tuple[int, Sequence[int] | None]:
+    """(revision for all, revisions per message or None) for the frame encoder; a revision
+    is an int from 0 to 2**32 - 1."""
+    if isinstance(revision, int) and not isinstance(revision, bool):
+        if not 0 <= revision <= 0xFFFFFFFF:
+            raise ValueError(f"a revision is 0 to 2**32 - 1, not {revision}")
+        return revision, None
+    if isinstance(revision, (str, bytes)) or not isinstance(revision, Sequence):
+        raise TypeError(f"revision is an int or a sequence of ints (one per message), not "
+                        f"{type(revision).__name__}")
+    if len(revision) != count:
+        raise ValueError(f"got {len(revision)} revisions for {count} messages")
+    for each in revision:
+        if not isinstance(each, int) or isinstance(each, bool):
+            raise TypeError(f"a revision is an int, not {type(each).__name__}")
+    return 0, revision
+
+
 # When a scheduled message is due: a datetime, a delay from now, or epoch seconds.
 Deadline = datetime | timedelta | float
 
@@ -169,6 +192,7 @@ def schedule_request(
     key: str | bytes | None,
     metadata: dict[str, str] | None,
     if_absent: bool,
+    revision: int = 0,
 ) -> tuple[str, Callable[[int], bytes]]:
     """The schedule id (a new one unless given) and the SCHEDULE frame for a request id."""
     sid = uuid.uuid4().hex if schedule_id is None else schedule_id
@@ -176,7 +200,8 @@ def schedule_request(
 
     def frame_of(request_id: int) -> bytes:
         return codec.schedule(request_id, [entry], [payload], payload_type=payload_type,
-                              keys=None if key is None else [key], metadata=metadata)
+                              keys=None if key is None else [key], metadata=metadata,
+                              revision=revision)
 
     return sid, frame_of
 
@@ -292,17 +317,21 @@ class Codec:
         targets: Sequence[str] | None = None,
         request_ids: Sequence[int] | None = None,
         error: bool = False,
-        revision: int = 0,
+        revision: Revisions = 0,
         payload_format: str | None = None,
         payload_types: Sequence[str] | None = None,
     ) -> bytes:
+        """An APPEND frame; `revision`: the payload revision of every message, or a sequence
+        of one per message."""
         if message_type is MessageType.NOTIFICATION:
             raise ValueError("publish notifications as events: NOTIFICATION reads the event log")
+        shared_revision, revisions = revision_args(revision, len(payloads))
         frame, self.id_counter = _proto.encode_append(
             request_id, int(message_type), int(guarantee), topic, payloads, payload_type, keys,
             self.client_id, self.id_prefix, self.id_counter, encode_metadata(metadata),
-            int(time.time() * 1000), message_request_id, target, 1 if error else 0, revision,
-            payload_format, segments, targets, request_ids, payload_types,
+            int(time.time() * 1000), message_request_id, target, 1 if error else 0,
+            shared_revision, payload_format, segments, targets, request_ids, payload_types,
+            revisions,
         )
         return bytes(frame)
 
@@ -315,10 +344,12 @@ class Codec:
         payload_type: str,
         keys: Sequence[str | bytes] | None = None,
         metadata: dict[str, str] | None = None,
+        revision: Revisions = 0,
     ) -> bytes:
         """A SCHEDULE frame: (schedule id, deadline ms, if_absent) per payload."""
         append = self.append(0, MessageType.SCHEDULE, payloads, payload_type=payload_type,
-                             guarantee=Guarantee.STORED, keys=keys, metadata=metadata)
+                             guarantee=Guarantee.STORED, keys=keys, metadata=metadata,
+                             revision=revision)
         control = encode_control({"schedules": [
             {"id": sid, "deadline": deadline, "if_absent": if_absent}
             for sid, deadline, if_absent in schedules
@@ -335,6 +366,7 @@ class Codec:
         metadata: dict[str, str] | None,
         store_only: bool,
         expected_sequence: int | None = None,
+        revision: Revisions = 0,
     ) -> bytes:
         """An APPEND_EVENTS frame: the events of one aggregate, routed by its id; with
         `expected_sequence`, only if the stream's last number is that (-1: empty)."""
@@ -342,7 +374,7 @@ class Codec:
             0, MessageType.EVENT, payloads, payload_type=types if isinstance(types, str) else "",
             payload_types=None if isinstance(types, str) else types, guarantee=Guarantee.STORED,
             segments=np.full(len(payloads), segment_of(aggregate_id), dtype=np.uint8),
-            metadata=metadata)
+            metadata=metadata, revision=revision)
         batch: dict[str, Any] = {
             "aggregate": aggregate_id, "count": len(payloads), "store_only": store_only}
         if expected_sequence is not None:

@@ -38,6 +38,7 @@ from ._wire import (
     ConsumerSpec,
     Deadline,
     Relationship,
+    Revisions,
     Scheduled,
     TrackerCursor,
     ack_indexes,
@@ -348,10 +349,13 @@ class AsyncClient(AsyncSearchMethods):
     async def publish(self, message_type: MessageType, payload: bytes, *, type: str = "",
                       key: str | bytes | None = None, metadata: dict[str, str] | None = None,
                       topic: str | None = None, guarantee: Guarantee = Guarantee.STORED,
-                      timeout: float | None = 30.0) -> int | None:
+                      timeout: float | None = 30.0, revision: int = 0) -> int | None:
+        """Publishes one message (of payload `type` at `revision`); returns its index once
+        stored (STORED), else None."""
         indexes = await self.publish_batch(
             message_type, [payload], type=type, keys=None if key is None else [key],
-            metadata=metadata, topic=topic, guarantee=guarantee, timeout=timeout)
+            metadata=metadata, topic=topic, guarantee=guarantee, timeout=timeout,
+            revision=revision)
         return None if indexes is None else int(indexes[0])
 
     async def publish_batch(self, message_type: MessageType, payloads: Sequence[bytes], *,
@@ -360,12 +364,14 @@ class AsyncClient(AsyncSearchMethods):
                             guarantee: Guarantee = Guarantee.STORED,
                             timeout: float | None = 30.0,
                             types: Sequence[str] | None = None,
+                            revision: Revisions = 0,
                             ) -> npt.NDArray[np.uint64] | None:
         """Publishes many messages in one frame; returns their indexes (STORED), else None.
-        `types`: one payload type per message, instead of `type` for all."""
+        `types`: one payload type per message, instead of `type` for all; `revision`: the
+        payload revision of all, or a sequence of one per message."""
         future = await self.publish_batch_nowait(
             message_type, payloads, type=type, keys=keys, metadata=metadata, topic=topic,
-            guarantee=guarantee, types=types)
+            guarantee=guarantee, types=types, revision=revision)
         if future is None:
             return None
         return await asyncio.wait_for(future, timeout)
@@ -374,7 +380,7 @@ class AsyncClient(AsyncSearchMethods):
         self, message_type: MessageType, payloads: Sequence[bytes], *, type: str = "",
         keys: Sequence[str | bytes] | None = None, metadata: dict[str, str] | None = None,
         topic: str | None = None, guarantee: Guarantee = Guarantee.STORED,
-        types: Sequence[str] | None = None,
+        types: Sequence[str] | None = None, revision: Revisions = 0,
     ) -> asyncio.Future[npt.NDArray[np.uint64]] | None:
         """Sends the batch; returns a future of its indexes (STORED), else None."""
         stored = guarantee == Guarantee.STORED
@@ -382,7 +388,7 @@ class AsyncClient(AsyncSearchMethods):
             lambda rid: self._codec.append(
                 rid, message_type, payloads, payload_type="" if types else type,
                 guarantee=guarantee, keys=keys, topic=topic, metadata=metadata,
-                payload_types=types or None),
+                payload_types=types or None, revision=revision),
             answer=stored, append=True)
         if reply is None:
             return None
@@ -418,12 +424,14 @@ class AsyncClient(AsyncSearchMethods):
         metadata: dict[str, str] | None = None,
         if_absent: bool = False,
         timeout: float | None = 30.0,
+        revision: int = 0,
     ) -> str | None:
-        """As Client.schedule: the server appends `payload` to the SCHEDULE log at
-        `deadline`; returns the schedule id, or None if `if_absent` found one pending."""
+        """As Client.schedule: the server appends `payload` (of payload `type` at `revision`)
+        to the SCHEDULE log at `deadline`; returns the schedule id, or None if `if_absent`
+        found one pending."""
         sid, frame_of = schedule_request(self._codec, payload, deadline, schedule_id,
                                          payload_type=type, key=key, metadata=metadata,
-                                         if_absent=if_absent)
+                                         if_absent=if_absent, revision=revision)
         _op, body = await self._exchange(frame_of, timeout)
         return schedule_answer(sid, body)
 
@@ -448,17 +456,19 @@ class AsyncClient(AsyncSearchMethods):
         store_only: bool = False,
         expected_sequence: int | None = None,
         timeout: float | None = 30.0,
+        revision: Revisions = 0,
     ) -> int:
         """Appends events to the aggregate's stream (numbered from 0) and, unless
         `store_only`, publishes them to the EVENT log, routed by the aggregate id. `types`:
-        one payload type for all, or one per event. With `expected_sequence` (the stream's
-        last number when the writer read it; -1: empty) the append happens only if no one
-        appended since, else ConcurrencyError and nothing is stored. Returns the stream's
-        last number."""
+        one payload type for all, or one per event; `revision` likewise. With
+        `expected_sequence` (the stream's last number when the writer read it; -1: empty)
+        the append happens only if no one appended since, else ConcurrencyError and nothing
+        is stored. Returns the stream's last number."""
         _op, body = await self._exchange(
             lambda rid: self._codec.append_events(
                 rid, aggregate_id, payloads, types=types, metadata=metadata,
-                store_only=store_only, expected_sequence=expected_sequence),
+                store_only=store_only, expected_sequence=expected_sequence,
+                revision=revision),
             timeout)
         return int(decode_control(body)["last_sequence"][0])
 
@@ -619,19 +629,24 @@ class AsyncClient(AsyncSearchMethods):
     async def request_nowait(self, message_type: MessageType, payload: bytes, *, type: str = "",
                              key: str | bytes | None = None,
                              metadata: dict[str, str] | None = None,
-                             topic: str | None = None) -> asyncio.Future[Message]:
-        """Sends a command or query; returns the future of its result."""
-        number, future = await self._request(message_type, payload, type, key, metadata, topic)
+                             topic: str | None = None,
+                             revision: int = 0) -> asyncio.Future[Message]:
+        """Sends a command or query (of payload `type` at `revision`); returns the future of
+        its result."""
+        number, future = await self._request(message_type, payload, type, key, metadata, topic,
+                                             revision)
         # However it ends (result, timeout, cancel), the request stops being waited for.
         future.add_done_callback(lambda _f: self._requests.pop(number, None))
         return future
 
     async def request(self, message_type: MessageType, payload: bytes, *, type: str = "",
                       key: str | bytes | None = None, metadata: dict[str, str] | None = None,
-                      topic: str | None = None, timeout: float = 30.0) -> Message:
-        """Sends a command or query and waits for its result; RequestError if the handler
-        failed, TimeoutError if no result came in time."""
-        number, future = await self._request(message_type, payload, type, key, metadata, topic)
+                      topic: str | None = None, timeout: float = 30.0,
+                      revision: int = 0) -> Message:
+        """Sends a command or query (of payload `type` at `revision`) and waits for its
+        result; RequestError if the handler failed, TimeoutError if no result came in time."""
+        number, future = await self._request(message_type, payload, type, key, metadata, topic,
+                                             revision)
         try:
             return await _wait(future, timeout)
         finally:
@@ -641,7 +656,8 @@ class AsyncClient(AsyncSearchMethods):
 
     async def _request(self, message_type: MessageType, payload: bytes, payload_type: str,
                        key: str | bytes | None, metadata: dict[str, str] | None,
-                       topic: str | None) -> tuple[int, asyncio.Future[Message]]:
+                       topic: str | None, revision: int
+                       ) -> tuple[int, asyncio.Future[Message]]:
         if self._results is None:  # its first READ goes out in front of the request
             self._owed = self._results = AsyncResultReader(self)
         codec = self._codec
@@ -652,7 +668,7 @@ class AsyncClient(AsyncSearchMethods):
             await self._send(lambda rid: codec.append(
                 rid, message_type, [payload], payload_type=payload_type,
                 guarantee=Guarantee.SENT, keys=None if key is None else [key], topic=topic,
-                metadata=metadata, message_request_id=number), answer=False)
+                metadata=metadata, message_request_id=number, revision=revision), answer=False)
         except BaseException:
             self._requests.pop(number, None)
             raise

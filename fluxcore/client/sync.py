@@ -42,6 +42,7 @@ from ._wire import (
     Deadline,
     Relationship,
     RequestError,
+    Revisions,
     Scheduled,
     TrackerCursor,
     WebResponse,
@@ -465,11 +466,14 @@ class Client(SearchMethods):
         topic: str | None = None,
         guarantee: Guarantee = Guarantee.STORED,
         timeout: float | None = 30.0,
+        revision: int = 0,
     ) -> int | None:
-        """Publishes one message; returns its index once stored (STORED), else None."""
+        """Publishes one message (of payload `type` at `revision`); returns its index once
+        stored (STORED), else None."""
         indexes = self.publish_batch(
             message_type, [payload], type=type, keys=None if key is None else [key],
-            metadata=metadata, topic=topic, guarantee=guarantee, timeout=timeout)
+            metadata=metadata, topic=topic, guarantee=guarantee, timeout=timeout,
+            revision=revision)
         return None if indexes is None else int(indexes[0])
 
     def publish_batch(
@@ -484,12 +488,14 @@ class Client(SearchMethods):
         guarantee: Guarantee = Guarantee.STORED,
         timeout: float | None = 30.0,
         types: Sequence[str] | None = None,
+        revision: Revisions = 0,
     ) -> npt.NDArray[np.uint64] | None:
         """Publishes many messages in one frame; returns their indexes (STORED), else None.
-        `types`: one payload type per message, instead of `type` for all."""
+        `types`: one payload type per message, instead of `type` for all; `revision`: the
+        payload revision of all, or a sequence of one per message."""
         future = self.publish_batch_async(
             message_type, payloads, type=type, keys=keys, metadata=metadata, topic=topic,
-            guarantee=guarantee, types=types)
+            guarantee=guarantee, types=types, revision=revision)
         if future is None:
             return None
         return future.result(timeout)
@@ -505,6 +511,7 @@ class Client(SearchMethods):
         topic: str | None = None,
         guarantee: Guarantee = Guarantee.STORED,
         types: Sequence[str] | None = None,
+        revision: Revisions = 0,
     ) -> concurrent.futures.Future[npt.NDArray[np.uint64]] | None:
         """Like publish_batch, without waiting: a future of the indexes (STORED), else None."""
         stored = guarantee == Guarantee.STORED
@@ -513,7 +520,7 @@ class Client(SearchMethods):
             return self._codec.append(
                 request_id, message_type, payloads, payload_type="" if types else type,
                 guarantee=guarantee, keys=keys, topic=topic, metadata=metadata,
-                payload_types=types or None)
+                payload_types=types or None, revision=revision)
 
         reply = self._send(frame_of, answer=stored, append=True)
         if reply is None:
@@ -544,14 +551,16 @@ class Client(SearchMethods):
         metadata: dict[str, str] | None = None,
         if_absent: bool = False,
         timeout: float | None = 30.0,
+        revision: int = 0,
     ) -> str | None:
-        """Has the server append `payload` to the SCHEDULE log at `deadline` (a datetime, a
-        delay from now, or epoch seconds), where consumers of SCHEDULE get it. The same id
-        again replaces a pending schedule; with `if_absent` it leaves it be and returns None.
-        Returns the schedule id (new unless given) once the schedule is stored."""
+        """Has the server append `payload` (of payload `type` at `revision`) to the SCHEDULE
+        log at `deadline` (a datetime, a delay from now, or epoch seconds), where consumers of
+        SCHEDULE get it. The same id again replaces a pending schedule; with `if_absent` it
+        leaves it be and returns None. Returns the schedule id (new unless given) once the
+        schedule is stored."""
         sid, frame_of = schedule_request(self._codec, payload, deadline, schedule_id,
                                          payload_type=type, key=key, metadata=metadata,
-                                         if_absent=if_absent)
+                                         if_absent=if_absent, revision=revision)
         _op, body = self._exchange(frame_of, timeout)
         return schedule_answer(sid, body)
 
@@ -577,17 +586,19 @@ class Client(SearchMethods):
         store_only: bool = False,
         expected_sequence: int | None = None,
         timeout: float | None = 30.0,
+        revision: Revisions = 0,
     ) -> int:
         """Appends events to the aggregate's stream (numbered from 0) and, unless
         `store_only`, publishes them to the EVENT log, routed by the aggregate id. `types`:
-        one payload type for all, or one per event. With `expected_sequence` (the stream's
-        last number when the writer read it; -1: empty) the append happens only if no one
-        appended since, else ConcurrencyError and nothing is stored. Returns the stream's
-        last number."""
+        one payload type for all, or one per event; `revision` likewise. With
+        `expected_sequence` (the stream's last number when the writer read it; -1: empty)
+        the append happens only if no one appended since, else ConcurrencyError and nothing
+        is stored. Returns the stream's last number."""
         _op, body = self._exchange(
             lambda rid: self._codec.append_events(
                 rid, aggregate_id, payloads, types=types, metadata=metadata,
-                store_only=store_only, expected_sequence=expected_sequence),
+                store_only=store_only, expected_sequence=expected_sequence,
+                revision=revision),
             timeout)
         return int(decode_control(body)["last_sequence"][0])
 
@@ -769,11 +780,13 @@ class Client(SearchMethods):
         key: str | bytes | None = None,
         metadata: dict[str, str] | None = None,
         topic: str | None = None,
+        revision: int = 0,
     ) -> concurrent.futures.Future[Message]:
-        """Sends a command or query; the future gets the handler's result (a Message) or a
-        RequestError."""
+        """Sends a command or query (of payload `type` at `revision`); the future gets the
+        handler's result (a Message) or a RequestError."""
         future: concurrent.futures.Future[Message] = concurrent.futures.Future()
-        number = self._request(future, message_type, payload, type, key, metadata, topic)
+        number = self._request(future, message_type, payload, type, key, metadata, topic,
+                               revision)
         # However it ends (result, timeout, cancel), the request stops being waited for.
         future.add_done_callback(lambda _f: self._requests.pop(number, None))
         return future
@@ -788,11 +801,13 @@ class Client(SearchMethods):
         metadata: dict[str, str] | None = None,
         topic: str | None = None,
         timeout: float | None = 30.0,
+        revision: int = 0,
     ) -> Message:
-        """Sends a command or query and waits for its result; RequestError if the handler
-        failed, TimeoutError if no result came in time."""
+        """Sends a command or query (of payload `type` at `revision`) and waits for its
+        result; RequestError if the handler failed, TimeoutError if no result came in time."""
         waiter = _Waiter()
-        number = self._request(waiter, message_type, payload, type, key, metadata, topic)
+        number = self._request(waiter, message_type, payload, type, key, metadata, topic,
+                               revision)
         try:
             return waiter.result(timeout)
         finally:
@@ -801,8 +816,8 @@ class Client(SearchMethods):
 
     def _request(self, future: concurrent.futures.Future[Message] | _Waiter,
                  message_type: MessageType, payload: bytes, payload_type: str,
-                 key: str | bytes | None, metadata: dict[str, str] | None, topic: str | None
-                 ) -> int:
+                 key: str | bytes | None, metadata: dict[str, str] | None, topic: str | None,
+                 revision: int) -> int:
         if self._results is None:
             self._start_results()
         codec, requests = self._codec, self._requests
@@ -816,7 +831,7 @@ class Client(SearchMethods):
             return codec.append(
                 request_id, message_type, [payload], payload_type=payload_type,
                 guarantee=Guarantee.SENT, keys=None if key is None else [key], topic=topic,
-                metadata=metadata, message_request_id=number)
+                metadata=metadata, message_request_id=number, revision=revision)
 
         try:
             self._send(frame_of, answer=False)
