@@ -10,7 +10,6 @@ loaded machine this moves far less than wall-clock latency; under
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import tempfile
 import time
@@ -76,10 +75,9 @@ def _batch(frames: list[bytes]) -> Any:
     from fluxcore.client._wire import BatchReply
     from fluxcore.protocol import Op
 
-    for frame in frames:
-        if frame[4] == Op.BATCH:
-            return BatchReply(frame[12:])
-    raise RuntimeError(f"no BATCH among {len(frames)} frames")
+    if len(frames) != 1 or frames[0][4] != Op.BATCH:
+        raise RuntimeError(f"expected one BATCH, got {len(frames)} frames")
+    return BatchReply(frames[0][12:])
 
 
 async def _trips(directory: Path, count: int) -> dict[str, float]:
@@ -91,7 +89,8 @@ async def _trips(directory: Path, count: int) -> dict[str, float]:
 
     server = Server(ServerConfig(data_dir=str(directory), fsync="interval",
                                  tokens=Tokens(default="bench")))
-    codecs = {name: Codec(f"{name}-id", name, "public", "bench") for name in ("requester", "handler")}
+    codecs = {name: Codec(f"{name}-id", name, "public", "bench")
+              for name in ("requester", "handler")}
     sessions, wires = {}, {}
     for name, codec in codecs.items():
         wires[name] = _KeptWrites()

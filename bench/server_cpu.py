@@ -11,8 +11,8 @@ statistics to FILE when it stops (CPU figures are then not comparable with runs 
 from __future__ import annotations
 
 import atexit
-import cProfile
 import contextlib
+import cProfile
 import os
 import sys
 import tempfile

@@ -47,7 +47,6 @@ class ReadParams:
     filter_target: bool
     ignore_segment: bool
     client_index: bool
-    last_index: int | None
 
 
 class TypeFilter:
@@ -75,9 +74,9 @@ class TypeFilter:
 
 
 class PendingRead:
-    def __init__(self, session: Session, request_id: int, params: ReadParams, project: Project,
-                 log: Log, cluster: Cluster, tracker: Tracker,
-                 type_filter: TypeFilter | None) -> None:
+    def __init__(self, session: Session, request_id: int, params: ReadParams,
+                 last_index: int | None, project: Project, log: Log, cluster: Cluster,
+                 tracker: Tracker, type_filter: TypeFilter | None) -> None:
         self.session = session
         self.request_id = request_id
         self.params = params
@@ -89,7 +88,8 @@ class PendingRead:
         self.done = False
         loop = asyncio.get_running_loop()
         self._timer = loop.call_at(loop.time() + params.timeout, self._expire)
-        self._default_start = params.last_index if params.last_index is not None else (
+        self._own_index = params.client_index and last_index is not None
+        self._default_start = last_index if last_index is not None else (
             (int(time.time() * 1000) - 1000) << 16)
         self._watching = False
         self._next_after = 0  # where the last read of an attempt ended
@@ -146,7 +146,7 @@ class PendingRead:
         seg_range = (0, 128) if params.ignore_segment else self.tracker.range
         if seg_range == EMPTY:
             return None
-        if params.client_index and params.last_index is not None:
+        if self._own_index:
             return None, self._default_start, seg_range
         stored = self.project.positions.get(params.log_name, params.consumer)
         positions = np.where(stored == UNSET, np.uint64(self._default_start), stored)
