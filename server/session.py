@@ -64,6 +64,7 @@ _REQUIRED = object()
 MAX_SCHEDULE_ID = 200
 MAX_ID = 1000  # keys, aggregate and entity ids
 MAX_DEADLINE_MS = 1 << 47  # an index is milliseconds << 16 in 64 bits
+MAX_INDEX = (1 << 64) - 1  # 2**64 - 1 itself marks a segment without a position
 _TEXT = [("Content-Type", "text/plain")]
 
 
@@ -745,11 +746,12 @@ class Session(asyncio.BufferedProtocol):
 
     def _store_position(self, log: str, consumer: str, segment: list[Any], index: object) -> None:
         assert self.project is not None
-        if len(segment) != 2 or not all(type(s) is int for s in segment) or not (
-                0 <= segment[0] <= segment[1] <= 128):
+        if len(segment) != 2 or type(segment[0]) is not int or type(segment[1]) is not int or (
+                not 0 <= segment[0] <= segment[1] <= 128):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "segment must be [start, end] in 0..128")
-        if type(index) is not int or index < 0:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "last_index must be an int >= 0")
+        if type(index) is not int or not 0 <= index < MAX_INDEX:
+            raise ProtocolError(ErrorCode.BAD_REQUEST,
+                                f"last_index must be an int from 0 to {MAX_INDEX - 1}")
         self.project.positions.store(log, consumer, segment[0], segment[1], index)
 
     def _on_reset_position(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
