@@ -7,6 +7,7 @@ python bench/run.py --suite search --json FILE [--quick] [--documents N] [--dir 
 python bench/run.py --suite service --profile-request [--async] [--requests N]
 python bench/run.py --suite service --paired-requests [--rounds N]
 python bench/run.py --suite service --server-cpu [--requests N] [--in-flight N] [--server-profile F]
+python bench/run.py --suite service --read-path [--requests N]
 python -m bench.run ...
 """
 
@@ -70,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         help="service suite: the server's CPU time per 1,000 request/response round trips",
     )
     parser.add_argument("--in-flight", type=int, default=1, help="with --server-cpu")
+    parser.add_argument(
+        "--read-path",
+        action="store_true",
+        help="service suite: the server's CPU per step of a round trip, in-process, no sockets",
+    )
     parser.add_argument("--server-profile", default=None,
                         help="with --server-cpu: run the server under cProfile, stats to this file")
     args = parser.parse_args(argv)
@@ -77,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         from bench.request_pairs import paired_requests
 
         print(paired_requests(args.rounds, args.dir))
+        return 0
+    if args.suite == "service" and args.read_path:
+        from bench.read_path import read_path
+
+        print(read_path(args.requests, args.dir))
         return 0
     if args.suite == "service" and args.server_cpu:
         from bench.server_cpu import server_cpu

@@ -43,7 +43,7 @@ from .buffers import MAX_HELLO_FRAME, SMALL_BUFFER
 from .events import EventBatch
 from .metrics import SessionStats
 from .positions import merged_ranges
-from .reads import PendingRead, ReadParams, TypeFilter
+from .reads import Deadlines, PendingRead, ReadParams, TypeFilter
 from .schedules import Schedule
 from .search import SEARCH_HANDLERS
 from .web import HTTP_METHODS, MAX_HEAD, HttpError, http_response, parse_http
@@ -173,6 +173,7 @@ class Session(asyncio.BufferedProtocol):
         self._type_filters: dict[str, TypeFilter] = {}
         self._reads_seen: dict[str, _ReadRequest] = {}  # by tracker id
         self.reads: set[PendingRead] = set()  # parked READs of this connection
+        self.deadlines = Deadlines(self.reads)  # when each of them gets its empty batch
         # The clusters this connection's trackers joined: what its end has to leave, and only
         # that (no scan of every cluster of the project per closed connection).
         self.clusters: dict[tuple[str, str], Cluster] = {}
@@ -239,6 +240,7 @@ class Session(asyncio.BufferedProtocol):
         self._writable = True
         for read in list(self.reads):
             read.cancel()
+        self.deadlines.close()
         self.server.session_closed(self)
 
     def pause_writing(self) -> None:

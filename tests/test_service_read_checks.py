@@ -4,10 +4,12 @@ previous READ only while the next one carries the same fields, values and types)
 
 from __future__ import annotations
 
+import select
+
 from fluxcore.client import Client, MessageType
 from fluxcore.protocol import Op, decode_control
 
-from ._raw import ask, connect, error_code, records
+from ._raw import ask, connect, control, error_code, read_frame, records
 from .service_harness import TOKEN, ServerProcess
 
 EVENT = int(MessageType.EVENT)
@@ -61,3 +63,30 @@ def test_a_position_stored_by_a_read_only_moves_forward(server: ServerProcess) -
         assert error_code(op, body) == "bad_request"
         op, body = ask(sock, Op.GET_POSITION, 6, position)
         assert decode_control(body) == {"position": [[0, 128], indexes[2]]}
+
+
+def test_parked_reads_of_a_connection_each_end_at_their_own_deadline(
+        server: ServerProcess) -> None:
+    """Reads of one connection share one timer: a later READ with a nearer deadline still
+    ends first, a read answered before its deadline gets nothing more, and the reads answered
+    at once (many) do not hold up the next one's empty batch."""
+    with Client.connect(server.address, token=TOKEN, name="publisher") as client:
+        index = client.publish(MessageType.EVENT, b"one", type="T")
+        assert isinstance(index, int)
+    with connect(server, "deadlines") as sock:
+        for request_id in range(2, 202):  # answered at once: their deadlines never fire
+            op, body = ask(sock, Op.READ, request_id, {
+                "type": EVENT, "consumer": f"c{request_id}", "tracker": "t",
+                "last_index": 0, "client_index": True, "max_timeout_ms": 100})
+            assert len(records(body)[1]) == 1
+        caught_up = {"type": EVENT, "tracker": "t", "client_index": True, "last_index": index}
+        sock.sendall(control(Op.READ, 300, {**caught_up, "consumer": "far",
+                                            "max_timeout_ms": 5000}))
+        sock.sendall(control(Op.READ, 301, {**caught_up, "consumer": "near",
+                                            "max_timeout_ms": 100}))
+        op, request_id, body = read_frame(sock)
+        assert (op, request_id, records(body)[1]) == (Op.BATCH, 301, [])
+        assert select.select([sock], [], [], 0)[0] == []  # "far" is still waiting
+        op, request_id, body = read_frame(sock)
+        assert (op, request_id, records(body)[1]) == (Op.BATCH, 300, [])
+        assert select.select([sock], [], [], 0.3)[0] == []  # nothing else comes
