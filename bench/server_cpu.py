@@ -58,7 +58,7 @@ def server_cpu(count: int = 3000, base: str | None = None, in_flight: int = 1,
             user, system = _run(server.address, server.process.pid, count, in_flight)
     per_trip = (user + system) / count * 1e6
     return (f"server CPU per 1,000 round trips ({count} requests, {in_flight} in flight, sync"
-            f" Client, 100-byte payload): {per_trip / 1e3:.0f} ms, of which user"
+            f" Client, 100-byte payload): {per_trip:.0f} ms, of which user"
             f" {user / count * 1e6:.0f} ms, system {system / count * 1e6:.0f} ms")
 
 
