@@ -111,10 +111,12 @@ class Deadlines:
     def _fire(self) -> None:
         self._timer, self._timer_at = None, math.inf
         heap, now = self._heap, self._loop.time()
-        while heap and (heap[0][0] <= now or heap[0][2].done):
-            heapq.heappop(heap)[2].expire()  # nothing for a read answered meanwhile
-        if heap:
-            self._arm(heap[0][0])
+        try:
+            while heap and (heap[0][0] <= now or heap[0][2].done):
+                heapq.heappop(heap)[2].expire()  # nothing for a read answered meanwhile
+        finally:  # should an answer fail (the loop logs it), the others still get theirs
+            if heap:
+                self._arm(heap[0][0])
 
     def close(self) -> None:
         if self._timer is not None:
