@@ -6,6 +6,8 @@ python bench/run.py --suite scale --json FILE [--quick] [--dir DIR] [--only ROW]
 python bench/run.py --suite search --json FILE [--quick] [--documents N] [--dir DIR]
 python bench/run.py --suite service --profile-request [--async] [--requests N]
 python bench/run.py --suite service --paired-requests [--rounds N]
+python bench/run.py --suite service --server-cpu [--requests N] [--in-flight N] [--server-profile F]
+python bench/run.py --suite service --read-path [--requests N]
 python -m bench.run ...
 """
 
@@ -63,11 +65,34 @@ def main(argv: list[str] | None = None) -> int:
         help="service suite: fluxcore's and NATS's request rows in alternating rounds",
     )
     parser.add_argument("--rounds", type=int, default=4, help="with --paired-requests")
+    parser.add_argument(
+        "--server-cpu",
+        action="store_true",
+        help="service suite: the server's CPU time per 1,000 request/response round trips",
+    )
+    parser.add_argument("--in-flight", type=int, default=1, help="with --server-cpu")
+    parser.add_argument(
+        "--read-path",
+        action="store_true",
+        help="service suite: the server's CPU per step of a round trip, in-process, no sockets",
+    )
+    parser.add_argument("--server-profile", default=None,
+                        help="with --server-cpu: run the server under cProfile, stats to this file")
     args = parser.parse_args(argv)
     if args.suite == "service" and args.paired_requests:
         from bench.request_pairs import paired_requests
 
         print(paired_requests(args.rounds, args.dir))
+        return 0
+    if args.suite == "service" and args.read_path:
+        from bench.read_path import read_path
+
+        print(read_path(args.requests, args.dir))
+        return 0
+    if args.suite == "service" and args.server_cpu:
+        from bench.server_cpu import server_cpu
+
+        print(server_cpu(args.requests, args.dir, args.in_flight, args.server_profile))
         return 0
     if args.suite == "service" and args.profile_request:
         from bench.request_profile import profile_request

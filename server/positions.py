@@ -16,6 +16,7 @@ __all__ = ["UNSET", "PositionStore"]
 
 SEGMENTS = 128
 UNSET = np.uint64(2**64 - 1)  # a segment the consumer never stored a position for
+_ONE = np.uint64(1)
 
 Positions = npt.NDArray[np.uint64]
 
@@ -34,7 +35,8 @@ class PositionStore:
         self._dirty: set[tuple[str, str]] = set()
 
     def get(self, log: str, consumer: str) -> Positions:
-        """The 128 positions (UNSET where none was stored). Do not modify the array."""
+        """The 128 positions (UNSET where none was stored). Do not modify the array: a store
+        replaces it, so the array a reader holds stays what it was (reads.py relies on it)."""
         key = (log, consumer)
         found = self._cache.get(key)
         if found is None:
@@ -49,15 +51,15 @@ class PositionStore:
         return found
 
     def store(self, log: str, consumer: str, start: int, end: int, index: int) -> None:
-        """Moves segments [start, end) forward to `index`; never back."""
+        """Moves segments [start, end) forward to `index` (below UNSET); never back."""
         current = self.get(log, consumer)
-        span = current[start:end]
-        target = np.uint64(index)
-        moved = np.where((span == UNSET) | (span < target), target, span)
-        if np.array_equal(moved, span):
-            return
+        # One past each position, so that UNSET wraps to 0 and sorts before every index.
+        lifted = current[start:end] + _ONE
+        after = np.uint64(index + 1)
+        if start >= end or lifted.min() >= after:
+            return  # every segment is at `index` or past it already
         updated = current.copy()
-        updated[start:end] = moved
+        updated[start:end] = np.maximum(lifted, after) - _ONE
         self._write(log, consumer, updated)
 
     def reset(self, log: str, consumer: str, index: int) -> None:

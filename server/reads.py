@@ -9,7 +9,9 @@ between an append and the batch leaving for the tracker that waited for it.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
+import math
 import re
 import struct
 import time
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
     from .session import Session
     from .tracking import Cluster, Tracker, Waiter
 
-__all__ = ["PendingRead", "ReadParams", "TypeFilter", "wake_all"]
+__all__ = ["Deadlines", "PendingRead", "ReadParams", "TypeFilter", "wake_all"]
 
 # How many all-filtered-out batches one attempt skips before it lets other work run.
 _SCANS_PER_TURN = 16
@@ -52,7 +54,6 @@ class ReadParams:
     filter_target: bool
     ignore_segment: bool
     client_index: bool
-    last_index: int | None
 
 
 class TypeFilter:
@@ -79,10 +80,60 @@ class TypeFilter:
         return np.isin(hashes, np.array(accepted, dtype=np.uint64))
 
 
+class Deadlines:
+    """The deadlines of one connection's parked reads, under one timer: a READ that parks
+    costs a heap entry, not a timer of the event loop of its own (most are answered long
+    before their deadline). The timer is set for the earliest deadline and moved only when an
+    earlier one comes; when it fires, the reads past their deadline get their empty batch.
+    Entries of reads answered meanwhile are dropped as the heap grows past twice the live
+    reads, so it stays bounded by the reads the connection has parked."""
+
+    def __init__(self, live: set[PendingRead]) -> None:
+        self._live = live  # the connection's unanswered reads
+        self._heap: list[tuple[float, int, PendingRead]] = []
+        self._added = 0  # orders equal deadlines; reads themselves are never compared
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._loop = asyncio.get_running_loop()
+        self.clock = self._loop.time
+
+    def add(self, read: PendingRead) -> None:
+        heap = self._heap
+        if len(heap) > 2 * len(self._live) + 64:
+            self._heap = heap = [entry for entry in heap if not entry[2].done]
+            heapq.heapify(heap)
+        self._added += 1
+        heapq.heappush(heap, (read.deadline, self._added, read))
+        if read.deadline < self._timer_at:
+            self._arm(read.deadline)
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._fire)
+        self._timer_at = when
+
+    def _fire(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        heap, now = self._heap, self._loop.time()
+        try:
+            while heap and (heap[0][0] <= now or heap[0][2].done):
+                heapq.heappop(heap)[2].expire()  # nothing for a read answered meanwhile
+        finally:  # should an answer fail (the loop logs it), the others still get theirs
+            if heap:
+                self._arm(heap[0][0])
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = None, math.inf
+        self._heap.clear()
+
+
 class PendingRead:
-    def __init__(self, session: Session, request_id: int, params: ReadParams, project: Project,
-                 log: Log, cluster: Cluster, tracker: Tracker,
-                 type_filter: TypeFilter | None) -> None:
+    def __init__(self, session: Session, request_id: int, params: ReadParams,
+                 last_index: int | None, project: Project, log: Log, cluster: Cluster,
+                 tracker: Tracker, type_filter: TypeFilter | None) -> None:
         self.session = session
         self.request_id = request_id
         self.params = params
@@ -92,12 +143,13 @@ class PendingRead:
         self.tracker = tracker
         self.type_filter = type_filter
         self.done = False
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_at(loop.time() + params.timeout, self._expire)
-        self._default_start = params.last_index if params.last_index is not None else (
+        self.deadline = session.deadlines.clock() + params.timeout
+        self._own_index = params.client_index and last_index is not None
+        self._default_start = last_index if last_index is not None else (
             (int(time.time() * 1000) - 1000) << 16)
         self._watching = False
         self._next_after = 0  # where the last read of an attempt ended
+        self._planned: tuple[Any, tuple[int, int], tuple[Any, int, tuple[int, int]]] | None = None
 
     def start(self) -> None:
         self.session.reads.add(self)
@@ -158,11 +210,17 @@ class PendingRead:
         seg_range = (0, 128) if params.ignore_segment else self.tracker.range
         if seg_range == EMPTY:
             return None
-        if params.client_index and params.last_index is not None:
+        if self._own_index:
             return None, self._default_start, seg_range
         stored = self.project.positions.get(params.log_name, params.consumer)
+        # A store replaces the array (positions.py), so the same array means the same plan.
+        planned = self._planned
+        if planned is not None and planned[0] is stored and planned[1] == seg_range:
+            return planned[2]
         positions = np.where(stored == UNSET, np.uint64(self._default_start), stored)
-        return positions, int(positions[seg_range[0]:seg_range[1]].min()), seg_range
+        plan = positions, int(positions[seg_range[0]:seg_range[1]].min()), seg_range
+        self._planned = (stored, seg_range, plan)
+        return plan
 
     def _read(self, start: int, seg_range: tuple[int, int]) -> Any:
         return self.log.read(start, max_count=self.params.max_size,
@@ -214,10 +272,12 @@ class PendingRead:
     def _watch(self) -> None:
         if not self._watching:
             self._watching = True
+            self.session.deadlines.add(self)
             self.cluster.watch(self)
             self.project.watch_appends(self.params.log_name, self)
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
+        """Its deadline passed (Deadlines): an empty batch, unless it was answered."""
         if not self.done:
             self._send(_proto.empty_batch_frame(self.request_id, *self._range(), 0, True))
             if self.cluster.trackers.get(self.params.tracker_id) is self.tracker:
@@ -232,7 +292,6 @@ class PendingRead:
 
     def _finish(self) -> None:
         self.done = True
-        self._timer.cancel()
         if self._watching:
             self.cluster.unwatch(self)
             self.project.unwatch_appends(self.params.log_name, self)
@@ -273,6 +332,9 @@ def wake_all(waiters: list[Waiter]) -> None:
         plan = read._plan()
         if plan is None:
             continue  # no segments for now: it stays parked, watching its cluster
+        if len(waiters) == 1:  # nobody to share with (a handler waiting for its request)
+            read._answer_first(*plan)
+            return
         key = read._share_key(*plan)
         found = shared.get(key)
         if found is None:

@@ -45,7 +45,7 @@ from .buffers import MAX_HELLO_FRAME, SMALL_BUFFER
 from .events import EventBatch
 from .metrics import SessionStats
 from .positions import merged_ranges
-from .reads import PendingRead, ReadParams, TypeFilter
+from .reads import Deadlines, PendingRead, ReadParams, TypeFilter
 from .schedules import Schedule
 from .search import SEARCH_HANDLERS
 from .web import HTTP_METHODS, MAX_HEAD, HttpError, http_response, parse_http
@@ -66,6 +66,7 @@ _REQUIRED = object()
 MAX_SCHEDULE_ID = 200
 MAX_ID = 1000  # keys, aggregate and entity ids
 MAX_DEADLINE_MS = 1 << 47  # an index is milliseconds << 16 in 64 bits
+MAX_INDEX = (1 << 64) - 1  # 2**64 - 1 itself marks a segment without a position
 _TEXT = [("Content-Type", "text/plain")]
 
 
@@ -133,6 +134,26 @@ def _message_type(code: int) -> MessageType:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown message type {code!r}") from None
 
 
+class _ReadRequest:
+    """A tracker's READ as last checked: its fields (but store_position and last_index), the
+    types of their values, and what they mean."""
+
+    __slots__ = ("kinds", "params", "purge_timeout", "request", "single_tracker", "type_filter")
+
+    def __init__(self, request: dict[str, Any], kinds: list[type], params: ReadParams,
+                 single_tracker: bool, purge_timeout: float | None,
+                 type_filter: TypeFilter | None) -> None:
+        self.request = request
+        self.kinds = kinds
+        self.params = params
+        self.single_tracker = single_tracker
+        self.purge_timeout = purge_timeout
+        self.type_filter = type_filter
+
+
+_READS_SEEN = 64  # trackers per connection whose last READ is remembered
+
+
 class Session(asyncio.BufferedProtocol):
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -152,7 +173,9 @@ class Session(asyncio.BufferedProtocol):
         self._writable = True  # false while the client is not reading its answers
         self.pending_acks: set[asyncio.Task[None]] = set()  # acks waiting for a sync
         self._type_filters: dict[str, TypeFilter] = {}
+        self._reads_seen: dict[str, _ReadRequest] = {}  # by tracker id
         self.reads: set[PendingRead] = set()  # parked READs of this connection
+        self.deadlines = Deadlines(self.reads)  # when each of them gets its empty batch
         # The clusters this connection's trackers joined: what its end has to leave, and only
         # that (no scan of every cluster of the project per closed connection).
         self.clusters: dict[tuple[str, str], Cluster] = {}
@@ -219,6 +242,7 @@ class Session(asyncio.BufferedProtocol):
         self._writable = True
         for read in list(self.reads):
             read.cancel()
+        self.deadlines.close()
         self.server.session_closed(self)
 
     def pause_writing(self) -> None:
@@ -664,6 +688,40 @@ class Session(asyncio.BufferedProtocol):
         assert self.project is not None
         self.stats.reads += 1
         project = self.project
+        # What changes from one READ of a tracker to its next: the position it stores and,
+        # for a reader that keeps its own index, that index. The rest is checked once per
+        # tracker and reused while it comes back the same (same keys, values and their types).
+        store = req.pop("store_position", None)
+        last_index = req.pop("last_index", None)
+        if last_index is not None and type(last_index) is not int:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'last_index' has the wrong type "
+                                f"({type(last_index).__name__})")
+        if store is not None and type(store) is not list:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'store_position' has the wrong "
+                                f"type ({type(store).__name__})")
+        tracker_id = req.get("tracker")
+        kinds = list(map(type, req.values()))
+        seen = self._reads_seen.get(tracker_id) if type(tracker_id) is str else None
+        if seen is not None and seen.kinds == kinds and seen.request == req:
+            read = seen
+        else:
+            read = self._read_request(req, kinds)
+            if len(self._reads_seen) >= _READS_SEEN:
+                self._reads_seen.clear()
+            self._reads_seen[read.params.tracker_id] = read
+        params = read.params
+        if store is not None:  # the position after the tracker's previous batch
+            self._store_position(params.log_name, params.consumer, store[:2],
+                                 store[2] if len(store) == 3 else -1)
+        log = project.log(params.log_name)
+        cluster = project.cluster(params.log_name, params.consumer, read.single_tracker)
+        self.clusters[(params.log_name, params.consumer)] = cluster
+        tracker = cluster.enter(params.tracker_id, self.session_id, read.purge_timeout)
+        PendingRead(self, request_id, params, last_index, project, log, cluster, tracker,
+                    read.type_filter).start()
+
+    def _read_request(self, req: dict[str, Any], kinds: list[type]) -> _ReadRequest:
+        """A READ's fields (but its store_position and last_index), checked."""
         message_type, name = self._log_for(req)
         consumer = _field(req, "consumer", str)
         tracker_id = _field(req, "tracker", str)
@@ -680,20 +738,12 @@ class Session(asyncio.BufferedProtocol):
             timeout=max(0, _field(req, "max_timeout_ms", int, 10_000)) / 1000.0,
             type_filter=_field(req, "type_filter", str, None),
             filter_target=bool(_field(req, "filter_target", bool, False)),
-            ignore_segment=ignore_segment, client_index=client_index,
-            last_index=_field(req, "last_index", int, None))
+            ignore_segment=ignore_segment, client_index=client_index)
         single = bool(_field(req, "single_tracker", bool, False))
         purge_ms = _field(req, "purge_timeout_ms", int, None)
-        store = _field(req, "store_position", list, None)
         type_filter = self._type_filter(params.type_filter) if params.type_filter else None
-        if store is not None:  # the position after the tracker's previous batch
-            self._store_position(name, consumer, store[:2], store[2] if len(store) == 3 else -1)
-        log = project.log(name)
-        cluster = project.cluster(name, consumer, single)
-        self.clusters[(name, consumer)] = cluster
-        tracker = cluster.enter(tracker_id, self.session_id,
-                                None if purge_ms is None else purge_ms / 1000.0)
-        PendingRead(self, request_id, params, project, log, cluster, tracker, type_filter).start()
+        return _ReadRequest(req, kinds, params, single,
+                            None if purge_ms is None else purge_ms / 1000.0, type_filter)
 
     def _type_filter(self, pattern: str) -> TypeFilter:
         found = self._type_filters.get(pattern)
@@ -733,11 +783,12 @@ class Session(asyncio.BufferedProtocol):
 
     def _store_position(self, log: str, consumer: str, segment: list[Any], index: object) -> None:
         assert self.project is not None
-        if len(segment) != 2 or not all(type(s) is int for s in segment) or not (
-                0 <= segment[0] <= segment[1] <= 128):
+        if len(segment) != 2 or type(segment[0]) is not int or type(segment[1]) is not int or (
+                not 0 <= segment[0] <= segment[1] <= 128):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "segment must be [start, end] in 0..128")
-        if type(index) is not int or index < 0:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "last_index must be an int >= 0")
+        if type(index) is not int or not 0 <= index < MAX_INDEX:
+            raise ProtocolError(ErrorCode.BAD_REQUEST,
+                                f"last_index must be an int from 0 to {MAX_INDEX - 1}")
         self.project.positions.store(log, consumer, segment[0], segment[1], index)
 
     def _on_reset_position(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:

@@ -107,6 +107,10 @@ class Cluster:
     single_tracker: bool = False
     trackers: dict[str, Tracker] = field(default_factory=dict)
     _waiters: set[Waiter] = field(default_factory=set)
+    # What the last rebalance saw: each tracker and, if fixed, its range. Ranges change only
+    # in _rebalance, and it gives the same ranges for the same input: when the input is what
+    # it was, nothing can move (a tracker back from processing its batch, most often).
+    _balanced: tuple[object, ...] = ()
 
     def enter(
         self, tracker_id: str, session_id: str, purge_timeout: float | None
@@ -163,6 +167,10 @@ class Cluster:
 
     def _rebalance(self) -> None:
         ordered = sorted(self.trackers.values(), key=lambda t: t.tracker_id)
+        balanced = tuple((t.tracker_id, t.range) if t.fixed else t.tracker_id for t in ordered)
+        if balanced == self._balanced:
+            return
+        self._balanced = balanced
         before = {t.tracker_id: t.range for t in ordered}
         movable = [t for t in ordered if not t.fixed]
         if self.single_tracker:

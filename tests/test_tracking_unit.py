@@ -7,7 +7,7 @@ import itertools
 import time
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from server.tracking import EMPTY, Cluster, Tracker, even_split, free_ranges, share
@@ -492,3 +492,64 @@ def test_rebalancing_never_strands_or_steals(
 def test_tracker_defaults() -> None:
     tracker = Tracker("t", "s")
     assert tracker.range == EMPTY and not tracker.active and tracker.purge_timeout is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    single=st.booleans(),
+    steps=st.lists(st.tuples(st.sampled_from(["enter", "processing", "leave", "purge"]),
+                             st.sampled_from(["a", "b", "c"]),
+                             st.just("s")), max_size=30),
+)
+@example(single=False, steps=[("enter", "a", "s"), ("enter", "b", "s"), ("processing", "a", "s"),
+                              ("leave", "b", "s"), ("enter", "a", "s")])
+def test_a_rebalance_skipped_for_unchanged_input_changes_nothing(
+        single: bool, steps: list[tuple[str, str, str]]) -> None:
+    """A rebalance is skipped when the trackers and the fixed ranges are what the last one
+    saw; after every step the ranges are exactly what a full rebalance gives."""
+    cluster = Cluster("c", single_tracker=single)
+    for action, tracker_id, session in steps:
+        if action == "enter":
+            cluster.enter(tracker_id, session, 1.0)
+        elif action == "processing" and tracker_id in cluster.trackers:
+            cluster.processing(cluster.trackers[tracker_id])
+        elif action == "leave":
+            cluster.leave(tracker_id)
+        elif action == "purge":
+            cluster.purge(time.monotonic() + 5.0)
+        assert_disjoint(cluster)
+        kept = ranges(cluster)
+        cluster._balanced = ()  # forget what the last rebalance saw: a full one
+        cluster._rebalance()
+        assert ranges(cluster) == kept, (action, tracker_id)
+
+
+def test_a_tracker_back_from_its_batch_keeps_its_range_without_waking_anyone() -> None:
+    cluster = Cluster("c")
+    woken: list[str] = []
+
+    class Watcher:
+        def wake(self) -> None:
+            woken.append("woken")
+
+    for tracker_id in ("a", "b"):
+        cluster.enter(tracker_id, "s", None)
+    before = ranges(cluster)
+    cluster.watch(Watcher())
+    for _ in range(3):
+        cluster.processing(cluster.trackers["a"])
+        cluster.enter("a", "s", None)
+    assert ranges(cluster) == before and woken == []
+    cluster.enter("c", "s", None)  # a joiner still moves the ranges, and wakes the watchers
+    assert ranges(cluster) != before and woken == ["woken"]
+
+
+def test_a_tracker_back_from_its_batch_takes_the_segments_freed_meanwhile() -> None:
+    cluster = Cluster("c")
+    cluster.enter("a", "s", None)
+    cluster.enter("b", "s", None)
+    cluster.processing(cluster.trackers["a"])
+    cluster.leave("b")
+    assert ranges(cluster) == {"a": (0, 64)}  # a keeps its range while it processes
+    cluster.enter("a", "s", None)
+    assert ranges(cluster) == {"a": (0, SEGMENTS)}
