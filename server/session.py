@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from fluxcore._ext import _proto
-from fluxcore._ext._log import max_payload_for
 from fluxcore.errors import CorruptLogError, LogFullError, RecordTooLargeError
 from fluxcore.protocol import (
     FLAG_RESEND,
@@ -46,7 +45,11 @@ from .events import EventBatch
 from .metrics import SessionStats
 from .positions import merged_ranges
 from .reads import PendingRead, ReadParams, TypeFilter
-from .schedules import Schedule
+from .requests import MAX_ID, BodyHandler, ControlHandler, control_and_messages, log_for
+from .requests import field as _field
+from .requests import identifier as _identifier
+from .requests import message_type as _message_type
+from .schedule_ops import SCHEDULE_BODY_HANDLERS, SCHEDULE_HANDLERS
 from .search import SEARCH_HANDLERS
 from .web import HTTP_METHODS, MAX_HEAD, HttpError, http_response, parse_http
 
@@ -62,33 +65,7 @@ logger = logging.getLogger("fluxcore.server")
 _FRAME_HEADER = 12
 _SHRINK_AFTER_S = 1.0  # a grown receive buffer unused this long goes back to the small size
 _REFUSED_TIMEOUT_S = 1.0  # a connection refused for want of descriptors: closed this soon
-_REQUIRED = object()
-MAX_SCHEDULE_ID = 200
-MAX_ID = 1000  # keys, aggregate and entity ids
-MAX_DEADLINE_MS = 1 << 47  # an index is milliseconds << 16 in 64 bits
 _TEXT = [("Content-Type", "text/plain")]
-
-
-def _field(
-    req: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = _REQUIRED
-) -> Any:
-    value = req.get(name, default)
-    if value is _REQUIRED:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"missing field {name!r}")
-    if value is None and default is None:
-        return None
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"field {name!r} has the wrong type "
-                            f"({type(value).__name__})")
-    return value
-
-
-def _identifier(req: dict[str, Any], name: str, limit: int = MAX_ID) -> str:
-    """A required string field of 1 to `limit` characters (ids, keys)."""
-    value = _field(req, name, str)
-    if not 0 < len(value) <= limit:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{name} must be 1 to {limit} characters")
-    return cast(str, value)
 
 
 def _event_batch(entry: Any) -> EventBatch:
@@ -113,24 +90,6 @@ def _relationships(req: dict[str, Any], name: str) -> list[tuple[str, str, str]]
                                 f"{MAX_ID} characters")
         out.append((item[0], item[1], item[2]))
     return out
-
-
-def _schedule_entry(entry: Any) -> Schedule:
-    if not isinstance(entry, dict):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "each schedule is a map")
-    deadline = _field(entry, "deadline", int)
-    if not 0 <= deadline < MAX_DEADLINE_MS:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"deadline {deadline} is not epoch "
-                            "milliseconds an index can hold")
-    return Schedule(_identifier(entry, "id", MAX_SCHEDULE_ID), deadline,
-                    bool(_field(entry, "if_absent", bool, False)))
-
-
-def _message_type(code: int) -> MessageType:
-    try:
-        return MessageType(code)
-    except ValueError:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown message type {code!r}") from None
 
 
 class Session(asyncio.BufferedProtocol):
@@ -467,8 +426,8 @@ class Session(asyncio.BufferedProtocol):
                 self.send(_proto.frame_header(Op.PONG, request_id, 0))
             elif op == Op.PONG:
                 pass  # the answer to our PING: that it came is all check_idle needs
-            elif op == Op.SCHEDULE:
-                self._on_schedule(request_id, start, end)
+            elif op in _BODY:
+                _BODY[op](self, request_id, start, end)
             elif op == Op.APPEND_EVENTS:
                 self._on_append_events(request_id, start, end)
             elif op in _CONTROL:
@@ -565,8 +524,7 @@ class Session(asyncio.BufferedProtocol):
                 "session": self.session_id, "timestamp": int(time.time() * 1000)}
 
     def _log_for(self, req: dict[str, Any]) -> tuple[MessageType, str]:
-        message_type = _message_type(_field(req, "type", int))
-        return message_type, log_name(message_type, _field(req, "topic", str, None))
+        return log_for(req)
 
     def _on_append(self, request_id: int, flags: int, start: int, end: int) -> None:
         assert self.project is not None
@@ -707,6 +665,11 @@ class Session(asyncio.BufferedProtocol):
         return found
 
     @property
+    def buffer(self) -> bytearray:
+        """The receive buffer: the bodies of the frames being answered are slices of it."""
+        return self._buf
+
+    @property
     def writable(self) -> bool:
         """False while the client does not read its answers (the socket's buffer is full)."""
         return self._writable
@@ -780,54 +743,11 @@ class Session(asyncio.BufferedProtocol):
             len(batch) < max_size)
         return frame
 
-    def _control_and_messages(
-        self, start: int, end: int, name: str, message_type: MessageType
-    ) -> tuple[dict[str, Any], int, Any, Any]:
-        """The body of SCHEDULE and APPEND_EVENTS: u32 control length, the msgpack control,
-        then an APPEND body of `message_type` messages. Returns (control, guarantee, offsets,
-        segments); message i is self._buf[offsets[i]:offsets[i + 1]]."""
-        assert self.project is not None
-        if end - start < 4:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{name} body shorter than 4 bytes")
-        (control_len,) = struct.unpack_from("<I", self._buf, start)
-        body = start + 4 + control_len
-        if body > end:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{name} control runs past the frame")
-        control = self._control(start + 4, body)
-        type_code, guarantee, _topic, offsets, segments, _first = _proto.append_parse(
-            self._buf, body, end)
-        if type_code != message_type:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{name} carries messages of type "
-                                f"{message_type.name} ({int(message_type)}), not {type_code}")
-        if guarantee > Guarantee.STORED:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown guarantee {guarantee}")
-        if len(offsets) > 1:
-            largest = int((offsets[1:] - offsets[:-1]).max())
-            limit = max_payload_for(self.config.segment_file_size)
-            if largest > limit:
-                raise RecordTooLargeError(f"a message of {largest} bytes is over the log's "
-                                          f"limit of {limit}")
-        return control, guarantee, offsets, segments
-
-    def _on_schedule(self, request_id: int, start: int, end: int) -> None:
-        """SCHEDULE: {"schedules": [{id, deadline, if_absent}]} and one message each."""
-        assert self.project is not None
-        control, guarantee, offsets, segments = self._control_and_messages(
-            start, end, "SCHEDULE", MessageType.SCHEDULE)
-        entries = _field(control, "schedules", list)
-        if len(entries) != len(offsets) - 1:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{len(entries)} schedules for "
-                                f"{len(offsets) - 1} messages")
-        schedules = [_schedule_entry(entry) for entry in entries]
-        stored = self.project.schedules.schedule(schedules, self._buf, offsets, segments)
-        if guarantee == Guarantee.STORED:
-            self.send_control(Op.RESULT, request_id, {"stored": stored})
-
     def _on_append_events(self, request_id: int, start: int, end: int) -> None:
         """APPEND_EVENTS: {"batches": [{aggregate, count, store_only}]} and the events."""
         assert self.project is not None
-        control, guarantee, offsets, segments = self._control_and_messages(
-            start, end, "APPEND_EVENTS", MessageType.EVENT)
+        control, guarantee, offsets, segments = control_and_messages(
+            self, start, end, "APPEND_EVENTS", MessageType.EVENT)
         batches = [_event_batch(entry) for entry in _field(control, "batches", list)]
         total = sum(batch.event_count for batch in batches)
         if total != len(offsets) - 1:
@@ -881,21 +801,6 @@ class Session(asyncio.BufferedProtocol):
         assert self.project is not None
         found = self.project.events.relationships(_identifier(req, "entity"))
         return {"relationships": [list(r) for r in found]}
-
-    def _on_cancel_schedule(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.project is not None
-        schedule_id = _identifier(req, "id", MAX_SCHEDULE_ID)
-        return {"cancelled": self.project.schedules.cancel(schedule_id)}
-
-    def _on_get_schedule(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.project is not None
-        schedule_id = _identifier(req, "id", MAX_SCHEDULE_ID)
-        found = self.project.schedules.get(schedule_id)
-        if found is None:
-            return {"schedule": None}
-        deadline, segment, message, index = found
-        return {"schedule": {"id": schedule_id, "deadline": deadline, "segment": segment,
-                             "message": message, "index": index}}
 
     def _on_store_values(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
         assert self.project is not None
@@ -965,15 +870,13 @@ def _stored_runs(log: Any, buf: bytearray, offsets: Any, sent_ms: int
     return runs, stored
 
 
-_CONTROL: dict[int, Any] = {
+_CONTROL: dict[int, ControlHandler] = {
     Op.STORE_POSITION: Session._on_store_position,
     Op.RESET_POSITION: Session._on_reset_position,
     Op.GET_POSITION: Session._on_get_position,
     Op.DISCONNECT_TRACKER: Session._on_disconnect_tracker,
     Op.READ_FROM_INDEX: Session._on_read_from_index,
     Op.SET_RETENTION: Session._on_set_retention,
-    Op.CANCEL_SCHEDULE: Session._on_cancel_schedule,
-    Op.GET_SCHEDULE: Session._on_get_schedule,
     Op.STORE_VALUES: Session._on_store_values,
     Op.GET_VALUE: Session._on_get_value,
     Op.DELETE_VALUE: Session._on_delete_value,
@@ -982,5 +885,11 @@ _CONTROL: dict[int, Any] = {
     Op.UPDATE_RELATIONSHIPS: Session._on_update_relationships,
     Op.REPAIR_RELATIONSHIPS: Session._on_repair_relationships,
     Op.GET_RELATIONSHIPS: Session._on_get_relationships,
+    **SCHEDULE_HANDLERS,
     **SEARCH_HANDLERS,
+}
+
+# The ops whose body is binary, not a control map.
+_BODY: dict[int, BodyHandler] = {
+    **SCHEDULE_BODY_HANDLERS,
 }
