@@ -51,6 +51,7 @@ from .requests import identifier as _identifier
 from .requests import message_type as _message_type
 from .schedule_ops import SCHEDULE_BODY_HANDLERS, SCHEDULE_HANDLERS
 from .search import SEARCH_HANDLERS
+from .value_ops import VALUE_HANDLERS
 from .web import HTTP_METHODS, MAX_HEAD, HttpError, http_response, parse_http
 
 if TYPE_CHECKING:
@@ -802,25 +803,6 @@ class Session(asyncio.BufferedProtocol):
         found = self.project.events.relationships(_identifier(req, "entity"))
         return {"relationships": [list(r) for r in found]}
 
-    def _on_store_values(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.project is not None
-        entries = _field(req, "values", list)
-        pairs = []
-        for entry in entries:
-            if not isinstance(entry, dict):
-                raise ProtocolError(ErrorCode.BAD_REQUEST, "each value is a map")
-            pairs.append((_identifier(entry, "key"), bytes(_field(entry, "value", bytes))))
-        if_absent = bool(_field(req, "if_absent", bool, False))
-        return {"stored": self.project.values.store(pairs, if_absent)}
-
-    def _on_get_value(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.project is not None
-        return {"value": self.project.values.get(_identifier(req, "key"))}
-
-    def _on_delete_value(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.project is not None
-        return {"deleted": self.project.values.delete(_identifier(req, "key"))}
-
     def _on_set_retention(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
         assert self.project is not None
         _, name = self._log_for(req)
@@ -877,15 +859,13 @@ _CONTROL: dict[int, ControlHandler] = {
     Op.DISCONNECT_TRACKER: Session._on_disconnect_tracker,
     Op.READ_FROM_INDEX: Session._on_read_from_index,
     Op.SET_RETENTION: Session._on_set_retention,
-    Op.STORE_VALUES: Session._on_store_values,
-    Op.GET_VALUE: Session._on_get_value,
-    Op.DELETE_VALUE: Session._on_delete_value,
     Op.GET_EVENTS: Session._on_get_events,
     Op.DELETE_EVENTS: Session._on_delete_events,
     Op.UPDATE_RELATIONSHIPS: Session._on_update_relationships,
     Op.REPAIR_RELATIONSHIPS: Session._on_repair_relationships,
     Op.GET_RELATIONSHIPS: Session._on_get_relationships,
     **SCHEDULE_HANDLERS,
+    **VALUE_HANDLERS,
     **SEARCH_HANDLERS,
 }
 
