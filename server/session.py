@@ -33,7 +33,6 @@ from fluxcore.protocol import (
     MessageType,
     Op,
     ProtocolError,
-    batch_body,
     check_name,
     decode_control,
     encode_control,
@@ -41,13 +40,12 @@ from fluxcore.protocol import (
 )
 
 from .buffers import MAX_HELLO_FRAME, SMALL_BUFFER
-from .events import EventBatch
+from .event_ops import EVENT_BODY_HANDLERS, EVENT_HANDLERS
 from .metrics import SessionStats
 from .positions import merged_ranges
 from .reads import PendingRead, ReadParams, TypeFilter
-from .requests import MAX_ID, BodyHandler, ControlHandler, control_and_messages, log_for
+from .requests import BodyHandler, ControlHandler, log_for
 from .requests import field as _field
-from .requests import identifier as _identifier
 from .requests import message_type as _message_type
 from .schedule_ops import SCHEDULE_BODY_HANDLERS, SCHEDULE_HANDLERS
 from .search import SEARCH_HANDLERS
@@ -67,30 +65,6 @@ _FRAME_HEADER = 12
 _SHRINK_AFTER_S = 1.0  # a grown receive buffer unused this long goes back to the small size
 _REFUSED_TIMEOUT_S = 1.0  # a connection refused for want of descriptors: closed this soon
 _TEXT = [("Content-Type", "text/plain")]
-
-
-def _event_batch(entry: Any) -> EventBatch:
-    if not isinstance(entry, dict):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "each batch is a map")
-    count = _field(entry, "count", int)
-    if count < 0:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "a batch's count must not be negative")
-    return EventBatch(_identifier(entry, "aggregate"), count,
-                      bool(_field(entry, "store_only", bool, False)),
-                      _field(entry, "expected_sequence", int, None))
-
-
-def _relationships(req: dict[str, Any], name: str) -> list[tuple[str, str, str]]:
-    """[aggregate id, aggregate type, entity id] triples."""
-    out = []
-    for item in _field(req, name, list, []):
-        if not (isinstance(item, list) and len(item) == 3
-                and all(isinstance(x, str) and 0 < len(x) <= MAX_ID for x in item)):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"each of {name} is [aggregate id, "
-                                "aggregate type, entity id], strings of 1 to "
-                                f"{MAX_ID} characters")
-        out.append((item[0], item[1], item[2]))
-    return out
 
 
 class Session(asyncio.BufferedProtocol):
@@ -429,8 +403,6 @@ class Session(asyncio.BufferedProtocol):
                 pass  # the answer to our PING: that it came is all check_idle needs
             elif op in _BODY:
                 _BODY[op](self, request_id, start, end)
-            elif op == Op.APPEND_EVENTS:
-                self._on_append_events(request_id, start, end)
             elif op in _CONTROL:
                 answer = _CONTROL[op](self, request_id, self._control(start, end))
                 if isinstance(answer, bytes):
@@ -480,6 +452,11 @@ class Session(asyncio.BufferedProtocol):
         task = asyncio.get_running_loop().create_task(coro)
         self.pending_acks.add(task)
         task.add_done_callback(self._ack_done)
+
+    def send_when_durable(self, log: Any, index: int, request_id: int, answer: bytes) -> None:
+        """Sends `answer` once `log` is synced up to `index` (an error instead if the sync
+        fails): what an fsync "always" server promises for a STORED request."""
+        self._spawn_ack(self._ack_when_durable(log, index, request_id, answer))
 
     def _ack_done(self, task: asyncio.Task[None]) -> None:
         self.pending_acks.discard(task)
@@ -744,65 +721,6 @@ class Session(asyncio.BufferedProtocol):
             len(batch) < max_size)
         return frame
 
-    def _on_append_events(self, request_id: int, start: int, end: int) -> None:
-        """APPEND_EVENTS: {"batches": [{aggregate, count, store_only}]} and the events."""
-        assert self.project is not None
-        control, guarantee, offsets, segments = control_and_messages(
-            self, start, end, "APPEND_EVENTS", MessageType.EVENT)
-        batches = [_event_batch(entry) for entry in _field(control, "batches", list)]
-        total = sum(batch.event_count for batch in batches)
-        if total != len(offsets) - 1:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"the batches count {total} events, "
-                                f"the request carries {len(offsets) - 1}")
-        last, index = self.project.events.append(batches, self._buf, offsets, segments)
-        if guarantee != Guarantee.STORED:
-            return
-        body = encode_control({"last_sequence": last})
-        answer = bytes(_proto.frame_header(Op.RESULT, request_id, len(body))) + body
-        if self.config.fsync == "always" and index:
-            self._spawn_ack(self._ack_when_durable(
-                self.project.log("event"), index, request_id, answer))
-        else:
-            self.send(answer)
-
-    def _on_get_events(self, request_id: int, req: dict[str, Any]) -> bytes:
-        assert self.project is not None
-        aggregate = _identifier(req, "aggregate")
-        after = _field(req, "after", int, -1)
-        max_size = _field(req, "max_size", int, 1024)
-        if not 0 < max_size <= self.config.max_read_size:
-            raise ProtocolError(ErrorCode.BAD_REQUEST,
-                                f"max_size must be 1..{self.config.max_read_size}")
-        records = self.project.events.read(aggregate, after, max_size)
-        last = struct.unpack_from("<Q", records[-1], 8)[0] if records else 0
-        body = batch_body(records, caught_up=len(records) < max_size, last_index=last)
-        return bytes(_proto.frame_header(Op.BATCH, request_id, len(body))) + body
-
-    def _on_delete_events(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.project is not None
-        return {"deleted": self.project.events.delete(_identifier(req, "aggregate"))}
-
-    def _on_update_relationships(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.project is not None
-        self.project.events.update_relationships(
-            _relationships(req, "associations"), _relationships(req, "dissociations"))
-        return {"ok": True}
-
-    def _on_repair_relationships(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.project is not None
-        entities = _field(req, "entities", list)
-        if not all(isinstance(e, str) and 0 < len(e) <= MAX_ID for e in entities):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "entities are ids of 1 to "
-                                f"{MAX_ID} characters")
-        self.project.events.repair_relationships(
-            _identifier(req, "aggregate"), _field(req, "aggregate_type", str), entities)
-        return {"ok": True}
-
-    def _on_get_relationships(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.project is not None
-        found = self.project.events.relationships(_identifier(req, "entity"))
-        return {"relationships": [list(r) for r in found]}
-
     def _on_set_retention(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
         assert self.project is not None
         _, name = self._log_for(req)
@@ -859,11 +777,7 @@ _CONTROL: dict[int, ControlHandler] = {
     Op.DISCONNECT_TRACKER: Session._on_disconnect_tracker,
     Op.READ_FROM_INDEX: Session._on_read_from_index,
     Op.SET_RETENTION: Session._on_set_retention,
-    Op.GET_EVENTS: Session._on_get_events,
-    Op.DELETE_EVENTS: Session._on_delete_events,
-    Op.UPDATE_RELATIONSHIPS: Session._on_update_relationships,
-    Op.REPAIR_RELATIONSHIPS: Session._on_repair_relationships,
-    Op.GET_RELATIONSHIPS: Session._on_get_relationships,
+    **EVENT_HANDLERS,
     **SCHEDULE_HANDLERS,
     **VALUE_HANDLERS,
     **SEARCH_HANDLERS,
@@ -871,5 +785,6 @@ _CONTROL: dict[int, ControlHandler] = {
 
 # The ops whose body is binary, not a control map.
 _BODY: dict[int, BodyHandler] = {
+    **EVENT_BODY_HANDLERS,
     **SCHEDULE_BODY_HANDLERS,
 }
