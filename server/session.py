@@ -47,6 +47,7 @@ from .reads import PendingRead, ReadParams, TypeFilter
 from .requests import BodyHandler, ControlHandler, log_for
 from .requests import field as _field
 from .requests import message_type as _message_type
+from .retention_ops import RETENTION_HANDLERS
 from .schedule_ops import SCHEDULE_BODY_HANDLERS, SCHEDULE_HANDLERS
 from .search import SEARCH_HANDLERS
 from .value_ops import VALUE_HANDLERS
@@ -721,16 +722,6 @@ class Session(asyncio.BufferedProtocol):
             len(batch) < max_size)
         return frame
 
-    def _on_set_retention(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.project is not None
-        _, name = self._log_for(req)
-        retention = _field(req, "retention_ms", int, None)
-        if retention is not None and retention <= 0:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "retention_ms must be positive or nil")
-        self.project.set_retention(name, retention)
-        return {"ok": True}
-
-
 
 RESEND_SEARCH_MS = 10_000  # clock skew between client and server tolerated by the search
 
@@ -776,8 +767,8 @@ _CONTROL: dict[int, ControlHandler] = {
     Op.GET_POSITION: Session._on_get_position,
     Op.DISCONNECT_TRACKER: Session._on_disconnect_tracker,
     Op.READ_FROM_INDEX: Session._on_read_from_index,
-    Op.SET_RETENTION: Session._on_set_retention,
     **EVENT_HANDLERS,
+    **RETENTION_HANDLERS,
     **SCHEDULE_HANDLERS,
     **VALUE_HANDLERS,
     **SEARCH_HANDLERS,
