@@ -449,6 +449,11 @@ class Session(asyncio.BufferedProtocol):
     def _control(self, start: int, end: int) -> dict[str, Any]:
         return decode_control(bytes(self._buf[start:end]))
 
+    @property
+    def buffer(self) -> bytearray:
+        """The receive buffer: the bodies of the frames being answered are slices of it."""
+        return self._buf
+
     def _spawn_ack(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self.pending_acks.add(task)
@@ -642,11 +647,6 @@ class Session(asyncio.BufferedProtocol):
             except re.error as exc:
                 raise ProtocolError(ErrorCode.BAD_REQUEST, f"bad type_filter: {exc}") from None
         return found
-
-    @property
-    def buffer(self) -> bytearray:
-        """The receive buffer: the bodies of the frames being answered are slices of it."""
-        return self._buf
 
     @property
     def writable(self) -> bool:
