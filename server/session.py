@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from fluxcore._ext import _proto
-from fluxcore._ext._log import max_payload_for
 from fluxcore.errors import CorruptLogError, LogFullError, RecordTooLargeError
 from fluxcore.protocol import (
     FLAG_RESEND,
@@ -34,7 +33,6 @@ from fluxcore.protocol import (
     MessageType,
     Op,
     ProtocolError,
-    batch_body,
     check_name,
     decode_control,
     encode_control,
@@ -42,12 +40,17 @@ from fluxcore.protocol import (
 )
 
 from .buffers import MAX_HELLO_FRAME, SMALL_BUFFER
-from .events import EventBatch
+from .event_ops import EVENT_BODY_HANDLERS, EVENT_HANDLERS
 from .metrics import SessionStats
 from .positions import merged_ranges
 from .reads import Deadlines, PendingRead, ReadParams, TypeFilter
-from .schedules import Schedule
+from .requests import BodyHandler, ControlHandler, log_for
+from .requests import field as _field
+from .requests import message_type as _message_type
+from .retention_ops import RETENTION_HANDLERS
+from .schedule_ops import SCHEDULE_BODY_HANDLERS, SCHEDULE_HANDLERS
 from .search import SEARCH_HANDLERS
+from .value_ops import VALUE_HANDLERS
 from .web import HTTP_METHODS, MAX_HEAD, HttpError, http_response, parse_http
 
 if TYPE_CHECKING:
@@ -62,76 +65,8 @@ logger = logging.getLogger("fluxcore.server")
 _FRAME_HEADER = 12
 _SHRINK_AFTER_S = 1.0  # a grown receive buffer unused this long goes back to the small size
 _REFUSED_TIMEOUT_S = 1.0  # a connection refused for want of descriptors: closed this soon
-_REQUIRED = object()
-MAX_SCHEDULE_ID = 200
-MAX_ID = 1000  # keys, aggregate and entity ids
-MAX_DEADLINE_MS = 1 << 47  # an index is milliseconds << 16 in 64 bits
 MAX_INDEX = (1 << 64) - 1  # 2**64 - 1 itself marks a segment without a position
 _TEXT = [("Content-Type", "text/plain")]
-
-
-def _field(
-    req: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = _REQUIRED
-) -> Any:
-    value = req.get(name, default)
-    if value is _REQUIRED:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"missing field {name!r}")
-    if value is None and default is None:
-        return None
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"field {name!r} has the wrong type "
-                            f"({type(value).__name__})")
-    return value
-
-
-def _identifier(req: dict[str, Any], name: str, limit: int = MAX_ID) -> str:
-    """A required string field of 1 to `limit` characters (ids, keys)."""
-    value = _field(req, name, str)
-    if not 0 < len(value) <= limit:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{name} must be 1 to {limit} characters")
-    return cast(str, value)
-
-
-def _event_batch(entry: Any) -> EventBatch:
-    if not isinstance(entry, dict):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "each batch is a map")
-    count = _field(entry, "count", int)
-    if count < 0:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "a batch's count must not be negative")
-    return EventBatch(_identifier(entry, "aggregate"), count,
-                      bool(_field(entry, "store_only", bool, False)),
-                      _field(entry, "expected_sequence", int, None))
-
-
-def _relationships(req: dict[str, Any], name: str) -> list[tuple[str, str, str]]:
-    """[aggregate id, aggregate type, entity id] triples."""
-    out = []
-    for item in _field(req, name, list, []):
-        if not (isinstance(item, list) and len(item) == 3
-                and all(isinstance(x, str) and 0 < len(x) <= MAX_ID for x in item)):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"each of {name} is [aggregate id, "
-                                "aggregate type, entity id], strings of 1 to "
-                                f"{MAX_ID} characters")
-        out.append((item[0], item[1], item[2]))
-    return out
-
-
-def _schedule_entry(entry: Any) -> Schedule:
-    if not isinstance(entry, dict):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "each schedule is a map")
-    deadline = _field(entry, "deadline", int)
-    if not 0 <= deadline < MAX_DEADLINE_MS:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"deadline {deadline} is not epoch "
-                            "milliseconds an index can hold")
-    return Schedule(_identifier(entry, "id", MAX_SCHEDULE_ID), deadline,
-                    bool(_field(entry, "if_absent", bool, False)))
-
-
-def _message_type(code: int) -> MessageType:
-    try:
-        return MessageType(code)
-    except ValueError:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown message type {code!r}") from None
 
 
 class _ReadRequest:
@@ -491,10 +426,8 @@ class Session(asyncio.BufferedProtocol):
                 self.send(_proto.frame_header(Op.PONG, request_id, 0))
             elif op == Op.PONG:
                 pass  # the answer to our PING: that it came is all check_idle needs
-            elif op == Op.SCHEDULE:
-                self._on_schedule(request_id, start, end)
-            elif op == Op.APPEND_EVENTS:
-                self._on_append_events(request_id, start, end)
+            elif op in _BODY:
+                _BODY[op](self, request_id, start, end)
             elif op in _CONTROL:
                 answer = _CONTROL[op](self, request_id, self._control(start, end))
                 if isinstance(answer, bytes):
@@ -540,10 +473,20 @@ class Session(asyncio.BufferedProtocol):
     def _control(self, start: int, end: int) -> dict[str, Any]:
         return decode_control(bytes(self._buf[start:end]))
 
+    @property
+    def buffer(self) -> bytearray:
+        """The receive buffer: the bodies of the frames being answered are slices of it."""
+        return self._buf
+
     def _spawn_ack(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self.pending_acks.add(task)
         task.add_done_callback(self._ack_done)
+
+    def send_when_durable(self, log: Any, index: int, request_id: int, answer: bytes) -> None:
+        """Sends `answer` once `log` is synced up to `index` (an error instead if the sync
+        fails): what an fsync "always" server promises for a STORED request."""
+        self._spawn_ack(self._ack_when_durable(log, index, request_id, answer))
 
     def _ack_done(self, task: asyncio.Task[None]) -> None:
         self.pending_acks.discard(task)
@@ -589,8 +532,7 @@ class Session(asyncio.BufferedProtocol):
                 "session": self.session_id, "timestamp": int(time.time() * 1000)}
 
     def _log_for(self, req: dict[str, Any]) -> tuple[MessageType, str]:
-        message_type = _message_type(_field(req, "type", int))
-        return message_type, log_name(message_type, _field(req, "topic", str, None))
+        return log_for(req)
 
     def _on_append(self, request_id: int, flags: int, start: int, end: int) -> None:
         assert self.project is not None
@@ -831,152 +773,6 @@ class Session(asyncio.BufferedProtocol):
             len(batch) < max_size)
         return frame
 
-    def _control_and_messages(
-        self, start: int, end: int, name: str, message_type: MessageType
-    ) -> tuple[dict[str, Any], int, Any, Any]:
-        """The body of SCHEDULE and APPEND_EVENTS: u32 control length, the msgpack control,
-        then an APPEND body of `message_type` messages. Returns (control, guarantee, offsets,
-        segments); message i is self._buf[offsets[i]:offsets[i + 1]]."""
-        assert self.project is not None
-        if end - start < 4:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{name} body shorter than 4 bytes")
-        (control_len,) = struct.unpack_from("<I", self._buf, start)
-        body = start + 4 + control_len
-        if body > end:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{name} control runs past the frame")
-        control = self._control(start + 4, body)
-        type_code, guarantee, _topic, offsets, segments, _first = _proto.append_parse(
-            self._buf, body, end)
-        if type_code != message_type:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{name} carries messages of type "
-                                f"{message_type.name} ({int(message_type)}), not {type_code}")
-        if guarantee > Guarantee.STORED:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown guarantee {guarantee}")
-        if len(offsets) > 1:
-            largest = int((offsets[1:] - offsets[:-1]).max())
-            limit = max_payload_for(self.config.segment_file_size)
-            if largest > limit:
-                raise RecordTooLargeError(f"a message of {largest} bytes is over the log's "
-                                          f"limit of {limit}")
-        return control, guarantee, offsets, segments
-
-    def _on_schedule(self, request_id: int, start: int, end: int) -> None:
-        """SCHEDULE: {"schedules": [{id, deadline, if_absent}]} and one message each."""
-        assert self.project is not None
-        control, guarantee, offsets, segments = self._control_and_messages(
-            start, end, "SCHEDULE", MessageType.SCHEDULE)
-        entries = _field(control, "schedules", list)
-        if len(entries) != len(offsets) - 1:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{len(entries)} schedules for "
-                                f"{len(offsets) - 1} messages")
-        schedules = [_schedule_entry(entry) for entry in entries]
-        stored = self.project.schedules.schedule(schedules, self._buf, offsets, segments)
-        if guarantee == Guarantee.STORED:
-            self.send_control(Op.RESULT, request_id, {"stored": stored})
-
-    def _on_append_events(self, request_id: int, start: int, end: int) -> None:
-        """APPEND_EVENTS: {"batches": [{aggregate, count, store_only}]} and the events."""
-        assert self.project is not None
-        control, guarantee, offsets, segments = self._control_and_messages(
-            start, end, "APPEND_EVENTS", MessageType.EVENT)
-        batches = [_event_batch(entry) for entry in _field(control, "batches", list)]
-        total = sum(batch.event_count for batch in batches)
-        if total != len(offsets) - 1:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"the batches count {total} events, "
-                                f"the request carries {len(offsets) - 1}")
-        last, index = self.project.events.append(batches, self._buf, offsets, segments)
-        if guarantee != Guarantee.STORED:
-            return
-        body = encode_control({"last_sequence": last})
-        answer = bytes(_proto.frame_header(Op.RESULT, request_id, len(body))) + body
-        if self.config.fsync == "always" and index:
-            self._spawn_ack(self._ack_when_durable(
-                self.project.log("event"), index, request_id, answer))
-        else:
-            self.send(answer)
-
-    def _on_get_events(self, request_id: int, req: dict[str, Any]) -> bytes:
-        assert self.project is not None
-        aggregate = _identifier(req, "aggregate")
-        after = _field(req, "after", int, -1)
-        max_size = _field(req, "max_size", int, 1024)
-        if not 0 < max_size <= self.config.max_read_size:
-            raise ProtocolError(ErrorCode.BAD_REQUEST,
-                                f"max_size must be 1..{self.config.max_read_size}")
-        records = self.project.events.read(aggregate, after, max_size)
-        last = struct.unpack_from("<Q", records[-1], 8)[0] if records else 0
-        body = batch_body(records, caught_up=len(records) < max_size, last_index=last)
-        return bytes(_proto.frame_header(Op.BATCH, request_id, len(body))) + body
-
-    def _on_delete_events(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.project is not None
-        return {"deleted": self.project.events.delete(_identifier(req, "aggregate"))}
-
-    def _on_update_relationships(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.project is not None
-        self.project.events.update_relationships(
-            _relationships(req, "associations"), _relationships(req, "dissociations"))
-        return {"ok": True}
-
-    def _on_repair_relationships(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.project is not None
-        entities = _field(req, "entities", list)
-        if not all(isinstance(e, str) and 0 < len(e) <= MAX_ID for e in entities):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "entities are ids of 1 to "
-                                f"{MAX_ID} characters")
-        self.project.events.repair_relationships(
-            _identifier(req, "aggregate"), _field(req, "aggregate_type", str), entities)
-        return {"ok": True}
-
-    def _on_get_relationships(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.project is not None
-        found = self.project.events.relationships(_identifier(req, "entity"))
-        return {"relationships": [list(r) for r in found]}
-
-    def _on_cancel_schedule(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.project is not None
-        schedule_id = _identifier(req, "id", MAX_SCHEDULE_ID)
-        return {"cancelled": self.project.schedules.cancel(schedule_id)}
-
-    def _on_get_schedule(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.project is not None
-        schedule_id = _identifier(req, "id", MAX_SCHEDULE_ID)
-        found = self.project.schedules.get(schedule_id)
-        if found is None:
-            return {"schedule": None}
-        deadline, segment, message, index = found
-        return {"schedule": {"id": schedule_id, "deadline": deadline, "segment": segment,
-                             "message": message, "index": index}}
-
-    def _on_store_values(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.project is not None
-        entries = _field(req, "values", list)
-        pairs = []
-        for entry in entries:
-            if not isinstance(entry, dict):
-                raise ProtocolError(ErrorCode.BAD_REQUEST, "each value is a map")
-            pairs.append((_identifier(entry, "key"), bytes(_field(entry, "value", bytes))))
-        if_absent = bool(_field(req, "if_absent", bool, False))
-        return {"stored": self.project.values.store(pairs, if_absent)}
-
-    def _on_get_value(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.project is not None
-        return {"value": self.project.values.get(_identifier(req, "key"))}
-
-    def _on_delete_value(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.project is not None
-        return {"deleted": self.project.values.delete(_identifier(req, "key"))}
-
-    def _on_set_retention(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.project is not None
-        _, name = self._log_for(req)
-        retention = _field(req, "retention_ms", int, None)
-        if retention is not None and retention <= 0:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "retention_ms must be positive or nil")
-        self.project.set_retention(name, retention)
-        return {"ok": True}
-
-
 
 RESEND_SEARCH_MS = 10_000  # clock skew between client and server tolerated by the search
 
@@ -1016,22 +812,21 @@ def _stored_runs(log: Any, buf: bytearray, offsets: Any, sent_ms: int
     return runs, stored
 
 
-_CONTROL: dict[int, Any] = {
+_CONTROL: dict[int, ControlHandler] = {
     Op.STORE_POSITION: Session._on_store_position,
     Op.RESET_POSITION: Session._on_reset_position,
     Op.GET_POSITION: Session._on_get_position,
     Op.DISCONNECT_TRACKER: Session._on_disconnect_tracker,
     Op.READ_FROM_INDEX: Session._on_read_from_index,
-    Op.SET_RETENTION: Session._on_set_retention,
-    Op.CANCEL_SCHEDULE: Session._on_cancel_schedule,
-    Op.GET_SCHEDULE: Session._on_get_schedule,
-    Op.STORE_VALUES: Session._on_store_values,
-    Op.GET_VALUE: Session._on_get_value,
-    Op.DELETE_VALUE: Session._on_delete_value,
-    Op.GET_EVENTS: Session._on_get_events,
-    Op.DELETE_EVENTS: Session._on_delete_events,
-    Op.UPDATE_RELATIONSHIPS: Session._on_update_relationships,
-    Op.REPAIR_RELATIONSHIPS: Session._on_repair_relationships,
-    Op.GET_RELATIONSHIPS: Session._on_get_relationships,
+    **EVENT_HANDLERS,
+    **RETENTION_HANDLERS,
+    **SCHEDULE_HANDLERS,
+    **VALUE_HANDLERS,
     **SEARCH_HANDLERS,
+}
+
+# The ops whose body is binary, not a control map.
+_BODY: dict[int, BodyHandler] = {
+    **EVENT_BODY_HANDLERS,
+    **SCHEDULE_BODY_HANDLERS,
 }
