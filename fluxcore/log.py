@@ -3,8 +3,8 @@ of readers, in this process or others.
 
 `Log` is a thin typed layer over the compiled core (`fluxcore._ext._log.LogCore`), which owns
 the hot paths (append, append a batch, read a batch). This module owns what happens rarely:
-opening and recovery, the writer's lock, rolling to a new segment file, retention, and the
-background sync thread of the ``interval`` policy.
+opening and recovery, the writer's lock, rolling to a new segment file, retention, and handing
+a dirty log of the ``interval`` policy to the process's sync scheduler (fluxcore/sync_scheduler.py).
 """
 
 from __future__ import annotations
@@ -32,7 +32,14 @@ from fluxcore._ext._log import (
     segment_file_create,
     segment_file_open,
 )
-from fluxcore.errors import LogClosedError, LogError, LogFullError, LogLockedError
+from fluxcore.errors import (
+    CorruptLogError,
+    LogClosedError,
+    LogError,
+    LogFullError,
+    LogLockedError,
+)
+from fluxcore.sync_scheduler import scheduler
 
 __all__ = ["Batch", "FsyncPolicy", "Log"]
 
@@ -139,13 +146,14 @@ class Log(LogCore):
         self.retention_ms = retention_ms
         self.retention_bytes = retention_bytes
         self.recovery: dict[str, int] = {"truncated_bytes": 0, "dropped_records": 0}
+        # Sealed files a killed writer left unsynced, synced by this open (a writer's).
+        self.synced_on_open = 0
         self.max_mapped_files = max_mapped_files
         self.page_cache_bytes = page_cache_bytes
         self._mapped: deque[int] = deque()  # first indexes of mapped files, oldest mapping first
         self._spares: list[SegmentFile] = []  # files ready to roll into (the append lock guards)
         self._lock_fd = -1
-        self._stop = threading.Event()
-        self._sync_thread: threading.Thread | None = None
+        self._scheduled = False  # registered with the sync scheduler (the interval policy)
         self._sync_error: BaseException | None = None
         self._open_lock = threading.Lock()  # guards _refresh/_map against concurrent readers
         self._close_lock = threading.Lock()  # one close() at a time; the others wait for it
@@ -215,12 +223,36 @@ class Log(LogCore):
             if not f.sealed_end:
                 self._active = f
             break
-        self._set_last_index(last_index)
+        if self.fsync != "never" and self._starts:
+            self.synced_on_open = self._sync_sealed_files(len(self._starts) - 1)
+        self._set_last_index(last_index)  # also the durable index: true once the above ran
         if self.fsync == "interval":
-            self._sync_thread = threading.Thread(
-                target=self._sync_loop, name=f"fluxcore-sync:{self.path}", daemon=True
-            )
-            self._sync_thread.start()
+            scheduler.register()
+            self._scheduled = True
+
+    def _sync_sealed_files(self, pos: int) -> int:
+        """Syncs the files before position `pos` that a writer sealed but did not sync (it was
+        killed first): their records are in the page cache, not yet on disk, and the log is
+        about to report them durable. Recovery syncs the last file itself. Files are synced in
+        order, so the walk back ends at the first one whose checkpoint reaches its seal.
+        Returns how many files were synced."""
+        synced = 0
+        for earlier in range(pos - 1, -1, -1):
+            try:
+                reader = self._map(earlier)
+            except CorruptLogError:
+                break  # e.g. cut short: reading it reports the damage; it is not extended here
+            if reader is None:
+                continue
+            sealed = reader.sealed_end
+            if not sealed or reader.checkpoint_offset >= sealed:
+                break
+            f = self._open_file(self._starts[earlier], writable=True)
+            _end, last = f.end_and_last_index()
+            f.flush(sealed, last)
+            f.flush_header()
+            synced += 1
+        return synced
 
     def _last_index_before(self, pos: int) -> int:
         """Index of the last record in the files before position `pos` (0 if none)."""
@@ -360,14 +392,19 @@ class Log(LogCore):
 
     # -- syncing -----------------------------------------------------------------------------
 
-    def _sync_loop(self) -> None:
-        interval = self.fsync_interval_ms / 1000.0
-        while not self._stop.wait(interval):
-            try:
-                self._sync_to(0)
-            except OSError as exc:  # keep going; sync() re-raises it to the application
-                logger.error("background sync of %s failed: %s", self.path, exc)
-                self._sync_error = exc
+    def _schedule_sync(self) -> None:
+        """Called by the core after the first append since the last sync (``interval``)."""
+        scheduler.schedule(self, self.fsync_interval_ms / 1000.0)
+
+    def _background_sync(self) -> None:
+        """The scheduler's sync of this log, `fsync_interval_ms` after it became dirty."""
+        try:
+            self._sync_to(0)
+        except OSError as exc:  # sync() re-raises it to the application; tried again later
+            logger.error("background sync of %s failed: %s", self.path, exc)
+            self._sync_error = exc
+            if not self.closed:
+                self._schedule_sync()
 
     def sync(self) -> int:
         """Writes every appended record to disk; returns the durable index."""
@@ -510,7 +547,7 @@ class Log(LogCore):
     # -- closing -----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Syncs (unless the policy is ``never``), stops the sync thread and releases the
+        """Syncs (unless the policy is ``never``), leaves the sync schedule and releases the
         lock. Batches read before stay valid: their files stay mapped while they live."""
         with self._close_lock:
             if self.closed:
@@ -518,10 +555,6 @@ class Log(LogCore):
             # Calls from here on raise LogClosedError; appends in flight finish first (the
             # final sync covers them), reads in flight finish or raise.
             self._mark_closed()
-            self._stop.set()
-            if self._sync_thread is not None:
-                self._sync_thread.join()
-                self._sync_thread = None
             try:
                 if not self.readonly:
                     self._quiesce()
@@ -533,6 +566,9 @@ class Log(LogCore):
                 self._release()
 
     def _release(self) -> None:
+        if self._scheduled:
+            self._scheduled = False
+            scheduler.unregister(self)
         spares, self._spares = self._spares, []
         for spare in spares:
             with contextlib.suppress(FileNotFoundError):

@@ -78,6 +78,15 @@ cdef class LogCore:
             raise LogClosedError("the log is closed")
         return 0
 
+    cdef bint _mark_dirty(self) noexcept:
+        """Called under the append lock after records were appended: True if the log just
+        became due for a sync under the `interval` policy (the caller then hands it to the
+        sync scheduler, once per sync, not once per append)."""
+        if self._fsync_mode != FSYNC_INTERVAL or self.sync_pending:
+            return False
+        self.sync_pending = True
+        return True
+
     cdef int _grow_scratch(self, Py_ssize_t n) except -1:
         cdef Py_ssize_t cap
         cdef void *p
@@ -117,6 +126,7 @@ cdef class LogCore:
         cdef const char *key_ptr
         cdef Py_ssize_t key_size
         cdef uint64_t preset = 0
+        cdef bint notify = False
         self._check_writable()
         if index is not None:
             u64_arg(index, "index", &preset)
@@ -167,6 +177,7 @@ cdef class LogCore:
                 f.append_records(&ptr, &size, &seg, idx, 0, 1)
                 self._last_index = idx
                 self.appended += 1
+                notify = self._mark_dirty()
             finally:
                 pthread_mutex_unlock(&self._append_mu)
         finally:
@@ -174,6 +185,8 @@ cdef class LogCore:
                 PyBuffer_Release(&view)
         if self._fsync_mode == FSYNC_ALWAYS:
             self._sync_to(idx)
+        elif notify:
+            self._schedule_sync()
         return idx
 
     def append_batch(self, payloads, *, keys=None, segments=None):
@@ -185,8 +198,11 @@ cdef class LogCore:
         cdef list converted = None
         cdef object out
         cdef Py_buffer view
+        cdef uint64_t before
+        cdef bint notify = False
         self._check_writable()
         self._lock_append_open()  # the scratch arrays are the writer's: gather under the lock
+        before = self.appended
         try:
             self._grow_scratch(n)
             for i in range(n):
@@ -205,7 +221,11 @@ cdef class LogCore:
                 self._lens[i] = PyBytes_GET_SIZE(item)
             out = self._append_gathered(n, keys, segments)
         finally:
+            # Part of a batch may be stored when it fails: that part is due a sync too.
+            notify = self.appended != before and self._mark_dirty()
             pthread_mutex_unlock(&self._append_mu)
+            if notify:
+                self._schedule_sync()
         if self._fsync_mode == FSYNC_ALWAYS and n:
             self._sync_to(self._last_index)
         return out
@@ -220,6 +240,8 @@ cdef class LogCore:
         cdef Py_ssize_t n, i
         cdef object out
         cdef uint64_t preset = 0
+        cdef uint64_t before
+        cdef bint notify = False
         self._check_writable()
         if first_index is not None:
             if type(first_index) is not int:
@@ -249,6 +271,7 @@ cdef class LogCore:
                 if o[i + 1] < o[i]:
                     raise ValueError("offsets must ascend within the buffer")
             self._lock_append_open()
+            before = self.appended
             try:
                 self._grow_scratch(n)
                 for i in range(n):
@@ -256,7 +279,10 @@ cdef class LogCore:
                     self._lens[i] = o[i + 1] - o[i]
                 out = self._append_gathered(n, keys, segments, preset)
             finally:
+                notify = self.appended != before and self._mark_dirty()
                 pthread_mutex_unlock(&self._append_mu)
+                if notify:
+                    self._schedule_sync()
         finally:
             PyBuffer_Release(&view)
         if self._fsync_mode == FSYNC_ALWAYS and n:
@@ -373,6 +399,7 @@ cdef class LogCore:
             try:
                 files = self._unsynced
                 self._unsynced = []
+                self.sync_pending = False  # an append after this snapshot is due again
                 active = self._active
                 if active is not None:
                     end = active.write_offset
