@@ -52,6 +52,9 @@ _NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 # Synced records further than this behind the newest stay out of the page cache: readers near
 # the end of the log read from memory, a replay from further back reads from disk.
 DEFAULT_PAGE_CACHE_BYTES = 1 << 30
+# A new log's first segment file; each next one doubles up to segment_file_size, so that a log
+# holding a few records takes 1 MiB of disk, not a whole segment file.
+FIRST_FILE_SIZE = 1 << 20
 
 logger = logging.getLogger("fluxcore.log")
 
@@ -152,6 +155,7 @@ class Log(LogCore):
         self.page_cache_bytes = page_cache_bytes
         self._mapped: deque[int] = deque()  # first indexes of mapped files, oldest mapping first
         self._spares: list[SegmentFile] = []  # files ready to roll into (the append lock guards)
+        self._last_file_size = 0  # size of the newest segment file (0: none yet)
         self._lock_fd = -1
         self._scheduled = False  # registered with the sync scheduler (the interval policy)
         self._sync_error: BaseException | None = None
@@ -220,6 +224,7 @@ class Log(LogCore):
                 _fsync_dir(self.path)
                 continue
             last_index = f.last_index or previous
+            self._last_file_size = f.file_size
             if not f.sealed_end:
                 self._active = f
             break
@@ -306,27 +311,37 @@ class Log(LogCore):
 
     # -- rolling and retention ---------------------------------------------------------------
 
-    def _new_spare(self) -> SegmentFile:
-        """A new file under a temporary name, its blocks reserved (posix_fallocate): appends
-        into it cannot fail for lack of space. Nothing is pre-faulted: batches reach the file
-        through pwrite, which needs no page faults."""
+    def _next_file_size(self, previous: int, payload: int) -> int:
+        """Size of the file rolled into after one of `previous` bytes (0: the first file) for a
+        record of `payload` bytes: double the previous (at least FIRST_FILE_SIZE), more if the
+        record needs it, at most segment_file_size. Each file's header records its own size."""
+        full = self.segment_file_size
+        size = min(max(2 * previous, FIRST_FILE_SIZE), full)
+        while size < full and max_payload_for(size) < payload:
+            size = min(2 * size, full)
+        return size
+
+    def _new_spare(self, size: int) -> SegmentFile:
+        """A new file of `size` bytes under a temporary name, its blocks reserved
+        (posix_fallocate): appends into it cannot fail for lack of space. Nothing is
+        pre-faulted: batches reach the file through pwrite, which needs no page faults."""
         name = f".spare-{os.getpid()}-{time.monotonic_ns()}{_TMP_SUFFIX}"
         spare_path = os.path.join(self.path, name)
         fd = os.open(spare_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             try:
-                os.posix_fallocate(fd, 0, self.segment_file_size)
+                os.posix_fallocate(fd, 0, size)
             except BaseException:
                 os.close(fd)
                 raise
             # From here on the SegmentFile owns fd, even when it raises.
-            return segment_file_create(spare_path, fd, self.segment_file_size)
+            return segment_file_create(spare_path, fd, size)
         except OSError as exc:
             os.unlink(spare_path)
             if exc.errno in _NO_SPACE:
                 raise LogFullError(
                     exc.errno,
-                    f"{self.path}: no space for a new {self.segment_file_size}-byte segment "
+                    f"{self.path}: no space for a new {size}-byte segment "
                     f"file ({os.strerror(exc.errno)}); nothing was written",
                 ) from exc
             raise
@@ -334,20 +349,24 @@ class Log(LogCore):
             os.unlink(spare_path)
             raise
 
-    def _reserve(self, count: int) -> None:
-        """Makes sure `count` spare files exist: a batch that will roll into new files gets
-        them before it writes anything, so that a full disk fails it whole."""
-        while len(self._spares) < count:
-            self._spares.append(self._new_spare())
+    def _reserve(self, sizes: list[int]) -> None:
+        """Makes sure spare files of these sizes exist, in this order: a batch that will roll
+        into new files gets them before it writes anything, so that a full disk fails it
+        whole. Spares of other sizes (left by a batch that failed) are replaced."""
+        for k, size in enumerate(sizes):
+            if k < len(self._spares) and self._spares[k].file_size != size:
+                stale, self._spares = self._spares[k:], self._spares[:k]
+                for spare in stale:
+                    os.unlink(spare.path)
+            if k == len(self._spares):
+                self._spares.append(self._new_spare(size))
 
-    def _take_spare(self) -> SegmentFile:
-        self._reserve(1)
-        return self._spares.pop(0)
-
-    def _roll(self, first_index: int) -> None:
-        """Seals the active file and makes a spare the new active file, named `first_index`.
-        Called by the core with the append lock held."""
-        spare = self._take_spare()
+    def _roll(self, first_index: int, payload: int) -> None:
+        """Seals the active file and makes a spare the new active file, named `first_index`,
+        big enough for a record of `payload` bytes. Called by the core with the append lock
+        held."""
+        self._reserve([self._next_file_size(self._last_file_size, payload)])
+        spare = self._spares.pop(0)
         old = self._active
         if old is not None:
             old.seal()
@@ -360,6 +379,7 @@ class Log(LogCore):
         self._files.append(spare)
         self._starts.append(first_index)
         self._active = spare
+        self._last_file_size = spare.file_size
         with self._open_lock:
             self._remember_mapping(first_index)
         self._apply_retention()
@@ -369,15 +389,14 @@ class Log(LogCore):
             return
         removed = False
         cutoff = (time.time_ns() // 1_000_000 - (self.retention_ms or 0)) << 16
+        total = self._disk_bytes() if self.retention_bytes is not None else 0
         while len(self._starts) > 1:  # never the active (last) file
-            too_big = (
-                self.retention_bytes is not None
-                and len(self._starts) * self.segment_file_size > self.retention_bytes
-            )
+            too_big = self.retention_bytes is not None and total > self.retention_bytes
             # Every record of file 0 is older than the first record of file 1.
             too_old = self.retention_ms is not None and self._starts[1] <= cutoff
             if not (too_big or too_old):
                 break
+            total -= self._file_bytes(0)
             f = self._files.pop(0)
             first = self._starts.pop(0)
             if f is not None and f in self._unsynced:
@@ -389,6 +408,19 @@ class Log(LogCore):
             removed = True
         if removed:
             _fsync_dir(self.path)
+
+    def _file_bytes(self, pos: int) -> int:
+        """Size of the file at list position `pos` (0 if it is gone)."""
+        f = self._files[pos]
+        if f is not None:
+            return int(f.file_size)
+        try:
+            return os.stat(os.path.join(self.path, _file_name(self._starts[pos]))).st_size
+        except FileNotFoundError:
+            return 0
+
+    def _disk_bytes(self) -> int:
+        return sum(self._file_bytes(pos) for pos in range(len(self._starts)))
 
     # -- syncing -----------------------------------------------------------------------------
 
@@ -533,7 +565,7 @@ class Log(LogCore):
             "readonly": self.readonly,
             "fsync": self.fsync,
             "files": len(self._starts),
-            "bytes": len(self._starts) * self.segment_file_size,
+            "bytes": self._disk_bytes(),
             "segment_file_size": self.segment_file_size,
             "first_index": self.first_index,
             "last_index": self.last_index,

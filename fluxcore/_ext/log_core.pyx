@@ -172,7 +172,7 @@ cdef class LogCore:
                     seg = route_index(idx)
                 f = self._active
                 if f is None or f.write_offset + REC_HEADER_SIZE + <uint64_t>size > f.size:
-                    self._roll(idx)
+                    self._roll(idx, size)
                     f = self._active
                 f.append_records(&ptr, &size, &seg, idx, 0, 1)
                 self._last_index = idx
@@ -294,12 +294,14 @@ cdef class LogCore:
         cdef cnp.ndarray segs_arr
         cdef cnp.ndarray out
         cdef uint64_t *out_idx
-        cdef uint64_t base, now, need, off, length, limit, first_off, max_payload
+        cdef uint64_t base, now, off, length, limit, max_payload
         cdef Py_ssize_t i, pos, written
         cdef int error = 0
         cdef Py_ssize_t longest = 0
         cdef bint seg_from_index = False
         cdef SegmentFile f
+        cdef list sizes = None
+        cdef uint64_t plan_size, capacity
         if first_index and first_index <= self._last_index:
             raise ValueError(f"preset index {first_index} is not greater than the last "
                              f"index {self._last_index}")
@@ -327,20 +329,26 @@ cdef class LogCore:
         out_idx = <uint64_t *>cnp.PyArray_DATA(out)
         # The caller holds the append lock.
         # Reserve every segment file this batch will roll into before writing any record,
-        # so that a full disk fails the batch whole instead of half-written.
+        # so that a full disk fails the batch whole instead of half-written. Files grow as
+        # the log does (`_next_file_size`): the plan makes the same choices as the rolls.
         f = self._active
-        first_off = self.segment_file_size - max_payload - REC_HEADER_SIZE
-        off = f.write_offset if f is not None else self.segment_file_size
-        limit = self.segment_file_size
-        need = 0
+        off = f.write_offset if f is not None else 0
+        limit = f.size if f is not None else 0
+        plan_size = limit
         for i in range(n):
             length = REC_HEADER_SIZE + <uint64_t>self._lens[i]
             if off + length > limit:
-                need += 1
-                off = first_off
+                if sizes is None:
+                    sizes = []
+                    if f is None:
+                        plan_size = self._last_file_size
+                plan_size = self._next_file_size(plan_size, self._lens[i])
+                sizes.append(plan_size)
+                off = layout_data_offset(plan_size, &capacity)
+                limit = plan_size
             off += rec_stride(length)
-        if need:
-            self._reserve(need)
+        if sizes is not None:
+            self._reserve(sizes)
         if first_index:
             base = first_index
         else:
@@ -359,7 +367,7 @@ cdef class LogCore:
         while pos < n:
             f = self._active
             if f is None or f.write_offset + REC_HEADER_SIZE + <uint64_t>self._lens[pos] > f.size:
-                self._roll(base + <uint64_t>pos)
+                self._roll(base + <uint64_t>pos, self._lens[pos])
                 f = self._active
             with nogil:
                 if n - pos == 1 and self._lens[pos] <= MAPPED_RECORD_MAX:
