@@ -41,6 +41,11 @@ class SyncScheduler:
         self._thread: threading.Thread | None = None
         self.syncs = 0  # syncs done since the process started (for tests and stats)
 
+    @property
+    def open_logs(self) -> int:
+        """Open logs with the ``interval`` policy in this process."""
+        return self._open
+
     def register(self) -> None:
         """An open log with the ``interval`` policy; the thread runs while any is open."""
         with self._cond:
