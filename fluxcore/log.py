@@ -52,9 +52,12 @@ _NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 # Synced records further than this behind the newest stay out of the page cache: readers near
 # the end of the log read from memory, a replay from further back reads from disk.
 DEFAULT_PAGE_CACHE_BYTES = 1 << 30
-# A new log's first segment file; each next one doubles up to segment_file_size, so that a log
-# holding a few records takes 1 MiB of disk, not a whole segment file.
+# A new log's first segment file; each next one is FILE_GROWTH times larger, up to
+# segment_file_size: a log holding a few records takes 1 MiB of disk, not a whole segment file,
+# and a log written fast reaches full-size files after a few rolls (each roll costs a directory
+# sync).
 FIRST_FILE_SIZE = 1 << 20
+FILE_GROWTH = 4
 
 logger = logging.getLogger("fluxcore.log")
 
@@ -312,13 +315,14 @@ class Log(LogCore):
     # -- rolling and retention ---------------------------------------------------------------
 
     def _next_file_size(self, previous: int, payload: int) -> int:
-        """Size of the file rolled into after one of `previous` bytes (0: the first file) for a
-        record of `payload` bytes: double the previous (at least FIRST_FILE_SIZE), more if the
-        record needs it, at most segment_file_size. Each file's header records its own size."""
+        """Size of the file rolled into after one of `previous` bytes (0: the first file)
+        for a record of `payload` bytes: FILE_GROWTH times the previous (at least
+        FIRST_FILE_SIZE), more if the record needs it, at most segment_file_size. Each file's
+        header records its own size."""
         full = self.segment_file_size
-        size = min(max(2 * previous, FIRST_FILE_SIZE), full)
+        size = min(max(FILE_GROWTH * previous, FIRST_FILE_SIZE), full)
         while size < full and max_payload_for(size) < payload:
-            size = min(2 * size, full)
+            size = min(FILE_GROWTH * size, full)
         return size
 
     def _new_spare(self, size: int) -> SegmentFile:

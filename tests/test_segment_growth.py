@@ -1,6 +1,7 @@
-"""Segment files grow with the log: a new log's first file is 1 MiB, each next one doubles up
-to segment_file_size (more at once for a record that needs it); each file's header holds its own
-size, so readers, recovery and damage detection work on files of any of these sizes."""
+"""Segment files grow with the log: a new log's first file is 1 MiB, each next one four
+times larger up to segment_file_size (more at once for a record that needs it); each file's
+header holds its own size, so readers, recovery and damage detection work on files of any of
+these sizes."""
 
 from __future__ import annotations
 
@@ -44,20 +45,20 @@ def test_a_small_log_takes_one_mib_not_a_segment_file(tmp_path: Path) -> None:
     assert _disk(tmp_path / "l") <= MiB
 
 
-def test_files_double_up_to_segment_file_size(tmp_path: Path) -> None:
+def test_files_grow_up_to_segment_file_size(tmp_path: Path) -> None:
     payload = b"p" * 4000
-    with fluxcore.Log(tmp_path / "l", segment_file_size=8 * MiB) as log:
-        for _ in range(6):  # several rolls, in batches and single appends
+    with fluxcore.Log(tmp_path / "l", segment_file_size=16 * MiB) as log:
+        for _ in range(9):  # several rolls, in batches and single appends
             log.append_batch([payload] * 1000)
             log.append(payload)
         assert log.stats()["spare_files"] == 0
         written = _read_all(log)
         assert log.stats()["bytes"] == sum(_sizes(tmp_path / "l"))
     sizes = _sizes(tmp_path / "l")
-    assert sizes[:4] == [MiB, 2 * MiB, 4 * MiB, 8 * MiB]
-    assert all(s == 8 * MiB for s in sizes[4:]) and len(sizes) >= 4
-    assert len(written) == 6 * 1001
-    with fluxcore.Log(tmp_path / "l", segment_file_size=8 * MiB) as log:
+    assert sizes[:3] == [MiB, 4 * MiB, 16 * MiB]
+    assert all(s == 16 * MiB for s in sizes[3:]) and len(sizes) >= 4
+    assert len(written) == 9 * 1001
+    with fluxcore.Log(tmp_path / "l", segment_file_size=16 * MiB) as log:
         assert _read_all(log) == written
         assert log.verify() == len(written)
     with fluxcore.Log(tmp_path / "l", readonly=True) as reader:
@@ -65,12 +66,12 @@ def test_files_double_up_to_segment_file_size(tmp_path: Path) -> None:
 
 
 def test_reopened_log_keeps_growing_from_its_last_file(tmp_path: Path) -> None:
-    with fluxcore.Log(tmp_path / "l", segment_file_size=16 * MiB) as log:
+    with fluxcore.Log(tmp_path / "l") as log:
         log.append_batch([b"x" * 1000] * 1100)  # past the first 1 MiB file
-    assert _sizes(tmp_path / "l") == [MiB, 2 * MiB]
-    with fluxcore.Log(tmp_path / "l", segment_file_size=16 * MiB) as log:
-        log.append_batch([b"x" * 1000] * 2100)  # past the 2 MiB file
-    assert _sizes(tmp_path / "l") == [MiB, 2 * MiB, 4 * MiB]
+    assert _sizes(tmp_path / "l") == [MiB, 4 * MiB]
+    with fluxcore.Log(tmp_path / "l") as log:
+        log.append_batch([b"x" * 1000] * 4100)  # past the 4 MiB file
+    assert _sizes(tmp_path / "l") == [MiB, 4 * MiB, 16 * MiB]
 
 
 def test_a_big_record_gets_a_file_big_enough_at_once(tmp_path: Path) -> None:
@@ -79,12 +80,13 @@ def test_a_big_record_gets_a_file_big_enough_at_once(tmp_path: Path) -> None:
         first = log.append(b"small")
         second = log.append(big)
         # a batch mixing sizes across rolls: planned and reserved before anything is written
-        third = log.append_batch([b"a" * 100, os.urandom(5 * MiB), b"b", os.urandom(9 * MiB)])
+        third = log.append_batch([b"a" * 100, os.urandom(5 * MiB), b"b", os.urandom(9 * MiB),
+                                  os.urandom(12 * MiB)])  # two rolls in one batch
         assert log.stats()["spare_files"] == 0
         got = dict(_read_all(log))
-    assert got[first] == b"small" and got[second] == big and len(got) == 6
-    assert [len(got[int(i)]) for i in third] == [100, 5 * MiB, 1, 9 * MiB]
-    assert _sizes(tmp_path / "l") == [MiB, 4 * MiB, 8 * MiB, 16 * MiB]
+    assert got[first] == b"small" and got[second] == big and len(got) == 7
+    assert [len(got[int(i)]) for i in third] == [100, 5 * MiB, 1, 9 * MiB, 12 * MiB]
+    assert _sizes(tmp_path / "l") == [MiB, 4 * MiB, 16 * MiB, 16 * MiB]
 
 
 def test_retention_bytes_counts_each_files_own_size(tmp_path: Path) -> None:
@@ -101,10 +103,10 @@ def test_retention_bytes_counts_each_files_own_size(tmp_path: Path) -> None:
 def test_a_cut_small_file_is_damage_an_intact_one_is_not(tmp_path: Path) -> None:
     path = tmp_path / "l"
     with fluxcore.Log(path, segment_file_size=4 * MiB) as log:
-        log.append_batch([b"c" * 1000] * 2000)  # files of 1 and 2 MiB
+        log.append_batch([b"c" * 1000] * 2000)  # files of 1 and 4 MiB
         expected = _read_all(log)
     files = sorted(path.glob("*.seg"))
-    assert _sizes(path) == [MiB, 2 * MiB]
+    assert _sizes(path) == [MiB, 4 * MiB]
     with fluxcore.Log(path, readonly=True) as reader:
         assert reader.verify() == len(expected)  # a 1 MiB first file is whole, not cut
     os.truncate(files[0], MiB // 2)  # the small first file, cut short
@@ -134,4 +136,4 @@ def test_a_reader_in_another_process_tails_growing_files(tmp_path: Path) -> None
         out, _ = reader.communicate(timeout=120)
         n, after = (int(x) for x in out.split())
         assert n == count + 1 and after == log.last_index
-    assert _sizes(path)[:3] == [MiB, 2 * MiB, 4 * MiB]
+    assert _sizes(path)[:3] == [MiB, 4 * MiB, 4 * MiB]
