@@ -3,8 +3,8 @@ of readers, in this process or others.
 
 `Log` is a thin typed layer over the compiled core (`fluxcore._ext._log.LogCore`), which owns
 the hot paths (append, append a batch, read a batch). This module owns what happens rarely:
-opening and recovery, the writer's lock, rolling to a new segment file, retention, and the
-background sync thread of the ``interval`` policy.
+opening and recovery, the writer's lock, rolling to a new segment file, retention, and handing
+a dirty log of the ``interval`` policy to the process's sync scheduler (fluxcore/sync_scheduler.py).
 """
 
 from __future__ import annotations
@@ -32,7 +32,14 @@ from fluxcore._ext._log import (
     segment_file_create,
     segment_file_open,
 )
-from fluxcore.errors import LogClosedError, LogError, LogFullError, LogLockedError
+from fluxcore.errors import (
+    CorruptLogError,
+    LogClosedError,
+    LogError,
+    LogFullError,
+    LogLockedError,
+)
+from fluxcore.sync_scheduler import scheduler
 
 __all__ = ["Batch", "FsyncPolicy", "Log"]
 
@@ -45,6 +52,12 @@ _NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 # Synced records further than this behind the newest stay out of the page cache: readers near
 # the end of the log read from memory, a replay from further back reads from disk.
 DEFAULT_PAGE_CACHE_BYTES = 1 << 30
+# A new log's first segment file; each next one is FILE_GROWTH times larger, up to
+# segment_file_size: a log holding a few records takes 1 MiB of disk, not a whole segment file,
+# and a log written fast reaches full-size files after a few rolls (each roll costs a directory
+# sync).
+FIRST_FILE_SIZE = 1 << 20
+FILE_GROWTH = 4
 
 logger = logging.getLogger("fluxcore.log")
 
@@ -139,13 +152,15 @@ class Log(LogCore):
         self.retention_ms = retention_ms
         self.retention_bytes = retention_bytes
         self.recovery: dict[str, int] = {"truncated_bytes": 0, "dropped_records": 0}
+        # Sealed files a killed writer left unsynced, synced by this open (a writer's).
+        self.synced_on_open = 0
         self.max_mapped_files = max_mapped_files
         self.page_cache_bytes = page_cache_bytes
         self._mapped: deque[int] = deque()  # first indexes of mapped files, oldest mapping first
         self._spares: list[SegmentFile] = []  # files ready to roll into (the append lock guards)
+        self._last_file_size = 0  # size of the newest segment file (0: none yet)
         self._lock_fd = -1
-        self._stop = threading.Event()
-        self._sync_thread: threading.Thread | None = None
+        self._scheduled = False  # registered with the sync scheduler (the interval policy)
         self._sync_error: BaseException | None = None
         self._open_lock = threading.Lock()  # guards _refresh/_map against concurrent readers
         self._close_lock = threading.Lock()  # one close() at a time; the others wait for it
@@ -212,15 +227,40 @@ class Log(LogCore):
                 _fsync_dir(self.path)
                 continue
             last_index = f.last_index or previous
+            self._last_file_size = f.file_size
             if not f.sealed_end:
                 self._active = f
             break
-        self._set_last_index(last_index)
+        if self.fsync != "never" and self._starts:
+            self.synced_on_open = self._sync_sealed_files(len(self._starts) - 1)
+        self._set_last_index(last_index)  # also the durable index: true once the above ran
         if self.fsync == "interval":
-            self._sync_thread = threading.Thread(
-                target=self._sync_loop, name=f"fluxcore-sync:{self.path}", daemon=True
-            )
-            self._sync_thread.start()
+            scheduler.register()
+            self._scheduled = True
+
+    def _sync_sealed_files(self, pos: int) -> int:
+        """Syncs the files before position `pos` that a writer sealed but did not sync (it was
+        killed first): their records are in the page cache, not yet on disk, and the log is
+        about to report them durable. Recovery syncs the last file itself. Files are synced in
+        order, so the walk back ends at the first one whose checkpoint reaches its seal.
+        Returns how many files were synced."""
+        synced = 0
+        for earlier in range(pos - 1, -1, -1):
+            try:
+                reader = self._map(earlier)
+            except CorruptLogError:
+                break  # e.g. cut short: reading it reports the damage; it is not extended here
+            if reader is None:
+                continue
+            sealed = reader.sealed_end
+            if not sealed or reader.checkpoint_offset >= sealed:
+                break
+            f = self._open_file(self._starts[earlier], writable=True)
+            _end, last = f.end_and_last_index()
+            f.flush(sealed, last)
+            f.flush_header()
+            synced += 1
+        return synced
 
     def _last_index_before(self, pos: int) -> int:
         """Index of the last record in the files before position `pos` (0 if none)."""
@@ -274,27 +314,38 @@ class Log(LogCore):
 
     # -- rolling and retention ---------------------------------------------------------------
 
-    def _new_spare(self) -> SegmentFile:
-        """A new file under a temporary name, its blocks reserved (posix_fallocate): appends
-        into it cannot fail for lack of space. Nothing is pre-faulted: batches reach the file
-        through pwrite, which needs no page faults."""
+    def _next_file_size(self, previous: int, payload: int) -> int:
+        """Size of the file rolled into after one of `previous` bytes (0: the first file)
+        for a record of `payload` bytes: FILE_GROWTH times the previous (at least
+        FIRST_FILE_SIZE), more if the record needs it, at most segment_file_size. Each file's
+        header records its own size."""
+        full = self.segment_file_size
+        size = min(max(FILE_GROWTH * previous, FIRST_FILE_SIZE), full)
+        while size < full and max_payload_for(size) < payload:
+            size = min(FILE_GROWTH * size, full)
+        return size
+
+    def _new_spare(self, size: int) -> SegmentFile:
+        """A new file of `size` bytes under a temporary name, its blocks reserved
+        (posix_fallocate): appends into it cannot fail for lack of space. Nothing is
+        pre-faulted: batches reach the file through pwrite, which needs no page faults."""
         name = f".spare-{os.getpid()}-{time.monotonic_ns()}{_TMP_SUFFIX}"
         spare_path = os.path.join(self.path, name)
         fd = os.open(spare_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             try:
-                os.posix_fallocate(fd, 0, self.segment_file_size)
+                os.posix_fallocate(fd, 0, size)
             except BaseException:
                 os.close(fd)
                 raise
             # From here on the SegmentFile owns fd, even when it raises.
-            return segment_file_create(spare_path, fd, self.segment_file_size)
+            return segment_file_create(spare_path, fd, size)
         except OSError as exc:
             os.unlink(spare_path)
             if exc.errno in _NO_SPACE:
                 raise LogFullError(
                     exc.errno,
-                    f"{self.path}: no space for a new {self.segment_file_size}-byte segment "
+                    f"{self.path}: no space for a new {size}-byte segment "
                     f"file ({os.strerror(exc.errno)}); nothing was written",
                 ) from exc
             raise
@@ -302,20 +353,24 @@ class Log(LogCore):
             os.unlink(spare_path)
             raise
 
-    def _reserve(self, count: int) -> None:
-        """Makes sure `count` spare files exist: a batch that will roll into new files gets
-        them before it writes anything, so that a full disk fails it whole."""
-        while len(self._spares) < count:
-            self._spares.append(self._new_spare())
+    def _reserve(self, sizes: list[int]) -> None:
+        """Makes sure spare files of these sizes exist, in this order: a batch that will roll
+        into new files gets them before it writes anything, so that a full disk fails it
+        whole. Spares of other sizes (left by a batch that failed) are replaced."""
+        for k, size in enumerate(sizes):
+            if k < len(self._spares) and self._spares[k].file_size != size:
+                stale, self._spares = self._spares[k:], self._spares[:k]
+                for spare in stale:
+                    os.unlink(spare.path)
+            if k == len(self._spares):
+                self._spares.append(self._new_spare(size))
 
-    def _take_spare(self) -> SegmentFile:
-        self._reserve(1)
-        return self._spares.pop(0)
-
-    def _roll(self, first_index: int) -> None:
-        """Seals the active file and makes a spare the new active file, named `first_index`.
-        Called by the core with the append lock held."""
-        spare = self._take_spare()
+    def _roll(self, first_index: int, payload: int) -> None:
+        """Seals the active file and makes a spare the new active file, named `first_index`,
+        big enough for a record of `payload` bytes. Called by the core with the append lock
+        held."""
+        self._reserve([self._next_file_size(self._last_file_size, payload)])
+        spare = self._spares.pop(0)
         old = self._active
         if old is not None:
             old.seal()
@@ -328,6 +383,7 @@ class Log(LogCore):
         self._files.append(spare)
         self._starts.append(first_index)
         self._active = spare
+        self._last_file_size = spare.file_size
         with self._open_lock:
             self._remember_mapping(first_index)
         self._apply_retention()
@@ -337,15 +393,14 @@ class Log(LogCore):
             return
         removed = False
         cutoff = (time.time_ns() // 1_000_000 - (self.retention_ms or 0)) << 16
+        total = self._disk_bytes() if self.retention_bytes is not None else 0
         while len(self._starts) > 1:  # never the active (last) file
-            too_big = (
-                self.retention_bytes is not None
-                and len(self._starts) * self.segment_file_size > self.retention_bytes
-            )
+            too_big = self.retention_bytes is not None and total > self.retention_bytes
             # Every record of file 0 is older than the first record of file 1.
             too_old = self.retention_ms is not None and self._starts[1] <= cutoff
             if not (too_big or too_old):
                 break
+            total -= self._file_bytes(0)
             f = self._files.pop(0)
             first = self._starts.pop(0)
             if f is not None and f in self._unsynced:
@@ -358,16 +413,34 @@ class Log(LogCore):
         if removed:
             _fsync_dir(self.path)
 
+    def _file_bytes(self, pos: int) -> int:
+        """Size of the file at list position `pos` (0 if it is gone)."""
+        f = self._files[pos]
+        if f is not None:
+            return int(f.file_size)
+        try:
+            return os.stat(os.path.join(self.path, _file_name(self._starts[pos]))).st_size
+        except FileNotFoundError:
+            return 0
+
+    def _disk_bytes(self) -> int:
+        return sum(self._file_bytes(pos) for pos in range(len(self._starts)))
+
     # -- syncing -----------------------------------------------------------------------------
 
-    def _sync_loop(self) -> None:
-        interval = self.fsync_interval_ms / 1000.0
-        while not self._stop.wait(interval):
-            try:
-                self._sync_to(0)
-            except OSError as exc:  # keep going; sync() re-raises it to the application
-                logger.error("background sync of %s failed: %s", self.path, exc)
-                self._sync_error = exc
+    def _schedule_sync(self) -> None:
+        """Called by the core after the first append since the last sync (``interval``)."""
+        scheduler.schedule(self, self.fsync_interval_ms / 1000.0)
+
+    def _background_sync(self) -> None:
+        """The scheduler's sync of this log, `fsync_interval_ms` after it became dirty."""
+        try:
+            self._sync_to(0)
+        except OSError as exc:  # sync() re-raises it to the application; tried again later
+            logger.error("background sync of %s failed: %s", self.path, exc)
+            self._sync_error = exc
+            if not self.closed:
+                self._schedule_sync()
 
     def sync(self) -> int:
         """Writes every appended record to disk; returns the durable index."""
@@ -496,7 +569,7 @@ class Log(LogCore):
             "readonly": self.readonly,
             "fsync": self.fsync,
             "files": len(self._starts),
-            "bytes": len(self._starts) * self.segment_file_size,
+            "bytes": self._disk_bytes(),
             "segment_file_size": self.segment_file_size,
             "first_index": self.first_index,
             "last_index": self.last_index,
@@ -510,7 +583,7 @@ class Log(LogCore):
     # -- closing -----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Syncs (unless the policy is ``never``), stops the sync thread and releases the
+        """Syncs (unless the policy is ``never``), leaves the sync schedule and releases the
         lock. Batches read before stay valid: their files stay mapped while they live."""
         with self._close_lock:
             if self.closed:
@@ -518,10 +591,6 @@ class Log(LogCore):
             # Calls from here on raise LogClosedError; appends in flight finish first (the
             # final sync covers them), reads in flight finish or raise.
             self._mark_closed()
-            self._stop.set()
-            if self._sync_thread is not None:
-                self._sync_thread.join()
-                self._sync_thread = None
             try:
                 if not self.readonly:
                     self._quiesce()
@@ -533,6 +602,9 @@ class Log(LogCore):
                 self._release()
 
     def _release(self) -> None:
+        if self._scheduled:
+            self._scheduled = False
+            scheduler.unregister(self)
         spares, self._spares = self._spares, []
         for spare in spares:
             with contextlib.suppress(FileNotFoundError):

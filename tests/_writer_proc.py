@@ -103,6 +103,50 @@ def cmd_crash(a: dict) -> None:
         tag += n
 
 
+def cmd_crash_many(a: dict) -> None:
+    """Append small batches to one of `logs` logs at random, forever, and log the acknowledged
+    records to a side file as `log:index:tag:size`: under `always` when the append returns, under
+    `interval` when the log's durable index (moved by the background sync) reaches them."""
+    import fluxcore
+
+    rng = random.Random(a["seed"])
+    logs = [
+        fluxcore.Log(
+            os.path.join(a["path"], f"log-{k}"),
+            segment_file_size=a["segment_file_size"],
+            fsync=a["fsync"],
+            fsync_interval_ms=a.get("fsync_interval_ms", 100),
+        )
+        for k in range(a["logs"])
+    ]
+    side = open(a["side"], "w", buffering=1)  # noqa: SIM115 - lives until SIGKILL
+    print("ready", flush=True)
+    tag = a["seed"] << 32
+    pending: list[tuple[int, int, str]] = []  # interval: (log, index, item) not yet durable
+    while True:
+        k = rng.randrange(len(logs))
+        n = rng.randint(1, 5)
+        sizes = [rng.randint(0, 3000) for _ in range(n)]
+        payloads = [make_payload(tag + j, s) for j, s in enumerate(sizes)]
+        if rng.random() < 0.5:
+            idx = [int(i) for i in logs[k].append_batch(payloads)]
+        else:
+            idx = [logs[k].append(p) for p in payloads]
+        items = [f"{k}:{i}:{tag + j}:{s}" for j, (i, s) in enumerate(zip(idx, sizes, strict=True))]
+        tag += n
+        if a["fsync"] == "always":
+            side.write(" ".join(items) + "\n")
+            continue
+        # interval: acknowledged once the sync scheduler made them durable, in the background
+        pending.extend((k, i, item) for i, item in zip(idx, items, strict=True))
+        durable = [log.durable_index for log in logs]
+        done = [item for k_, i, item in pending if i <= durable[k_]]
+        if done:
+            side.write(" ".join(done) + "\n")
+            pending = [p for p in pending if p[1] > durable[p[0]]]
+        time.sleep(0.001)
+
+
 def _check_tail_record(index: int, payload: bytes, seq: int, indexes: list[int]) -> None:
     tag, _ = check_payload(payload)
     assert tag == seq, f"expected record #{seq}, got #{tag} (index {index})"
@@ -338,6 +382,7 @@ def cmd_diskfull(a: dict) -> None:
 
 COMMANDS = {
     "crash": cmd_crash,
+    "crash_many": cmd_crash_many,
     "tail": cmd_tail,
     "write": cmd_write,
     "fill": cmd_fill,

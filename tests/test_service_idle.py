@@ -120,12 +120,17 @@ def test_idle_clients_answer_pings_and_keep_their_connection(
 
 def test_client_that_takes_no_answers_is_closed(idle_server: ServerProcess) -> None:
     with Client.connect(idle_server.address, token=TOKEN, name="publisher") as client:
-        client.publish_batch(MessageType.EVENT, [b"x" * 1000] * 5000)
+        # A log's first files are small (1 and 4 MiB) and a READ answers from one file: these
+        # fill them, so that each READ below is answered with all 5,000 messages.
+        for _ in range(2):
+            client.publish_batch(MessageType.EVENT, [b"f" * 1000] * 3000)
+        indexes = client.publish_batch(MessageType.EVENT, [b"x" * 1000] * 5000)
+        assert indexes is not None
         stuck = connect(idle_server, "stuck")
         slow = connect(idle_server, "slow")
         with stuck, slow:
-            request = encode_control({"type": int(MessageType.EVENT), "min_index": 0,
-                                      "max_size": 5000})
+            request = encode_control({"type": int(MessageType.EVENT),
+                                      "min_index": int(indexes[0]), "max_size": 5000})
             for sock in (stuck, slow):
                 for request_id in range(2, 10):  # ~40 MB of answers, far past every buffer
                     sock.sendall(struct.pack("<IBBHI", 8 + len(request), Op.READ_FROM_INDEX,

@@ -147,8 +147,11 @@ def test_large_frames_wait_for_the_receive_budget_and_all_complete(tmp_path: Pat
         sending.join(30)
         assert (op, rid) == (ACK, 2), (op, rid, body)
         with Client.connect(server.address, token=TOKEN, name="check") as client:
-            stored = [m.data for m in client.read_from_index(MessageType.EVENT, 0, 10)
-                      if m.type == "Raw"]
+            messages, after = [], 0  # a READ answers from one segment file: read them all
+            while page := client.read_from_index(MessageType.EVENT, after + 1, 10):
+                messages += page
+                after = page[-1].index
+        stored = [m.data for m in messages if m.type == "Raw"]
         assert stored == [payload, payload]
         sender.close()
     finally:

@@ -89,6 +89,9 @@ cdef class LogCore:
         readonly uint64_t appended
         uint64_t _last_index
         int _fsync_mode
+        # `interval` policy: records appended since the last sync's snapshot, and the log is
+        # (or is about to be) due in the sync scheduler. Set and cleared under the append lock.
+        readonly bint sync_pending
         uint64_t _cache_window        # synced bytes left in the page cache (0: no limit)
         pthread_mutex_t _append_mu
         pthread_mutex_t _sync_mu
@@ -107,6 +110,7 @@ cdef class LogCore:
     cdef int _check_writable(self) except -1
     cdef int _lock_append(self) except -1
     cdef int _lock_append_open(self) except -1
+    cdef bint _mark_dirty(self) noexcept
     cdef int _grow_scratch(self, Py_ssize_t n) except -1
     cdef uint64_t _max_payload(self)
     cdef object _append_gathered(self, Py_ssize_t n, object keys, object segments,

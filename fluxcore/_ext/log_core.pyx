@@ -78,6 +78,15 @@ cdef class LogCore:
             raise LogClosedError("the log is closed")
         return 0
 
+    cdef bint _mark_dirty(self) noexcept:
+        """Called under the append lock after records were appended: True if the log just
+        became due for a sync under the `interval` policy (the caller then hands it to the
+        sync scheduler, once per sync, not once per append)."""
+        if self._fsync_mode != FSYNC_INTERVAL or self.sync_pending:
+            return False
+        self.sync_pending = True
+        return True
+
     cdef int _grow_scratch(self, Py_ssize_t n) except -1:
         cdef Py_ssize_t cap
         cdef void *p
@@ -117,6 +126,7 @@ cdef class LogCore:
         cdef const char *key_ptr
         cdef Py_ssize_t key_size
         cdef uint64_t preset = 0
+        cdef bint notify = False
         self._check_writable()
         if index is not None:
             u64_arg(index, "index", &preset)
@@ -162,11 +172,12 @@ cdef class LogCore:
                     seg = route_index(idx)
                 f = self._active
                 if f is None or f.write_offset + REC_HEADER_SIZE + <uint64_t>size > f.size:
-                    self._roll(idx)
+                    self._roll(idx, size)
                     f = self._active
                 f.append_records(&ptr, &size, &seg, idx, 0, 1)
                 self._last_index = idx
                 self.appended += 1
+                notify = self._mark_dirty()
             finally:
                 pthread_mutex_unlock(&self._append_mu)
         finally:
@@ -174,6 +185,8 @@ cdef class LogCore:
                 PyBuffer_Release(&view)
         if self._fsync_mode == FSYNC_ALWAYS:
             self._sync_to(idx)
+        elif notify:
+            self._schedule_sync()
         return idx
 
     def append_batch(self, payloads, *, keys=None, segments=None):
@@ -185,8 +198,11 @@ cdef class LogCore:
         cdef list converted = None
         cdef object out
         cdef Py_buffer view
+        cdef uint64_t before
+        cdef bint notify = False
         self._check_writable()
         self._lock_append_open()  # the scratch arrays are the writer's: gather under the lock
+        before = self.appended
         try:
             self._grow_scratch(n)
             for i in range(n):
@@ -205,7 +221,11 @@ cdef class LogCore:
                 self._lens[i] = PyBytes_GET_SIZE(item)
             out = self._append_gathered(n, keys, segments)
         finally:
+            # Part of a batch may be stored when it fails: that part is due a sync too.
+            notify = self.appended != before and self._mark_dirty()
             pthread_mutex_unlock(&self._append_mu)
+            if notify:
+                self._schedule_sync()
         if self._fsync_mode == FSYNC_ALWAYS and n:
             self._sync_to(self._last_index)
         return out
@@ -220,6 +240,8 @@ cdef class LogCore:
         cdef Py_ssize_t n, i
         cdef object out
         cdef uint64_t preset = 0
+        cdef uint64_t before
+        cdef bint notify = False
         self._check_writable()
         if first_index is not None:
             if type(first_index) is not int:
@@ -249,6 +271,7 @@ cdef class LogCore:
                 if o[i + 1] < o[i]:
                     raise ValueError("offsets must ascend within the buffer")
             self._lock_append_open()
+            before = self.appended
             try:
                 self._grow_scratch(n)
                 for i in range(n):
@@ -256,7 +279,10 @@ cdef class LogCore:
                     self._lens[i] = o[i + 1] - o[i]
                 out = self._append_gathered(n, keys, segments, preset)
             finally:
+                notify = self.appended != before and self._mark_dirty()
                 pthread_mutex_unlock(&self._append_mu)
+                if notify:
+                    self._schedule_sync()
         finally:
             PyBuffer_Release(&view)
         if self._fsync_mode == FSYNC_ALWAYS and n:
@@ -268,12 +294,14 @@ cdef class LogCore:
         cdef cnp.ndarray segs_arr
         cdef cnp.ndarray out
         cdef uint64_t *out_idx
-        cdef uint64_t base, now, need, off, length, limit, first_off, max_payload
+        cdef uint64_t base, now, off, length, limit, max_payload
         cdef Py_ssize_t i, pos, written
         cdef int error = 0
         cdef Py_ssize_t longest = 0
         cdef bint seg_from_index = False
         cdef SegmentFile f
+        cdef list sizes = None
+        cdef uint64_t plan_size, capacity
         if first_index and first_index <= self._last_index:
             raise ValueError(f"preset index {first_index} is not greater than the last "
                              f"index {self._last_index}")
@@ -301,20 +329,26 @@ cdef class LogCore:
         out_idx = <uint64_t *>cnp.PyArray_DATA(out)
         # The caller holds the append lock.
         # Reserve every segment file this batch will roll into before writing any record,
-        # so that a full disk fails the batch whole instead of half-written.
+        # so that a full disk fails the batch whole instead of half-written. Files grow as
+        # the log does (`_next_file_size`): the plan makes the same choices as the rolls.
         f = self._active
-        first_off = self.segment_file_size - max_payload - REC_HEADER_SIZE
-        off = f.write_offset if f is not None else self.segment_file_size
-        limit = self.segment_file_size
-        need = 0
+        off = f.write_offset if f is not None else 0
+        limit = f.size if f is not None else 0
+        plan_size = limit
         for i in range(n):
             length = REC_HEADER_SIZE + <uint64_t>self._lens[i]
             if off + length > limit:
-                need += 1
-                off = first_off
+                if sizes is None:
+                    sizes = []
+                    if f is None:
+                        plan_size = self._last_file_size
+                plan_size = self._next_file_size(plan_size, self._lens[i])
+                sizes.append(plan_size)
+                off = layout_data_offset(plan_size, &capacity)
+                limit = plan_size
             off += rec_stride(length)
-        if need:
-            self._reserve(need)
+        if sizes is not None:
+            self._reserve(sizes)
         if first_index:
             base = first_index
         else:
@@ -333,7 +367,7 @@ cdef class LogCore:
         while pos < n:
             f = self._active
             if f is None or f.write_offset + REC_HEADER_SIZE + <uint64_t>self._lens[pos] > f.size:
-                self._roll(base + <uint64_t>pos)
+                self._roll(base + <uint64_t>pos, self._lens[pos])
                 f = self._active
             with nogil:
                 if n - pos == 1 and self._lens[pos] <= MAPPED_RECORD_MAX:
@@ -373,6 +407,7 @@ cdef class LogCore:
             try:
                 files = self._unsynced
                 self._unsynced = []
+                self.sync_pending = False  # an append after this snapshot is due again
                 active = self._active
                 if active is not None:
                     end = active.write_offset
