@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 if not __package__:
     # Run as a script: make the repository root importable so `bench.*` resolves.
@@ -25,8 +26,6 @@ if not __package__:
 
 def main(argv: list[str] | None = None) -> int:
     from bench import report
-    from bench.common import FULL, QUICK
-    from bench.suite import run_embedded
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -101,53 +100,45 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.json is None:
         parser.error("--json FILE is required")
-    if args.suite == "service":
-        return _service(args)
-    if args.suite == "scale":
-        return _scale(args)
-    if args.suite == "search":
-        return _search(args)
+    suites = {"service": _service, "scale": _scale, "search": _search}
+    results, columns = suites.get(args.suite, _embedded)(args)
+    print(report.render(results, columns))
+    report.write_json(results, args.json)
+    print(f"\nwrote {len(results.rows)} rows to {args.json}")
+    return 0
+
+
+def _embedded(args: argparse.Namespace) -> tuple[Any, tuple[str, ...]]:
+    from bench import report
+    from bench.common import FULL, QUICK
+    from bench.suite import run_embedded
 
     sizes = QUICK if args.quick else FULL
     if args.repeats is not None:
         sizes = dataclasses.replace(sizes, repeats=args.repeats)
     results = run_embedded(sizes, args.dir)
     report.add_machine_ratios(results)
-    print(report.render(results))
-    report.write_json(results, args.json)
-    print(f"\nwrote {len(results.rows)} rows to {args.json}")
-    return 0
+    return results, report.COLUMNS
 
 
-def _service(args: argparse.Namespace) -> int:
-    from bench import report
+def _service(args: argparse.Namespace) -> tuple[Any, tuple[str, ...]]:
     from bench.service import SERVICE_COLUMNS, run_service
     from bench.service_workloads import SERVICE_FULL, SERVICE_QUICK
 
     sizes = SERVICE_QUICK if args.quick else SERVICE_FULL
     if args.repeats is not None:
         sizes = dataclasses.replace(sizes, repeats=args.repeats)
-    results = run_service(sizes, args.dir)
-    print(report.render(results, SERVICE_COLUMNS))
-    report.write_json(results, args.json)
-    print(f"\nwrote {len(results.rows)} rows to {args.json}")
-    return 0
+    return run_service(sizes, args.dir), SERVICE_COLUMNS
 
 
-def _scale(args: argparse.Namespace) -> int:
-    from bench import report
+def _scale(args: argparse.Namespace) -> tuple[Any, tuple[str, ...]]:
     from bench.scale import SCALE_FULL, SCALE_QUICK, run_scale
 
-    results = run_scale(SCALE_QUICK if args.quick else SCALE_FULL, args.dir, args.quick,
-                        args.only)
-    print(report.render(results, ("fluxcore",)))
-    report.write_json(results, args.json)
-    print(f"\nwrote {len(results.rows)} rows to {args.json}")
-    return 0
+    return run_scale(SCALE_QUICK if args.quick else SCALE_FULL, args.dir, args.quick,
+                     args.only), ("fluxcore",)
 
 
-def _search(args: argparse.Namespace) -> int:
-    from bench import report
+def _search(args: argparse.Namespace) -> tuple[Any, tuple[str, ...]]:
     from bench.search import SEARCH_COLUMNS, SEARCH_FULL, SEARCH_QUICK, run_search
 
     sizes = SEARCH_QUICK if args.quick else SEARCH_FULL
@@ -155,11 +146,7 @@ def _search(args: argparse.Namespace) -> int:
         sizes = dataclasses.replace(sizes, documents=args.documents)
     if args.repeats is not None:
         sizes = dataclasses.replace(sizes, repeats=args.repeats)
-    results = run_search(sizes, args.dir)
-    print(report.render(results, SEARCH_COLUMNS))
-    report.write_json(results, args.json)
-    print(f"\nwrote {len(results.rows)} rows to {args.json}")
-    return 0
+    return run_search(sizes, args.dir), SEARCH_COLUMNS
 
 
 if __name__ == "__main__":

@@ -70,7 +70,9 @@ static inline uint32_t rec_crc(const char *rec, uint32_t length) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 /* The checksums of three records at once. A crc32 instruction takes three cycles, but a new one
  * can start every cycle: three independent chains cost about what one does. */
-__attribute__((target("sse4.2"))) static void rec_crc3_hw(char *r[3]) {
+__attribute__((target("sse4.2"))) static inline void rec_crc3_of_hw(
+        const char *r0, const char *r1, const char *r2, uint32_t out[3]) {
+    const char *r[3] = {r0, r1, r2};
     uint64_t c[3];
     size_t n[3];
     for (int k = 0; k < 3; k++) {
@@ -90,47 +92,33 @@ __attribute__((target("sse4.2"))) static void rec_crc3_hw(char *r[3]) {
         c[1] = __builtin_ia32_crc32di(c[1], w1);
         c[2] = __builtin_ia32_crc32di(c[2], w2);
     }
-    for (int k = 0; k < 3; k++) {
-        uint32_t crc = ~crc_update_hw((uint32_t)c[k], (const unsigned char *)r[k] + 8 + common,
-                                      n[k] - common);
-        memcpy(r[k] + 4, &crc, 4);
-    }
+    for (int k = 0; k < 3; k++)
+        out[k] = ~crc_update_hw((uint32_t)c[k], (const unsigned char *)r[k] + 8 + common,
+                                n[k] - common);
 }
-#endif
 
-/* Checks the CRCs of n (1 to 3) records whose lengths were bounds-checked; returns the position
- * of the first damaged one, or -1. Three at once, as when they are written: the chains overlap. */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* Writes the CRCs of three records. */
+__attribute__((target("sse4.2"))) static void rec_crc3_hw(char *r[3]) {
+    uint32_t crc[3];
+    rec_crc3_of_hw(r[0], r[1], r[2], crc);
+    for (int k = 0; k < 3; k++) memcpy(r[k] + 4, &crc[k], 4);
+}
+
+/* Checks the CRCs of three records whose lengths were bounds-checked; returns the position of
+ * the first damaged one, or -1. Three at once, as when they are written: the chains overlap. */
 __attribute__((target("sse4.2"))) static int rec_verify3_hw(const char **r) {
-    uint64_t c[3];
-    size_t n[3];
-    uint32_t length, stored;
+    uint32_t crc[3], stored;
+    rec_crc3_of_hw(r[0], r[1], r[2], crc);
     for (int k = 0; k < 3; k++) {
-        memcpy(&length, r[k], 4);
-        c[k] = __builtin_ia32_crc32si(0xFFFFFFFFu, length);
-        n[k] = length - 8;
-    }
-    size_t common = n[0] < n[1] ? n[0] : n[1];
-    common = (common < n[2] ? common : n[2]) & ~(size_t)7;
-    for (size_t i = 8; i < common + 8; i += 8) {
-        uint64_t w0, w1, w2;
-        memcpy(&w0, r[0] + i, 8);
-        memcpy(&w1, r[1] + i, 8);
-        memcpy(&w2, r[2] + i, 8);
-        c[0] = __builtin_ia32_crc32di(c[0], w0);
-        c[1] = __builtin_ia32_crc32di(c[1], w1);
-        c[2] = __builtin_ia32_crc32di(c[2], w2);
-    }
-    for (int k = 0; k < 3; k++) {
-        uint32_t crc = ~crc_update_hw((uint32_t)c[k], (const unsigned char *)r[k] + 8 + common,
-                                      n[k] - common);
         memcpy(&stored, r[k] + 4, 4);
-        if (crc != stored) return k;
+        if (crc[k] != stored) return k;
     }
     return -1;
 }
 #endif
 
+/* Checks the CRCs of n (1 to 3) records whose lengths were bounds-checked; returns the position
+ * of the first damaged one, or -1. */
 static int rec_verify3(const char **r, int n) {
     uint32_t length, stored;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
