@@ -236,7 +236,8 @@ class PendingRead:
         frame, count = _proto.batch_frame(
             request_id, batch, positions, self.session.client_id, params.tracker_id,
             params.filter_target, mask, seg_range[0], seg_range[1],
-            batch.next_after if scanned else 0, len(batch) < params.max_size)
+            batch.next_after if scanned else 0,
+            len(batch) < params.max_size and self.log.last_index <= batch.next_after)
         return frame, count, scanned
 
     def _share_key(self, positions: Any, start: int, seg_range: tuple[int, int]) -> object:

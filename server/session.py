@@ -767,13 +767,27 @@ class Session(asyncio.BufferedProtocol):
         max_size = _field(req, "max_size", int, 1024)
         if not 0 < max_size <= self.config.max_read_size or min_index < 0:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "bad min_index or max_size")
-        batch = self.project.log(name).read(max(min_index - 1, 0), max_count=max_size)
-        frame, _count = _proto.batch_frame(
-            request_id, batch, None, "", "", False, None, 0, 128, batch.next_after,
-            len(batch) < max_size)
-        return frame
+        log = self.project.log(name)
+        after = max(min_index - 1, 0)
+        # One read ends at the end of a segment file: read on until max_size, READ_BYTES or
+        # the log's end.
+        frames: list[bytes] = []
+        count = size = 0
+        while True:
+            batch = log.read(after, max_count=max_size - count, max_bytes=READ_BYTES - size)
+            frame, got = _proto.batch_frame(request_id, batch, None, "", "", False, None,
+                                            0, 128, 0, False)
+            frames.append(frame)
+            count += got
+            size += len(frame)
+            after = batch.next_after
+            if count >= max_size or size >= READ_BYTES or not got or log.last_index <= after:
+                break
+        caught_up = count < max_size and log.last_index <= after
+        return _proto.join_batch_frames(frames, request_id, 0, 128, after, caught_up)[0]
 
 
+READ_BYTES = 16 << 20  # a READ_FROM_INDEX answer ends past this many bytes of records
 RESEND_SEARCH_MS = 10_000  # clock skew between client and server tolerated by the search
 
 

@@ -71,6 +71,10 @@ def batch_frame(
     last_index: int,
     caught_up: bool,
 ) -> tuple[bytes, int]: ...
+def join_batch_frames(
+    frames: list[bytes], request_id: int, seg_start: int, seg_end: int, last_index: int,
+    caught_up: bool,
+) -> tuple[bytes, int]: ...
 def empty_batch_frame(
     request_id: int, seg_start: int, seg_end: int, last_index: int, caught_up: bool
 ) -> bytes: ...

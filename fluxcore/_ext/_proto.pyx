@@ -622,6 +622,32 @@ def batch_frame(uint32_t request_id, Batch batch, positions, client_id, tracker_
     return out, count
 
 
+def join_batch_frames(list frames, uint32_t request_id, int seg_start, int seg_end,
+                      uint64_t last_index, bint caught_up):
+    """One BATCH frame with the records of `frames` (BATCH frames from batch_frame), in
+    order, under new headers. Returns (frame bytes, count)."""
+    cdef uint64_t total = FRAME_HEADER_SIZE + BATCH_HEADER_SIZE
+    cdef uint32_t count = 0
+    cdef bytes part
+    cdef Py_ssize_t size
+    cdef char *w
+    cdef object out
+    for part in frames:
+        if len(part) < FRAME_HEADER_SIZE + BATCH_HEADER_SIZE:
+            raise ValueError("not a BATCH frame")
+        total += <uint64_t>len(part) - FRAME_HEADER_SIZE - BATCH_HEADER_SIZE
+        count += (<const batch_header_t *>(PyBytes_AS_STRING(part) + FRAME_HEADER_SIZE)).count
+    out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>total)
+    w = PyBytes_AS_STRING(out)
+    put_batch_headers(w, request_id, total, seg_start, seg_end, last_index, caught_up, count)
+    w += FRAME_HEADER_SIZE + BATCH_HEADER_SIZE
+    for part in frames:
+        size = len(part) - FRAME_HEADER_SIZE - BATCH_HEADER_SIZE
+        memcpy(w, PyBytes_AS_STRING(part) + FRAME_HEADER_SIZE + BATCH_HEADER_SIZE, size)
+        w += size
+    return out, count
+
+
 def empty_batch_frame(uint32_t request_id, int seg_start, int seg_end, uint64_t last_index,
                       bint caught_up):
     cdef char buf[36]  # frame header + batch header
