@@ -30,8 +30,6 @@ from .tracking import EMPTY
 logger = logging.getLogger("fluxcore.server")
 
 if TYPE_CHECKING:
-    from fluxcore.log import Log
-
     from .project import Project
     from .session import Session
     from .tracking import Cluster, Tracker, Waiter
@@ -132,13 +130,12 @@ class Deadlines:
 
 class PendingRead:
     def __init__(self, session: Session, request_id: int, params: ReadParams,
-                 last_index: int | None, project: Project, log: Log, cluster: Cluster,
+                 last_index: int | None, project: Project, cluster: Cluster,
                  tracker: Tracker, type_filter: TypeFilter | None) -> None:
         self.session = session
         self.request_id = request_id
         self.params = params
         self.project = project
-        self.log = log
         self.cluster = cluster
         self.tracker = tracker
         self.type_filter = type_filter
@@ -223,7 +220,8 @@ class PendingRead:
         return plan
 
     def _read(self, start: int, seg_range: tuple[int, int]) -> Any:
-        return self.log.read(start, max_count=self.params.max_size,
+        # Looked up at each read: an idle log may have been closed since the last (open_logs.py).
+        return self.project.log(self.params.log_name).read(start, max_count=self.params.max_size,
                              segments=None if self.params.ignore_segment else seg_range)
 
     def _frame(self, request_id: int, batch: Any, positions: Any, start: int,

@@ -655,11 +655,11 @@ class Session(asyncio.BufferedProtocol):
         if store is not None:  # the position after the tracker's previous batch
             self._store_position(params.log_name, params.consumer, store[:2],
                                  store[2] if len(store) == 3 else -1)
-        log = project.log(params.log_name)
+        project.log(params.log_name)  # created now: refused (max_logs, descriptors) before parking
         cluster = project.cluster(params.log_name, params.consumer, read.single_tracker)
         self.clusters[(params.log_name, params.consumer)] = cluster
         tracker = cluster.enter(params.tracker_id, self.session_id, read.purge_timeout)
-        PendingRead(self, request_id, params, last_index, project, log, cluster, tracker,
+        PendingRead(self, request_id, params, last_index, project, cluster, tracker,
                     read.type_filter).start()
 
     def _read_request(self, req: dict[str, Any], kinds: list[type]) -> _ReadRequest:

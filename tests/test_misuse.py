@@ -523,7 +523,7 @@ def test_a_closed_log_stays_its_owners_while_the_owner_lock_is_held(tmp_path):
     try:
         with fluxcore.Log(path, owner_lock=owner_path) as lg:
             lg.append(b"one")
-        with pytest.raises(fluxcore.LogLockedError, match="owner.lock"):
+        with pytest.raises(fluxcore.LogLockedError, match=r"owner\.lock"):
             fluxcore.Log(path)  # closed, but still the owner's
         with fluxcore.Log(path, readonly=True) as reader:  # readers are never refused
             assert [p for _, p in read_all(reader)] == [b"one"]

@@ -289,7 +289,11 @@ def low_descriptor_limit() -> None:
 
 @pytest.mark.slow
 def test_many_topics_under_a_low_descriptor_limit(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "data", env={"FLUXCORE_SEGMENT_FILE_SIZE": str(MIB)},
+    """With more logs allowed open than the descriptors hold (max_open_logs set high, the
+    LRU never closes one), the logs past the limit are refused. test_service_open_logs.py
+    has the same topics with the LRU at its automatic size: none refused."""
+    server = ServerProcess(tmp_path / "data", env={"FLUXCORE_SEGMENT_FILE_SIZE": str(MIB),
+                                                   "FLUXCORE_MAX_OPEN_LOGS": "100000"},
                            preexec_fn=low_descriptor_limit).start()
     try:
         stored: dict[str, list[int]] = {}
