@@ -260,6 +260,9 @@ def test_two_thousand_topics_under_a_low_descriptor_limit(tmp_path: Path) -> Non
                 assert index is not None
                 stored[topic].append(index)
             assert len(os.listdir(f"/proc/{server.pid}/fd")) < LOW_LIMIT - 32
+            # automatic: an eighth of the 224 descriptors below the reserve of 32
+            assert "at most 28 logs open at a time" in "".join(server.output)
+            assert len(settled_open_logs(server, 28)) <= 28
             for topic, indexes in stored.items():
                 assert [m.index for m in client.read_from_index(
                     MessageType.CUSTOM, 0, 10, topic=topic)] == indexes, topic

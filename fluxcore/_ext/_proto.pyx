@@ -632,6 +632,14 @@ def batch_frame(uint32_t request_id, Batch batch, positions, client_id, tracker_
     return out, count
 
 
+def empty_batch_frame(uint32_t request_id, int seg_start, int seg_end, uint64_t last_index,
+                      bint caught_up):
+    cdef char buf[36]  # frame header + batch header
+    put_batch_headers(buf, request_id, FRAME_HEADER_SIZE + BATCH_HEADER_SIZE, seg_start,
+                      seg_end, last_index, caught_up, 0)
+    return PyBytes_FromStringAndSize(buf, FRAME_HEADER_SIZE + BATCH_HEADER_SIZE)
+
+
 def frame_send_as(int fd, const unsigned char[::1] frame, uint32_t request_id):
     """Writes `frame` to the socket `fd` with `request_id` in place of its own, without
     blocking and without copying it (one sendmsg of three pieces). Returns the bytes written:
@@ -662,14 +670,6 @@ def frame_send_as(int fd, const unsigned char[::1] frame, uint32_t request_id):
     if errno == EAGAIN or errno == EINTR:  # EWOULDBLOCK is EAGAIN on Linux
         return 0
     return -errno
-
-
-def empty_batch_frame(uint32_t request_id, int seg_start, int seg_end, uint64_t last_index,
-                      bint caught_up):
-    cdef char buf[36]  # frame header + batch header
-    put_batch_headers(buf, request_id, FRAME_HEADER_SIZE + BATCH_HEADER_SIZE, seg_start,
-                      seg_end, last_index, caught_up, 0)
-    return PyBytes_FromStringAndSize(buf, FRAME_HEADER_SIZE + BATCH_HEADER_SIZE)
 
 
 cdef void put_batch_headers(char *w, uint32_t request_id, uint64_t total, int seg_start,
