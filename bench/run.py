@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per row")
     parser.add_argument("--only", action="append", default=None,
                         help="scale suite: run only this measurement (connection_rows, "
-                        "log_rows, wake_row, fanout_row, restart_row); may repeat")
+                        "connection_100k_row, log_rows, wake_row, fanout_row, restart_row); "
+                        "may repeat")
     parser.add_argument(
         "--profile-request",
         action="store_true",

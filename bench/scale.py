@@ -134,17 +134,23 @@ class Conn:
         self.sock.close()
 
 
-def open_many(address: str, count: int, window: int = 200) -> list[socket.socket]:
-    """`count` connections that said HELLO and got their WELCOME, `window` at a time."""
+def open_many(address: str, count: int, window: int = 200,
+              sources: tuple[str, ...] = ()) -> list[socket.socket]:
+    """`count` connections that said HELLO and got their WELCOME, `window` at a time; from
+    the loopback `sources` in turn, if given (each has its own range of ephemeral ports)."""
     host, port = address.rsplit(":", 1)
     hello = hello_frame("idle")
     selector = selectors.DefaultSelector()
     out: list[socket.socket] = []
+    made = 0
     try:
         while len(out) < count:
             batch = []
             for _ in range(min(window, count - len(out))):
-                sock = socket.create_connection((host, int(port)), timeout=60)
+                source = (sources[made % len(sources)], 0) if sources else None
+                made += 1
+                sock = socket.create_connection((host, int(port)), timeout=60,
+                                                source_address=source)
                 sock.sendall(hello)
                 sock.setblocking(False)
                 selector.register(sock, selectors.EVENT_READ, [b""])
@@ -215,13 +221,14 @@ def raise_own_open_file_limit() -> int:
 # -- rows ------------------------------------------------------------------------------------
 
 
-def _hello_cost(pid: int, address: str, batch: int, repeats: int = 3) -> float:
+def _hello_cost(pid: int, address: str, batch: int, repeats: int = 3,
+                sources: tuple[str, ...] = ()) -> float:
     """Median server CPU (us) per connect + HELLO over `repeats` batches; each batch is
     closed again (outside the timing) so the number open stays where it was."""
     costs = []
     for _ in range(repeats):
         cpu = cpu_seconds(pid)
-        timed = open_many(address, batch)
+        timed = open_many(address, batch, sources=sources)
         costs.append((cpu_seconds(pid) - cpu) / batch * 1e6)
         for sock in timed:
             sock.close()
@@ -254,6 +261,52 @@ def connection_rows(sizes: ScaleSizes, directory: Path, results: Results) -> Non
                             how.format(100)))
     results.rows.append(Row("hello_us_at_10k", "fluxcore", "us", at_10k, sizes.hello_batch,
                             how.format(count), {"ratio_to_100": at_10k / max(at_100, 1e-9)}))
+
+
+CONNECTIONS_100K = 100_000
+# 127.0.0.0/8 is all loopback on Linux; each source address has its own ~28,000 ephemeral
+# ports (ip_local_port_range) towards the server's one port.
+SOURCES_100K = tuple(f"127.0.0.{i}" for i in range(2, 10))
+
+
+def connection_100k_row(sizes: ScaleSizes, directory: Path, results: Results) -> None:
+    """idle_connection_kib_100k, hello_us_at_100k: the connection rows at 100,000 open. Needs
+    root, to raise this process's hard RLIMIT_NOFILE (the server inherits it); not in --quick."""
+    wanted = CONNECTIONS_100K + sizes.hello_batch + 2_000
+    if sizes is SCALE_QUICK:
+        results.context.append("connection_100k_row: not in --quick")
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+    except (ValueError, OSError) as exc:
+        results.context.append(f"connection_100k_row: not measured, RLIMIT_NOFILE could not "
+                               f"be raised to {wanted} ({exc}; needs root)")
+        return
+    with fluxcore(directory) as server:
+        pid, address = server.process.pid, server.address
+        base = open_many(address, 100)
+        at_100 = _hello_cost(pid, address, sizes.hello_batch)
+        before = rss(pid)
+        started = time.monotonic()
+        held = open_many(address, CONNECTIONS_100K - len(base), sources=SOURCES_100K)
+        opened_s = time.monotonic() - started
+        time.sleep(2.0)
+        per_connection = (rss(pid) - before) / len(held)
+        at_100k = _hello_cost(pid, address, sizes.hello_batch, sources=SOURCES_100K)
+        healthy = health_ok(server.port)
+        for sock in base + held:
+            sock.close()
+    note = (f"raw sockets from {len(SOURCES_100K)} loopback source addresses, HELLO then "
+            f"WELCOME; server RSS from /proc; {len(base) + len(held):,} open (opened in "
+            f"{opened_s:.0f} s); /health {'answered' if healthy else 'did NOT answer'} with "
+            "all of them open")
+    results.rows.append(Row("idle_connection_kib_100k", "fluxcore", "KiB",
+                            per_connection / 1024, len(held), note))
+    results.rows.append(Row(
+        "hello_us_at_100k", "fluxcore", "us", at_100k, sizes.hello_batch,
+        f"server CPU per connect + HELLO, median of 3 batches of {sizes.hello_batch}, with "
+        f"{len(base) + len(held):,} already open (at 100 open, same run: {at_100:.0f} us)",
+        {"ratio_to_100": at_100k / max(at_100, 1e-9), "hello_us_at_100": at_100}))
 
 
 def _disk_kib(path: Path) -> float:
@@ -526,7 +579,7 @@ def restart_row(sizes: ScaleSizes, directory: Path, results: Results) -> None:
         "events until GET /health answers 200 (Python start-up included)"))
 
 
-ROWS = (connection_rows, log_rows, wake_row, fanout_row, restart_row)
+ROWS = (connection_rows, connection_100k_row, log_rows, wake_row, fanout_row, restart_row)
 
 
 def run_scale(sizes: ScaleSizes, base: str | None, quick: bool,

@@ -109,6 +109,10 @@ class Log(LogCore):
             batch = log.read(after=0)
             for index, payload in batch:
                 ...
+
+    ``owner_lock=PATH`` hands the writer lock on to whoever holds an flock on PATH: the log
+    stays that process's while it is closed, and other writers are refused (LogLockedError)
+    until it lets PATH go. The server uses it to close idle logs and reopen them on use.
     """
 
     def __init__(
@@ -125,6 +129,7 @@ class Log(LogCore):
         repair: bool = False,
         max_mapped_files: int = 64,
         page_cache_bytes: int | None = DEFAULT_PAGE_CACHE_BYTES,
+        owner_lock: str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(fsync, str):
             raise TypeError(f"fsync must be a str, not {type(fsync).__name__}")
@@ -155,6 +160,7 @@ class Log(LogCore):
         # Sealed files a killed writer left unsynced, synced by this open (a writer's).
         self.synced_on_open = 0
         self.max_mapped_files = max_mapped_files
+        self.owner_lock = None if owner_lock is None else os.path.abspath(owner_lock)
         self.page_cache_bytes = page_cache_bytes
         self._mapped: deque[int] = deque()  # first indexes of mapped files, oldest mapping first
         self._spares: list[SegmentFile] = []  # files ready to roll into (the append lock guards)
@@ -187,12 +193,50 @@ class Log(LogCore):
         starts.sort()
         return starts
 
-    def _open_writer(self, repair: bool) -> None:
-        self._lock_fd = os.open(os.path.join(self.path, _LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+    def _lock_writer(self) -> None:
+        """Takes the log's writer lock: an flock on its LOCK file, held while the log is open.
+
+        A writer opened with `owner_lock` also writes that path into LOCK, and the log stays
+        its owner's after it closes: while some process holds an flock on the owner lock, only
+        writers with the same `owner_lock` may open the log. The owner is looked at before
+        LOCK is locked, so a writer refused for it never holds LOCK and never makes the owner's
+        own reopening fail; and again after, in case the owner changed meanwhile."""
+        lock_path = os.path.join(self.path, _LOCK_NAME)
+        self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._check_owner()
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise LogLockedError(f"{self.path}: another writer has this log open") from None
+        owner = self._check_owner()
+        wanted = self.owner_lock or ""
+        if owner != wanted:
+            os.ftruncate(self._lock_fd, 0)
+            os.pwrite(self._lock_fd, wanted.encode(), 0)
+
+    def _check_owner(self) -> str:
+        """The owner lock named in LOCK ("" if none); LogLockedError if it is not ours and a
+        process holds it."""
+        owner = os.pread(self._lock_fd, 4096, 0).decode(errors="replace")
+        if not owner or owner == self.owner_lock:
+            return owner
+        try:
+            fd = os.open(owner, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return owner  # gone: its owner is gone too
+        try:
+            # A shared probe: two writers probing at once do not see each other as the owner.
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LogLockedError(
+                f"{self.path}: kept by the process that holds {owner} (a running server?); "
+                "open it readonly, or stop that process first") from None
+        finally:
+            os.close(fd)  # also drops the probe's lock
+        return owner
+
+    def _open_writer(self, repair: bool) -> None:
+        self._lock_writer()
         for name in os.listdir(self.path):
             if name.endswith(_TMP_SUFFIX):  # spare files of a writer that did not close
                 os.unlink(os.path.join(self.path, name))

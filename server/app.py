@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ from .buffers import ReceiveBudget, UnsentBytes
 from .config import ServerConfig
 from .descriptors import Descriptors, raise_open_file_limit
 from .metrics import consumer_stats
+from .open_logs import OpenLogs, default_max_open_logs
 from .project import Project
 from .session import Session
 
@@ -51,6 +53,14 @@ class Server:
         self.descriptors = Descriptors()
         logger.info("open-file limit: soft %d (was %d), hard %d; %d kept in reserve for health "
                     "checks and error answers", soft, before, hard, self.descriptors.reserve)
+        # Logs closed while idle stay this server's: it holds its data directory's flock,
+        # the owner lock of every log it opens (open_logs.py).
+        os.makedirs(config.data_dir, exist_ok=True)
+        self._data_dir_lock = _lock_data_dir(config.data_dir)
+        self.open_logs = OpenLogs(config.max_open_logs
+                                  or default_max_open_logs(self.descriptors.threshold))
+        logger.info("at most %d logs open at a time (max_open_logs); idle ones are closed",
+                    self.open_logs.limit)
         self._recent: dict[str, RecentAppends] = {}
         # server_buffer bounds both: large frames being received, answers not yet sent.
         self.receive_budget = ReceiveBudget(config.server_buffer)
@@ -61,7 +71,8 @@ class Server:
         if project is None:
             if self.descriptors.lowest_free() >= self.descriptors.threshold:
                 raise self.descriptors.refuse(f"project {name!r} not opened")
-            project = Project(name, self.config, self.descriptors)
+            project = Project(name, self.config, self.descriptors, self.open_logs,
+                              owner_lock=self.config.data_dir)
             self.projects[name] = project
         return project
 
@@ -120,6 +131,7 @@ class Server:
             project.close()  # syncs every log (unless fsync is never)
         self._sync_pool.shutdown(wait=True)
         self.descriptors.close()
+        os.close(self._data_dir_lock)
 
     def session_closed(self, session: Session) -> None:
         self.sessions.discard(session)
@@ -181,8 +193,12 @@ class Server:
         return recent
 
     async def sync_log(self, log: Log, index: int) -> None:
+        """Waits until `log` is on disk up to `index`. Should the log be closed meanwhile (it
+        went idle), its close synced it, or failed to: the durable index says which."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._sync_pool, log._sync_to, index)
+        durable = await loop.run_in_executor(self._sync_pool, log._sync_to, index)
+        if durable < index:
+            raise OSError(f"{log.path}: closed before index {index} was synced")
 
     def buffered(self) -> int:
         """Bytes answered and not yet sent, all connections together (at most 5 ms old)."""
@@ -237,6 +253,17 @@ class Server:
                         logger.info("purged trackers %s of %s", gone, consumer)
                     for tracker_id in gone:
                         self.tracker_gone(project, log_name, consumer, tracker_id, "purged")
+
+
+def _lock_data_dir(path: str) -> int:
+    """An flock on the data directory, held while the server runs: one server per directory."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise LogError(f"{path}: another process (a server?) uses this data directory") from None
+    return fd
 
 
 class RecentAppends(OrderedDict[bytes, tuple[tuple[int, int], ...]]):

@@ -73,6 +73,9 @@ class ServerConfig:
     server_buffer: int = 256 * 1024 * 1024
     max_read_size: int = 10_000
     max_logs: int = 1000  # custom topics and document collections per project
+    # Logs open at a time, all projects together; the least recently used are closed and
+    # reopened on use. 0: automatic, from the open-file limit (server/open_logs.py).
+    max_open_logs: int = 0
     purge_interval_s: float = 1.0
     hello_timeout_s: float = 10.0  # a connection that says nothing in time is closed
     # A connection that said HELLO and was not heard from for this long is closed; after a
@@ -113,6 +116,8 @@ class ServerConfig:
             raise ValueError("a data directory is required: --data DIR or FLUXCORE_DATA_DIR")
         if float(values.get("idle_timeout_s", 0)) < 0:
             raise ValueError("idle_timeout_s must be 0 (off) or positive")
+        if int(values.get("max_open_logs", 0)) < 0:
+            raise ValueError("max_open_logs must be 0 (automatic) or positive")
         if values.get("fsync", "interval") not in ("never", "interval", "always"):
             raise ValueError("fsync must be never, interval or always")
         return cls(**values)

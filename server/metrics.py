@@ -51,7 +51,7 @@ def consumer_stats(project: Project) -> list[dict[str, Any]]:
     for (log_name, consumer), cluster in project.cluster_items():
         if not cluster.trackers:
             continue
-        newest = project.log(log_name).last_index
+        newest = project.last_index(log_name)
         positions = project.positions.get(log_name, consumer)
         stored = positions[positions != UNSET]
         behind_ms = None

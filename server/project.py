@@ -26,6 +26,7 @@ from .web import WebProxy
 
 if TYPE_CHECKING:
     from .descriptors import Descriptors
+    from .open_logs import OpenLogs
 
 __all__ = ["METRICS_RETENTION_MS", "Project"]
 
@@ -36,13 +37,16 @@ NAMED_LOG_PREFIXES = ("custom-", "document-")
 
 class Project:
     def __init__(self, name: str, config: ServerConfig,
-                 descriptors: Descriptors | None = None) -> None:
+                 descriptors: Descriptors | None = None, open_logs: OpenLogs | None = None,
+                 owner_lock: str | None = None) -> None:
         self.name = check_name("project", name)
         self.config = config
         self.path = os.path.join(config.data_dir, name)
         logs = os.path.join(self.path, "logs")
         os.makedirs(logs, exist_ok=True)
         self._descriptors = descriptors
+        self._open_logs = open_logs  # the server's LRU of open logs (None: all stay open)
+        self._owner_lock = owner_lock  # what keeps a closed log the server's (open_logs.py)
         self._named_logs = {entry for entry in os.listdir(logs)
                             if entry.startswith(NAMED_LOG_PREFIXES)}
         state = os.path.join(self.path, "state.sqlite")
@@ -52,6 +56,7 @@ class Project:
                                " log TEXT PRIMARY KEY, retention_ms INTEGER)")
         self._settings.commit()
         self._logs: dict[str, Log] = {}
+        self._closed_last_index: dict[str, int] = {}  # of logs closed while idle
         self._clusters: dict[tuple[str, str], Cluster] = {}
         self._append_waiters: dict[str, set[Waiter]] = {}
         # Ids of the messages the server writes itself: unique per run of the server, too.
@@ -73,11 +78,33 @@ class Project:
         self.web = WebProxy(self)
 
     def log(self, name: str) -> Log:
-        """The log called `name`, opened (and created) on first use."""
+        """The log called `name`, opened (and created) on first use, reopened on use after it
+        was closed for being idle. Valid until the caller returns to the event loop: look it
+        up again after an `await`."""
         log = self._logs.get(name)
         if log is None:
             log = self._logs[name] = self._open_log(name)
+            self._closed_last_index.pop(name, None)
+            if self._open_logs is not None:
+                self._open_logs.opened(log, self, name)
+        elif self._open_logs is not None:
+            self._open_logs.used(log)
         return log
+
+    def close_idle_log(self, name: str, log: Log) -> None:
+        """Closes `log` (the server's LRU found it idle); the next log(name) reopens it."""
+        if self._logs.get(name) is log:
+            del self._logs[name]
+            self._closed_last_index[name] = log.last_index
+        log.close()
+
+    def last_index(self, name: str) -> int:
+        """The newest index of a log, without reopening it if it is closed (the server is its
+        only writer, so it has not changed since)."""
+        log = self._logs.get(name)
+        if log is None and name in self._closed_last_index:
+            return self._closed_last_index[name]
+        return (log or self.log(name)).last_index
 
     def _open_log(self, name: str) -> Log:
         named = name.startswith(NAMED_LOG_PREFIXES)
@@ -96,6 +123,7 @@ class Project:
         try:
             log = Log(
                 path,
+                owner_lock=self._owner_lock,
                 fsync=self.config.fsync,  # type: ignore[arg-type]
                 fsync_interval_ms=self.config.fsync_interval_ms,
                 segment_file_size=self.config.segment_file_size,
@@ -201,6 +229,8 @@ class Project:
         self.events.close()
         self.search.close()
         for log in self._logs.values():
+            if self._open_logs is not None:
+                self._open_logs.forget(log)
             log.close()
         self._logs.clear()
         self.positions.close()

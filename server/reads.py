@@ -13,7 +13,6 @@ import heapq
 import logging
 import math
 import re
-import struct
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -30,8 +29,6 @@ from .tracking import EMPTY
 logger = logging.getLogger("fluxcore.server")
 
 if TYPE_CHECKING:
-    from fluxcore.log import Log
-
     from .project import Project
     from .session import Session
     from .tracking import Cluster, Tracker, Waiter
@@ -40,7 +37,6 @@ __all__ = ["Deadlines", "PendingRead", "ReadParams", "TypeFilter", "wake_all"]
 
 # How many all-filtered-out batches one attempt skips before it lets other work run.
 _SCANS_PER_TURN = 16
-_REQUEST_ID = struct.Struct("<I")  # at offset 8 of a frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,13 +128,12 @@ class Deadlines:
 
 class PendingRead:
     def __init__(self, session: Session, request_id: int, params: ReadParams,
-                 last_index: int | None, project: Project, log: Log, cluster: Cluster,
+                 last_index: int | None, project: Project, cluster: Cluster,
                  tracker: Tracker, type_filter: TypeFilter | None) -> None:
         self.session = session
         self.request_id = request_id
         self.params = params
         self.project = project
-        self.log = log
         self.cluster = cluster
         self.tracker = tracker
         self.type_filter = type_filter
@@ -223,7 +218,8 @@ class PendingRead:
         return plan
 
     def _read(self, start: int, seg_range: tuple[int, int]) -> Any:
-        return self.log.read(start, max_count=self.params.max_size,
+        # Looked up at each read: an idle log may have been closed since the last (open_logs.py).
+        return self.project.log(self.params.log_name).read(start, max_count=self.params.max_size,
                              segments=None if self.params.ignore_segment else seg_range)
 
     def _frame(self, request_id: int, batch: Any, positions: Any, start: int,
@@ -312,39 +308,44 @@ def wake_all(waiters: list[Waiter]) -> None:
     """After an append: every read parked on the log tries again, in one pass. Reads that
     would read the same messages through the same filter (most often: consumers that are all
     caught up) share one read of the log and one frame, built for the first of them; the
-    others get a copy with their own request id, sent as the pass reaches them. Anything
-    unusual (a full connection, a tracker that left, a batch all filtered out) takes the
-    one-read-at-a-time path."""
+    others get it with their own request id, written to their sockets as the pass reaches
+    them, and their bookkeeping waits for the end of the pass (the sends come first: they are
+    what the consumers wait for). Anything unusual (a full connection, a tracker that left, a
+    batch all filtered out) takes the one-read-at-a-time path."""
     shared: dict[object, object] = {}
+    answered: list[PendingRead] = []  # sent a shared frame: finished after the pass
     over_buffer: bool | None = None  # the server's, looked at once per pass
-    for waiter in waiters:
-        if type(waiter) is not PendingRead:
-            waiter.wake()
-            continue
-        read = waiter
-        if read.done:
-            continue
-        if over_buffer is None:
-            over_buffer = read.session.server.over_buffer()
-        if (over_buffer or not read.session.writable
-                or read.params.tracker_id not in read.cluster.trackers):
-            read.wake()
-            continue
-        plan = read._plan()
-        if plan is None:
-            continue  # no segments for now: it stays parked, watching its cluster
-        if len(waiters) == 1:  # nobody to share with (a handler waiting for its request)
-            read._answer_first(*plan)
-            return
-        key = read._share_key(*plan)
-        found = shared.get(key)
-        if found is None:
-            shared[key] = read._answer_first(*plan)
-        elif found is _ONE_BY_ONE:
-            read.wake()
-        elif found is not _NOTHING:
-            frame, count = cast(tuple[bytes, int], found)
-            copy = bytearray(frame)
-            _REQUEST_ID.pack_into(copy, 8, read.request_id)
-            read._deliver(copy, count)
+    try:
+        for waiter in waiters:
+            if type(waiter) is not PendingRead:
+                waiter.wake()
+                continue
+            read = waiter
+            if read.done:
+                continue
+            if over_buffer is None:
+                over_buffer = read.session.server.over_buffer()
+            if (over_buffer or not read.session.writable
+                    or read.params.tracker_id not in read.cluster.trackers):
+                read.wake()
+                continue
+            plan = read._plan()
+            if plan is None:
+                continue  # no segments for now: it stays parked, watching its cluster
+            if len(waiters) == 1:  # nobody to share with (a handler waiting for its request)
+                read._answer_first(*plan)
+                return
+            key = read._share_key(*plan)
+            found = shared.get(key)
+            if found is None:
+                shared[key] = read._answer_first(*plan)
+            elif found is _ONE_BY_ONE:
+                read.wake()
+            elif found is not _NOTHING:
+                frame, count = cast(tuple[bytes, int], found)
+                read.session.deliver_shared(frame, count, read.request_id)
+                answered.append(read)
+    finally:
+        for read in answered:
+            read.cluster.processing(read.tracker)
             read._finish()

@@ -63,6 +63,7 @@ __all__ = ["Session"]
 logger = logging.getLogger("fluxcore.server")
 
 _FRAME_HEADER = 12
+_REQUEST_ID = struct.Struct("<I")  # at offset 8 of a frame
 _SHRINK_AFTER_S = 1.0  # a grown receive buffer unused this long goes back to the small size
 _REFUSED_TIMEOUT_S = 1.0  # a connection refused for want of descriptors: closed this soon
 MAX_INDEX = (1 << 64) - 1  # 2**64 - 1 itself marks a segment without a position
@@ -127,6 +128,7 @@ class Session(asyncio.BufferedProtocol):
         self._heard_seen = 0
         self._heard_at = time.monotonic()
         self._unsent_seen = 0
+        self._socket_fd = -1  # a plain TCP socket's: shared frames are written to it directly
 
     # -- asyncio callbacks -------------------------------------------------------------------
 
@@ -139,6 +141,8 @@ class Session(asyncio.BufferedProtocol):
         # never does would hold its socket and buffer for good.
         timeout = self.config.hello_timeout_s
         sock = transport.get_extra_info("socket")
+        if sock is not None and transport.get_extra_info("sslcontext") is None:
+            self._socket_fd = sock.fileno()
         descriptors = self.server.descriptors
         if sock is not None and not descriptors.connection_allowed(sock.fileno()):
             # In the reserve: a health check is answered, anything else refused, soon.
@@ -331,6 +335,31 @@ class Session(asyncio.BufferedProtocol):
         stats.messages_out += count
         stats.bytes_out += len(frame)
         self.send(frame)
+
+    def deliver_shared(self, frame: bytes | bytearray, count: int, request_id: int) -> None:
+        """A READ's batch built for another read (the same messages, the same filter) goes
+        out with this read's `request_id`: written straight to the socket in one compiled
+        call when nothing is queued before it (what the transport itself would do, without
+        a copy of the frame), else, or for what the socket did not take, through the
+        transport, in order."""
+        stats = self.stats
+        stats.batches_out += 1
+        stats.messages_out += count
+        stats.bytes_out += len(frame)
+        transport = self.transport
+        if self.closed or transport is None:
+            return
+        written = 0
+        if (self._socket_fd >= 0 and not transport.is_closing()
+                and not transport.get_write_buffer_size()):
+            written = _proto.frame_send_as(self._socket_fd, frame, request_id)
+            if written == len(frame):
+                return
+        # Would block, partly written, or an error: the transport sends the rest (and, on an
+        # error, finds it and closes the connection, as for any write).
+        copy = bytearray(frame)
+        _REQUEST_ID.pack_into(copy, 8, request_id)
+        self.send(copy[max(written, 0):])
 
     def _fail(self, request_id: int, code: str, message: str) -> None:
         """An error after which the stream cannot be trusted: answer, then close."""
@@ -655,11 +684,11 @@ class Session(asyncio.BufferedProtocol):
         if store is not None:  # the position after the tracker's previous batch
             self._store_position(params.log_name, params.consumer, store[:2],
                                  store[2] if len(store) == 3 else -1)
-        log = project.log(params.log_name)
+        project.log(params.log_name)  # created now: refused (max_logs, descriptors) before parking
         cluster = project.cluster(params.log_name, params.consumer, read.single_tracker)
         self.clusters[(params.log_name, params.consumer)] = cluster
         tracker = cluster.enter(params.tracker_id, self.session_id, read.purge_timeout)
-        PendingRead(self, request_id, params, last_index, project, log, cluster, tracker,
+        PendingRead(self, request_id, params, last_index, project, cluster, tracker,
                     read.type_filter).start()
 
     def _read_request(self, req: dict[str, Any], kinds: list[type]) -> _ReadRequest:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
+import os
 import random
 import select
 import signal
@@ -509,3 +511,28 @@ def test_numpy_integers_are_integers(log):
     idx = log.append_buffer(b"abcd", np.array([0, 2, 4], dtype=np.uint32),
                             segments=np.array([1, 2], dtype=np.int16))
     assert len(idx) == 2
+
+
+def test_a_closed_log_stays_its_owners_while_the_owner_lock_is_held(tmp_path):
+    """owner_lock: the writer lock outlives close() for as long as the owner holds its lock
+    (what lets the server close idle logs and stay the only writer of its data directory)."""
+    path = tmp_path / "log"
+    owner_path = tmp_path / "owner.lock"
+    owner = os.open(owner_path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(owner, fcntl.LOCK_EX)
+    try:
+        with fluxcore.Log(path, owner_lock=owner_path) as lg:
+            lg.append(b"one")
+        with pytest.raises(fluxcore.LogLockedError, match=r"owner\.lock"):
+            fluxcore.Log(path)  # closed, but still the owner's
+        with fluxcore.Log(path, readonly=True) as reader:  # readers are never refused
+            assert [p for _, p in read_all(reader)] == [b"one"]
+        with fluxcore.Log(path, owner_lock=owner_path) as lg:  # the owner reopens it
+            lg.append(b"two")
+    finally:
+        os.close(owner)  # the owner is gone: the log is free again
+    with fluxcore.Log(path) as lg:
+        assert [p for _, p in read_all(lg)] == [b"one", b"two"]
+    other = tmp_path / "other.lock"
+    with fluxcore.Log(path, owner_lock=other) as lg:  # nobody holds other.lock: no matter
+        lg.append(b"three")

@@ -289,7 +289,11 @@ def low_descriptor_limit() -> None:
 
 @pytest.mark.slow
 def test_many_topics_under_a_low_descriptor_limit(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "data", env={"FLUXCORE_SEGMENT_FILE_SIZE": str(MIB)},
+    """With more logs allowed open than the descriptors hold (max_open_logs set high, the
+    LRU never closes one), the logs past the limit are refused. test_service_open_logs.py
+    has the same topics with the LRU at its automatic size: none refused."""
+    server = ServerProcess(tmp_path / "data", env={"FLUXCORE_SEGMENT_FILE_SIZE": str(MIB),
+                                                   "FLUXCORE_MAX_OPEN_LOGS": "100000"},
                            preexec_fn=low_descriptor_limit).start()
     try:
         stored: dict[str, list[int]] = {}
@@ -505,4 +509,53 @@ def test_one_append_reaches_every_waiting_consumer_with_its_own_answer(
             assert last_index == int(indexes[max(count, 2 if kind == 1 else 1) - 1]), kind
     finally:
         for _kind, conn in waiting:
+            conn.close()
+
+
+def test_shared_batches_beyond_the_socket_buffers_arrive_whole_and_in_order(
+        server: ServerProcess) -> None:
+    """A frame shared by waiting reads is written straight to each socket; what a socket does
+    not take at once (consumers with small receive windows that do not read for six rounds
+    of 1 MB batches) follows through the connection's transport, and later frames queue
+    behind it: every consumer gets every batch whole, in order, with its own request ids."""
+    with Client.connect(server.address, token=TOKEN, name="setup") as client:
+        first = client.publish(MessageType.EVENT, b"before")
+    assert first is not None
+    host, port = server.address.rsplit(":", 1)
+    conns = []
+    for _ in range(4):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, int(port)))
+        conn = Raw.__new__(Raw)
+        conn.sock, conn.buf = sock, b""
+        conn.hello()
+        conns.append(conn)
+    rounds = 6
+    last = first
+    published = []
+    try:
+        with Client.connect(server.address, token=TOKEN, name="publisher") as client:
+            for round_ in range(rounds):
+                for i, conn in enumerate(conns):
+                    parked_read(conn, 100 * round_ + i, f"big-{i}", client_index=True,
+                                last_index=last)
+                time.sleep(0.3)
+                payloads = [bytes([round_, k]) * 100_000 for k in range(5)]  # 1 MB, one batch
+                indexes = client.publish_batch(MessageType.EVENT, payloads, type="Big")
+                assert indexes is not None
+                last = int(indexes[-1])
+                published.append((last, payloads))
+        for i, conn in enumerate(conns):
+            for round_, (last_index, payloads) in enumerate(published):
+                reply = conn.recv_frame(30)
+                assert reply is not None
+                op, request_id, body = reply
+                assert (op, request_id) == (BATCH, 100 * round_ + i)
+                assert struct.unpack_from("<QI", body, 8) == (last_index, 5)
+                for payload in payloads:
+                    assert payload in body, (i, round_)
+        assert_healthy(server)
+    finally:
+        for conn in conns:
             conn.close()
