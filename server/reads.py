@@ -219,8 +219,9 @@ class PendingRead:
 
     def _read(self, start: int, seg_range: tuple[int, int]) -> Any:
         # Looked up at each read: an idle log may have been closed since the last (open_logs.py).
-        return self.project.log(self.params.log_name).read(start, max_count=self.params.max_size,
-                             segments=None if self.params.ignore_segment else seg_range)
+        return self.project.log(self.params.log_name).read(
+            start, max_count=self.params.max_size,
+            segments=None if self.params.ignore_segment else seg_range)
 
     def _frame(self, request_id: int, batch: Any, positions: Any, start: int,
                seg_range: tuple[int, int]) -> tuple[bytes, int, bool]:
@@ -233,7 +234,8 @@ class PendingRead:
             request_id, batch, positions, self.session.client_id, params.tracker_id,
             params.filter_target, mask, seg_range[0], seg_range[1],
             batch.next_after if scanned else 0,
-            len(batch) < params.max_size and self.log.last_index <= batch.next_after)
+            len(batch) < params.max_size
+            and self.project.last_index(params.log_name) <= batch.next_after)
         return frame, count, scanned
 
     def _share_key(self, positions: Any, start: int, seg_range: tuple[int, int]) -> object:
