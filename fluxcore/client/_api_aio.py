@@ -1,9 +1,15 @@
-"""The operations of the clients, written once: this file for `AsyncClient`, and `_api_sync.py`,
+"""What the clients share, written once: this file for `AsyncClient`, and `_api_sync.py`,
 generated from it by tools/async_to_sync.py (no async, no await, Async names renamed), for
-`Client`. Each client brings its own I/O: `_send`, `_wait` and `_start_consumer`."""
+`Client`: the operations, the bookkeeping of requests waiting for answers, the reader of
+request results and the handling of a consumer's batches. Each client brings its own I/O
+(a reader thread or an asyncio protocol, reconnecting, threads or tasks): `_send`, `_wait`,
+`_answer_ping`, `_start_consumer`, and the rest of its result reader and consumer."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import ssl
 import time
 from asyncio import Future
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -14,21 +20,31 @@ import numpy.typing as npt
 
 from fluxcore._ext import _proto
 from fluxcore._ext._proto import Message
-from fluxcore.protocol import Guarantee, MessageType, Op, decode_control
+from fluxcore.protocol import FrameError, Guarantee, MessageType, Op, ProtocolError, decode_control
 
 from ._wire import (
+    FLAG_RESEND,
+    Answers,
+    Backoff,
     BatchReply,
+    Codec,
+    ConnectionLost,
     ConsumerSpec,
     Deadline,
     Relationship,
     Revisions,
     Scheduled,
+    TrackerCursor,
     ack_indexes,
     dispatcher,
+    fail_requests,
     log_request,
+    new_client_id,
+    parse_address,
     raise_for,
     relationship_lists,
     relationships_of,
+    results_spec,
     schedule_answer,
     schedule_request,
     scheduled_from,
@@ -38,16 +54,98 @@ from ._wire import (
 from .search import AsyncSearchMethods
 
 if TYPE_CHECKING:
-    from .aio import AsyncBatchHandler, AsyncConsumer, AsyncHandler
+    from .aio import AsyncBatchHandler, AsyncClient, AsyncConsumer, AsyncHandler, AsyncResultReader
 
-__all__ = ["AsyncOperations"]
+__all__ = ["AsyncConsumerBase", "AsyncOperations", "AsyncResultReaderBase", "Pending"]
+
+logger = logging.getLogger("fluxcore.client")
 
 Reply = tuple[int, bytes]
 T = TypeVar("T")
 
 
+class Pending:
+    """A request waiting for its answer; `frame` is kept for a resend after a reconnect."""
+
+    __slots__ = ("frame", "future", "resend")
+
+    def __init__(self, frame: bytes, resend: bool) -> None:
+        self.frame = frame
+        self.resend = resend  # an append: resent marked RESEND, the server stores what it lacks
+        self.future: Future[Reply] = Future()
+
+    def resend_frame(self) -> bytes:
+        frame = self.frame
+        if not self.resend:
+            return frame
+        return frame[:5] + bytes([frame[5] | FLAG_RESEND]) + frame[6:]
+
+
 class AsyncOperations(AsyncSearchMethods):
     """What the client does, in terms of sending a frame and waiting for its answer."""
+
+    def _init_state(self, address: str, token: str, name: str, project: str,
+                    client_id: str | None, reconnect: bool, tls: ssl.SSLContext | None,
+                    connect_timeout: float) -> None:
+        self.host, self.port = parse_address(address)
+        self.client_id = client_id or new_client_id()
+        self.name = name
+        self._codec = Codec(self.client_id, name, project, token)
+        self._reconnect = reconnect
+        self._tls = tls
+        self._connect_timeout = connect_timeout
+        self._pending: dict[int, Pending] = {}
+        self._closed = False
+        self._gone: BaseException | None = None  # why the client stopped reconnecting
+        self._backoff = Backoff()
+        self._consumers: list[AsyncConsumer] = []
+        self._results: AsyncResultReader | None = None
+        # The next READ of results, when it is not out yet: it goes out in front of the next
+        # frame written (see _write and the result reader's `delivered`).
+        self._owed: AsyncResultReader | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _answer_ping(self, request_id: int) -> None:
+        raise NotImplementedError
+
+    def _deliver(self, op: int, request_id: int, body: bytes) -> None:
+        """A frame from the server: to whoever waits for it."""
+        if op == Op.PING:  # the server checks that we are still there
+            self._answer_ping(request_id)
+            return
+        pending = self._pending.pop(request_id, None)
+        if pending is not None:
+            results = self._results
+            if results is not None and request_id == results.request_id:
+                # Results go to the callers waiting for them right here: no hand-off.
+                results.delivered(op, body)
+                return
+            if not pending.future.done():
+                pending.future.set_result((op, body))
+        elif op == Op.ERROR:
+            logger.error("server error for request %d: %s", request_id, decode_control(body))
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        for request_id in list(self._pending):
+            pending = self._pending.pop(request_id, None)
+            if pending is not None and not pending.future.done():
+                pending.future.set_exception(exc)
+
+    def _owed_read(self) -> bytes:
+        """The owed READ of results, registered for a resend (sync: under the send lock). It
+        goes out last in its write: the frames before it (a request, a handler's results) are
+        what someone waits for; the READ only has to be there before the result it reads."""
+        results, self._owed = self._owed, None
+        if results is None or results.stopped:
+            return b""
+        request_id = self._codec.next_request_id()
+        frame = results.frame(request_id)
+        pending = self._pending[request_id] = Pending(frame, False)
+        pending.future.add_done_callback(results.failed)
+        return frame
 
     async def _send(self, frame_of: Callable[[int], bytes], *, answer: bool,
                     append: bool = False, prefix: bytes = b"") -> Future[Reply] | None:
@@ -396,3 +494,93 @@ class AsyncOperations(AsyncSearchMethods):
         """Writes ready-made frames (answers to requests) as one write."""
         if frames:
             await self._send(lambda _rid: frames, answer=False)
+
+
+class AsyncResultReaderBase:
+    """Reads the results of this client's requests: a READ of the RESULT log, filtered to this
+    client by the server, waiting there while requests wait. The client's reader hands over
+    each batch as it comes (`delivered`); the results settle the waiting requests."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+        spec = results_spec(client.name)
+        self.tracker_id = spec.tracker_ids(client.client_id)[0]
+        self.cursor = TrackerCursor(spec, client._codec, self.tracker_id)
+        self.request_id = -1  # of the READ out now (sync: set under the send lock)
+        self.stopped = False
+
+    def frame(self, request_id: int) -> bytes:
+        self.request_id = request_id
+        return self.client._codec.control(Op.READ, request_id, self.cursor.request())
+
+    def delivered(self, op: int, body: bytes) -> None:
+        raise NotImplementedError
+
+    def _batch(self, op: int, body: bytes) -> BatchReply | None:
+        """The batch the READ got, or None if it failed (its waiting requests then fail)."""
+        client = self.client
+        self.request_id = -1
+        try:
+            raise_for(op, body)
+            reply = BatchReply(body)
+        except (ProtocolError, FrameError) as exc:
+            logger.error("reading the results of requests failed: %s", exc)
+            self.stopped = True
+            client._results = None  # the next request starts a new reader
+            fail_requests(client._requests, exc)
+            return None
+        self.cursor.advance(reply)
+        return reply
+
+    def failed(self, future: Future[Reply]) -> None:
+        # Only ConnectionLost completes the READ's future (answers are taken in _deliver):
+        # the client is closed, or gone for good; its waiting callers learn it now.
+        exc = None if future.cancelled() else future.exception()
+        if exc is not None and not self.client.closed:
+            fail_requests(self.client._requests, exc)
+
+    async def stop(self) -> None:
+        """Ends the READ that waits at the server (its answer sends no other)."""
+        self.stopped = True
+        client, spec = self.client, self.cursor.spec
+        client._owed = None
+        with contextlib.suppress(ProtocolError, ConnectionLost, OSError, TimeoutError):
+            await client.disconnect_tracker(spec.name, spec.message_type, self.tracker_id)
+
+
+class AsyncConsumerBase:
+    """The trackers of one consumer in this client, and how they handle a batch."""
+
+    def __init__(self, client: AsyncClient, spec: ConsumerSpec,
+                 handler: AsyncHandler | AsyncBatchHandler) -> None:
+        self.client = client
+        self.spec = spec
+        self.name = spec.name
+        self.message_type = spec.message_type
+        self.handler = handler
+        self.tracker_ids = spec.tracker_ids(client.client_id)
+        self._handling: set[str] = set()  # trackers handling a batch now
+        self.handled = 0
+        self.errors = 0
+
+    async def _call_handler(self, value: Any) -> Any:
+        """The handler's answer to a message (or a batch)."""
+        raise NotImplementedError
+
+    async def _handle(self, messages: list[Message]) -> bytes:
+        """Runs the handler; returns the frames owed to requesters."""
+        answers = Answers(self.spec)
+        if self.spec.batch:
+            try:
+                await self._call_handler(messages)
+            except Exception as exc:  # noqa: BLE001 - logged by Answers; the tracker goes on
+                answers.failed(None, exc)
+        else:
+            for message in messages:
+                try:
+                    answers.handled(message, await self._call_handler(message))
+                except Exception as exc:  # noqa: BLE001 - to the requester, or logged
+                    answers.failed(message, exc)
+        self.handled += len(messages)
+        self.errors += answers.errors
+        return answers.frames(self.client._codec)

@@ -21,24 +21,14 @@ from fluxcore.protocol import (
     MessageType,
     Op,
     ProtocolError,
-    decode_control,
 )
 
-from ._api_aio import AsyncOperations
+from ._api_aio import AsyncConsumerBase, AsyncOperations, AsyncResultReaderBase, Pending
 from ._wire import (
-    FLAG_RESEND,
-    Answers,
-    Backoff,
-    BatchReply,
-    Codec,
     ConnectionLost,
     ConsumerSpec,
     TrackerCursor,
-    fail_requests,
-    new_client_id,
-    parse_address,
     raise_for,
-    results_spec,
     settle_results,
 )
 
@@ -59,15 +49,6 @@ _current_batch: ContextVar[tuple[str, tuple[int, int]] | None] = ContextVar(
 def current_batch() -> tuple[str, tuple[int, int]] | None:
     """In a handler called by a tracker: (tracker id, its segment range [start, end))."""
     return _current_batch.get()
-
-
-class _Pending:
-    __slots__ = ("frame", "future", "resend")
-
-    def __init__(self, frame: bytes, resend: bool, future: asyncio.Future[Reply]) -> None:
-        self.frame = frame
-        self.resend = resend
-        self.future = future
 
 
 class _Protocol(asyncio.Protocol):
@@ -130,25 +111,11 @@ class AsyncClient(AsyncOperations):
                  project: str = "public", client_id: str | None = None,
                  reconnect: bool = True, tls: ssl.SSLContext | None = None,
                  connect_timeout: float = 10.0) -> None:
-        self.host, self.port = parse_address(address)
-        self.client_id = client_id or new_client_id()
-        self.name = name
-        self._codec = Codec(self.client_id, name, project, token)
-        self._reconnect = reconnect
-        self._tls = tls
-        self._connect_timeout = connect_timeout
+        self._init_state(address, token, name, project, client_id, reconnect, tls,
+                         connect_timeout)
         self._protocol: _Protocol | None = None
-        self._pending: dict[int, _Pending] = {}
-        self._closed = False
-        self._gone: BaseException | None = None  # why the client stopped reconnecting
         self._reconnecting: asyncio.Task[None] | None = None
-        self._backoff = Backoff()
-        self._consumers: list[AsyncConsumer] = []
         self._requests: dict[int, asyncio.Future[Message]] = {}
-        self._results: AsyncResultReader | None = None
-        # The next READ of results, when it is not out yet: it goes out in front of the next
-        # frame written.
-        self._owed: AsyncResultReader | None = None
 
     @classmethod
     async def connect(cls, address: str, **options: Any) -> AsyncClient:
@@ -188,23 +155,10 @@ class AsyncClient(AsyncOperations):
             raise
         return protocol
 
-    def _deliver(self, op: int, request_id: int, body: bytes) -> None:
-        if op == Op.PING:  # the server checks that we are still there
-            protocol = self._protocol
-            if protocol is not None and protocol.transport is not None:
-                protocol.transport.write(_proto.frame_header(Op.PONG, request_id, 0))
-            return
-        pending = self._pending.pop(request_id, None)
-        if pending is not None:
-            results = self._results
-            if results is not None and request_id == results.request_id:
-                # Results go to the waiting requests right here: no task in between.
-                results.delivered(op, body)
-                return
-            if not pending.future.done():
-                pending.future.set_result((op, body))
-        elif op == Op.ERROR:
-            logger.error("server error for request %d: %s", request_id, decode_control(body))
+    def _answer_ping(self, request_id: int) -> None:
+        protocol = self._protocol
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.write(_proto.frame_header(Op.PONG, request_id, 0))
 
     def _connection_lost(self, protocol: _Protocol, exc: Exception | None) -> None:
         if protocol is not self._protocol or self._closed:
@@ -257,17 +211,8 @@ class AsyncClient(AsyncOperations):
                 self._protocol = protocol
                 self._backoff.connected()
                 for pending in list(self._pending.values()):
-                    frame = pending.frame
-                    if pending.resend:  # an append: the server stores only what it lacks
-                        frame = frame[:5] + bytes([frame[5] | FLAG_RESEND]) + frame[6:]
-                    transport.write(frame)
+                    transport.write(pending.resend_frame())
                 return
-
-    def _fail_pending(self, exc: BaseException) -> None:
-        for request_id in list(self._pending):
-            pending = self._pending.pop(request_id)
-            if not pending.future.done():
-                pending.future.set_exception(exc)
 
     async def _send(self, frame_of: Callable[[int], bytes], *, answer: bool,
                     append: bool = False, prefix: bytes = b"") -> asyncio.Future[Reply] | None:
@@ -285,16 +230,13 @@ class AsyncClient(AsyncOperations):
                prefix: bytes = b"") -> asyncio.Future[Reply] | None:
         if self._closed or self._gone is not None:
             raise ConnectionLost("the client is closed" if self._closed else str(self._gone))
-        # The owed READ of results goes last: the frames before it (a request, a handler's
-        # results) are what someone waits for; the READ only has to be there before the
-        # result it reads can come.
-        owed = self._owed_read() if self._owed is not None else b""
+        owed = self._owed_read() if self._owed is not None else b""  # goes last
         request_id = self._codec.next_request_id()
         frame = frame_of(request_id)
         future = None
         if answer:
-            future = asyncio.get_running_loop().create_future()
-            self._pending[request_id] = _Pending(frame, append, future)
+            pending = self._pending[request_id] = Pending(frame, append)
+            future = pending.future
         protocol = self._protocol
         # A closing transport is about to be reported lost: what waits for an answer is
         # resent on the next connection (uvloop refuses a write to a closed transport).
@@ -304,18 +246,6 @@ class AsyncClient(AsyncOperations):
         elif not self._reconnect:
             raise ConnectionLost("not connected")
         return future
-
-    def _owed_read(self) -> bytes:
-        """The owed READ of results, registered for a resend."""
-        results, self._owed = self._owed, None
-        if results is None or results.stopped:
-            return b""
-        request_id = self._codec.next_request_id()
-        frame = results.frame(request_id)
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = _Pending(frame, False, future)
-        future.add_done_callback(results.failed)
-        return frame
 
     async def _wait(self, future: asyncio.Future[T], timeout: float | None) -> T:
         """The future's result, or TimeoutError after `timeout` seconds. Unlike wait_for, this
@@ -414,47 +344,22 @@ class AsyncClient(AsyncOperations):
         for future in self._requests.values():
             future.cancel()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
 
 def _time_out(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.set_exception(TimeoutError())
 
 
-class AsyncResultReader:
-    """Reads the results of this client's requests, as ResultReader of the sync client: a
-    READ waiting at the server while requests wait, whose batches the protocol hands over as
-    they come; it settles the waiting requests, and the next READ goes out at once if
-    requests still wait, else with the next request."""
-
-    def __init__(self, client: AsyncClient) -> None:
-        self.client = client
-        spec = results_spec(client.name)
-        self.tracker_id = spec.tracker_ids(client.client_id)[0]
-        self.cursor = TrackerCursor(spec, client._codec, self.tracker_id)
-        self.request_id = -1  # of the READ out now
-        self.stopped = False
-
-    def frame(self, request_id: int) -> bytes:
-        self.request_id = request_id
-        return self.client._codec.control(Op.READ, request_id, self.cursor.request())
+class AsyncResultReader(AsyncResultReaderBase):
+    """Reads the results of this client's requests, as ResultReader of the sync client: the
+    protocol hands over each batch as it comes; it settles the waiting requests, and the next
+    READ goes out at once if requests still wait, else with the next request."""
 
     def delivered(self, op: int, body: bytes) -> None:
-        client = self.client
-        self.request_id = -1
-        try:
-            raise_for(op, body)
-            reply = BatchReply(body)
-        except (ProtocolError, FrameError) as exc:
-            logger.error("reading the results of requests failed: %s", exc)
-            self.stopped = True
-            client._results = None  # the next request starts a new reader
-            fail_requests(client._requests, exc)
+        reply = self._batch(op, body)
+        if reply is None:
             return
-        self.cursor.advance(reply)
+        client = self.client
         settle_results(client._requests, reply.messages)
         if not self.stopped and not client.closed:
             # The next READ: now if other requests wait, else in front of the next request.
@@ -462,37 +367,15 @@ class AsyncResultReader:
             if client._requests:
                 client._write(lambda _rid: b"", False)
 
-    def failed(self, future: asyncio.Future[Reply]) -> None:
-        # Only ConnectionLost completes the READ's future (answers are taken in _deliver).
-        exc = None if future.cancelled() else future.exception()
-        if exc is not None and not self.client.closed:
-            fail_requests(self.client._requests, exc)
 
-    async def stop(self) -> None:
-        """Ends the READ that waits at the server (its answer sends no other)."""
-        self.stopped = True
-        self.client._owed = None
-        spec = self.cursor.spec
-        with contextlib.suppress(ProtocolError, ConnectionLost, OSError, asyncio.TimeoutError):
-            await self.client.disconnect_tracker(spec.name, spec.message_type, self.tracker_id)
-
-
-class AsyncConsumer:
+class AsyncConsumer(AsyncConsumerBase):
     """The trackers of one consumer in this client: a task each."""
 
     def __init__(self, client: AsyncClient, spec: ConsumerSpec,
                  handler: AsyncHandler | AsyncBatchHandler) -> None:
-        self.client = client
-        self.spec = spec
-        self.name = spec.name
-        self.message_type = spec.message_type
-        self.handler = handler
-        self.tracker_ids = spec.tracker_ids(client.client_id)
+        super().__init__(client, spec, handler)
         self._stopping = False
-        self._handling: set[str] = set()  # trackers handling a batch now
         self._tasks: list[asyncio.Task[None]] = []
-        self.handled = 0
-        self.errors = 0
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -541,24 +424,6 @@ class AsyncConsumer:
         except (ProtocolError, ConnectionLost, OSError, TimeoutError) as exc:
             logger.error("tracker %s: storing its position or leaving failed: %s",
                          tracker_id, exc)
-
-    async def _handle(self, messages: list[Message]) -> bytes:
-        """Runs the handler; returns the frames owed to requesters."""
-        answers = Answers(self.spec)
-        if self.spec.batch:
-            try:
-                await self._call_handler(messages)
-            except Exception as exc:  # noqa: BLE001 - logged by Answers; the tracker goes on
-                answers.failed(None, exc)
-        else:
-            for message in messages:
-                try:
-                    answers.handled(message, await self._call_handler(message))
-                except Exception as exc:  # noqa: BLE001 - to the requester, or logged
-                    answers.failed(message, exc)
-        self.handled += len(messages)
-        self.errors += answers.errors
-        return answers.frames(self.client._codec)
 
     async def stop(self) -> None:
         if self._stopping:

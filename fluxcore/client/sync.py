@@ -25,27 +25,17 @@ from fluxcore.protocol import (
     MessageType,
     Op,
     ProtocolError,
-    decode_control,
 )
 
-from ._api_sync import Operations
+from ._api_sync import ConsumerBase, Operations, Pending, ResultReaderBase
 from ._wire import (
-    FLAG_RESEND,
-    Answers,
-    Backoff,
-    BatchReply,
-    Codec,
     ConnectionLost,
     ConsumerSpec,
     RequestError,
     TrackerCursor,
     WebResponse,
-    fail_requests,
-    new_client_id,
-    parse_address,
     raise_for,
     result_frames,
-    results_spec,
     settle_results,
 )
 
@@ -66,17 +56,6 @@ def current_batch() -> tuple[str, tuple[int, int]] | None:
     """In a handler called by a tracker: (tracker id, its segment range [start, end))."""
     value: tuple[str, tuple[int, int]] | None = getattr(_current_batch, "value", None)
     return value
-
-
-class _Pending:
-    """A request waiting for its answer; `frame` is kept for a resend after a reconnect."""
-
-    __slots__ = ("frame", "future", "resend")
-
-    def __init__(self, frame: bytes, resend: bool) -> None:
-        self.frame = frame
-        self.resend = resend
-        self.future: concurrent.futures.Future[Reply] = concurrent.futures.Future()
 
 
 class _Waiter:
@@ -132,28 +111,14 @@ class Client(Operations):
         reconnect: bool = True,
         tls: ssl.SSLContext | None = None,
     ) -> None:
-        self.host, self.port = parse_address(address)
-        self.client_id = client_id or new_client_id()
-        self.name = name
-        self._codec = Codec(self.client_id, name, project, token)
-        self._connect_timeout = connect_timeout
-        self._reconnect = reconnect
-        self._tls = tls
+        self._init_state(address, token, name, project, client_id, reconnect, tls,
+                         connect_timeout)
         self._send_lock = threading.Lock()
-        self._pending: dict[int, _Pending] = {}
-        self._closed = False
-        self._gone: BaseException | None = None  # why the client stopped reconnecting
         self._resender: threading.Thread | None = None  # resends after a reconnect
-        self._backoff = Backoff()
         self._connected = threading.Event()
         self._sock: socket.socket | None = None
-        self._consumers: list[Consumer] = []
         self._requests: dict[int, concurrent.futures.Future[Message] | _Waiter] = {}
-        self._results: ResultReader | None = None
         self._results_lock = threading.Lock()
-        # The next READ of results, when it is not out yet: it goes out in front of the next
-        # frame written (see _write and ResultReader.delivered).
-        self._owed: ResultReader | None = None
         self._open_connection()
         self._reader = threading.Thread(target=self._read_loop, name="fluxcore-client-reader",
                                         daemon=True)
@@ -244,22 +209,6 @@ class Client(Operations):
                 if not self._recover(exc):
                     return
 
-    def _deliver(self, op: int, request_id: int, body: bytes) -> None:
-        if op == Op.PING:  # the server checks that we are still there
-            self._answer_ping(request_id)
-            return
-        pending = self._pending.pop(request_id, None)
-        if pending is not None:
-            results = self._results
-            if results is not None and request_id == results.request_id:
-                # Results go to the callers waiting for them from this thread: no hand-off.
-                results.delivered(op, body)
-                return
-            pending.future.set_result((op, body))
-        elif op == Op.ERROR:
-            err = decode_control(body)
-            logger.error("server error for request %d: %s", request_id, err)
-
     def _answer_ping(self, request_id: int) -> None:
         # The reader thread never waits for the send lock, nor on a full socket: a sender
         # holding the lock may wait for the server, which may wait for us to read. Whoever
@@ -317,8 +266,7 @@ class Client(Operations):
             if self._closed:
                 sock.close()
                 return False
-            frames = [p.frame[:5] + bytes([p.frame[5] | FLAG_RESEND]) + p.frame[6:]
-                      if p.resend else p.frame for p in self._pending.values()]
+            frames = [p.resend_frame() for p in self._pending.values()]
             self._sock = sock
             self._resender = threading.Thread(
                 target=self._resend, args=(sock, frames), name="fluxcore-client-resend",
@@ -357,12 +305,6 @@ class Client(Operations):
         self._gone = exc
         self._fail_pending(exc)
 
-    def _fail_pending(self, exc: BaseException) -> None:
-        for request_id in list(self._pending):
-            pending = self._pending.pop(request_id, None)
-            if pending is not None and not pending.future.done():
-                pending.future.set_exception(exc)
-
     def _send(self, frame_of: Callable[[int], bytes], *, answer: bool, append: bool = False,
               prefix: bytes = b"") -> concurrent.futures.Future[Reply] | None:
         """Sends the frame built for a fresh request id; returns the future of its answer.
@@ -377,18 +319,15 @@ class Client(Operations):
         return pending.future if pending is not None else None
 
     def _write(self, frame_of: Callable[[int], bytes], answer: bool, append: bool,
-               prefix: bytes) -> _Pending | None:
+               prefix: bytes) -> Pending | None:
         """With the send lock held: one write of `prefix`, the new request's frame, and the
         owed READ of results if there is one."""
-        # The owed READ of results goes last: the frames before it (a request, a handler's
-        # results) are what someone waits for; the READ only has to be there before the
-        # result it reads can come.
-        owed = self._owed_read() if self._owed is not None else b""
+        owed = self._owed_read() if self._owed is not None else b""  # goes last
         request_id = self._codec.next_request_id()
         frame = frame_of(request_id)
         pending = None
         if answer:
-            pending = self._pending[request_id] = _Pending(frame, append)
+            pending = self._pending[request_id] = Pending(frame, append)
         try:
             if self._sock is None:
                 raise ConnectionResetError("not connected")
@@ -401,17 +340,6 @@ class Client(Operations):
                 with contextlib.suppress(OSError):
                     self._sock.shutdown(socket.SHUT_RDWR)
         return pending
-
-    def _owed_read(self) -> bytes:
-        """With the send lock held: the owed READ of results, registered for a resend."""
-        results, self._owed = self._owed, None
-        if results is None or results.stopped:
-            return b""
-        request_id = self._codec.next_request_id()
-        frame = results.frame(request_id)
-        pending = self._pending[request_id] = _Pending(frame, False)
-        pending.future.add_done_callback(results.failed)
-        return frame
 
     def _send_owed(self) -> None:
         """Sends the owed READ of results now, unless the send lock is taken. The reader
@@ -560,43 +488,18 @@ class Client(Operations):
             if future is not None:
                 future.cancel()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
-
-class ResultReader:
-    """Reads the results of this client's requests: a READ of the RESULT log, filtered to this
-    client by the server, waiting there while requests wait. The reader thread handles each
-    batch as it comes: it wakes the callers waiting for those results itself, and the next
-    READ goes out at once if requests still wait, else with the next request."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        spec = results_spec(client.name)
-        self.tracker_id = spec.tracker_ids(client.client_id)[0]
-        self.cursor = TrackerCursor(spec, client._codec, self.tracker_id)
-        self.request_id = -1  # of the READ out now (set under the send lock, before sending)
-        self.stopped = False
-
-    def frame(self, request_id: int) -> bytes:
-        self.request_id = request_id
-        return self.client._codec.control(Op.READ, request_id, self.cursor.request())
+class ResultReader(ResultReaderBase):
+    """Reads the results of this client's requests. The reader thread handles each batch as
+    it comes: it wakes the callers waiting for those results itself, and the next READ goes
+    out at once if requests still wait, else with the next request."""
 
     def delivered(self, op: int, body: bytes) -> None:
         """A batch (in the reader thread): results to their callers, then the next READ."""
-        client = self.client
-        self.request_id = -1
-        try:
-            raise_for(op, body)
-            reply = BatchReply(body)
-        except (ProtocolError, FrameError) as exc:
-            logger.error("reading the results of requests failed: %s", exc)
-            self.stopped = True
-            client._results = None  # the next request starts a new reader
-            fail_requests(client._requests, exc)
+        reply = self._batch(op, body)
+        if reply is None:
             return
-        self.cursor.advance(reply)
+        client = self.client
         # The next READ: now if other requests wait, else in front of the next request (one
         # write for both). Owed before the callers wake, so that their next request takes it;
         # a request sent meanwhile is in `requests` by the time this looks (_send_owed).
@@ -607,40 +510,19 @@ class ResultReader:
         if requests and client._owed is self:
             client._send_owed()
 
-    def failed(self, future: concurrent.futures.Future[Reply]) -> None:
-        # Only ConnectionLost completes the READ's future (answers are taken in _deliver):
-        # the client is closed, or gone for good; its waiting callers learn it now.
-        exc = None if future.cancelled() else future.exception()
-        if exc is not None and not self.client.closed:
-            fail_requests(self.client._requests, exc)
 
-    def stop(self) -> None:
-        """Ends the READ that waits at the server (its answer sends no other)."""
-        self.stopped = True
-        client, spec = self.client, self.cursor.spec
-        client._owed = None
-        with contextlib.suppress(ProtocolError, ConnectionLost, OSError,
-                                 concurrent.futures.TimeoutError):
-            client.disconnect_tracker(spec.name, spec.message_type, self.tracker_id)
-
-
-class Consumer:
+class Consumer(ConsumerBase):
     """The trackers of one consumer in this client: a thread each."""
 
     def __init__(self, client: Client, spec: ConsumerSpec, handler: Handler | BatchHandler
                  ) -> None:
-        self.client = client
-        self.spec = spec
-        self.name = spec.name
-        self.message_type = spec.message_type
-        self.handler = handler
-        self.tracker_ids = spec.tracker_ids(client.client_id)
+        super().__init__(client, spec, handler)
         self._stop = threading.Event()
         self._lock = threading.Lock()  # orders stop() against a tracker starting on a batch
-        self._handling: set[str] = set()  # trackers handling a batch now
         self._threads: list[threading.Thread] = []
-        self.handled = 0
-        self.errors = 0
+
+    def _call_handler(self, value: Any) -> Any:
+        return self.handler(value)
 
     def start(self) -> None:
         for tracker_id in self.tracker_ids:
@@ -690,25 +572,6 @@ class Consumer:
         except (ProtocolError, ConnectionLost, OSError, concurrent.futures.TimeoutError) as exc:
             logger.error("tracker %s: storing its position or leaving failed: %s",
                          tracker_id, exc)
-
-    def _handle(self, messages: list[Message]) -> bytes:
-        """Runs the handler; returns the frames owed to requesters."""
-        answers = Answers(self.spec)
-        if self.spec.batch:
-            try:
-                self.handler(messages)  # type: ignore[arg-type]
-            except Exception as exc:  # noqa: BLE001 - logged by Answers; the tracker goes on
-                answers.failed(None, exc)
-        else:
-            handler = self.handler
-            for message in messages:
-                try:
-                    answers.handled(message, handler(message))  # type: ignore[arg-type]
-                except Exception as exc:  # noqa: BLE001 - to the requester, or logged
-                    answers.failed(message, exc)
-        self.handled += len(messages)
-        self.errors += answers.errors
-        return answers.frames(self.client._codec)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stops the trackers: each leaves its cluster, so its segments go to the others."""
