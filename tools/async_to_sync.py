@@ -35,6 +35,7 @@ RENAMES = {
     "AsyncHandler": "Handler",
     "AsyncIterator": "Iterator",
     "AsyncOperations": "Operations",
+    "AsyncReplyFuture": "ReplyFuture",
     "AsyncResultReader": "ResultReader",
     "AsyncResultReaderBase": "ResultReaderBase",
     "AsyncSearch": "Search",

@@ -22,6 +22,7 @@ from fluxcore._ext import _proto
 from fluxcore._ext._proto import Message
 from fluxcore.protocol import FrameError, Guarantee, MessageType, Op, ProtocolError, decode_control
 
+from ._futures import AsyncReplyFuture
 from ._wire import (
     FLAG_RESEND,
     Answers,
@@ -72,7 +73,7 @@ class Pending:
     def __init__(self, frame: bytes, resend: bool) -> None:
         self.frame = frame
         self.resend = resend  # an append: resent marked RESEND, the server stores what it lacks
-        self.future: Future[Reply] = Future()
+        self.future: AsyncReplyFuture[Reply] = AsyncReplyFuture()
 
     def resend_frame(self) -> bytes:
         frame = self.frame
@@ -148,13 +149,13 @@ class AsyncOperations(AsyncSearchMethods):
         return frame
 
     async def _send(self, frame_of: Callable[[int], bytes], *, answer: bool,
-                    append: bool = False, prefix: bytes = b"") -> Future[Reply] | None:
+                    append: bool = False, prefix: bytes = b"") -> AsyncReplyFuture[Reply] | None:
         """Sends the frame built for a fresh request id; returns the future of its answer.
         `prefix` (ready-made frames, say a handler's results) goes out in the same write,
         first, and is not resent after a reconnect."""
         raise NotImplementedError
 
-    async def _wait(self, future: Future[T], timeout: float | None) -> T:
+    async def _wait(self, future: AsyncReplyFuture[T] | Future[T], timeout: float | None) -> T:
         """The future's result, or TimeoutError after `timeout` seconds."""
         raise NotImplementedError
 
@@ -246,7 +247,7 @@ class AsyncOperations(AsyncSearchMethods):
             return None
         out: Future[npt.NDArray[np.uint64]] = Future()
 
-        def done(f: Future[Reply]) -> None:
+        def done(f: AsyncReplyFuture[Reply]) -> None:
             if out.done():
                 return
             if f.cancelled():
@@ -532,7 +533,7 @@ class AsyncResultReaderBase:
         self.cursor.advance(reply)
         return reply
 
-    def failed(self, future: Future[Reply]) -> None:
+    def failed(self, future: AsyncReplyFuture[Reply]) -> None:
         # Only ConnectionLost completes the READ's future (answers are taken in _deliver):
         # the client is closed, or gone for good; its waiting callers learn it now.
         exc = None if future.cancelled() else future.exception()

@@ -24,6 +24,7 @@ from fluxcore._ext import _proto
 from fluxcore._ext._proto import Message
 from fluxcore.protocol import FrameError, Guarantee, MessageType, Op, ProtocolError, decode_control
 
+from ._futures import ReplyFuture
 from ._wire import (
     FLAG_RESEND,
     Answers,
@@ -74,7 +75,7 @@ class Pending:
     def __init__(self, frame: bytes, resend: bool) -> None:
         self.frame = frame
         self.resend = resend  # an append: resent marked RESEND, the server stores what it lacks
-        self.future: Future[Reply] = Future()
+        self.future: ReplyFuture[Reply] = ReplyFuture()
 
     def resend_frame(self) -> bytes:
         frame = self.frame
@@ -150,13 +151,13 @@ class Operations(SearchMethods):
         return frame
 
     def _send(self, frame_of: Callable[[int], bytes], *, answer: bool,
-                    append: bool = False, prefix: bytes = b"") -> Future[Reply] | None:
+                    append: bool = False, prefix: bytes = b"") -> ReplyFuture[Reply] | None:
         """Sends the frame built for a fresh request id; returns the future of its answer.
         `prefix` (ready-made frames, say a handler's results) goes out in the same write,
         first, and is not resent after a reconnect."""
         raise NotImplementedError
 
-    def _wait(self, future: Future[T], timeout: float | None) -> T:
+    def _wait(self, future: ReplyFuture[T] | Future[T], timeout: float | None) -> T:
         """The future's result, or TimeoutError after `timeout` seconds."""
         raise NotImplementedError
 
@@ -248,7 +249,7 @@ class Operations(SearchMethods):
             return None
         out: Future[npt.NDArray[np.uint64]] = Future()
 
-        def done(f: Future[Reply]) -> None:
+        def done(f: ReplyFuture[Reply]) -> None:
             if out.done():
                 return
             if f.cancelled():
@@ -534,7 +535,7 @@ class ResultReaderBase:
         self.cursor.advance(reply)
         return reply
 
-    def failed(self, future: Future[Reply]) -> None:
+    def failed(self, future: ReplyFuture[Reply]) -> None:
         # Only ConnectionLost completes the READ's future (answers are taken in _deliver):
         # the client is closed, or gone for good; its waiting callers learn it now.
         exc = None if future.cancelled() else future.exception()

@@ -28,6 +28,7 @@ from fluxcore.protocol import (
 )
 
 from ._api_sync import ConsumerBase, Operations, Pending, ResultReaderBase
+from ._futures import ReplyFuture
 from ._wire import (
     ConnectionLost,
     ConsumerSpec,
@@ -58,44 +59,6 @@ def current_batch() -> tuple[str, tuple[int, int]] | None:
     return value
 
 
-class _Waiter:
-    """What `request` waits on: a lock held until the reader thread settles it; lighter than
-    a concurrent.futures.Future (no condition, no callbacks) on the path of every request.
-    Settled once: only whoever pops it from the client's `_requests` settles it."""
-
-    __slots__ = ("_error", "_lock", "_result", "_settled")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-        self._result: Message | None = None
-        self._error: BaseException | None = None
-        self._settled = False
-
-    def done(self) -> bool:
-        return self._settled
-
-    def set_result(self, result: Message) -> None:
-        self._result, self._settled = result, True
-        self._lock.release()
-
-    def set_exception(self, exception: BaseException) -> None:
-        self._error, self._settled = exception, True
-        self._lock.release()
-
-    def cancel(self) -> bool:
-        self.set_exception(concurrent.futures.CancelledError())
-        return True
-
-    def result(self, timeout: float | None) -> Message:
-        if not self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
-            raise TimeoutError(f"no result in {timeout:g} s")
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result
-
-
 class Client(Operations):
     """A connection to a fluxcore server. Thread-safe; also a context manager."""
 
@@ -117,7 +80,7 @@ class Client(Operations):
         self._resender: threading.Thread | None = None  # resends after a reconnect
         self._connected = threading.Event()
         self._sock: socket.socket | None = None
-        self._requests: dict[int, concurrent.futures.Future[Message] | _Waiter] = {}
+        self._requests: dict[int, concurrent.futures.Future[Message] | ReplyFuture[Message]] = {}
         self._results_lock = threading.Lock()
         self._open_connection()
         self._reader = threading.Thread(target=self._read_loop, name="fluxcore-client-reader",
@@ -306,7 +269,7 @@ class Client(Operations):
         self._fail_pending(exc)
 
     def _send(self, frame_of: Callable[[int], bytes], *, answer: bool, append: bool = False,
-              prefix: bytes = b"") -> concurrent.futures.Future[Reply] | None:
+              prefix: bytes = b"") -> ReplyFuture[Reply] | None:
         """Sends the frame built for a fresh request id; returns the future of its answer.
         `prefix` (ready-made frames, say a handler's results) goes out in the same write,
         first, and is not resent after a reconnect."""
@@ -355,7 +318,8 @@ class Client(Operations):
         finally:
             self._send_lock.release()
 
-    def _wait(self, future: concurrent.futures.Future[T], timeout: float | None) -> T:
+    def _wait(self, future: ReplyFuture[T] | concurrent.futures.Future[T],
+              timeout: float | None) -> T:
         """The future's result, or TimeoutError after `timeout` seconds."""
         return future.result(timeout)
 
@@ -369,7 +333,10 @@ class Client(Operations):
         """Waits until every request sent so far is answered (STORED publishes acknowledged)."""
         with self._send_lock:
             futures = [p.future for p in self._pending.values() if p.resend]
-        concurrent.futures.wait(futures, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for future in futures:
+            if not future.wait(None if deadline is None else deadline - time.monotonic()):
+                return
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -407,7 +374,7 @@ class Client(Operations):
     ) -> Message:
         """Sends a command or query (of payload `type` at `revision`) and waits for its
         result; RequestError if the handler failed, TimeoutError if no result came in time."""
-        waiter = _Waiter()
+        waiter = ReplyFuture[Message]()
         number = self._request(waiter, message_type, payload, type, key, metadata, topic,
                                revision)
         try:
@@ -416,7 +383,7 @@ class Client(Operations):
             if not waiter.done():
                 self._requests.pop(number, None)
 
-    def _request(self, future: concurrent.futures.Future[Message] | _Waiter,
+    def _request(self, future: concurrent.futures.Future[Message] | ReplyFuture[Message],
                  message_type: MessageType, payload: bytes, payload_type: str,
                  key: str | bytes | None, metadata: dict[str, str] | None, topic: str | None,
                  revision: int) -> int:
