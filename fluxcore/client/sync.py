@@ -374,7 +374,7 @@ class Client(Operations):
     ) -> Message:
         """Sends a command or query (of payload `type` at `revision`) and waits for its
         result; RequestError if the handler failed, TimeoutError if no result came in time."""
-        waiter = ReplyFuture[Message]()
+        waiter: ReplyFuture[Message] = ReplyFuture()
         number = self._request(waiter, message_type, payload, type, key, metadata, topic,
                                revision)
         try:
