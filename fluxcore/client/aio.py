@@ -62,8 +62,8 @@ class _Protocol(asyncio.Protocol):
         self.lost: asyncio.Future[None] = loop.create_future()
         # The answer to HELLO: the first frame, or the error if the connection ends first.
         self.welcome: asyncio.Future[Reply] = loop.create_future()
-        self._writable = asyncio.Event()
-        self._writable.set()
+        self.writable = asyncio.Event()  # cleared while the transport's buffer is full
+        self.writable.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -86,7 +86,7 @@ class _Protocol(asyncio.Protocol):
         del buf[:consumed]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._writable.set()
+        self.writable.set()
         if not self.lost.done():
             self.lost.set_result(None)
         if not self.welcome.done():
@@ -95,13 +95,10 @@ class _Protocol(asyncio.Protocol):
         self.client._connection_lost(self, exc)
 
     def pause_writing(self) -> None:
-        self._writable.clear()
+        self.writable.clear()
 
     def resume_writing(self) -> None:
-        self._writable.set()
-
-    async def drain(self) -> None:
-        await self._writable.wait()
+        self.writable.set()
 
 
 class AsyncClient(AsyncOperations):
@@ -220,11 +217,20 @@ class AsyncClient(AsyncOperations):
         `prefix` (ready-made frames, say a handler's results) goes out in the same write,
         first, and is not resent after a reconnect."""
         future = self._write(frame_of, answer, append, prefix)
+        if self._paused():
+            await self._drain()
+        return future
+
+    def _paused(self) -> bool:
+        """Whether the socket buffer is full (backpressure): then writers wait (_drain)."""
+        protocol = self._protocol
+        return protocol is not None and not protocol.writable.is_set()
+
+    async def _drain(self) -> None:
         protocol = self._protocol
         if (protocol is not None and protocol.transport is not None
                 and not protocol.transport.is_closing()):
-            await protocol.drain()  # backpressure: wait while the socket buffer is full
-        return future
+            await protocol.writable.wait()
 
     def _write(self, frame_of: Callable[[int], bytes], answer: bool, append: bool = False,
                prefix: bytes = b"") -> asyncio.Future[Reply] | None:
@@ -280,8 +286,10 @@ class AsyncClient(AsyncOperations):
                              revision: int = 0) -> asyncio.Future[Message]:
         """Sends a command or query (of payload `type` at `revision`); returns the future of
         its result."""
-        number, future = await self._request(message_type, payload, type, key, metadata, topic,
-                                             revision)
+        number, future = self._request(message_type, payload, type, key, metadata, topic,
+                                       revision)
+        if self._paused():
+            await self._drain()
         # However it ends (result, timeout, cancel), the request stops being waited for.
         future.add_done_callback(lambda _f: self._requests.pop(number, None))
         return future
@@ -292,19 +300,21 @@ class AsyncClient(AsyncOperations):
                       revision: int = 0) -> Message:
         """Sends a command or query (of payload `type` at `revision`) and waits for its
         result; RequestError if the handler failed, TimeoutError if no result came in time."""
-        number, future = await self._request(message_type, payload, type, key, metadata, topic,
-                                             revision)
+        number, future = self._request(message_type, payload, type, key, metadata, topic,
+                                       revision)
         try:
+            if self._paused():
+                await self._drain()
             return await self._wait(future, timeout)
         finally:
             if not future.done():
                 future.cancel()
             self._requests.pop(number, None)
 
-    async def _request(self, message_type: MessageType, payload: bytes, payload_type: str,
-                       key: str | bytes | None, metadata: dict[str, str] | None,
-                       topic: str | None, revision: int
-                       ) -> tuple[int, asyncio.Future[Message]]:
+    def _request(self, message_type: MessageType, payload: bytes, payload_type: str,
+                 key: str | bytes | None, metadata: dict[str, str] | None, topic: str | None,
+                 revision: int) -> tuple[int, asyncio.Future[Message]]:
+        """Writes the request (the caller waits in _drain if the socket buffer is full)."""
         if self._results is None:  # its first READ goes out in front of the request
             self._owed = self._results = AsyncResultReader(self)
         codec = self._codec
@@ -312,10 +322,10 @@ class AsyncClient(AsyncOperations):
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._requests[number] = future
         try:
-            await self._send(lambda rid: codec.append(
+            self._write(lambda rid: codec.append(
                 rid, message_type, [payload], payload_type=payload_type,
                 guarantee=Guarantee.SENT, keys=None if key is None else [key], topic=topic,
-                metadata=metadata, message_request_id=number, revision=revision), answer=False)
+                metadata=metadata, message_request_id=number, revision=revision), False)
         except BaseException:
             self._requests.pop(number, None)
             raise
