@@ -75,3 +75,18 @@ def test_both_clients_offer_the_same_operations() -> None:
     for name in set(sync) & set(aio):
         assert list(sync[name].parameters) == list(aio[name].parameters), name
     assert set(public(Search)) == set(public(AsyncSearch))
+
+
+def test_transform_keeps_lines_aligned_under_their_bracket() -> None:
+    script = load_script()
+    source = (
+        "async def fetch(self, a: int,\n"
+        "                b: int) -> AsyncSearch:\n"
+        "    return await self._call(\n"
+        "        a, b)\n")
+    body = script.to_sync(source, "example.py").split("\n", 2)[2]
+    assert body == (
+        "def fetch(self, a: int,\n"
+        "          b: int) -> Search:\n"
+        "    return self._call(\n"
+        "        a, b)\n")

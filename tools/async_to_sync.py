@@ -78,16 +78,52 @@ def to_sync(text: str, source: str) -> str:
             edits.append((token.start, end, ""))
         elif token.string in RENAMES:
             edits.append((token.start, token.end, RENAMES[token.string]))
+    shifts = _realignments(tokens, edits)
     for (row, col), (end_row, end_col), replacement in reversed(edits):
         assert row == end_row, "a NAME token and its blank sit on one line"
         line = lines[row - 1]
         lines[row - 1] = line[:col] + replacement + line[end_col:]
+    for row, shift in shifts.items():
+        line = lines[row - 1]
+        if shift < 0:
+            lines[row - 1] = " " * -shift + line
+        elif line[:shift].isspace():
+            lines[row - 1] = line[shift:]
     out = header(source) + "".join(lines)
     tree = ast.parse(out, filename=source)
     for node in ast.walk(tree):
         if isinstance(node, ast.AsyncFunctionDef | ast.Await | ast.AsyncFor | ast.AsyncWith):
             raise SystemExit(f"{source}:{node.lineno}: async code left in the sync version")
     return out
+
+
+def _realignments(tokens: list[tokenize.TokenInfo],
+                  edits: list[tuple[tuple[int, int], tuple[int, int], str]]) -> dict[int, int]:
+    """How many columns to take from the start of each line aligned under an open bracket
+    (negative: to add), so that it stays aligned when the text before that bracket gets
+    shorter or longer (`async def f(a,` -> `def f(a,`). Hanging indents are left alone."""
+    shorter: dict[int, list[tuple[int, int]]] = {}  # row -> (column, columns fewer) per edit
+    for (row, col), (_end_row, end_col), replacement in edits:
+        shorter.setdefault(row, []).append((col, (end_col - col) - len(replacement)))
+    shifts: dict[int, int] = {}
+    open_brackets: list[tuple[int, int]] = []  # (row, column) of each bracket still open
+    row_seen = 0
+    for token in tokens:
+        row, col = token.start
+        if row > row_seen and token.type not in (tokenize.NL, tokenize.COMMENT):
+            row_seen = row
+            # The first token of a line inside brackets: aligned one past the innermost?
+            if open_brackets and col == open_brackets[-1][1] + 1:
+                bracket_row, bracket_col = open_brackets[-1]
+                moved = shifts.get(bracket_row, 0) + sum(
+                    fewer for at, fewer in shorter.get(bracket_row, []) if at < bracket_col)
+                if moved:
+                    shifts[row] = moved
+        if token.type == tokenize.OP and token.string in "([{":
+            open_brackets.append((row, col))
+        elif token.type == tokenize.OP and token.string in ")]}":
+            open_brackets.pop()
+    return shifts
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -151,7 +151,7 @@ class Operations(SearchMethods):
         return frame
 
     def _send(self, frame_of: Callable[[int], bytes], *, answer: bool,
-                    append: bool = False, prefix: bytes = b"") -> ReplyFuture[Reply] | None:
+              append: bool = False, prefix: bytes = b"") -> ReplyFuture[Reply] | None:
         """Sends the frame built for a fresh request id; returns the future of its answer.
         `prefix` (ready-made frames, say a handler's results) goes out in the same write,
         first, and is not resent after a reconnect."""
@@ -297,7 +297,7 @@ class Operations(SearchMethods):
         return bool(decode_control(body)["cancelled"])
 
     def get_schedule(self, schedule_id: str,
-                           timeout: float | None = 30.0) -> Scheduled | None:
+                     timeout: float | None = 30.0) -> Scheduled | None:
         """The pending schedule with this id, or None."""
         _op, body = self._call(Op.GET_SCHEDULE, {"id": schedule_id}, timeout)
         return scheduled_from(decode_control(body)["schedule"])
@@ -331,7 +331,7 @@ class Operations(SearchMethods):
         return int(decode_control(body)["last_sequence"][0])
 
     def get_events(self, aggregate_id: str, *, after_sequence: int = -1,
-                         page_size: int = 1000, timeout: float | None = 30.0) -> list[Message]:
+                   page_size: int = 1000, timeout: float | None = 30.0) -> list[Message]:
         """The aggregate's events after `after_sequence` (all by default), in order, read a
         page at a time; a message's `index` is its number in the stream."""
         events: list[Message] = []
@@ -363,21 +363,21 @@ class Operations(SearchMethods):
             "dissociations": relationship_lists(dissociations)}, timeout)
 
     def repair_relationships(self, aggregate_id: str, aggregate_type: str,
-                                   entity_ids: Iterable[str],
-                                   timeout: float | None = 30.0) -> None:
+                             entity_ids: Iterable[str],
+                             timeout: float | None = 30.0) -> None:
         """Makes `entity_ids` all the entities of the aggregate."""
         self._call(Op.REPAIR_RELATIONSHIPS, {
             "aggregate": aggregate_id, "aggregate_type": aggregate_type,
             "entities": list(entity_ids)}, timeout)
 
     def get_relationships(self, entity_id: str,
-                                timeout: float | None = 30.0) -> list[Relationship]:
+                          timeout: float | None = 30.0) -> list[Relationship]:
         """Every aggregate the entity belongs to."""
         _op, body = self._call(Op.GET_RELATIONSHIPS, {"entity": entity_id}, timeout)
         return relationships_of(body)
 
     def get_aggregate_ids(self, entity_id: str,
-                                timeout: float | None = 30.0) -> dict[str, str]:
+                          timeout: float | None = 30.0) -> dict[str, str]:
         """Aggregate id -> aggregate type, of every aggregate the entity belongs to."""
         found = self.get_relationships(entity_id, timeout)
         return {r.aggregate_id: r.aggregate_type for r in found}
@@ -385,15 +385,15 @@ class Operations(SearchMethods):
     # -- key-value store ---------------------------------------------------------------------
 
     def store_values(self, values: Mapping[str, bytes],
-                           timeout: float | None = 30.0) -> None:
+                     timeout: float | None = 30.0) -> None:
         """Stores each value under its key, overwriting, all in one transaction."""
         self._call(Op.STORE_VALUES, values_request(values, False), timeout)
 
     def store_value(self, key: str, value: bytes, *, if_absent: bool = False,
-                          timeout: float | None = 30.0) -> bool:
+                    timeout: float | None = 30.0) -> bool:
         """Stores one value; with `if_absent` only if the key has none. True if stored."""
         _op, body = self._call(Op.STORE_VALUES, values_request({key: value}, if_absent),
-                                     timeout)
+                               timeout)
         return bool(decode_control(body)["stored"][0])
 
     def get_value(self, key: str, timeout: float | None = 30.0) -> bytes | None:
@@ -439,48 +439,48 @@ class Operations(SearchMethods):
             from_index, purge_timeout_ms), handler)
 
     def read(self, request: dict[str, Any], timeout: float | None, *,
-                   answers: bytes = b"") -> BatchReply:
+             answers: bytes = b"") -> BatchReply:
         """One READ; `answers` (a handler's result frames) go out in the same write, first."""
         future = self._send(lambda rid: self._codec.control(Op.READ, rid, request),
-                                  answer=True, prefix=answers)
+                            answer=True, prefix=answers)
         assert future is not None
         op, body = self._wait(future, timeout)
         raise_for(op, body)
         return BatchReply(body)
 
     def store_position(self, consumer: str, message_type: MessageType,
-                             segment: tuple[int, int], last_index: int,
-                             topic: str | None = None) -> None:
+                       segment: tuple[int, int], last_index: int,
+                       topic: str | None = None) -> None:
         self._call(Op.STORE_POSITION, log_request(
             message_type, topic, consumer=consumer, segment=list(segment), last_index=last_index))
 
     def reset_position(self, consumer: str, message_type: MessageType, last_index: int,
-                             topic: str | None = None) -> None:
+                       topic: str | None = None) -> None:
         """Moves every segment of a consumer to `last_index`: replay from there ("time
         travel": use `index_from_time`) or skip ahead."""
         self._call(Op.RESET_POSITION, log_request(
             message_type, topic, consumer=consumer, last_index=last_index))
 
     def get_position(self, consumer: str, message_type: MessageType,
-                           topic: str | None = None) -> list[Any]:
+                     topic: str | None = None) -> list[Any]:
         _op, body = self._call(Op.GET_POSITION,
-                                     log_request(message_type, topic, consumer=consumer))
+                               log_request(message_type, topic, consumer=consumer))
         return list(decode_control(body)["position"])
 
     def disconnect_tracker(self, consumer: str, message_type: MessageType, tracker: str,
-                                 topic: str | None = None) -> None:
+                           topic: str | None = None) -> None:
         self._call(Op.DISCONNECT_TRACKER, log_request(
             message_type, topic, consumer=consumer, tracker=tracker, final_empty_batch=True))
 
     def read_from_index(self, message_type: MessageType, min_index: int = 0,
-                              max_size: int = 1024, topic: str | None = None) -> list[Message]:
+                        max_size: int = 1024, topic: str | None = None) -> list[Message]:
         """Messages with index >= min_index, with no consumer state."""
         _op, body = self._call(Op.READ_FROM_INDEX, log_request(
             message_type, topic, min_index=min_index, max_size=max_size))
         return BatchReply(body).messages
 
     def set_retention(self, message_type: MessageType, retention_ms: int | None,
-                            topic: str | None = None) -> None:
+                      topic: str | None = None) -> None:
         self._call(Op.SET_RETENTION, log_request(
             message_type, topic, retention_ms=retention_ms))
 
@@ -488,7 +488,7 @@ class Operations(SearchMethods):
         """Round trip time in seconds."""
         began = time.perf_counter()
         future = self._send(lambda rid: bytes(_proto.frame_header(Op.PING, rid, 0)),
-                                  answer=True)
+                            answer=True)
         assert future is not None
         self._wait(future, timeout)
         return time.perf_counter() - began

@@ -37,10 +37,10 @@ class Search(_Query):
 
     @overload
     def fetch(self, max_size: int | None = ..., *,
-                    type: None = ...) -> list[Document[Any]]: ...
+              type: None = ...) -> list[Document[Any]]: ...
     @overload
     def fetch(self, max_size: int | None = ..., *,
-                    type: type[T]) -> list[Document[T]]: ...
+              type: type[T]) -> list[Document[T]]: ...
     def fetch(self, max_size: int | None = None, *, type: Any = None) -> list[Any]:
         """The matching documents in order; at most max_size (None: all)."""
         _op, body = self._call(Op.SEARCH, self._search_request(max_size))
@@ -51,13 +51,13 @@ class Search(_Query):
         return found[0] if found else None
 
     def stream(self, page_size: int = 1000, *,
-                     type: Any = None) -> Iterator[Document[Any]]:
+               type: Any = None) -> Iterator[Document[Any]]:
         """Every matching document, fetched page by page after the last hit."""
         last: str | None = None
         first = True
         while True:
             _op, body = self._call(Op.SEARCH,
-                                         self._search_request(page_size, last, first))
+                                   self._search_request(page_size, last, first))
             page = documents_from(body, type)
             for document in page:
                 yield document
@@ -75,13 +75,13 @@ class Search(_Query):
         return list(decode_control(body)["stats"])
 
     def stats(self, fields: Iterable[str],
-                    group_by: Iterable[str] = ()) -> list[dict[str, Any]]:
+              group_by: Iterable[str] = ()) -> list[dict[str, Any]]:
         """[{fieldStats: {field: {count, min, max, sum, average}}, group: {path: value}}]."""
         _op, body = self._call(Op.DOCUMENT_STATS, _stats_request(self, fields, group_by))
         return list(decode_control(body)["stats"])
 
     def histogram(self, resolution: int = 100,
-                        max_size: int | None = None) -> dict[str, Any]:
+                  max_size: int | None = None) -> dict[str, Any]:
         """{since, before, counts}: document timestamps counted in `resolution` buckets."""
         _op, body = self._call(Op.SEARCH_HISTOGRAM, {
             "query": self.request(), "resolution": resolution, "max_size": max_size})
@@ -101,7 +101,7 @@ class SearchMethods:
     _codec: Codec
 
     def _control(self, op: Op, value: dict[str, Any], guarantee: Guarantee,
-                       timeout: float | None) -> dict[str, Any] | None:
+                 timeout: float | None) -> dict[str, Any] | None:
         if guarantee >= Guarantee.STORED:
             _op, body = self._call(op, value, timeout)
             return decode_control(body)
@@ -109,11 +109,11 @@ class SearchMethods:
         return None
 
     def index(self, document: Any, *, collection: str, id: str,
-                    timestamp: Moment | None = None, end: Moment | None = None,
-                    facets: Mapping[str, Any] | Iterable[str] | None = None,
-                    sortables: Mapping[str, Any] | Iterable[str] | None = None,
-                    if_not_exists: bool = False, guarantee: Guarantee = Guarantee.STORED,
-                    timeout: float | None = 30.0) -> bool:
+              timestamp: Moment | None = None, end: Moment | None = None,
+              facets: Mapping[str, Any] | Iterable[str] | None = None,
+              sortables: Mapping[str, Any] | Iterable[str] | None = None,
+              if_not_exists: bool = False, guarantee: Guarantee = Guarantee.STORED,
+              timeout: float | None = 30.0) -> bool:
         """Indexes (or re-indexes) one document; False if if_not_exists found one."""
         entry = index_entry(document, collection=collection, id=id, timestamp=timestamp,
                             end=end, facets=facets, sortables=sortables)
@@ -122,42 +122,42 @@ class SearchMethods:
         return True if answer is None else bool(answer["indexed"][0])
 
     def index_many(self, entries: Iterable[dict[str, Any]], *,
-                         if_not_exists: bool = False, guarantee: Guarantee = Guarantee.STORED,
-                         timeout: float | None = 30.0) -> list[bool]:
+                   if_not_exists: bool = False, guarantee: Guarantee = Guarantee.STORED,
+                   timeout: float | None = 30.0) -> list[bool]:
         """Indexes documents made by `index_entry(...)`, all or none, in one call."""
         answer = self._control(Op.INDEX_DOCUMENTS, _index_request(
             list(entries), if_not_exists, guarantee), guarantee, timeout)
         return [] if answer is None else list(answer["indexed"])
 
     def bulk_update(self, updates: Iterable[Mapping[str, Any]], *,
-                          guarantee: Guarantee = Guarantee.STORED,
-                          timeout: float | None = 30.0) -> list[bool]:
+                    guarantee: Guarantee = Guarantee.STORED,
+                    timeout: float | None = 30.0) -> list[bool]:
         """Index, index-if-not-exists and delete updates, in order, all or none."""
         answer = self._control(Op.BULK_UPDATE_DOCUMENTS,
-                                     _bulk_request(updates, guarantee), guarantee, timeout)
+                               _bulk_request(updates, guarantee), guarantee, timeout)
         return [] if answer is None else list(answer["updated"])
 
     def get_document(self, collection: str, id: str, *, type: Any = None,
-                           timeout: float | None = 30.0) -> Document[Any] | None:
+                     timeout: float | None = 30.0) -> Document[Any] | None:
         found = self.get_documents(collection, [id], type=type, timeout=timeout)
         return found[0] if found else None
 
     def get_documents(self, collection: str, ids: Iterable[str], *, type: Any = None,
-                            timeout: float | None = 30.0) -> list[Document[Any]]:
+                      timeout: float | None = 30.0) -> list[Document[Any]]:
         """The documents found of these ids, in the order asked."""
         _op, body = self._call(
             Op.GET_DOCUMENTS, {"collection": collection, "ids": list(ids)}, timeout)
         return documents_from(body, type)
 
     def has_document(self, collection: str, id: str,
-                           timeout: float | None = 30.0) -> bool:
+                     timeout: float | None = 30.0) -> bool:
         _op, body = self._call(
             Op.HAS_DOCUMENT, {"collection": collection, "id": id}, timeout)
         return bool(decode_control(body)["found"])
 
     def delete_document(self, collection: str, id: str, *,
-                              guarantee: Guarantee = Guarantee.STORED,
-                              timeout: float | None = 30.0) -> bool:
+                        guarantee: Guarantee = Guarantee.STORED,
+                        timeout: float | None = 30.0) -> bool:
         answer = self._control(Op.DELETE_DOCUMENT, {
             "collection": collection, "id": id, "guarantee": int(guarantee)}, guarantee,
             timeout)
