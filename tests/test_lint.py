@@ -31,7 +31,7 @@ def check(*cmd: str) -> None:
 
 
 def test_ruff() -> None:
-    check(tool("ruff"), "check", "fluxcore", "server", "tests", "bench")
+    check(tool("ruff"), "check", "fluxcore", "server", "tests", "bench", "tools")
 
 
 def test_cython_lint() -> None:

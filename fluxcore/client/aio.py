@@ -7,13 +7,9 @@ import contextlib
 import inspect
 import logging
 import ssl
-import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any, TypeVar
-
-import numpy as np
-import numpy.typing as npt
 
 from fluxcore._ext import _proto
 from fluxcore._ext._proto import Message
@@ -25,40 +21,16 @@ from fluxcore.protocol import (
     MessageType,
     Op,
     ProtocolError,
-    decode_control,
 )
 
+from ._api_aio import AsyncConsumerBase, AsyncOperations, AsyncResultReaderBase, Pending
 from ._wire import (
-    FLAG_RESEND,
-    Answers,
-    Backoff,
-    BatchReply,
-    Codec,
     ConnectionLost,
     ConsumerSpec,
-    Deadline,
-    Relationship,
-    Revisions,
-    Scheduled,
     TrackerCursor,
-    ack_indexes,
-    dispatcher,
-    fail_requests,
-    log_request,
-    new_client_id,
-    parse_address,
     raise_for,
-    relationship_lists,
-    relationships_of,
-    results_spec,
-    schedule_answer,
-    schedule_request,
-    scheduled_from,
     settle_results,
-    value_answer,
-    values_request,
 )
-from .search import AsyncSearchMethods
 
 __all__ = ["AsyncClient", "AsyncConsumer", "current_batch"]
 
@@ -67,6 +39,7 @@ logger = logging.getLogger("fluxcore.client")
 Reply = tuple[int, bytes]
 T = TypeVar("T")
 AsyncHandler = Callable[[Any], Any | Awaitable[Any]]
+AsyncBatchHandler = Callable[[list[Message]], Any | Awaitable[Any]]
 
 # Each tracker is a task with a context of its own: this is its batch, while it handles it.
 _current_batch: ContextVar[tuple[str, tuple[int, int]] | None] = ContextVar(
@@ -76,15 +49,6 @@ _current_batch: ContextVar[tuple[str, tuple[int, int]] | None] = ContextVar(
 def current_batch() -> tuple[str, tuple[int, int]] | None:
     """In a handler called by a tracker: (tracker id, its segment range [start, end))."""
     return _current_batch.get()
-
-
-class _Pending:
-    __slots__ = ("frame", "future", "resend")
-
-    def __init__(self, frame: bytes, resend: bool, future: asyncio.Future[Reply]) -> None:
-        self.frame = frame
-        self.resend = resend
-        self.future = future
 
 
 class _Protocol(asyncio.Protocol):
@@ -98,8 +62,8 @@ class _Protocol(asyncio.Protocol):
         self.lost: asyncio.Future[None] = loop.create_future()
         # The answer to HELLO: the first frame, or the error if the connection ends first.
         self.welcome: asyncio.Future[Reply] = loop.create_future()
-        self._writable = asyncio.Event()
-        self._writable.set()
+        self.writable = asyncio.Event()  # cleared while the transport's buffer is full
+        self.writable.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -122,7 +86,7 @@ class _Protocol(asyncio.Protocol):
         del buf[:consumed]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._writable.set()
+        self.writable.set()
         if not self.lost.done():
             self.lost.set_result(None)
         if not self.welcome.done():
@@ -131,41 +95,24 @@ class _Protocol(asyncio.Protocol):
         self.client._connection_lost(self, exc)
 
     def pause_writing(self) -> None:
-        self._writable.clear()
+        self.writable.clear()
 
     def resume_writing(self) -> None:
-        self._writable.set()
-
-    async def drain(self) -> None:
-        await self._writable.wait()
+        self.writable.set()
 
 
-class AsyncClient(AsyncSearchMethods):
+class AsyncClient(AsyncOperations):
     """A connection to a fluxcore server for asyncio programs."""
 
     def __init__(self, address: str, *, token: str, name: str = "fluxcore-client",
                  project: str = "public", client_id: str | None = None,
                  reconnect: bool = True, tls: ssl.SSLContext | None = None,
                  connect_timeout: float = 10.0) -> None:
-        self.host, self.port = parse_address(address)
-        self.client_id = client_id or new_client_id()
-        self.name = name
-        self._codec = Codec(self.client_id, name, project, token)
-        self._reconnect = reconnect
-        self._tls = tls
-        self._connect_timeout = connect_timeout
+        self._init_state(address, token, name, project, client_id, reconnect, tls,
+                         connect_timeout)
         self._protocol: _Protocol | None = None
-        self._pending: dict[int, _Pending] = {}
-        self._closed = False
-        self._gone: BaseException | None = None  # why the client stopped reconnecting
         self._reconnecting: asyncio.Task[None] | None = None
-        self._backoff = Backoff()
-        self._consumers: list[AsyncConsumer] = []
         self._requests: dict[int, asyncio.Future[Message]] = {}
-        self._results: AsyncResultReader | None = None
-        # The next READ of results, when it is not out yet: it goes out in front of the next
-        # frame written.
-        self._owed: AsyncResultReader | None = None
 
     @classmethod
     async def connect(cls, address: str, **options: Any) -> AsyncClient:
@@ -205,23 +152,10 @@ class AsyncClient(AsyncSearchMethods):
             raise
         return protocol
 
-    def _deliver(self, op: int, request_id: int, body: bytes) -> None:
-        if op == Op.PING:  # the server checks that we are still there
-            protocol = self._protocol
-            if protocol is not None and protocol.transport is not None:
-                protocol.transport.write(_proto.frame_header(Op.PONG, request_id, 0))
-            return
-        pending = self._pending.pop(request_id, None)
-        if pending is not None:
-            results = self._results
-            if results is not None and request_id == results.request_id:
-                # Results go to the waiting requests right here: no task in between.
-                results.delivered(op, body)
-                return
-            if not pending.future.done():
-                pending.future.set_result((op, body))
-        elif op == Op.ERROR:
-            logger.error("server error for request %d: %s", request_id, decode_control(body))
+    def _answer_ping(self, request_id: int) -> None:
+        protocol = self._protocol
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.write(_proto.frame_header(Op.PONG, request_id, 0))
 
     def _connection_lost(self, protocol: _Protocol, exc: Exception | None) -> None:
         if protocol is not self._protocol or self._closed:
@@ -274,17 +208,8 @@ class AsyncClient(AsyncSearchMethods):
                 self._protocol = protocol
                 self._backoff.connected()
                 for pending in list(self._pending.values()):
-                    frame = pending.frame
-                    if pending.resend:  # an append: the server stores only what it lacks
-                        frame = frame[:5] + bytes([frame[5] | FLAG_RESEND]) + frame[6:]
-                    transport.write(frame)
+                    transport.write(pending.resend_frame())
                 return
-
-    def _fail_pending(self, exc: BaseException) -> None:
-        for request_id in list(self._pending):
-            pending = self._pending.pop(request_id)
-            if not pending.future.done():
-                pending.future.set_exception(exc)
 
     async def _send(self, frame_of: Callable[[int], bytes], *, answer: bool,
                     append: bool = False, prefix: bytes = b"") -> asyncio.Future[Reply] | None:
@@ -292,26 +217,32 @@ class AsyncClient(AsyncSearchMethods):
         `prefix` (ready-made frames, say a handler's results) goes out in the same write,
         first, and is not resent after a reconnect."""
         future = self._write(frame_of, answer, append, prefix)
+        if self._paused():
+            await self._drain()
+        return future
+
+    def _paused(self) -> bool:
+        """Whether the socket buffer is full (backpressure): then writers wait (_drain)."""
+        protocol = self._protocol
+        return protocol is not None and not protocol.writable.is_set()
+
+    async def _drain(self) -> None:
         protocol = self._protocol
         if (protocol is not None and protocol.transport is not None
                 and not protocol.transport.is_closing()):
-            await protocol.drain()  # backpressure: wait while the socket buffer is full
-        return future
+            await protocol.writable.wait()
 
     def _write(self, frame_of: Callable[[int], bytes], answer: bool, append: bool = False,
                prefix: bytes = b"") -> asyncio.Future[Reply] | None:
         if self._closed or self._gone is not None:
             raise ConnectionLost("the client is closed" if self._closed else str(self._gone))
-        # The owed READ of results goes last: the frames before it (a request, a handler's
-        # results) are what someone waits for; the READ only has to be there before the
-        # result it reads can come.
-        owed = self._owed_read() if self._owed is not None else b""
+        owed = self._owed_read() if self._owed is not None else b""  # goes last
         request_id = self._codec.next_request_id()
         frame = frame_of(request_id)
         future = None
         if answer:
-            future = asyncio.get_running_loop().create_future()
-            self._pending[request_id] = _Pending(frame, append, future)
+            pending = self._pending[request_id] = Pending(frame, append)
+            future = pending.future
         protocol = self._protocol
         # A closing transport is about to be reported lost: what waits for an answer is
         # resent on the next connection (uvloop refuses a write to a closed transport).
@@ -322,307 +253,29 @@ class AsyncClient(AsyncSearchMethods):
             raise ConnectionLost("not connected")
         return future
 
-    def _owed_read(self) -> bytes:
-        """The owed READ of results, registered for a resend."""
-        results, self._owed = self._owed, None
-        if results is None or results.stopped:
-            return b""
-        request_id = self._codec.next_request_id()
-        frame = results.frame(request_id)
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = _Pending(frame, False, future)
-        future.add_done_callback(results.failed)
-        return frame
+    async def _wait(self, future: asyncio.Future[T], timeout: float | None) -> T:
+        """The future's result, or TimeoutError after `timeout` seconds. Unlike wait_for, this
+        adds no step between the future's result and the waiting task."""
+        if timeout is None:
+            return await future
+        handle = asyncio.get_running_loop().call_later(timeout, _time_out, future)
+        try:
+            return await future
+        finally:
+            handle.cancel()
 
-    async def _call(self, op: Op, value: dict[str, Any], timeout: float | None = 30.0) -> Reply:
-        return await self._exchange(lambda rid: self._codec.control(op, rid, value), timeout)
-
-    async def _exchange(self, frame_of: Callable[[int], bytes], timeout: float | None) -> Reply:
-        future = await self._send(frame_of, answer=True)
-        assert future is not None
-        reply_op, body = await _wait(future, timeout)
-        raise_for(reply_op, body)
-        return reply_op, body
-
-    # -- publishing --------------------------------------------------------------------------
-
-    async def publish(self, message_type: MessageType, payload: bytes, *, type: str = "",
-                      key: str | bytes | None = None, metadata: dict[str, str] | None = None,
-                      topic: str | None = None, guarantee: Guarantee = Guarantee.STORED,
-                      timeout: float | None = 30.0, revision: int = 0) -> int | None:
-        """Publishes one message (of payload `type` at `revision`); returns its index once
-        stored (STORED), else None."""
-        indexes = await self.publish_batch(
-            message_type, [payload], type=type, keys=None if key is None else [key],
-            metadata=metadata, topic=topic, guarantee=guarantee, timeout=timeout,
-            revision=revision)
-        return None if indexes is None else int(indexes[0])
-
-    async def publish_batch(self, message_type: MessageType, payloads: Sequence[bytes], *,
-                            type: str = "", keys: Sequence[str | bytes] | None = None,
-                            metadata: dict[str, str] | None = None, topic: str | None = None,
-                            guarantee: Guarantee = Guarantee.STORED,
-                            timeout: float | None = 30.0,
-                            types: Sequence[str] | None = None,
-                            revision: Revisions = 0,
-                            ) -> npt.NDArray[np.uint64] | None:
-        """Publishes many messages in one frame; returns their indexes (STORED), else None.
-        `types`: one payload type per message, instead of `type` for all; `revision`: the
-        payload revision of all, or a sequence of one per message."""
-        future = await self.publish_batch_nowait(
-            message_type, payloads, type=type, keys=keys, metadata=metadata, topic=topic,
-            guarantee=guarantee, types=types, revision=revision)
-        if future is None:
-            return None
-        return await asyncio.wait_for(future, timeout)
-
-    async def publish_batch_nowait(
-        self, message_type: MessageType, payloads: Sequence[bytes], *, type: str = "",
-        keys: Sequence[str | bytes] | None = None, metadata: dict[str, str] | None = None,
-        topic: str | None = None, guarantee: Guarantee = Guarantee.STORED,
-        types: Sequence[str] | None = None, revision: Revisions = 0,
-    ) -> asyncio.Future[npt.NDArray[np.uint64]] | None:
-        """Sends the batch; returns a future of its indexes (STORED), else None."""
-        stored = guarantee == Guarantee.STORED
-        reply = await self._send(
-            lambda rid: self._codec.append(
-                rid, message_type, payloads, payload_type="" if types else type,
-                guarantee=guarantee, keys=keys, topic=topic, metadata=metadata,
-                payload_types=types or None, revision=revision),
-            answer=stored, append=True)
-        if reply is None:
-            return None
-        loop = asyncio.get_running_loop()
-        out: asyncio.Future[npt.NDArray[np.uint64]] = loop.create_future()
-
-        def done(f: asyncio.Future[Reply]) -> None:
-            if out.done():
-                return
-            if f.cancelled():
-                out.cancel()
-                return
-            try:
-                op, body = f.result()
-                raise_for(op, body)
-                out.set_result(ack_indexes(body))
-            except Exception as exc:  # noqa: BLE001 - handed to whoever awaits `out`
-                out.set_exception(exc)
-
-        reply.add_done_callback(done)
-        return out
-
-    # -- scheduling --------------------------------------------------------------------------
-
-    async def schedule(
-        self,
-        payload: bytes,
-        deadline: Deadline,
-        *,
-        schedule_id: str | None = None,
-        type: str = "",
-        key: str | bytes | None = None,
-        metadata: dict[str, str] | None = None,
-        if_absent: bool = False,
-        timeout: float | None = 30.0,
-        revision: int = 0,
-    ) -> str | None:
-        """As Client.schedule: the server appends `payload` (of payload `type` at `revision`)
-        to the SCHEDULE log at `deadline`; returns the schedule id, or None if `if_absent`
-        found one pending."""
-        sid, frame_of = schedule_request(self._codec, payload, deadline, schedule_id,
-                                         payload_type=type, key=key, metadata=metadata,
-                                         if_absent=if_absent, revision=revision)
-        _op, body = await self._exchange(frame_of, timeout)
-        return schedule_answer(sid, body)
-
-    async def cancel_schedule(self, schedule_id: str, timeout: float | None = 30.0) -> bool:
-        _op, body = await self._call(Op.CANCEL_SCHEDULE, {"id": schedule_id}, timeout)
-        return bool(decode_control(body)["cancelled"])
-
-    async def get_schedule(self, schedule_id: str,
-                           timeout: float | None = 30.0) -> Scheduled | None:
-        _op, body = await self._call(Op.GET_SCHEDULE, {"id": schedule_id}, timeout)
-        return scheduled_from(decode_control(body)["schedule"])
-
-    # -- event sourcing ----------------------------------------------------------------------
-
-    async def append_events(
-        self,
-        aggregate_id: str,
-        payloads: Sequence[bytes],
-        *,
-        types: str | Sequence[str] = "",
-        metadata: dict[str, str] | None = None,
-        store_only: bool = False,
-        expected_sequence: int | None = None,
-        timeout: float | None = 30.0,
-        revision: Revisions = 0,
-    ) -> int:
-        """Appends events to the aggregate's stream (numbered from 0) and, unless
-        `store_only`, publishes them to the EVENT log, routed by the aggregate id. `types`:
-        one payload type for all, or one per event; `revision` likewise. With
-        `expected_sequence` (the stream's last number when the writer read it; -1: empty)
-        the append happens only if no one appended since, else ConcurrencyError and nothing
-        is stored. Returns the stream's last number."""
-        _op, body = await self._exchange(
-            lambda rid: self._codec.append_events(
-                rid, aggregate_id, payloads, types=types, metadata=metadata,
-                store_only=store_only, expected_sequence=expected_sequence,
-                revision=revision),
-            timeout)
-        return int(decode_control(body)["last_sequence"][0])
-
-    async def get_events(self, aggregate_id: str, *, after_sequence: int = -1,
-                   page_size: int = 1000, timeout: float | None = 30.0) -> list[Message]:
-        """The aggregate's events after `after_sequence` (all by default), in order, read a
-        page at a time; a message's `index` is its number in the stream."""
-        events: list[Message] = []
-        after = after_sequence
-        while True:
-            _op, body = await self._call(
-                Op.GET_EVENTS, {"aggregate": aggregate_id, "after": after, "max_size": page_size},
-                timeout)
-            page = BatchReply(body)
-            events.extend(page.messages)
-            if page.caught_up or not page.messages:
-                return events
-            after = page.last_index
-
-    async def delete_events(self, aggregate_id: str, timeout: float | None = 30.0) -> bool:
-        """Deletes the aggregate's stream (the EVENT log keeps what was published)."""
-        _op, body = await self._call(Op.DELETE_EVENTS, {"aggregate": aggregate_id}, timeout)
-        return bool(decode_control(body)["deleted"])
-
-    async def update_relationships(
-        self,
-        associations: Iterable[tuple[str, str, str]] = (),
-        dissociations: Iterable[tuple[str, str, str]] = (),
-        timeout: float | None = 30.0,
-    ) -> None:
-        """Links to add and to remove, each (aggregate id, aggregate type, entity id)."""
-        await self._call(Op.UPDATE_RELATIONSHIPS, {
-            "associations": relationship_lists(associations),
-            "dissociations": relationship_lists(dissociations)}, timeout)
-
-    async def repair_relationships(self, aggregate_id: str, aggregate_type: str,
-                             entity_ids: Iterable[str], timeout: float | None = 30.0) -> None:
-        """Makes `entity_ids` all the entities of the aggregate."""
-        await self._call(Op.REPAIR_RELATIONSHIPS, {
-            "aggregate": aggregate_id, "aggregate_type": aggregate_type,
-            "entities": list(entity_ids)}, timeout)
-
-    async def get_relationships(self, entity_id: str,
-                          timeout: float | None = 30.0) -> list[Relationship]:
-        """Every aggregate the entity belongs to."""
-        _op, body = await self._call(Op.GET_RELATIONSHIPS, {"entity": entity_id}, timeout)
-        return relationships_of(body)
-
-    async def get_aggregate_ids(self, entity_id: str,
-                          timeout: float | None = 30.0) -> dict[str, str]:
-        """Aggregate id -> aggregate type, of every aggregate the entity belongs to."""
-        found = await self.get_relationships(entity_id, timeout)
-        return {r.aggregate_id: r.aggregate_type for r in found}
-
-    # -- key-value store ---------------------------------------------------------------------
-
-    async def store_values(self, values: Mapping[str, bytes], timeout: float | None = 30.0) -> None:
-        """Stores each value under its key, overwriting, all in one transaction."""
-        await self._call(Op.STORE_VALUES, values_request(values, False), timeout)
-
-    async def store_value(self, key: str, value: bytes, *, if_absent: bool = False,
-                    timeout: float | None = 30.0) -> bool:
-        """Stores one value; with `if_absent` only if the key has none. True if stored."""
-        _op, body = await self._call(Op.STORE_VALUES, values_request({key: value}, if_absent),
-                                 timeout)
-        return bool(decode_control(body)["stored"][0])
-
-    async def get_value(self, key: str, timeout: float | None = 30.0) -> bytes | None:
-        """The value stored under `key`, or None."""
-        _op, body = await self._call(Op.GET_VALUE, {"key": key}, timeout)
-        return value_answer(body)
-
-    async def delete_value(self, key: str, timeout: float | None = 30.0) -> bool:
-        """Deletes the value under `key`; False if there was none."""
-        _op, body = await self._call(Op.DELETE_VALUE, {"key": key}, timeout)
-        return bool(decode_control(body)["deleted"])
-
-    async def flush(self, timeout: float | None = 30.0) -> None:
-        futures = [p.future for p in self._pending.values() if p.resend]
-        if futures:
-            await asyncio.wait(futures, timeout=timeout)
-
-    # -- consuming ---------------------------------------------------------------------------
-
-    async def consume(self, name: str, message_type: MessageType,
-                      handler: AsyncHandler | Mapping[str, AsyncHandler], *,
-                      trackers: int = 1, batch: bool = False, type_filter: str | None = None,
-                      topic: str | None = None, max_size: int = 1024,
-                      max_timeout_ms: int = 1000, from_index: int | None = None,
-                      purge_timeout_ms: int | None = 60_000) -> AsyncConsumer:
-        """Starts `trackers` tasks feeding `handler` (a function or a coroutine function, or a
-        mapping of payload type -> handler); otherwise as Client.consume."""
-        if isinstance(handler, Mapping):
-            if batch:
-                raise ValueError("a mapping of handlers works per message, not with batch=True")
-            handler, types = dispatcher(handler)
-            type_filter = type_filter or types
-        consumer = AsyncConsumer(self, ConsumerSpec(
-            name, message_type, trackers, batch, type_filter, topic, max_size, max_timeout_ms,
-            from_index, purge_timeout_ms), handler)
+    def _start_consumer(self, spec: ConsumerSpec,
+                        handler: AsyncHandler | AsyncBatchHandler) -> AsyncConsumer:
+        consumer = AsyncConsumer(self, spec, handler)
         self._consumers.append(consumer)
         consumer.start()
         return consumer
 
-    async def read(self, request: dict[str, Any], timeout: float | None, *,
-                   answers: bytes = b"") -> BatchReply:
-        """One READ; `answers` (a handler's result frames) go out in the same write, first."""
-        future = await self._send(lambda rid: self._codec.control(Op.READ, rid, request),
-                                  answer=True, prefix=answers)
-        assert future is not None
-        op, body = await _wait(future, timeout)
-        raise_for(op, body)
-        return BatchReply(body)
-
-    async def store_position(self, consumer: str, message_type: MessageType,
-                             segment: tuple[int, int], last_index: int,
-                             topic: str | None = None) -> None:
-        await self._call(Op.STORE_POSITION, log_request(
-            message_type, topic, consumer=consumer, segment=list(segment), last_index=last_index))
-
-    async def reset_position(self, consumer: str, message_type: MessageType, last_index: int,
-                             topic: str | None = None) -> None:
-        await self._call(Op.RESET_POSITION, log_request(
-            message_type, topic, consumer=consumer, last_index=last_index))
-
-    async def get_position(self, consumer: str, message_type: MessageType,
-                           topic: str | None = None) -> list[Any]:
-        _op, body = await self._call(Op.GET_POSITION,
-                                     log_request(message_type, topic, consumer=consumer))
-        return list(decode_control(body)["position"])
-
-    async def disconnect_tracker(self, consumer: str, message_type: MessageType, tracker: str,
-                                 topic: str | None = None) -> None:
-        await self._call(Op.DISCONNECT_TRACKER, log_request(
-            message_type, topic, consumer=consumer, tracker=tracker, final_empty_batch=True))
-
-    async def read_from_index(self, message_type: MessageType, min_index: int = 0,
-                              max_size: int = 1024, topic: str | None = None) -> list[Message]:
-        _op, body = await self._call(Op.READ_FROM_INDEX, log_request(
-            message_type, topic, min_index=min_index, max_size=max_size))
-        return BatchReply(body).messages
-
-    async def set_retention(self, message_type: MessageType, retention_ms: int | None,
-                            topic: str | None = None) -> None:
-        await self._call(Op.SET_RETENTION, log_request(
-            message_type, topic, retention_ms=retention_ms))
-
-    async def ping(self, timeout: float = 10.0) -> float:
-        began = time.perf_counter()
-        future = await self._send(lambda rid: bytes(_proto.frame_header(Op.PING, rid, 0)),
-                                  answer=True)
-        assert future is not None
-        await asyncio.wait_for(future, timeout)
-        return time.perf_counter() - began
+    async def flush(self, timeout: float | None = 30.0) -> None:
+        """Waits until every request sent so far is answered (STORED publishes acknowledged)."""
+        futures = [p.future for p in self._pending.values() if p.resend]
+        if futures:
+            await asyncio.wait(futures, timeout=timeout)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -633,8 +286,10 @@ class AsyncClient(AsyncSearchMethods):
                              revision: int = 0) -> asyncio.Future[Message]:
         """Sends a command or query (of payload `type` at `revision`); returns the future of
         its result."""
-        number, future = await self._request(message_type, payload, type, key, metadata, topic,
-                                             revision)
+        number, future = self._request(message_type, payload, type, key, metadata, topic,
+                                       revision)
+        if self._paused():
+            await self._drain()
         # However it ends (result, timeout, cancel), the request stops being waited for.
         future.add_done_callback(lambda _f: self._requests.pop(number, None))
         return future
@@ -645,19 +300,21 @@ class AsyncClient(AsyncSearchMethods):
                       revision: int = 0) -> Message:
         """Sends a command or query (of payload `type` at `revision`) and waits for its
         result; RequestError if the handler failed, TimeoutError if no result came in time."""
-        number, future = await self._request(message_type, payload, type, key, metadata, topic,
-                                             revision)
+        number, future = self._request(message_type, payload, type, key, metadata, topic,
+                                       revision)
         try:
-            return await _wait(future, timeout)
+            if self._paused():
+                await self._drain()
+            return await self._wait(future, timeout)
         finally:
             if not future.done():
                 future.cancel()
             self._requests.pop(number, None)
 
-    async def _request(self, message_type: MessageType, payload: bytes, payload_type: str,
-                       key: str | bytes | None, metadata: dict[str, str] | None,
-                       topic: str | None, revision: int
-                       ) -> tuple[int, asyncio.Future[Message]]:
+    def _request(self, message_type: MessageType, payload: bytes, payload_type: str,
+                 key: str | bytes | None, metadata: dict[str, str] | None, topic: str | None,
+                 revision: int) -> tuple[int, asyncio.Future[Message]]:
+        """Writes the request (the caller waits in _drain if the socket buffer is full)."""
         if self._results is None:  # its first READ goes out in front of the request
             self._owed = self._results = AsyncResultReader(self)
         codec = self._codec
@@ -665,18 +322,14 @@ class AsyncClient(AsyncSearchMethods):
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._requests[number] = future
         try:
-            await self._send(lambda rid: codec.append(
+            self._write(lambda rid: codec.append(
                 rid, message_type, [payload], payload_type=payload_type,
                 guarantee=Guarantee.SENT, keys=None if key is None else [key], topic=topic,
-                metadata=metadata, message_request_id=number, revision=revision), answer=False)
+                metadata=metadata, message_request_id=number, revision=revision), False)
         except BaseException:
             self._requests.pop(number, None)
             raise
         return number, future
-
-    async def send_frames(self, frames: bytes) -> None:
-        if frames:
-            await self._send(lambda _rid: frames, answer=False)
 
     # -- closing -----------------------------------------------------------------------------
 
@@ -701,59 +354,22 @@ class AsyncClient(AsyncSearchMethods):
         for future in self._requests.values():
             future.cancel()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-
-async def _wait(future: asyncio.Future[T], timeout: float | None) -> T:
-    """The future's result, or TimeoutError after `timeout` seconds. Unlike wait_for, this
-    adds no step between the future's result and the waiting task."""
-    if timeout is None:
-        return await future
-    handle = asyncio.get_running_loop().call_later(timeout, _time_out, future)
-    try:
-        return await future
-    finally:
-        handle.cancel()
-
 
 def _time_out(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.set_exception(TimeoutError())
 
 
-class AsyncResultReader:
-    """Reads the results of this client's requests, as ResultReader of the sync client: a
-    READ waiting at the server while requests wait, whose batches the protocol hands over as
-    they come; it settles the waiting requests, and the next READ goes out at once if
-    requests still wait, else with the next request."""
-
-    def __init__(self, client: AsyncClient) -> None:
-        self.client = client
-        spec = results_spec(client.name)
-        self.tracker_id = spec.tracker_ids(client.client_id)[0]
-        self.cursor = TrackerCursor(spec, client._codec, self.tracker_id)
-        self.request_id = -1  # of the READ out now
-        self.stopped = False
-
-    def frame(self, request_id: int) -> bytes:
-        self.request_id = request_id
-        return self.client._codec.control(Op.READ, request_id, self.cursor.request())
+class AsyncResultReader(AsyncResultReaderBase):
+    """Reads the results of this client's requests, as ResultReader of the sync client: the
+    protocol hands over each batch as it comes; it settles the waiting requests, and the next
+    READ goes out at once if requests still wait, else with the next request."""
 
     def delivered(self, op: int, body: bytes) -> None:
-        client = self.client
-        self.request_id = -1
-        try:
-            raise_for(op, body)
-            reply = BatchReply(body)
-        except (ProtocolError, FrameError) as exc:
-            logger.error("reading the results of requests failed: %s", exc)
-            self.stopped = True
-            client._results = None  # the next request starts a new reader
-            fail_requests(client._requests, exc)
+        reply = self._batch(op, body)
+        if reply is None:
             return
-        self.cursor.advance(reply)
+        client = self.client
         settle_results(client._requests, reply.messages)
         if not self.stopped and not client.closed:
             # The next READ: now if other requests wait, else in front of the next request.
@@ -761,36 +377,15 @@ class AsyncResultReader:
             if client._requests:
                 client._write(lambda _rid: b"", False)
 
-    def failed(self, future: asyncio.Future[Reply]) -> None:
-        # Only ConnectionLost completes the READ's future (answers are taken in _deliver).
-        exc = None if future.cancelled() else future.exception()
-        if exc is not None and not self.client.closed:
-            fail_requests(self.client._requests, exc)
 
-    async def stop(self) -> None:
-        """Ends the READ that waits at the server (its answer sends no other)."""
-        self.stopped = True
-        self.client._owed = None
-        spec = self.cursor.spec
-        with contextlib.suppress(ProtocolError, ConnectionLost, OSError, asyncio.TimeoutError):
-            await self.client.disconnect_tracker(spec.name, spec.message_type, self.tracker_id)
-
-
-class AsyncConsumer:
+class AsyncConsumer(AsyncConsumerBase):
     """The trackers of one consumer in this client: a task each."""
 
-    def __init__(self, client: AsyncClient, spec: ConsumerSpec, handler: AsyncHandler) -> None:
-        self.client = client
-        self.spec = spec
-        self.name = spec.name
-        self.message_type = spec.message_type
-        self.handler = handler
-        self.tracker_ids = spec.tracker_ids(client.client_id)
+    def __init__(self, client: AsyncClient, spec: ConsumerSpec,
+                 handler: AsyncHandler | AsyncBatchHandler) -> None:
+        super().__init__(client, spec, handler)
         self._stopping = False
-        self._handling: set[str] = set()  # trackers handling a batch now
         self._tasks: list[asyncio.Task[None]] = []
-        self.handled = 0
-        self.errors = 0
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -839,24 +434,6 @@ class AsyncConsumer:
         except (ProtocolError, ConnectionLost, OSError, TimeoutError) as exc:
             logger.error("tracker %s: storing its position or leaving failed: %s",
                          tracker_id, exc)
-
-    async def _handle(self, messages: list[Message]) -> bytes:
-        """Runs the handler; returns the frames owed to requesters."""
-        answers = Answers(self.spec)
-        if self.spec.batch:
-            try:
-                await self._call_handler(messages)
-            except Exception as exc:  # noqa: BLE001 - logged by Answers; the tracker goes on
-                answers.failed(None, exc)
-        else:
-            for message in messages:
-                try:
-                    answers.handled(message, await self._call_handler(message))
-                except Exception as exc:  # noqa: BLE001 - to the requester, or logged
-                    answers.failed(message, exc)
-        self.handled += len(messages)
-        self.errors += answers.errors
-        return answers.frames(self.client._codec)
 
     async def stop(self) -> None:
         if self._stopping:

@@ -1,20 +1,18 @@
 """Search from the clients (docs/protocol.md, "Search"): documents to index, a fluent query
 builder, and the answers decoded. Requests are built here once; `Client` and `AsyncClient`
-only send them (`SearchMethods` and `AsyncSearchMethods`)."""
+only send them (`SearchMethods` and `AsyncSearchMethods`, written once in _search_aio.py)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from fluxcore.protocol import Guarantee, Op, decode_control
-
-from ._wire import Codec
+from fluxcore.protocol import Guarantee, decode_control
 
 __all__ = [
     "AsyncSearch",
@@ -38,6 +36,9 @@ T = TypeVar("T")
 Constraint = dict[str, Any]
 Moment = datetime | int  # a datetime, or epoch milliseconds
 Reply = tuple[int, bytes]
+# The client's `_call(op, value, timeout=...)`: how queries and search methods send requests.
+AsyncCall = Callable[..., Awaitable[Reply]]
+Call = Callable[..., Reply]
 
 
 def _ms(moment: Moment | None) -> int | None:
@@ -313,118 +314,6 @@ def _stats_request(q: _Query, fields: Iterable[str], group_by: Iterable[str]) ->
     return {"query": q.request(), "fields": list(fields), "group_by": list(group_by)}
 
 
-class Search(_Query):
-    """A query of the blocking client: add constraints, then fetch, stream, count, ..."""
-
-    def __init__(self, collection: str | list[str], call: Callable[[Op, dict[str, Any]], Reply],
-                 ) -> None:
-        super().__init__(collection, call)
-
-    @overload
-    def fetch(self, max_size: int | None = ..., *, type: None = ...) -> list[Document[Any]]: ...
-    @overload
-    def fetch(self, max_size: int | None = ..., *, type: type[T]) -> list[Document[T]]: ...
-    def fetch(self, max_size: int | None = None, *, type: Any = None) -> list[Any]:
-        """The matching documents in order; at most max_size (None: all)."""
-        _op, body = self._call(Op.SEARCH, self._search_request(max_size))
-        return documents_from(body, type)
-
-    def fetch_first(self, *, type: Any = None) -> Document[Any] | None:
-        found = self.fetch(1, type=type)
-        return found[0] if found else None
-
-    def stream(self, page_size: int = 1000, *, type: Any = None) -> Iterator[Document[Any]]:
-        """Every matching document, fetched page by page after the last hit."""
-        last: str | None = None
-        first = True
-        while True:
-            _op, body = self._call(Op.SEARCH, self._search_request(page_size, last, first))
-            page = documents_from(body, type)
-            yield from page
-            if len(page) < page_size:
-                return
-            last, first = page[-1].id, False
-
-    def count(self) -> int:
-        _op, body = self._call(Op.COUNT_DOCUMENTS, {"query": self.request()})
-        return int(decode_control(body)["count"])
-
-    def facet_stats(self) -> list[dict[str, Any]]:
-        """[{name, value, count}] of the matching documents, most frequent first."""
-        _op, body = self._call(Op.FACET_STATS, {"query": self.request()})
-        return list(decode_control(body)["stats"])
-
-    def stats(self, fields: Iterable[str], group_by: Iterable[str] = ()) -> list[dict[str, Any]]:
-        """[{fieldStats: {field: {count, min, max, sum, average}}, group: {path: value}}]."""
-        _op, body = self._call(Op.DOCUMENT_STATS, _stats_request(self, fields, group_by))
-        return list(decode_control(body)["stats"])
-
-    def histogram(self, resolution: int = 100, max_size: int | None = None) -> dict[str, Any]:
-        """{since, before, counts}: document timestamps counted in `resolution` buckets."""
-        _op, body = self._call(Op.SEARCH_HISTOGRAM, {"query": self.request(),
-                                                     "resolution": resolution,
-                                                     "max_size": max_size})
-        return decode_control(body)
-
-    def delete(self) -> int:
-        """Deletes every matching document; returns how many."""
-        _op, body = self._call(Op.DELETE_DOCUMENTS, {"query": self.request()})
-        return int(decode_control(body)["deleted"])
-
-
-class AsyncSearch(_Query):
-    """A query of the asyncio client: as Search, with awaitable terminal methods."""
-
-    def __init__(self, collection: str | list[str],
-                 call: Callable[[Op, dict[str, Any]], Awaitable[Reply]]) -> None:
-        super().__init__(collection, call)
-
-    async def fetch(self, max_size: int | None = None, *, type: Any = None) -> list[Any]:
-        _op, body = await self._call(Op.SEARCH, self._search_request(max_size))
-        return documents_from(body, type)
-
-    async def fetch_first(self, *, type: Any = None) -> Document[Any] | None:
-        found = await self.fetch(1, type=type)
-        return found[0] if found else None
-
-    async def stream(self, page_size: int = 1000, *,
-                     type: Any = None) -> AsyncIterator[Document[Any]]:
-        last: str | None = None
-        first = True
-        while True:
-            _op, body = await self._call(Op.SEARCH,
-                                         self._search_request(page_size, last, first))
-            page = documents_from(body, type)
-            for document in page:
-                yield document
-            if len(page) < page_size:
-                return
-            last, first = page[-1].id, False
-
-    async def count(self) -> int:
-        _op, body = await self._call(Op.COUNT_DOCUMENTS, {"query": self.request()})
-        return int(decode_control(body)["count"])
-
-    async def facet_stats(self) -> list[dict[str, Any]]:
-        _op, body = await self._call(Op.FACET_STATS, {"query": self.request()})
-        return list(decode_control(body)["stats"])
-
-    async def stats(self, fields: Iterable[str],
-                    group_by: Iterable[str] = ()) -> list[dict[str, Any]]:
-        _op, body = await self._call(Op.DOCUMENT_STATS, _stats_request(self, fields, group_by))
-        return list(decode_control(body)["stats"])
-
-    async def histogram(self, resolution: int = 100,
-                        max_size: int | None = None) -> dict[str, Any]:
-        _op, body = await self._call(Op.SEARCH_HISTOGRAM, {
-            "query": self.request(), "resolution": resolution, "max_size": max_size})
-        return decode_control(body)
-
-    async def delete(self) -> int:
-        _op, body = await self._call(Op.DELETE_DOCUMENTS, {"query": self.request()})
-        return int(decode_control(body)["deleted"])
-
-
 # -- the client methods ----------------------------------------------------------------------
 
 def _index_request(documents: list[dict[str, Any]], if_not_exists: bool,
@@ -439,154 +328,7 @@ def _bulk_request(updates: Iterable[Mapping[str, Any]], guarantee: Guarantee) ->
     return {"updates": [dict(u) for u in updates], "guarantee": int(guarantee)}
 
 
-class SearchMethods:
-    """The search methods of `Client`."""
-
-    _call: Callable[..., Reply]
-    _send: Callable[..., Any]
-    _codec: Codec
-
-    def _control(self, op: Op, value: dict[str, Any], guarantee: Guarantee,
-                 timeout: float | None) -> dict[str, Any] | None:
-        if guarantee >= Guarantee.STORED:
-            _op, body = self._call(op, value, timeout)
-            return decode_control(body)
-        self._send(lambda rid: self._codec.control(op, rid, value), answer=False)
-        return None
-
-    def index(self, document: Any, *, collection: str, id: str,
-              timestamp: Moment | None = None, end: Moment | None = None,
-              facets: Mapping[str, Any] | Iterable[str] | None = None,
-              sortables: Mapping[str, Any] | Iterable[str] | None = None,
-              if_not_exists: bool = False, guarantee: Guarantee = Guarantee.STORED,
-              timeout: float | None = 30.0) -> bool:
-        """Indexes (or re-indexes) one document; False if if_not_exists found one."""
-        entry = index_entry(document, collection=collection, id=id, timestamp=timestamp,
-                            end=end, facets=facets, sortables=sortables)
-        answer = self._control(Op.INDEX_DOCUMENTS, _index_request([entry], if_not_exists,
-                                                                  guarantee), guarantee, timeout)
-        return True if answer is None else bool(answer["indexed"][0])
-
-    def index_many(self, entries: Iterable[dict[str, Any]], *, if_not_exists: bool = False,
-                   guarantee: Guarantee = Guarantee.STORED,
-                   timeout: float | None = 30.0) -> list[bool]:
-        """Indexes documents made by `index_entry(...)`, all or none, in one call."""
-        answer = self._control(Op.INDEX_DOCUMENTS, _index_request(list(entries),
-                                                                  if_not_exists, guarantee),
-                               guarantee, timeout)
-        return [] if answer is None else list(answer["indexed"])
-
-    def bulk_update(self, updates: Iterable[Mapping[str, Any]], *,
-                    guarantee: Guarantee = Guarantee.STORED,
-                    timeout: float | None = 30.0) -> list[bool]:
-        """Index, index-if-not-exists and delete updates, in order, all or none."""
-        answer = self._control(Op.BULK_UPDATE_DOCUMENTS, _bulk_request(updates, guarantee),
-                               guarantee, timeout)
-        return [] if answer is None else list(answer["updated"])
-
-    def get_document(self, collection: str, id: str, *, type: Any = None,
-                     timeout: float | None = 30.0) -> Document[Any] | None:
-        found = self.get_documents(collection, [id], type=type, timeout=timeout)
-        return found[0] if found else None
-
-    def get_documents(self, collection: str, ids: Iterable[str], *, type: Any = None,
-                      timeout: float | None = 30.0) -> list[Document[Any]]:
-        """The documents found of these ids, in the order asked."""
-        _op, body = self._call(Op.GET_DOCUMENTS, {"collection": collection, "ids": list(ids)},
-                               timeout)
-        return documents_from(body, type)
-
-    def has_document(self, collection: str, id: str, timeout: float | None = 30.0) -> bool:
-        _op, body = self._call(Op.HAS_DOCUMENT, {"collection": collection, "id": id}, timeout)
-        return bool(decode_control(body)["found"])
-
-    def delete_document(self, collection: str, id: str, *,
-                        guarantee: Guarantee = Guarantee.STORED,
-                        timeout: float | None = 30.0) -> bool:
-        answer = self._control(Op.DELETE_DOCUMENT, {"collection": collection, "id": id,
-                                                    "guarantee": int(guarantee)},
-                               guarantee, timeout)
-        return True if answer is None else bool(answer["deleted"])
-
-    def delete_collection(self, collection: str, timeout: float | None = 30.0) -> int:
-        _op, body = self._call(Op.DELETE_COLLECTION, {"collection": collection}, timeout)
-        return int(decode_control(body)["deleted"])
-
-    def search(self, collection: str | list[str]) -> Search:
-        """A query of one collection (or several): add constraints, then fetch, ..."""
-        return Search(collection, lambda op, value: self._call(op, value))
-
-
-class AsyncSearchMethods:
-    """The search methods of `AsyncClient` (as SearchMethods, awaitable)."""
-
-    _call: Callable[..., Awaitable[Reply]]
-    _send: Callable[..., Awaitable[Any]]
-    _codec: Codec
-
-    async def _control(self, op: Op, value: dict[str, Any], guarantee: Guarantee,
-                       timeout: float | None) -> dict[str, Any] | None:
-        if guarantee >= Guarantee.STORED:
-            _op, body = await self._call(op, value, timeout)
-            return decode_control(body)
-        await self._send(lambda rid: self._codec.control(op, rid, value), answer=False)
-        return None
-
-    async def index(self, document: Any, *, collection: str, id: str,
-                    timestamp: Moment | None = None, end: Moment | None = None,
-                    facets: Mapping[str, Any] | Iterable[str] | None = None,
-                    sortables: Mapping[str, Any] | Iterable[str] | None = None,
-                    if_not_exists: bool = False, guarantee: Guarantee = Guarantee.STORED,
-                    timeout: float | None = 30.0) -> bool:
-        entry = index_entry(document, collection=collection, id=id, timestamp=timestamp,
-                            end=end, facets=facets, sortables=sortables)
-        answer = await self._control(Op.INDEX_DOCUMENTS, _index_request(
-            [entry], if_not_exists, guarantee), guarantee, timeout)
-        return True if answer is None else bool(answer["indexed"][0])
-
-    async def index_many(self, entries: Iterable[dict[str, Any]], *,
-                         if_not_exists: bool = False, guarantee: Guarantee = Guarantee.STORED,
-                         timeout: float | None = 30.0) -> list[bool]:
-        answer = await self._control(Op.INDEX_DOCUMENTS, _index_request(
-            list(entries), if_not_exists, guarantee), guarantee, timeout)
-        return [] if answer is None else list(answer["indexed"])
-
-    async def bulk_update(self, updates: Iterable[Mapping[str, Any]], *,
-                          guarantee: Guarantee = Guarantee.STORED,
-                          timeout: float | None = 30.0) -> list[bool]:
-        answer = await self._control(Op.BULK_UPDATE_DOCUMENTS,
-                                     _bulk_request(updates, guarantee), guarantee, timeout)
-        return [] if answer is None else list(answer["updated"])
-
-    async def get_document(self, collection: str, id: str, *, type: Any = None,
-                           timeout: float | None = 30.0) -> Document[Any] | None:
-        found = await self.get_documents(collection, [id], type=type, timeout=timeout)
-        return found[0] if found else None
-
-    async def get_documents(self, collection: str, ids: Iterable[str], *, type: Any = None,
-                            timeout: float | None = 30.0) -> list[Document[Any]]:
-        _op, body = await self._call(Op.GET_DOCUMENTS, {"collection": collection,
-                                                        "ids": list(ids)}, timeout)
-        return documents_from(body, type)
-
-    async def has_document(self, collection: str, id: str,
-                           timeout: float | None = 30.0) -> bool:
-        _op, body = await self._call(Op.HAS_DOCUMENT, {"collection": collection, "id": id},
-                                     timeout)
-        return bool(decode_control(body)["found"])
-
-    async def delete_document(self, collection: str, id: str, *,
-                              guarantee: Guarantee = Guarantee.STORED,
-                              timeout: float | None = 30.0) -> bool:
-        answer = await self._control(Op.DELETE_DOCUMENT, {
-            "collection": collection, "id": id, "guarantee": int(guarantee)}, guarantee,
-            timeout)
-        return True if answer is None else bool(answer["deleted"])
-
-    async def delete_collection(self, collection: str, timeout: float | None = 30.0) -> int:
-        _op, body = await self._call(Op.DELETE_COLLECTION, {"collection": collection},
-                                     timeout)
-        return int(decode_control(body)["deleted"])
-
-    def search(self, collection: str | list[str]) -> AsyncSearch:
-        return AsyncSearch(collection, lambda op, value: self._call(op, value))
+# The clients' search methods (and Search, AsyncSearch) are written once, in _search_aio.py, and
+# generated for the blocking client; those modules import the helpers above, so they come last.
+from ._search_aio import AsyncSearch, AsyncSearchMethods  # noqa: E402
+from ._search_sync import Search, SearchMethods  # noqa: E402

@@ -12,11 +12,8 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from fluxcore._ext import _proto
 from fluxcore._ext._proto import Message
@@ -28,43 +25,20 @@ from fluxcore.protocol import (
     MessageType,
     Op,
     ProtocolError,
-    decode_control,
 )
 
+from ._api_sync import ConsumerBase, Operations, Pending, ResultReaderBase
+from ._futures import ReplyFuture
 from ._wire import (
-    FLAG_RESEND,
-    Answers,
-    Backoff,
-    BatchReply,
-    Codec,
     ConnectionLost,
     ConsumerSpec,
-    Deadline,
-    Relationship,
     RequestError,
-    Revisions,
-    Scheduled,
     TrackerCursor,
     WebResponse,
-    ack_indexes,
-    dispatcher,
-    fail_requests,
-    log_request,
-    new_client_id,
-    parse_address,
     raise_for,
-    relationship_lists,
-    relationships_of,
     result_frames,
-    results_spec,
-    schedule_answer,
-    schedule_request,
-    scheduled_from,
     settle_results,
-    value_answer,
-    values_request,
 )
-from .search import SearchMethods
 
 __all__ = ["Client", "Consumer", "current_batch"]
 
@@ -73,6 +47,7 @@ logger = logging.getLogger("fluxcore.client")
 Reply = tuple[int, bytes]
 Handler = Callable[[Message], Any]
 BatchHandler = Callable[[list[Message]], Any]
+T = TypeVar("T")
 
 
 _current_batch = threading.local()
@@ -84,56 +59,7 @@ def current_batch() -> tuple[str, tuple[int, int]] | None:
     return value
 
 
-class _Pending:
-    """A request waiting for its answer; `frame` is kept for a resend after a reconnect."""
-
-    __slots__ = ("frame", "future", "resend")
-
-    def __init__(self, frame: bytes, resend: bool) -> None:
-        self.frame = frame
-        self.resend = resend
-        self.future: concurrent.futures.Future[Reply] = concurrent.futures.Future()
-
-
-class _Waiter:
-    """What `request` waits on: a lock held until the reader thread settles it; lighter than
-    a concurrent.futures.Future (no condition, no callbacks) on the path of every request.
-    Settled once: only whoever pops it from the client's `_requests` settles it."""
-
-    __slots__ = ("_error", "_lock", "_result", "_settled")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-        self._result: Message | None = None
-        self._error: BaseException | None = None
-        self._settled = False
-
-    def done(self) -> bool:
-        return self._settled
-
-    def set_result(self, result: Message) -> None:
-        self._result, self._settled = result, True
-        self._lock.release()
-
-    def set_exception(self, exception: BaseException) -> None:
-        self._error, self._settled = exception, True
-        self._lock.release()
-
-    def cancel(self) -> bool:
-        self.set_exception(concurrent.futures.CancelledError())
-        return True
-
-    def result(self, timeout: float | None) -> Message:
-        if not self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
-            raise TimeoutError(f"no result in {timeout:g} s")
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result
-
-
-class Client(SearchMethods):
+class Client(Operations):
     """A connection to a fluxcore server. Thread-safe; also a context manager."""
 
     def __init__(
@@ -148,28 +74,14 @@ class Client(SearchMethods):
         reconnect: bool = True,
         tls: ssl.SSLContext | None = None,
     ) -> None:
-        self.host, self.port = parse_address(address)
-        self.client_id = client_id or new_client_id()
-        self.name = name
-        self._codec = Codec(self.client_id, name, project, token)
-        self._connect_timeout = connect_timeout
-        self._reconnect = reconnect
-        self._tls = tls
+        self._init_state(address, token, name, project, client_id, reconnect, tls,
+                         connect_timeout)
         self._send_lock = threading.Lock()
-        self._pending: dict[int, _Pending] = {}
-        self._closed = False
-        self._gone: BaseException | None = None  # why the client stopped reconnecting
         self._resender: threading.Thread | None = None  # resends after a reconnect
-        self._backoff = Backoff()
         self._connected = threading.Event()
         self._sock: socket.socket | None = None
-        self._consumers: list[Consumer] = []
-        self._requests: dict[int, concurrent.futures.Future[Message] | _Waiter] = {}
-        self._results: ResultReader | None = None
+        self._requests: dict[int, concurrent.futures.Future[Message] | ReplyFuture[Message]] = {}
         self._results_lock = threading.Lock()
-        # The next READ of results, when it is not out yet: it goes out in front of the next
-        # frame written (see _write and ResultReader.delivered).
-        self._owed: ResultReader | None = None
         self._open_connection()
         self._reader = threading.Thread(target=self._read_loop, name="fluxcore-client-reader",
                                         daemon=True)
@@ -260,22 +172,6 @@ class Client(SearchMethods):
                 if not self._recover(exc):
                     return
 
-    def _deliver(self, op: int, request_id: int, body: bytes) -> None:
-        if op == Op.PING:  # the server checks that we are still there
-            self._answer_ping(request_id)
-            return
-        pending = self._pending.pop(request_id, None)
-        if pending is not None:
-            results = self._results
-            if results is not None and request_id == results.request_id:
-                # Results go to the callers waiting for them from this thread: no hand-off.
-                results.delivered(op, body)
-                return
-            pending.future.set_result((op, body))
-        elif op == Op.ERROR:
-            err = decode_control(body)
-            logger.error("server error for request %d: %s", request_id, err)
-
     def _answer_ping(self, request_id: int) -> None:
         # The reader thread never waits for the send lock, nor on a full socket: a sender
         # holding the lock may wait for the server, which may wait for us to read. Whoever
@@ -333,8 +229,7 @@ class Client(SearchMethods):
             if self._closed:
                 sock.close()
                 return False
-            frames = [p.frame[:5] + bytes([p.frame[5] | FLAG_RESEND]) + p.frame[6:]
-                      if p.resend else p.frame for p in self._pending.values()]
+            frames = [p.resend_frame() for p in self._pending.values()]
             self._sock = sock
             self._resender = threading.Thread(
                 target=self._resend, args=(sock, frames), name="fluxcore-client-resend",
@@ -373,14 +268,8 @@ class Client(SearchMethods):
         self._gone = exc
         self._fail_pending(exc)
 
-    def _fail_pending(self, exc: BaseException) -> None:
-        for request_id in list(self._pending):
-            pending = self._pending.pop(request_id, None)
-            if pending is not None and not pending.future.done():
-                pending.future.set_exception(exc)
-
     def _send(self, frame_of: Callable[[int], bytes], *, answer: bool, append: bool = False,
-              prefix: bytes = b"") -> concurrent.futures.Future[Reply] | None:
+              prefix: bytes = b"") -> ReplyFuture[Reply] | None:
         """Sends the frame built for a fresh request id; returns the future of its answer.
         `prefix` (ready-made frames, say a handler's results) goes out in the same write,
         first, and is not resent after a reconnect."""
@@ -393,18 +282,15 @@ class Client(SearchMethods):
         return pending.future if pending is not None else None
 
     def _write(self, frame_of: Callable[[int], bytes], answer: bool, append: bool,
-               prefix: bytes) -> _Pending | None:
+               prefix: bytes) -> Pending | None:
         """With the send lock held: one write of `prefix`, the new request's frame, and the
         owed READ of results if there is one."""
-        # The owed READ of results goes last: the frames before it (a request, a handler's
-        # results) are what someone waits for; the READ only has to be there before the
-        # result it reads can come.
-        owed = self._owed_read() if self._owed is not None else b""
+        owed = self._owed_read() if self._owed is not None else b""  # goes last
         request_id = self._codec.next_request_id()
         frame = frame_of(request_id)
         pending = None
         if answer:
-            pending = self._pending[request_id] = _Pending(frame, append)
+            pending = self._pending[request_id] = Pending(frame, append)
         try:
             if self._sock is None:
                 raise ConnectionResetError("not connected")
@@ -417,17 +303,6 @@ class Client(SearchMethods):
                 with contextlib.suppress(OSError):
                     self._sock.shutdown(socket.SHUT_RDWR)
         return pending
-
-    def _owed_read(self) -> bytes:
-        """With the send lock held: the owed READ of results, registered for a resend."""
-        results, self._owed = self._owed, None
-        if results is None or results.stopped:
-            return b""
-        request_id = self._codec.next_request_id()
-        frame = results.frame(request_id)
-        pending = self._pending[request_id] = _Pending(frame, False)
-        pending.future.add_done_callback(results.failed)
-        return frame
 
     def _send_owed(self) -> None:
         """Sends the owed READ of results now, unless the send lock is taken. The reader
@@ -443,331 +318,25 @@ class Client(SearchMethods):
         finally:
             self._send_lock.release()
 
-    def _call(self, op: Op, value: dict[str, Any], timeout: float | None = 30.0) -> Reply:
-        return self._exchange(lambda rid: self._codec.control(op, rid, value), timeout)
-
-    def _exchange(self, frame_of: Callable[[int], bytes], timeout: float | None) -> Reply:
-        future = self._send(frame_of, answer=True)
-        assert future is not None
-        reply_op, body = future.result(timeout)
-        raise_for(reply_op, body)
-        return reply_op, body
-
-    # -- publishing --------------------------------------------------------------------------
-
-    def publish(
-        self,
-        message_type: MessageType,
-        payload: bytes,
-        *,
-        type: str = "",
-        key: str | bytes | None = None,
-        metadata: dict[str, str] | None = None,
-        topic: str | None = None,
-        guarantee: Guarantee = Guarantee.STORED,
-        timeout: float | None = 30.0,
-        revision: int = 0,
-    ) -> int | None:
-        """Publishes one message (of payload `type` at `revision`); returns its index once
-        stored (STORED), else None."""
-        indexes = self.publish_batch(
-            message_type, [payload], type=type, keys=None if key is None else [key],
-            metadata=metadata, topic=topic, guarantee=guarantee, timeout=timeout,
-            revision=revision)
-        return None if indexes is None else int(indexes[0])
-
-    def publish_batch(
-        self,
-        message_type: MessageType,
-        payloads: Sequence[bytes],
-        *,
-        type: str = "",
-        keys: Sequence[str | bytes] | None = None,
-        metadata: dict[str, str] | None = None,
-        topic: str | None = None,
-        guarantee: Guarantee = Guarantee.STORED,
-        timeout: float | None = 30.0,
-        types: Sequence[str] | None = None,
-        revision: Revisions = 0,
-    ) -> npt.NDArray[np.uint64] | None:
-        """Publishes many messages in one frame; returns their indexes (STORED), else None.
-        `types`: one payload type per message, instead of `type` for all; `revision`: the
-        payload revision of all, or a sequence of one per message."""
-        future = self.publish_batch_async(
-            message_type, payloads, type=type, keys=keys, metadata=metadata, topic=topic,
-            guarantee=guarantee, types=types, revision=revision)
-        if future is None:
-            return None
+    def _wait(self, future: ReplyFuture[T] | concurrent.futures.Future[T],
+              timeout: float | None) -> T:
+        """The future's result, or TimeoutError after `timeout` seconds."""
         return future.result(timeout)
 
-    def publish_batch_async(
-        self,
-        message_type: MessageType,
-        payloads: Sequence[bytes],
-        *,
-        type: str = "",
-        keys: Sequence[str | bytes] | None = None,
-        metadata: dict[str, str] | None = None,
-        topic: str | None = None,
-        guarantee: Guarantee = Guarantee.STORED,
-        types: Sequence[str] | None = None,
-        revision: Revisions = 0,
-    ) -> concurrent.futures.Future[npt.NDArray[np.uint64]] | None:
-        """Like publish_batch, without waiting: a future of the indexes (STORED), else None."""
-        stored = guarantee == Guarantee.STORED
-
-        def frame_of(request_id: int) -> bytes:
-            return self._codec.append(
-                request_id, message_type, payloads, payload_type="" if types else type,
-                guarantee=guarantee, keys=keys, topic=topic, metadata=metadata,
-                payload_types=types or None, revision=revision)
-
-        reply = self._send(frame_of, answer=stored, append=True)
-        if reply is None:
-            return None
-        out: concurrent.futures.Future[npt.NDArray[np.uint64]] = concurrent.futures.Future()
-
-        def done(f: concurrent.futures.Future[Reply]) -> None:
-            try:
-                op, body = f.result()
-                raise_for(op, body)
-                out.set_result(ack_indexes(body))
-            except Exception as exc:  # noqa: BLE001 - handed to whoever waits on `out`
-                out.set_exception(exc)
-
-        reply.add_done_callback(done)
-        return out
-
-    # -- scheduling --------------------------------------------------------------------------
-
-    def schedule(
-        self,
-        payload: bytes,
-        deadline: Deadline,
-        *,
-        schedule_id: str | None = None,
-        type: str = "",
-        key: str | bytes | None = None,
-        metadata: dict[str, str] | None = None,
-        if_absent: bool = False,
-        timeout: float | None = 30.0,
-        revision: int = 0,
-    ) -> str | None:
-        """Has the server append `payload` (of payload `type` at `revision`) to the SCHEDULE
-        log at `deadline` (a datetime, a delay from now, or epoch seconds), where consumers of
-        SCHEDULE get it. The same id again replaces a pending schedule; with `if_absent` it
-        leaves it be and returns None. Returns the schedule id (new unless given) once the
-        schedule is stored."""
-        sid, frame_of = schedule_request(self._codec, payload, deadline, schedule_id,
-                                         payload_type=type, key=key, metadata=metadata,
-                                         if_absent=if_absent, revision=revision)
-        _op, body = self._exchange(frame_of, timeout)
-        return schedule_answer(sid, body)
-
-    def cancel_schedule(self, schedule_id: str, timeout: float | None = 30.0) -> bool:
-        """Cancels a pending schedule; False if there was none (or it already fired)."""
-        _op, body = self._call(Op.CANCEL_SCHEDULE, {"id": schedule_id}, timeout)
-        return bool(decode_control(body)["cancelled"])
-
-    def get_schedule(self, schedule_id: str, timeout: float | None = 30.0) -> Scheduled | None:
-        """The pending schedule with this id, or None."""
-        _op, body = self._call(Op.GET_SCHEDULE, {"id": schedule_id}, timeout)
-        return scheduled_from(decode_control(body)["schedule"])
-
-    # -- event sourcing ----------------------------------------------------------------------
-
-    def append_events(
-        self,
-        aggregate_id: str,
-        payloads: Sequence[bytes],
-        *,
-        types: str | Sequence[str] = "",
-        metadata: dict[str, str] | None = None,
-        store_only: bool = False,
-        expected_sequence: int | None = None,
-        timeout: float | None = 30.0,
-        revision: Revisions = 0,
-    ) -> int:
-        """Appends events to the aggregate's stream (numbered from 0) and, unless
-        `store_only`, publishes them to the EVENT log, routed by the aggregate id. `types`:
-        one payload type for all, or one per event; `revision` likewise. With
-        `expected_sequence` (the stream's last number when the writer read it; -1: empty)
-        the append happens only if no one appended since, else ConcurrencyError and nothing
-        is stored. Returns the stream's last number."""
-        _op, body = self._exchange(
-            lambda rid: self._codec.append_events(
-                rid, aggregate_id, payloads, types=types, metadata=metadata,
-                store_only=store_only, expected_sequence=expected_sequence,
-                revision=revision),
-            timeout)
-        return int(decode_control(body)["last_sequence"][0])
-
-    def get_events(self, aggregate_id: str, *, after_sequence: int = -1,
-                   page_size: int = 1000, timeout: float | None = 30.0) -> list[Message]:
-        """The aggregate's events after `after_sequence` (all by default), in order, read a
-        page at a time; a message's `index` is its number in the stream."""
-        events: list[Message] = []
-        after = after_sequence
-        while True:
-            _op, body = self._call(
-                Op.GET_EVENTS, {"aggregate": aggregate_id, "after": after, "max_size": page_size},
-                timeout)
-            page = BatchReply(body)
-            events.extend(page.messages)
-            if page.caught_up or not page.messages:
-                return events
-            after = page.last_index
-
-    def delete_events(self, aggregate_id: str, timeout: float | None = 30.0) -> bool:
-        """Deletes the aggregate's stream (the EVENT log keeps what was published)."""
-        _op, body = self._call(Op.DELETE_EVENTS, {"aggregate": aggregate_id}, timeout)
-        return bool(decode_control(body)["deleted"])
-
-    def update_relationships(
-        self,
-        associations: Iterable[tuple[str, str, str]] = (),
-        dissociations: Iterable[tuple[str, str, str]] = (),
-        timeout: float | None = 30.0,
-    ) -> None:
-        """Links to add and to remove, each (aggregate id, aggregate type, entity id)."""
-        self._call(Op.UPDATE_RELATIONSHIPS, {
-            "associations": relationship_lists(associations),
-            "dissociations": relationship_lists(dissociations)}, timeout)
-
-    def repair_relationships(self, aggregate_id: str, aggregate_type: str,
-                             entity_ids: Iterable[str], timeout: float | None = 30.0) -> None:
-        """Makes `entity_ids` all the entities of the aggregate."""
-        self._call(Op.REPAIR_RELATIONSHIPS, {
-            "aggregate": aggregate_id, "aggregate_type": aggregate_type,
-            "entities": list(entity_ids)}, timeout)
-
-    def get_relationships(self, entity_id: str,
-                          timeout: float | None = 30.0) -> list[Relationship]:
-        """Every aggregate the entity belongs to."""
-        _op, body = self._call(Op.GET_RELATIONSHIPS, {"entity": entity_id}, timeout)
-        return relationships_of(body)
-
-    def get_aggregate_ids(self, entity_id: str,
-                          timeout: float | None = 30.0) -> dict[str, str]:
-        """Aggregate id -> aggregate type, of every aggregate the entity belongs to."""
-        found = self.get_relationships(entity_id, timeout)
-        return {r.aggregate_id: r.aggregate_type for r in found}
-
-    # -- key-value store ---------------------------------------------------------------------
-
-    def store_values(self, values: Mapping[str, bytes], timeout: float | None = 30.0) -> None:
-        """Stores each value under its key, overwriting, all in one transaction."""
-        self._call(Op.STORE_VALUES, values_request(values, False), timeout)
-
-    def store_value(self, key: str, value: bytes, *, if_absent: bool = False,
-                    timeout: float | None = 30.0) -> bool:
-        """Stores one value; with `if_absent` only if the key has none. True if stored."""
-        _op, body = self._call(Op.STORE_VALUES, values_request({key: value}, if_absent),
-                                 timeout)
-        return bool(decode_control(body)["stored"][0])
-
-    def get_value(self, key: str, timeout: float | None = 30.0) -> bytes | None:
-        """The value stored under `key`, or None."""
-        _op, body = self._call(Op.GET_VALUE, {"key": key}, timeout)
-        return value_answer(body)
-
-    def delete_value(self, key: str, timeout: float | None = 30.0) -> bool:
-        """Deletes the value under `key`; False if there was none."""
-        _op, body = self._call(Op.DELETE_VALUE, {"key": key}, timeout)
-        return bool(decode_control(body)["deleted"])
+    def _start_consumer(self, spec: ConsumerSpec, handler: Handler | BatchHandler) -> Consumer:
+        consumer = Consumer(self, spec, handler)
+        self._consumers.append(consumer)
+        consumer.start()
+        return consumer
 
     def flush(self, timeout: float | None = 30.0) -> None:
         """Waits until every request sent so far is answered (STORED publishes acknowledged)."""
         with self._send_lock:
             futures = [p.future for p in self._pending.values() if p.resend]
-        concurrent.futures.wait(futures, timeout)
-
-    # -- consuming ---------------------------------------------------------------------------
-
-    def consume(
-        self,
-        name: str,
-        message_type: MessageType,
-        handler: Handler | BatchHandler | Mapping[str, Handler],
-        *,
-        trackers: int = 1,
-        batch: bool = False,
-        type_filter: str | None = None,
-        topic: str | None = None,
-        max_size: int = 1024,
-        max_timeout_ms: int = 1000,
-        from_index: int | None = None,
-        purge_timeout_ms: int | None = 60_000,
-    ) -> Consumer:
-        """Starts `trackers` threads that feed `handler` the messages of consumer `name`; a
-        mapping of payload type -> handler picks the handler by type (and reads only those
-        types). A handler of requests (COMMAND, QUERY, ...) answers with what it returns
-        (bytes or str) or raises. Positions are stored after each batch. `from_index`: where
-        a consumer with no stored position starts (default: now)."""
-        if isinstance(handler, Mapping):
-            if batch:
-                raise ValueError("a mapping of handlers works per message, not with batch=True")
-            handler, types = dispatcher(handler)
-            type_filter = type_filter or types
-        consumer = Consumer(self, ConsumerSpec(
-            name, message_type, trackers, batch, type_filter, topic, max_size, max_timeout_ms,
-            from_index, purge_timeout_ms), handler)
-        self._consumers.append(consumer)
-        consumer.start()
-        return consumer
-
-    def read(self, request: dict[str, Any], timeout: float | None, *, answers: bytes = b""
-             ) -> BatchReply:
-        """One READ; `answers` (a handler's result frames) go out in the same write, first."""
-        future = self._send(lambda rid: self._codec.control(Op.READ, rid, request), answer=True,
-                            prefix=answers)
-        assert future is not None
-        op, body = future.result(timeout)
-        raise_for(op, body)
-        return BatchReply(body)
-
-    def store_position(self, consumer: str, message_type: MessageType, segment: tuple[int, int],
-                       last_index: int, topic: str | None = None) -> None:
-        self._call(Op.STORE_POSITION, log_request(
-            message_type, topic, consumer=consumer, segment=list(segment), last_index=last_index))
-
-    def reset_position(self, consumer: str, message_type: MessageType, last_index: int,
-                       topic: str | None = None) -> None:
-        """Moves every segment of a consumer to `last_index`: replay from there ("time
-        travel": use `index_from_time`) or skip ahead."""
-        self._call(Op.RESET_POSITION, log_request(
-            message_type, topic, consumer=consumer, last_index=last_index))
-
-    def get_position(self, consumer: str, message_type: MessageType,
-                     topic: str | None = None) -> list[Any]:
-        _op, body = self._call(Op.GET_POSITION,
-                               log_request(message_type, topic, consumer=consumer))
-        return list(decode_control(body)["position"])
-
-    def disconnect_tracker(self, consumer: str, message_type: MessageType, tracker: str,
-                           topic: str | None = None) -> None:
-        self._call(Op.DISCONNECT_TRACKER, log_request(
-            message_type, topic, consumer=consumer, tracker=tracker, final_empty_batch=True))
-
-    def read_from_index(self, message_type: MessageType, min_index: int = 0, max_size: int = 1024,
-                        topic: str | None = None) -> list[Message]:
-        """Messages with index >= min_index, with no consumer state."""
-        _op, body = self._call(Op.READ_FROM_INDEX, log_request(
-            message_type, topic, min_index=min_index, max_size=max_size))
-        return BatchReply(body).messages
-
-    def set_retention(self, message_type: MessageType, retention_ms: int | None,
-                      topic: str | None = None) -> None:
-        self._call(Op.SET_RETENTION, log_request(
-            message_type, topic, retention_ms=retention_ms))
-
-    def ping(self, timeout: float = 10.0) -> float:
-        """Round trip time in seconds."""
-        began = time.perf_counter()
-        future = self._send(lambda rid: bytes(_proto.frame_header(Op.PING, rid, 0)), answer=True)
-        assert future is not None
-        future.result(timeout)
-        return time.perf_counter() - began
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for future in futures:
+            if not future.wait(None if deadline is None else deadline - time.monotonic()):
+                return
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -805,7 +374,7 @@ class Client(SearchMethods):
     ) -> Message:
         """Sends a command or query (of payload `type` at `revision`) and waits for its
         result; RequestError if the handler failed, TimeoutError if no result came in time."""
-        waiter = _Waiter()
+        waiter: ReplyFuture[Message] = ReplyFuture()
         number = self._request(waiter, message_type, payload, type, key, metadata, topic,
                                revision)
         try:
@@ -814,7 +383,7 @@ class Client(SearchMethods):
             if not waiter.done():
                 self._requests.pop(number, None)
 
-    def _request(self, future: concurrent.futures.Future[Message] | _Waiter,
+    def _request(self, future: concurrent.futures.Future[Message] | ReplyFuture[Message],
                  message_type: MessageType, payload: bytes, payload_type: str,
                  key: str | bytes | None, metadata: dict[str, str] | None, topic: str | None,
                  revision: int) -> int:
@@ -859,11 +428,6 @@ class Client(SearchMethods):
         results, errors = result_frames(self._codec, list(done), web, types)
         self.send_frames(results + errors)
 
-    def send_frames(self, frames: bytes) -> None:
-        """Writes ready-made frames (answers to requests) as one write."""
-        if frames:
-            self._send(lambda _rid: frames, answer=False)
-
     # -- closing -----------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -891,43 +455,18 @@ class Client(SearchMethods):
             if future is not None:
                 future.cancel()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
-
-class ResultReader:
-    """Reads the results of this client's requests: a READ of the RESULT log, filtered to this
-    client by the server, waiting there while requests wait. The reader thread handles each
-    batch as it comes: it wakes the callers waiting for those results itself, and the next
-    READ goes out at once if requests still wait, else with the next request."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        spec = results_spec(client.name)
-        self.tracker_id = spec.tracker_ids(client.client_id)[0]
-        self.cursor = TrackerCursor(spec, client._codec, self.tracker_id)
-        self.request_id = -1  # of the READ out now (set under the send lock, before sending)
-        self.stopped = False
-
-    def frame(self, request_id: int) -> bytes:
-        self.request_id = request_id
-        return self.client._codec.control(Op.READ, request_id, self.cursor.request())
+class ResultReader(ResultReaderBase):
+    """Reads the results of this client's requests. The reader thread handles each batch as
+    it comes: it wakes the callers waiting for those results itself, and the next READ goes
+    out at once if requests still wait, else with the next request."""
 
     def delivered(self, op: int, body: bytes) -> None:
         """A batch (in the reader thread): results to their callers, then the next READ."""
-        client = self.client
-        self.request_id = -1
-        try:
-            raise_for(op, body)
-            reply = BatchReply(body)
-        except (ProtocolError, FrameError) as exc:
-            logger.error("reading the results of requests failed: %s", exc)
-            self.stopped = True
-            client._results = None  # the next request starts a new reader
-            fail_requests(client._requests, exc)
+        reply = self._batch(op, body)
+        if reply is None:
             return
-        self.cursor.advance(reply)
+        client = self.client
         # The next READ: now if other requests wait, else in front of the next request (one
         # write for both). Owed before the callers wake, so that their next request takes it;
         # a request sent meanwhile is in `requests` by the time this looks (_send_owed).
@@ -938,40 +477,19 @@ class ResultReader:
         if requests and client._owed is self:
             client._send_owed()
 
-    def failed(self, future: concurrent.futures.Future[Reply]) -> None:
-        # Only ConnectionLost completes the READ's future (answers are taken in _deliver):
-        # the client is closed, or gone for good; its waiting callers learn it now.
-        exc = None if future.cancelled() else future.exception()
-        if exc is not None and not self.client.closed:
-            fail_requests(self.client._requests, exc)
 
-    def stop(self) -> None:
-        """Ends the READ that waits at the server (its answer sends no other)."""
-        self.stopped = True
-        client, spec = self.client, self.cursor.spec
-        client._owed = None
-        with contextlib.suppress(ProtocolError, ConnectionLost, OSError,
-                                 concurrent.futures.TimeoutError):
-            client.disconnect_tracker(spec.name, spec.message_type, self.tracker_id)
-
-
-class Consumer:
+class Consumer(ConsumerBase):
     """The trackers of one consumer in this client: a thread each."""
 
     def __init__(self, client: Client, spec: ConsumerSpec, handler: Handler | BatchHandler
                  ) -> None:
-        self.client = client
-        self.spec = spec
-        self.name = spec.name
-        self.message_type = spec.message_type
-        self.handler = handler
-        self.tracker_ids = spec.tracker_ids(client.client_id)
+        super().__init__(client, spec, handler)
         self._stop = threading.Event()
         self._lock = threading.Lock()  # orders stop() against a tracker starting on a batch
-        self._handling: set[str] = set()  # trackers handling a batch now
         self._threads: list[threading.Thread] = []
-        self.handled = 0
-        self.errors = 0
+
+    def _call_handler(self, value: Any) -> Any:
+        return self.handler(value)
 
     def start(self) -> None:
         for tracker_id in self.tracker_ids:
@@ -1021,25 +539,6 @@ class Consumer:
         except (ProtocolError, ConnectionLost, OSError, concurrent.futures.TimeoutError) as exc:
             logger.error("tracker %s: storing its position or leaving failed: %s",
                          tracker_id, exc)
-
-    def _handle(self, messages: list[Message]) -> bytes:
-        """Runs the handler; returns the frames owed to requesters."""
-        answers = Answers(self.spec)
-        if self.spec.batch:
-            try:
-                self.handler(messages)  # type: ignore[arg-type]
-            except Exception as exc:  # noqa: BLE001 - logged by Answers; the tracker goes on
-                answers.failed(None, exc)
-        else:
-            handler = self.handler
-            for message in messages:
-                try:
-                    answers.handled(message, handler(message))  # type: ignore[arg-type]
-                except Exception as exc:  # noqa: BLE001 - to the requester, or logged
-                    answers.failed(message, exc)
-        self.handled += len(messages)
-        self.errors += answers.errors
-        return answers.frames(self.client._codec)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stops the trackers: each leaves its cluster, so its segments go to the others."""
