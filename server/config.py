@@ -116,8 +116,8 @@ class ServerConfig:
         unknown = set(values) - set(names) - {"token", "tokens_file"}
         if unknown:
             raise ValueError(f"unknown configuration keys: {sorted(unknown)}")
-        token = values.pop("token", None)
-        tokens_file = values.pop("tokens_file", None)
+        token = values.pop("token", None) or None  # empty: not given
+        tokens_file = values.pop("tokens_file", None) or None
         if "tokens" not in values:
             tokens = _file_tokens(tokens_file, file) if tokens_file else Tokens()
             listed = os.environ.get("FLUXCORE_TOKENS")
@@ -125,8 +125,8 @@ class ServerConfig:
                 tokens = Tokens(by_project={**tokens.by_project, **Tokens.parse(listed)},
                                 default=tokens.default)
             if token is not None:
-                if not isinstance(token, str) or not token:
-                    raise ValueError(f"token must be a non-empty string, not {token!r}")
+                if not isinstance(token, str):
+                    raise ValueError(f"token must be a string, not {token!r}")
                 tokens = Tokens(by_project=tokens.by_project, default=token)
             values["tokens"] = tokens
         if not values.get("data_dir"):
