@@ -88,6 +88,12 @@ class ServerConfig:
         for spec in dataclasses.fields(self):
             if spec.name in _CHECKS:
                 _CHECKS[spec.name](spec.name, getattr(self, spec.name), str(spec.type))
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ValueError("tls_key is the key of tls_cert: give both, or tls_cert alone "
+                             "when it holds the key too")
+        for name, path in (("tls_cert", self.tls_cert), ("tls_key", self.tls_key)):
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(f"{name}: no such file {path!r}")
 
     @classmethod
     def from_sources(cls, file: str | None = None, **options: Any) -> ServerConfig:

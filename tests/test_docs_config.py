@@ -90,6 +90,8 @@ def test_no_token_means_every_project_accepts_dev_with_a_warning(tmp_path: Path)
     ("", {"FLUXCORE_PORT": "not-a-number"}, "FLUXCORE_PORT"),
     ("", {"FLUXCORE_IDLE_TIMEOUT_S": "-1"}, "idle_timeout_s"),
     ("", {"FLUXCORE_SERVER_BUFFER": "0"}, "server_buffer"),
+    ('tls_cert = "/nonexistent/cert.pem"', {}, "/nonexistent/cert.pem"),
+    ('tls_key = "/nonexistent/key.pem"', {}, "tls_cert"),
 ])
 def test_a_bad_setting_stops_the_server_at_start_naming_it(
         tmp_path: Path, setting: str, env: dict[str, str], named: str) -> None:
