@@ -4,8 +4,6 @@ positions that never move back)."""
 
 from __future__ import annotations
 
-import time
-
 from fluxcore.client import MessageType
 from fluxcore.client._wire import Codec
 from fluxcore.protocol import Op, decode_control
@@ -17,26 +15,30 @@ EVENT = int(MessageType.EVENT)
 
 
 def test_disconnect_tracker_answers_its_waiting_read(server: ServerProcess) -> None:
-    with connect(server, "tracker-side") as tracker, connect(server, "admin") as admin:
+    with connect(server, "tracker-side") as sock:
         for final_empty_batch in (True, False):
             consumer = f"leaving-{final_empty_batch}"
-            tracker.sendall(control(Op.READ, 5, {"type": EVENT, "consumer": consumer,
-                                                 "tracker": "t1", "max_timeout_ms": 60_000}))
-            time.sleep(0.2)  # parked (an answer within the 60 s poll comes from the disconnect)
-            op, body = ask(admin, Op.DISCONNECT_TRACKER, 6, {
-                "type": EVENT, "consumer": consumer, "tracker": "t1",
-                "final_empty_batch": final_empty_batch})
+            # One connection's frames are taken in order: the READ waits (60 s) when the
+            # DISCONNECT_TRACKER behind it comes.
+            sock.sendall(control(Op.READ, 5, {"type": EVENT, "consumer": consumer,
+                                              "tracker": "t1", "max_timeout_ms": 60_000})
+                         + control(Op.DISCONNECT_TRACKER, 6, {
+                             "type": EVENT, "consumer": consumer, "tracker": "t1",
+                             "final_empty_batch": final_empty_batch}))
+            answers = {request_id: (op, body) for op, request_id, body in
+                       (read_frame(sock), read_frame(sock))}
+            op, body = answers[6]
             assert (op, decode_control(body)) == (Op.RESULT, {"ok": True})
-            op, request_id, body = read_frame(tracker)
-            assert (op, request_id) == (Op.BATCH, 5)
+            op, body = answers[5]
+            assert op == Op.BATCH
             (start, end, _caught_up, _last_index), messages = records(body)
             assert (start, end, messages) == (0, 0, [])
             # the same tracker id joins again with its next READ
-            tracker.sendall(control(Op.READ, 7, {"type": EVENT, "consumer": consumer,
-                                                 "tracker": "t1", "max_timeout_ms": 0}))
-            op, request_id, body = read_frame(tracker)
+            sock.sendall(control(Op.READ, 7, {"type": EVENT, "consumer": consumer,
+                                              "tracker": "t1", "max_timeout_ms": 0}))
+            op, request_id, body = read_frame(sock)
             assert (op, request_id) == (Op.BATCH, 7) and records(body)[0][:2] == (0, 128)
-        op, body = ask(admin, Op.DISCONNECT_TRACKER, 8, {
+        op, body = ask(sock, Op.DISCONNECT_TRACKER, 8, {
             "type": EVENT, "consumer": "leaving-True", "tracker": "nobody",
             "final_empty_batch": True})
         assert (op, decode_control(body)) == (Op.RESULT, {"ok": False})
