@@ -243,13 +243,15 @@ class Log(LogCore):
         starts = self._list_files()
         self._starts = starts
         self._files = [None] * len(starts)
+        damaged_at = self._drop_files_after_damage() if repair else 0
         last_index = 0
         while self._starts:
             pos = len(self._starts) - 1
             previous = self._last_index_before(pos)
             f = self._open_file(self._starts[pos], writable=True)
             self._files[pos] = f
-            report = f.recover(repair, previous)
+            report = f.recover(repair, previous, damaged_at)
+            damaged_at = 0
             self.recovery["truncated_bytes"] += report["truncated_bytes"]
             self.recovery["dropped_records"] += report["dropped_records"]
             if report["cut_short"] or report["dropped_records"] or report["truncated_bytes"]:
@@ -281,6 +283,44 @@ class Log(LogCore):
         if self.fsync == "interval":
             scheduler.register()
             self._scheduled = True
+
+    def _drop_files_after_damage(self) -> int:
+        """repair=True: finds the first damaged record of the whole log (opening verifies only
+        past the last checkpoint; bytes can rot below it) and removes every file after the
+        damaged one, counting their records in `recovery`, so that the damaged file's recovery
+        cuts the log there. Returns the damaged record's offset in what is now the last file
+        (0: no damage found)."""
+        damaged_pos, damaged_at = -1, 0
+        for pos, first in enumerate(self._starts):
+            try:
+                reader = self._open_file(first, writable=False)
+            except CorruptLogError:
+                return 0  # a damaged header: the writer's open below reports (or repairs) it
+            try:
+                reader.verify_all()
+            except CorruptLogError as exc:
+                if exc.offset < reader.data_offset:
+                    return 0  # not a record: as above
+                damaged_pos, damaged_at = pos, exc.offset
+                break
+        if damaged_pos < 0:
+            return 0
+        for later in range(len(self._starts) - 1, damaged_pos, -1):
+            try:
+                dropped = self._open_file(self._starts[later], writable=False)
+            except CorruptLogError as exc:  # its header is damaged too: it goes uncounted
+                logger.warning("%s: not counted in recovery: %s", self.path, exc)
+            else:
+                self.recovery["dropped_records"] += dropped.published_records
+                self.recovery["truncated_bytes"] += dropped.committed_end - dropped.data_offset
+                del dropped  # unmapped before its file goes
+            os.unlink(os.path.join(self.path, _file_name(self._starts[later])))
+            logger.warning("%s: removed %s, after the damaged record at offset %d of %s",
+                           self.path, _file_name(self._starts[later]), damaged_at,
+                           _file_name(self._starts[damaged_pos]))
+            del self._starts[later], self._files[later]
+        _fsync_dir(self.path)
+        return int(damaged_at)
 
     def _sync_sealed_files(self, pos: int) -> int:
         """Syncs the files before position `pos` that a writer sealed but did not sync (it was

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,10 @@ __all__ = ["HTTP_METHODS", "MAX_HEAD", "HttpError", "HttpRequest", "WebProxy", "
 HTTP_METHODS = (b"GET ", b"HEAD", b"POST", b"PUT ", b"DELE", b"PATC", b"OPTI")
 MAX_HEAD = 64 * 1024  # request line and headers
 _RECORD_HEADER_SIZE = 24
+# What a handler may put in a response header (RFC 9110): a name is a token, a value has no
+# control characters but tab, so a WEBRESPONSE can never add a header line or end the head.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 408: "Request Timeout",
             411: "Length Required", 413: "Content Too Large", 500: "Internal Server Error",
@@ -130,7 +135,7 @@ class WebProxy:
             self.project.watch_appends("webresponse", self)
             self._watching = True
         metadata = {"url": request.target, "method": request.method,
-                    "headers": json.dumps(dict(request.headers))}
+                    "headers": json.dumps(_header_object(request.headers))}
         self.project.append_own(
             "webrequest", MessageType.WEBREQUEST, request.body,
             payload_type=f"{request.method} {request.path}", source=proxy_id,
@@ -177,16 +182,36 @@ def _to_http(batch: Any, position: int, head_only: bool) -> bytes:
     try:
         status = int(metadata.get("status", "200"))
         raw_headers = json.loads(metadata.get("headers", "{}"))
-        headers = list(raw_headers.items()) if isinstance(raw_headers, dict) else [
-            (str(k), str(v)) for k, v in raw_headers]
+        headers = [(str(k), _header_value(v)) for k, v in (
+            raw_headers.items() if isinstance(raw_headers, dict) else raw_headers)]
     except (ValueError, TypeError):
         return http_response(502, [("Content-Type", "text/plain")],
                              b"the web response had bad status or headers", head_only)
     if not 100 <= status <= 599:
         return http_response(502, [("Content-Type", "text/plain")],
                              b"the web response had a bad status", head_only)
-    return http_response(status, [(str(k), str(v)) for k, v in headers], message.data,
-                         head_only)
+    if not all(_HEADER_NAME.fullmatch(k) and _HEADER_VALUE.fullmatch(v) for k, v in headers):
+        return http_response(502, [("Content-Type", "text/plain")],
+                             b"the web response had a header name or value HTTP does not allow",
+                             head_only)
+    return http_response(status, headers, message.data, head_only)
+
+
+def _header_value(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise TypeError(f"a header value is a string or a number, not {value!r}")
+    return str(value)
+
+
+def _header_object(headers: list[tuple[str, str]]) -> dict[str, str]:
+    """The request's headers as one JSON object: a name sent more than once (in any case)
+    gets its values joined with ", " (RFC 9110), under its first spelling."""
+    merged: dict[str, str] = {}
+    spelling: dict[str, str] = {}
+    for name, value in headers:
+        key = spelling.setdefault(name.lower(), name)
+        merged[key] = f"{merged[key]}, {value}" if key in merged else value
+    return merged
 
 
 def _decode_record(batch: Any, position: int) -> Any:

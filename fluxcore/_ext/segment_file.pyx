@@ -184,6 +184,15 @@ cdef class SegmentFile:
     def file_size(self):
         return self.size
 
+    @property
+    def published_records(self):
+        """How many records the header says the file holds."""
+        return seg_load_u64(&self.hdr.record_count)
+
+    @property
+    def committed_end(self):
+        return self.committed()
+
     cdef uint64_t entry_count(self) noexcept nogil:
         # Entries are published in order, so the valid ones are a prefix: binary search for it.
         cdef uint64_t lo = 0, hi = self.index_capacity, mid
@@ -518,7 +527,7 @@ cdef class SegmentFile:
             return self.data_offset
         return value
 
-    def recover(self, bint repair, uint64_t previous_last_index):
+    def recover(self, bint repair, uint64_t previous_last_index, uint64_t damaged_at=0):
         """Opening the writer's last file: verify the records past the checkpoint (all of them
         if the file was cut short), rebuild the sparse index, cut a damaged or torn tail and
         zero what lies beyond it.
@@ -527,7 +536,8 @@ cdef class SegmentFile:
         were published: records missing below that are damage, not the end of the log. Damage
         followed by intact records is corruption: CorruptLogError, or with repair=True a cut
         there as well. At the tail (nothing intact after it), the file is cut and the published
-        records lost are counted in `dropped_records`."""
+        records lost are counted in `dropped_records`. `damaged_at`: the offset of a record
+        that a full verify found damaged (below the checkpoint too); verified from there."""
         cdef uint64_t last = previous_last_index, count = 0, seen = 0, dropped_bytes = 0
         cdef uint64_t verify_from = self.hdr.checkpoint_offset
         cdef uint64_t sealed = self.hdr.sealed_end
@@ -547,6 +557,8 @@ cdef class SegmentFile:
         limit = sealed if sealed and not cut_short else self.size
         if verify_from < self.data_offset or verify_from > self.size or cut_short:
             verify_from = self.data_offset
+        if damaged_at and damaged_at < verify_from:
+            verify_from = max(damaged_at, self.data_offset)
         self.index_count = 0
         self.next_entry_at = self.data_offset
         with nogil:
