@@ -10,9 +10,13 @@ documents); facets and sortables."""
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import math
 import re
+import struct
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,9 +40,10 @@ from .constraints import (
     PathGlob,
     is_literal,
 )
-from .flatten import NULL, NUMERIC, as_phrase, normalize, words
+from .flatten import NULL, NUMERIC, TEXT, normalize, words
 
-__all__ = ["SEARCH_FILE", "IndexedDocument", "Query", "SearchStore", "Sorting"]
+__all__ = ["SEARCH_FILE", "IndexedDocument", "Query", "SearchLayoutError", "SearchStore",
+           "Sorting"]
 
 SEARCH_FILE = "search.sqlite"
 ENTRY_BITS = 20
@@ -60,23 +65,14 @@ CREATE TABLE IF NOT EXISTS documents (
     te INTEGER, type TEXT NOT NULL, data BLOB NOT NULL, UNIQUE (coll, id));
 CREATE INDEX IF NOT EXISTS documents_ts ON documents (coll, ts);
 CREATE TABLE IF NOT EXISTS entries (
-    rowid INTEGER PRIMARY KEY, coll INTEGER NOT NULL, type INTEGER NOT NULL,
-    value TEXT NOT NULL, phrase TEXT NOT NULL, number REAL, lpath TEXT NOT NULL,
-    spath TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS entries_phrase ON entries (coll, phrase, spath);
-CREATE INDEX IF NOT EXISTS entries_number ON entries (coll, number, spath)
-    WHERE number IS NOT NULL;
-CREATE INDEX IF NOT EXISTS entries_path ON entries (coll, spath);
-CREATE TABLE IF NOT EXISTS words (
-    word TEXT NOT NULL, entry INTEGER NOT NULL, PRIMARY KEY (word, entry)) WITHOUT ROWID;
+    rowid INTEGER PRIMARY KEY, type INTEGER NOT NULL, value TEXT NOT NULL,
+    phrase TEXT NOT NULL, number REAL, lpath TEXT NOT NULL, spath TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS postings (
+    rowid INTEGER PRIMARY KEY, coll INTEGER NOT NULL, term TEXT NOT NULL, n INTEGER NOT NULL,
+    entries TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS postings_term ON postings (coll, term);
 CREATE TABLE IF NOT EXISTS vocabulary (
-    word TEXT PRIMARY KEY, rword TEXT NOT NULL) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS vocabulary_rword ON vocabulary (rword);
-CREATE VIRTUAL TABLE IF NOT EXISTS vocabulary_trigrams USING fts5 (
-    word, tokenize = 'trigram', detail = 'none');
-CREATE TRIGGER IF NOT EXISTS vocabulary_added AFTER INSERT ON vocabulary BEGIN
-    INSERT INTO vocabulary_trigrams (word) VALUES (new.word);
-END;
+    rword TEXT PRIMARY KEY, word TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS facets (
     doc INTEGER NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, coll INTEGER NOT NULL,
     PRIMARY KEY (doc, name, value)) WITHOUT ROWID;
@@ -146,6 +142,10 @@ Publish = Callable[[str, list[IndexedDocument]], None]
 OpenLog = Callable[[str], None]
 
 
+class SearchLayoutError(RuntimeError):
+    """A search.sqlite of a layout this version does not read."""
+
+
 class _Sql:
     """A WHERE expression and its parameters."""
 
@@ -165,13 +165,13 @@ class SearchStore:
         # A bigger page cache and fewer checkpoints: index inserts land all over the B-trees.
         self._db.execute("PRAGMA cache_size=-65536")
         self._db.execute("PRAGMA wal_autocheckpoint=20000")
-        counted = self._db.execute(
-            "SELECT 1 FROM sqlite_master WHERE name = 'facet_counts'").fetchone() is not None
+        if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'words'").fetchone():
+            self._db.close()
+            raise SearchLayoutError(
+                f"{path} has the search layout of fluxcore before postings (a table per word"
+                " and entry): this version does not read it; delete the file and index the"
+                " documents again")
         self._db.executescript(_SCHEMA)
-        if not counted:  # a store from before the counts: count what it has
-            with transaction(self._db):
-                self._db.execute("INSERT INTO facet_counts SELECT coll, name, value, count(*)"
-                                 " FROM facets GROUP BY coll, name, value")
         self._db.create_function("fc_find", 2, _find, deterministic=True)
         self._publish = publish
         self._open_log = open_log
@@ -183,6 +183,7 @@ class SearchStore:
         # Documents committed that their log did not take yet. Until the first retry() looks,
         # a crash may have left some.
         self.backlog = True
+        self._top = int(self._db.execute("SELECT max(rowid) FROM documents").fetchone()[0] or 0)
         self._collections: dict[str, int] = dict(
             self._db.execute("SELECT name, id FROM collections").fetchall())
         self._names = {v: k for k, v in self._collections.items()}
@@ -209,25 +210,24 @@ class SearchStore:
         indexed document then goes to its collection's DOCUMENT log."""
         done: list[bool] = []
         indexed: list[IndexedDocument] = []
+        documents: list[tuple[Any, ...]] = []
         entries: list[tuple[Any, ...]] = []
-        word_rows: list[tuple[str, int]] = []
+        postings: dict[int, defaultdict[str, list[int]]] = {}
         vocabulary: set[str] = set()
         facets: list[tuple[int, str, str, int]] = []
         facet_counts: dict[tuple[int, str, str], int] = {}
         sortables: set[tuple[int, str, str]] = set()
         db = self._db
 
-        def flush() -> None:
+        def flush_rows() -> None:
             # Before a delete, so that it sees every row this batch wrote before it.
-            db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)", entries)
-            word_rows.sort()  # neighbours in the B-tree: fewer pages touched
-            db.executemany("INSERT INTO words VALUES (?, ?)", word_rows)
-            db.executemany("INSERT OR IGNORE INTO vocabulary VALUES (?, ?)",
-                           [(w, w[::-1]) for w in sorted(vocabulary)])
+            db.executemany("INSERT INTO documents (rowid, coll, id, ts, te, type, data)"
+                           " VALUES (?, ?, ?, ?, ?, ?, ?)", documents)
+            db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)", entries)
             db.executemany("INSERT INTO facets VALUES (?, ?, ?, ?)", facets)
             self._count_facets(facet_counts, 1)
             db.executemany("INSERT INTO sortables VALUES (?, ?, ?)", sortables)
-            for rows in (entries, word_rows, vocabulary, facets, sortables, facet_counts):
+            for rows in (documents, entries, facets, sortables, facet_counts):
                 rows.clear()
 
         # Every new collection's DOCUMENT log first: a document is not stored if its log
@@ -239,38 +239,39 @@ class SearchStore:
             with transaction(db):
                 if self._stored_upto != self._published_upto:
                     self._write_upto()
+                live = self._live_rowids(updates)
+                # Rowids given here (AUTOINCREMENT: above any ever used) so that documents
+                # go in with executemany like the rest.
+                row = db.execute(
+                    "SELECT seq FROM sqlite_sequence WHERE name = 'documents'").fetchone()
+                next_doc = max(self._top, 0 if row is None else int(row[0])) + 1
                 for kind, item in updates:
                     if kind == "delete":
                         assert isinstance(item, tuple)
-                        coll = self._collections.get(item[0])
-                        flush()
-                        done.append(coll is not None and self._delete_id(coll, item[1]))
+                        found = live.pop(item, None)
+                        if found is not None:
+                            flush_rows()
+                            self._delete_rows([found])
+                        done.append(found is not None)
                         continue
                     assert isinstance(item, IndexedDocument)
-                    coll = self._collection_id(item.collection)
-                    row = db.execute("SELECT rowid FROM documents WHERE coll = ? AND id = ?",
-                                     (coll, item.id)).fetchone()
-                    if row is not None:
+                    doc_key = (item.collection, item.id)
+                    found = live.get(doc_key)
+                    if found is not None:
                         if kind == "index_if_not_exists":
                             done.append(False)
                             continue
-                        flush()
-                        self._delete_rows([row[0]])
-                    cursor = db.execute(
-                        "INSERT INTO documents (coll, id, ts, te, type, data)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
-                        (coll, item.id, item.timestamp, item.end, item.type, item.data))
-                    doc = int(cursor.lastrowid or 0)
-                    base = doc << ENTRY_BITS
-                    for n, (entry_type, value, lpath, spath) in enumerate(item.entries):
-                        phrase = as_phrase(entry_type, value)
-                        entry = base | n
-                        entries.append((entry, coll, entry_type, value, phrase,
-                                        float(value) if entry_type == NUMERIC else None,
-                                        lpath, spath))
-                        found = set(words(phrase))
-                        word_rows.extend((word, entry) for word in found)
-                        vocabulary.update(found)
+                        flush_rows()
+                        self._delete_rows([found])
+                    coll = self._collection_id(item.collection)
+                    doc = live[doc_key] = next_doc
+                    next_doc += 1
+                    documents.append((doc, coll, item.id, item.timestamp, item.end, item.type,
+                                      item.data))
+                    terms = postings.get(coll)
+                    if terms is None:
+                        terms = postings[coll] = defaultdict(list)
+                    _add_entries(doc << ENTRY_BITS, item.entries, entries, terms, vocabulary)
                     for name, value in dict.fromkeys(item.facets):
                         facets.append((doc, name, value, coll))
                         key = (coll, name, value)
@@ -278,16 +279,19 @@ class SearchStore:
                     sortables.update((doc, name, value) for name, value in item.sortables)
                     indexed.append(item)
                     done.append(True)
-                flush()
+                flush_rows()
+                self._top = max(self._top, next_doc - 1)
+                self._write_postings(postings, vocabulary)
         except BaseException:
             # The rolled back transaction may have added collections: forget them.
+            self._top = int(db.execute("SELECT max(rowid) FROM documents").fetchone()[0] or 0)
             self._collections = dict(db.execute("SELECT name, id FROM collections").fetchall())
             self._names = {v: k for k, v in self._collections.items()}
             raise
         if self.backlog:  # earlier documents still wait for their logs: these go after them
             self._publish_backlog()
         elif indexed:
-            top = int(db.execute("SELECT max(rowid) FROM documents").fetchone()[0] or 0)
+            top = self._top
             try:
                 self._publish_all(indexed)
             except (OSError, LogError, ProtocolError) as exc:
@@ -298,6 +302,37 @@ class SearchStore:
             else:
                 self._published_upto = max(self._published_upto, top)
         return done
+
+    def _write_postings(self, postings: dict[int, defaultdict[str, list[int]]],
+                        vocabulary: set[str]) -> None:
+        """A posting row per term of an update (its entries, ascending: appended in entry
+        order) as a JSON array that json_each() reads back; the new words of the update in
+        the vocabulary, and a posting row per trigram of them that lists them."""
+        db = self._db
+        rows = [(coll, term, len(ids), f"[{','.join(map(str, ids))}]")
+                for coll, terms in postings.items() for term, ids in terms.items()]
+        rows.sort()  # neighbours in the term index: fewer pages touched
+        db.executemany("INSERT INTO postings (coll, term, n, entries) VALUES (?, ?, ?, ?)",
+                       rows)
+        if not vocabulary:
+            return
+        ordered = sorted(vocabulary)
+        known: set[str] = set()
+        for first in range(0, len(ordered), 500):
+            chunk = ordered[first : first + 500]
+            known.update(row[0] for row in db.execute(
+                f"SELECT word FROM vocabulary WHERE rword IN ({','.join('?' * len(chunk))})",
+                [w[::-1] for w in chunk]))
+        new = [w for w in ordered if w not in known]
+        db.executemany("INSERT INTO vocabulary VALUES (?, ?)", sorted((w[::-1], w) for w in new))
+        trigrams: dict[str, list[str]] = defaultdict(list)
+        for word in new:
+            for trigram in {word[i : i + 3] for i in range(len(word) - 2)}:
+                trigrams[trigram].append(word)
+        db.executemany(
+            f"INSERT INTO postings (coll, term, n, entries) VALUES ({_WORDS}, ?, ?, ?)",
+            sorted(("t" + trigram, len(found), json.dumps(found, ensure_ascii=False))
+                   for trigram, found in trigrams.items()))
 
     def _publish_all(self, indexed: list[IndexedDocument]) -> None:
         by_collection: dict[str, list[IndexedDocument]] = {}
@@ -360,26 +395,33 @@ class SearchStore:
         if sign < 0:
             self._db.execute("DELETE FROM facet_counts WHERE n <= 0")
 
-    def _delete_id(self, coll: int, doc_id: str) -> bool:
-        row = self._db.execute("SELECT rowid FROM documents WHERE coll = ? AND id = ?",
-                               (coll, doc_id)).fetchone()
-        if row is None:
-            return False
-        self._delete_rows([row[0]])
-        return True
+    def _live_rowids(self, updates: Sequence[tuple[str, IndexedDocument | tuple[str, str]]]
+                     ) -> dict[tuple[str, str], int]:
+        """The rowid of each (collection, id) of the updates that is stored."""
+        by_collection: dict[int, set[str]] = defaultdict(set)
+        for _, item in updates:
+            name, doc_id = ((item.collection, item.id) if isinstance(item, IndexedDocument)
+                            else item)
+            coll = self._collections.get(name)
+            if coll is not None:
+                by_collection[coll].add(doc_id)
+        live: dict[tuple[str, str], int] = {}
+        for coll, ids in by_collection.items():
+            ordered = sorted(ids)
+            for first in range(0, len(ordered), 500):
+                chunk = ordered[first : first + 500]
+                live.update(((self._names[coll], doc_id), rowid) for doc_id, rowid in
+                            self._db.execute(
+                                "SELECT id, rowid FROM documents WHERE coll = ? AND id IN"
+                                f" ({','.join('?' * len(chunk))})", (coll, *chunk)))
+        return live
 
     def _delete_rows(self, docs: Sequence[int]) -> None:
+        """Deletes documents and their rows; their postings stay, and match nothing: a
+        document's rowid (so its entries' ids) is never used again."""
         db = self._db
-        ranges = [(d << ENTRY_BITS, (d << ENTRY_BITS) | (MAX_ENTRIES - 1)) for d in docs]
-        # The words of the entries, found again from their phrases (words has no entry index).
-        word_rows: list[tuple[str, int]] = []
-        for low, high in ranges:
-            for entry, phrase in db.execute(
-                    "SELECT rowid, phrase FROM entries WHERE rowid BETWEEN ? AND ?",
-                    (low, high)):
-                word_rows.extend((word, entry) for word in set(words(phrase)))
-        db.executemany("DELETE FROM words WHERE word = ? AND entry = ?", word_rows)
-        db.executemany("DELETE FROM entries WHERE rowid BETWEEN ? AND ?", ranges)
+        db.executemany("DELETE FROM entries WHERE rowid BETWEEN ? AND ?",
+                       [(d << ENTRY_BITS, (d << ENTRY_BITS) | (MAX_ENTRIES - 1)) for d in docs])
         removed: dict[tuple[int, str, str], int] = {}
         for first in range(0, len(docs), 500):
             chunk = docs[first : first + 500]
@@ -486,22 +528,20 @@ class SearchStore:
                 " value = ?", (node.name, node.value)).fetchone()
             return int(row[0] or 0)
         if isinstance(node, Match) and not node.strict:
-            inner = (f"SELECT 1 FROM entries e WHERE e.coll IN {in_colls} AND e.phrase = ?"
-                     f" LIMIT {int(limit)}")
-            param = normalize(node.value)
+            term = "p" + normalize(node.value)
         elif (isinstance(node, Contains) and not node.prefix and not node.postfix
               and words(node.term) == [node.term]):
-            inner = f"SELECT 1 FROM words WHERE word = ? LIMIT {int(limit)}"
-            param = node.term
+            term = "w" + node.term
         else:
             return None
-        return int(self._db.execute(f"SELECT count(*) FROM ({inner})", (param,)).fetchone()[0])
+        row = self._db.execute(f"SELECT sum(n) FROM postings WHERE coll IN {in_colls} AND"
+                               " term = ?", (term,)).fetchone()
+        return min(int(row[0] or 0), limit)
 
     def _broad_estimate(self, wanted: int) -> int:
         """How many matches make a walk of _walk_budget documents in sort order likely
         (twice over) to find `wanted` of them in the largest collection there may be."""
-        (top,) = self._db.execute("SELECT max(rowid) FROM documents").fetchone()
-        return max(1, -(-2 * wanted * int(top or 0) // self._walk_budget))
+        return max(1, -(-2 * wanted * self._top // self._walk_budget))
 
     def _smallest(self, query: Query, many: int) -> int | None:
         """The fewest documents a constraint of the query finds, counted up to `many`
@@ -761,6 +801,66 @@ class SearchStore:
         return {"since": since, "before": before, "counts": counts}
 
 
+# -- postings ------------------------------------------------------------------------------
+# A posting row lists the entries (ids, ascending) that have a term, for one update or more.
+# Terms, by their first character: p + phrase (match, between on text), w + word (contains),
+# n + number key (between on numbers), s + short path and l + long path of every entry that
+# is not null (exists), f + facet name, NUL, value.
+
+def _number_key(number: float) -> str:
+    """Hex digits whose text order is the numeric order of the number."""
+    (bits,) = _U64.unpack(_F64.pack(number + 0.0))  # + 0.0: -0.0 is 0.0
+    return f"{(bits ^ _U64_MAX) if bits >> 63 else (bits | 1 << 63):016x}"
+
+
+_F64, _U64 = struct.Struct(">d"), struct.Struct(">Q")
+_WORDS = 0  # the collection of the trigram postings (of words, not entries): no collection
+_U64_MAX = (1 << 64) - 1
+
+
+# A value's phrase and words (as term keys), for values that repeat across documents (names,
+# cities, tags, small numbers); emptied when full.
+_ANALYZED: dict[tuple[int, str], tuple[str, list[str], list[str]]] = {}
+_ANALYZED_MAX = 200_000
+
+
+def _analyzed(entry_type: int, value: str) -> tuple[str, list[str], list[str]]:
+    """The phrase of a value, its words, and their terms."""
+    key = (entry_type, value)
+    found = _ANALYZED.get(key)
+    if found is None:
+        phrase = normalize(value) if entry_type == TEXT else value
+        distinct = list(dict.fromkeys(words(phrase)))
+        found = (phrase, distinct, ["w" + word for word in distinct])
+        if len(_ANALYZED) >= _ANALYZED_MAX:
+            _ANALYZED.clear()
+        _ANALYZED[key] = found
+    return found
+
+
+def _add_entries(base: int, flat: list[tuple[int, str, str, str]],
+                 entries: list[tuple[Any, ...]], terms: defaultdict[str, list[int]],
+                 vocabulary: set[str]) -> None:
+    """The entry rows of a document (ids from `base`), its terms and their entries added to
+    `terms` and its words to `vocabulary`."""
+    add_words = vocabulary.update
+    for n, (entry_type, value, lpath, spath) in enumerate(flat):
+        entry = base | n
+        phrase, found, word_terms = _analyzed(entry_type, value)
+        number = None
+        if entry_type == NUMERIC:
+            number = float(value)
+            terms["n" + _number_key(number)].append(entry)
+        entries.append((entry, entry_type, value, phrase, number, lpath, spath))
+        terms["p" + phrase].append(entry)
+        if entry_type != NULL:
+            terms["s" + spath].append(entry)
+            terms["l" + lpath].append(entry)
+        add_words(found)
+        for term in word_terms:
+            terms[term].append(entry)
+
+
 def _num(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)
@@ -848,15 +948,31 @@ def _paths_sql(paths: tuple[PathGlob, ...], alias: str, sql: _Sql) -> str:
 _OWN_ENTRIES = f"BETWEEN d.rowid << {ENTRY_BITS} AND (d.rowid << {ENTRY_BITS}) | {MAX_ENTRIES - 1}"
 
 
-def _entries_in(cond: str, paths: tuple[PathGlob, ...], colls: list[int], sql: _Sql,
-                probe: bool) -> str:
-    """Documents with an entry that meets `cond` at one of `paths`: the set of them from a
-    value index, or (probe) a test of the document's own entries (a rowid range)."""
+def _own_entries(cond: str, params: Sequence[Any], paths: tuple[PathGlob, ...],
+                 sql: _Sql) -> str:
+    """A test of the document's own entries (a rowid range): one meets `cond` at a path."""
+    sql.add(*params)
     path = f" AND {_paths_sql(paths, 'e', sql)}" if paths else ""
-    if probe:
-        return f"EXISTS (SELECT 1 FROM entries e WHERE e.rowid {_OWN_ENTRIES} AND {cond}{path})"
-    return (f"d.rowid IN (SELECT e.rowid >> {ENTRY_BITS} FROM entries e WHERE e.coll IN "
-            f"({','.join(map(str, colls))}) AND {cond}{path})")
+    return f"EXISTS (SELECT 1 FROM entries e WHERE e.rowid {_OWN_ENTRIES} AND {cond}{path})"
+
+
+def _posted(term: str, params: Sequence[Any], colls: list[int], sql: _Sql, *,
+            entry: str = "", entry_params: Sequence[Any] = (),
+            paths: tuple[PathGlob, ...] = ()) -> str:
+    """The documents with an entry posted under a term that meets `term` (about `p.term`)
+    and, if given, `entry` (about the entry `e`) at one of `paths`. A posting of a deleted
+    document names an entry id and a rowid that nothing has any more."""
+    sql.add(*params)
+    join = extra = ""
+    if entry or paths:
+        join = " JOIN entries e ON e.rowid = j.value"
+        if entry:
+            extra = f" AND {entry}"
+            sql.add(*entry_params)
+        if paths:
+            extra += f" AND {_paths_sql(paths, 'e', sql)}"
+    return (f"d.rowid IN (SELECT j.value >> {ENTRY_BITS} FROM postings p, json_each(p.entries)"
+            f" j{join} WHERE p.coll IN ({','.join(map(str, colls))}) AND {term}{extra})")
 
 
 def _compile(node: Node, colls: list[int], sql: _Sql, probe: bool = False) -> str:
@@ -878,29 +994,42 @@ def _compile(node: Node, colls: list[int], sql: _Sql, probe: bool = False) -> st
         return (f"d.rowid IN (SELECT f.doc FROM facets f WHERE f.coll IN "
                 f"({','.join(map(str, colls))}) AND f.name = ? AND f.value = ?)")
     if isinstance(node, Match):
+        phrase = normalize(node.value)
         if node.strict:
-            sql.add(normalize(node.value), node.value, node.value)
-            return _entries_in("e.phrase IN (?, ?) AND e.value = ?", node.paths, colls, sql,
-                               probe)
-        sql.add(normalize(node.value))
-        return _entries_in("e.phrase = ?", node.paths, colls, sql, probe)
+            if probe:
+                return _own_entries("e.phrase IN (?, ?) AND e.value = ?",
+                                    (phrase, node.value, node.value), node.paths, sql)
+            return _posted("p.term IN (?, ?)", ("p" + phrase, "p" + node.value), colls, sql,
+                           entry="e.value = ?", entry_params=(node.value,), paths=node.paths)
+        if probe:
+            return _own_entries("e.phrase = ?", (phrase,), node.paths, sql)
+        return _posted("p.term = ?", ("p" + phrase,), colls, sql, paths=node.paths)
     if isinstance(node, Between):
         return _between(node, colls, sql, probe)
     if isinstance(node, Exists):
-        parts = []
-        for glob in node.paths:
-            column = "e.lpath" if glob.long else "e.spath"
-            for pattern in glob.globs:
-                if is_literal(pattern):
-                    parts.append(f"{column} = ? OR {column} GLOB ?")
-                    sql.add(pattern, _glob_escape(pattern) + "/*")
-                else:
-                    parts.append(f"{column} GLOB ? OR {column} GLOB ?")
-                    sql.add(pattern, pattern + "/*")
-        return _entries_in(f"e.type != {NULL} AND ({' OR '.join(parts)})", (), colls, sql,
-                           probe)
+        return _exists(node, colls, sql, probe)
     assert isinstance(node, Contains)
     return _contains(node, colls, sql, probe)
+
+
+def _exists(node: Exists, colls: list[int], sql: _Sql, probe: bool) -> str:
+    """A value that is not null at the path or under it."""
+    parts, params = [], []
+    for glob in node.paths:
+        prefix = "l" if glob.long else "s"
+        column = "p.term" if not probe else ("e.lpath" if glob.long else "e.spath")
+        if probe:
+            prefix = ""
+        for pattern in glob.globs:
+            if is_literal(pattern):
+                parts.append(f"{column} = ? OR {column} GLOB ?")
+                params += [prefix + pattern, prefix + _glob_escape(pattern) + "/*"]
+            else:
+                parts.append(f"{column} GLOB ? OR {column} GLOB ?")
+                params += [prefix + pattern, prefix + pattern + "/*"]
+    if probe:
+        return _own_entries(f"e.type != {NULL} AND ({' OR '.join(parts)})", params, (), sql)
+    return _posted(f"({' OR '.join(parts)})", params, colls, sql)
 
 
 def _conjuncts(node: All) -> list[Node]:
@@ -933,58 +1062,64 @@ def _glob_escape(text: str) -> str:
 
 def _between(node: Between, colls: list[int], sql: _Sql, probe: bool) -> str:
     numeric = isinstance(node.min, (int, float)) or isinstance(node.max, (int, float))
-    column = "e.number" if numeric else "e.phrase"
-    parts = []
-    for bound, op in ((node.min, ">="), (node.max, "<")):
-        if bound is not None:
-            parts.append(f"{column} {op} ?")
-            sql.add(float(bound) if numeric else normalize(str(bound)))
-    return _entries_in(" AND ".join(parts), node.paths, colls, sql, probe)
+    low = high = None
+    if numeric:
+        low = None if node.min is None else float(node.min)
+        high = None if node.max is None else float(node.max)
+        if (low is not None and math.isnan(low)) or (high is not None and math.isnan(high)):
+            return "0"  # as SQL: nothing compares with NaN
+    if probe:
+        column = "e.number" if numeric else "e.phrase"
+        parts, params = [], []
+        for bound, op in ((node.min, ">="), (node.max, "<")):
+            if bound is not None:
+                parts.append(f"{column} {op} ?")
+                params.append(float(bound) if numeric else normalize(str(bound)))
+        return _own_entries(" AND ".join(parts), params, node.paths, sql)
+    if numeric:
+        start = "n" if low is None else "n" + _number_key(low)
+        stop = "o" if high is None else "n" + _number_key(high)
+    else:
+        start = "p" if node.min is None else "p" + normalize(str(node.min))
+        stop = "q" if node.max is None else "p" + normalize(str(node.max))
+    return _posted("p.term >= ? AND p.term < ?", (start, stop), colls, sql, paths=node.paths)
 
 
 def _contains(node: Contains, colls: list[int], sql: _Sql, probe: bool) -> str:
     term = node.term
     found = words(term)
     pattern = contains_regex(term, node.prefix, node.postfix)
-    exact = len(found) == 1 and found[0] == term
-    if probe and exact and not node.prefix and not node.postfix and not node.paths:
-        sql.add(term)  # the word's index entry for one of the document's entries
-        return (f"EXISTS (SELECT 1 FROM words w WHERE w.word = ? AND w.entry"
-                f" {_OWN_ENTRIES})")
     if probe or not found:  # the document's entries; no word to look up: a scan
-        sql.add(pattern)
-        return _entries_in("fc_find(e.phrase, ?)", node.paths, colls, sql, probe)
+        # instr() first: a phrase without the term at all is never handed to Python.
+        return _own_entries("instr(e.phrase, ?) > 0 AND fc_find(e.phrase, ?)",
+                            (term, pattern), node.paths, sql)
+    exact = len(found) == 1 and found[0] == term
     # Look up the longest word; whether it may be cut on the left (right) of a word in the
     # text depends on whether it starts (ends) the term and the term may be cut there.
     best = max(range(len(found)), key=lambda i: len(found[i]))
     word = found[best]
     open_left = node.prefix and best == 0 and term.startswith(word)
     open_right = node.postfix and best == len(found) - 1 and term.endswith(word)
+    params: list[Any]
     if open_left and open_right and len(word) >= 3:
-        # The trigram index serves GLOB (a word has no GLOB characters: letters and digits).
-        cond = "w.word IN (SELECT t.word FROM vocabulary_trigrams t WHERE t.word GLOB ?)"
-        sql.add(f"*{word}*")
+        # The words with the word's first trigram, and then the word in them.
+        cond = (f"p.term IN (SELECT 'w' || tj.value FROM postings t, json_each(t.entries) tj"
+                f" WHERE t.coll = {_WORDS} AND t.term = ? AND instr(tj.value, ?) > 0)")
+        params = ["t" + word[:3], word]
     elif open_left and open_right:
-        cond = "w.word IN (SELECT v.word FROM vocabulary v WHERE instr(v.word, ?) > 0)"
-        sql.add(word)
+        cond = "p.term IN (SELECT 'w' || v.word FROM vocabulary v WHERE instr(v.word, ?) > 0)"
+        params = [word]
     elif open_left:
-        cond = ("w.word IN (SELECT v.word FROM vocabulary v WHERE v.rword >= ? AND"
+        cond = ("p.term IN (SELECT 'w' || v.word FROM vocabulary v WHERE v.rword >= ? AND"
                 " v.rword < ?)")
-        sql.add(word[::-1], word[::-1] + _TOP)
+        params = [word[::-1], word[::-1] + _TOP]
     elif open_right:
-        cond = "w.word >= ? AND w.word < ?"
-        sql.add(word, word + _TOP)
+        cond = "p.term >= ? AND p.term < ?"
+        params = ["w" + word, "w" + word + _TOP]
     else:
-        cond = "w.word = ?"
-        sql.add(word)
+        cond = "p.term = ?"
+        params = ["w" + word]
     if exact and not node.paths:
-        return f"d.rowid IN (SELECT w.entry >> {ENTRY_BITS} FROM words w WHERE {cond})"
-    extra = ""
-    if not exact:
-        extra = " AND fc_find(e.phrase, ?)"
-        sql.add(pattern)
-    if node.paths:
-        extra += f" AND {_paths_sql(node.paths, 'e', sql)}"
-    return (f"d.rowid IN (SELECT w.entry >> {ENTRY_BITS} FROM words w JOIN entries e ON"
-            f" e.rowid = w.entry WHERE {cond} AND +e.coll IN ({','.join(map(str, colls))})"
-            f"{extra})")
+        return _posted(cond, params, colls, sql)
+    return _posted(cond, params, colls, sql, entry="" if exact else "fc_find(e.phrase, ?)",
+                   entry_params=() if exact else (pattern,), paths=node.paths)
