@@ -3,6 +3,7 @@ and every constraint and option against the SQLite store itself."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,14 @@ from fluxcore.server.search.flatten import (
     normalize,
     sortable_text,
 )
-from fluxcore.server.search.store import IndexedDocument, Query, SearchStore, Sorting, _Sql
+from fluxcore.server.search.store import (
+    IndexedDocument,
+    Query,
+    SearchLayoutError,
+    SearchStore,
+    Sorting,
+    _Sql,
+)
 
 # -- flattening ------------------------------------------------------------------------------
 
@@ -465,3 +473,99 @@ def test_plans_for_large_collections_find_the_same_documents(tmp_path: Path) -> 
         assert stores[0].count(query) == stores[1].count(query) == stores[2].count(query)
     for store in stores:
         store.close()
+
+
+# -- postings: the layout, merges ------------------------------------------------------------
+
+def test_a_store_of_the_layout_before_postings_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "search.sqlite"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE words (word TEXT NOT NULL, entry INTEGER NOT NULL,"
+                " PRIMARY KEY (word, entry)) WITHOUT ROWID")
+    old.close()
+    with pytest.raises(SearchLayoutError, match="delete the file and index the documents"):
+        SearchStore(str(path), durable=False, publish=lambda c, items: None,
+                    open_log=lambda c: None)
+
+
+# Every kind of lookup a posting serves: phrase, word, word*, *word, *word*, number range,
+# text range, path.
+_LOOKUPS: list[Any] = [
+    {"match": "alpha beta"}, {"contains": "gamma"}, {"query": "gam*"}, {"query": "*mma"},
+    {"query": "*amm*"}, {"min": 4, "max": 6}, {"min": "alpha", "max": "alphb"},
+    {"exists": "extra"}, {"exists": "list/1"}, {"match": "alpha beta", "paths": ["t"]},
+    {"query": "*amm*", "paths": ["u"]},
+]
+
+
+def _answers(store: Store) -> list[list[str]]:
+    return [sorted(store.ids(c)) for c in _LOOKUPS]
+
+
+def test_postings_of_replaced_and_deleted_documents_find_nothing(store: Store) -> None:
+    old = {"t": "Alpha Beta", "u": "gamma", "n": 5, "extra": 1, "list": [0, 1]}
+    for doc_id in ("replaced", "deleted", "kept"):
+        store.index(doc_id, old)
+    store.index("replaced", {"t": "other", "n": 50})
+    store.store.update([("delete", ("c", "deleted"))])
+    assert _answers(store) == [["kept"]] * len(_LOOKUPS)
+    store.store.merge_postings()
+    assert _answers(store) == [["kept"]] * len(_LOOKUPS)
+
+
+def test_numbers_are_ranged_in_numeric_order_across_signs(store: Store) -> None:
+    numbers = [-1e300, -5, -0.5, -0.0, 0, 0.25, 1, 2**60, 1e300]
+    for i, number in enumerate(numbers):
+        store.index(str(i), {"n": number})
+    assert sorted(store.ids({"min": -1, "max": 1}), key=int) == ["2", "3", "4", "5"]
+    assert sorted(store.ids({"min": 0, "max": 0.25}), key=int) == ["3", "4"]
+    assert sorted(store.ids({"min": 1}), key=int) == ["6", "7", "8"]
+    assert sorted(store.ids({"max": -5}), key=int) == ["0"]
+
+
+def _postings(store: Store, term: str) -> list[int]:
+    return [n for (n,) in store.store._db.execute(
+        "SELECT n FROM postings WHERE term = ? ORDER BY n", (term,))]
+
+
+def test_merges_bring_small_posting_rows_together_without_deleted_entries(
+        store: Store) -> None:
+    # One update per document: a row per update for each term they share.
+    for i in range(20):
+        store.index(str(i), {"t": "Alpha Beta", "u": "gamma", "n": 5, "extra": i,
+                             "list": [i, i + 1]})
+    before = _answers(store)
+    assert _postings(store, "wgamma") == [1] * 20
+    store.store.update([("delete", ("c", str(i))) for i in range(0, 20, 3)])
+    store.index("1", {"t": "Alpha Beta"})  # replaced: only its phrase is still there
+    live = 20 - 7
+    assert store.store.merge_postings() > 0
+    assert _postings(store, "wgamma") == [live - 1]
+    assert _postings(store, "palpha beta") == [live]
+    assert _answers(store) == [sorted(set(ids) - {str(i) for i in range(0, 20, 3)}
+                                      - (set() if n in (0, 6, 9) else {"1"}))
+                               for n, ids in enumerate(before)]
+    # Rows merged and rows of later updates are merged again once they pile up.
+    for i in range(20, 30):
+        store.index(str(i), {"u": "gamma"})
+    store.store.merge_postings()
+    assert _postings(store, "wgamma") == [live - 1 + 10]
+    assert len(store.ids({"contains": "gamma"})) == live - 1 + 10
+
+
+def test_a_merge_that_fails_leaves_every_posting_row_as_it_was(store: Store) -> None:
+    for i in range(12):
+        store.index(str(i), {"u": "gamma", "n": i})
+    rows = store.store._db.execute("SELECT count(*) FROM postings").fetchone()[0]
+    db = store.store._db
+    # SQLite itself fails the merge half-way: after the old rows are deleted, at the insert.
+    db.execute("CREATE TEMP TRIGGER fail BEFORE INSERT ON postings WHEN new.n > 1 BEGIN"
+               " SELECT RAISE(ABORT, 'no room'); END")
+    with pytest.raises(sqlite3.IntegrityError, match="no room"):
+        store.store.merge_postings()
+    assert db.execute("SELECT count(*) FROM postings").fetchone()[0] == rows
+    assert len(store.ids({"contains": "gamma"})) == 12
+    db.execute("DROP TRIGGER fail")
+    assert store.store.merge_postings() > 0
+    assert _postings(store, "wgamma") == [12]
+    assert len(store.ids({"contains": "gamma"})) == 12

@@ -52,6 +52,12 @@ MAX_ENTRIES = 1 << ENTRY_BITS  # entries of one document
 ESTIMATE_CAP = 5000
 # Rows a walk in sort order tests before it gives up and sorts the matches instead.
 WALK_BUDGET = 4096
+# Posting rows of under MERGE_SMALL entries are merged once a term has MERGE_ROWS of them
+# (at most MERGE_MAX_ROWS at once); a call of merge_postings() looks at MERGE_TERMS terms.
+MERGE_SMALL = 4096
+MERGE_ROWS = 8
+MERGE_MAX_ROWS = 64
+MERGE_TERMS = 2000
 _MANY = 1 << 62  # an estimate: at least as many as asked
 _FEW = 200  # documents few enough to test one by one against any constraint
 logger = logging.getLogger("fluxcore.server")
@@ -70,7 +76,7 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE TABLE IF NOT EXISTS postings (
     rowid INTEGER PRIMARY KEY, coll INTEGER NOT NULL, term TEXT NOT NULL, n INTEGER NOT NULL,
     entries TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS postings_term ON postings (coll, term);
+CREATE INDEX IF NOT EXISTS postings_term ON postings (coll, term, n);
 CREATE TABLE IF NOT EXISTS vocabulary (
     rword TEXT PRIMARY KEY, word TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS facets (
@@ -184,6 +190,7 @@ class SearchStore:
         # a crash may have left some.
         self.backlog = True
         self._top = int(self._db.execute("SELECT max(rowid) FROM documents").fetchone()[0] or 0)
+        self._merged_upto: tuple[int, str] = (-1, "")  # where the sweep of merges is
         self._collections: dict[str, int] = dict(
             self._db.execute("SELECT name, id FROM collections").fetchall())
         self._names = {v: k for k, v in self._collections.items()}
@@ -353,11 +360,60 @@ class SearchStore:
 
     def retry(self) -> None:
         """Publishes the backlog if there is one, else stores how far the logs have every
-        document (the server calls this every 100 ms)."""
+        document; then merges some posting rows (the server calls this every 100 ms)."""
         if self.backlog:
             self._publish_backlog()
         else:
             self._store_upto()
+        self.merge_postings()
+
+    def merge_postings(self, terms: int = MERGE_TERMS) -> int:
+        """Looks at the next `terms` terms (a sweep over every term, resumed where the last
+        call stopped) and, for each with MERGE_ROWS small posting rows or more, merges those
+        into one, without the entries of documents deleted since. Returns how many terms it
+        merged. One transaction: a crash leaves the rows as they were or merged."""
+        db = self._db
+        merged = 0
+        with transaction(db):
+            found = db.execute(
+                "SELECT coll, term, count(*) FROM postings WHERE (coll, term) > (?, ?) AND"
+                f" n < {MERGE_SMALL} GROUP BY coll, term ORDER BY coll, term LIMIT ?",
+                (*self._merged_upto, terms)).fetchall()
+            self._merged_upto = (found[-1][0], found[-1][1]) if len(found) == terms else (-1, "")
+            for coll, term, rows in found:
+                if rows < MERGE_ROWS:
+                    continue
+                picked = db.execute(
+                    f"SELECT rowid, entries FROM postings WHERE coll = ? AND term = ? AND"
+                    f" n < {MERGE_SMALL} LIMIT {MERGE_MAX_ROWS}", (coll, term)).fetchall()
+                values: list[Any] = []
+                for _, text in picked:
+                    values.extend(json.loads(text))
+                if coll != _WORDS:  # entry ids: keep those of documents still stored
+                    values = self._live_entries(values)
+                    text = f"[{','.join(map(str, values))}]"
+                else:  # words, never deleted
+                    values.sort()
+                    text = json.dumps(values, ensure_ascii=False)
+                db.executemany("DELETE FROM postings WHERE rowid = ?",
+                               [(rowid,) for rowid, _ in picked])
+                if values:
+                    db.execute("INSERT INTO postings (coll, term, n, entries) VALUES"
+                               " (?, ?, ?, ?)", (coll, term, len(values), text))
+                merged += 1
+        return merged
+
+    def _live_entries(self, entries: list[int]) -> list[int]:
+        """The entry ids, sorted, of documents that are stored."""
+        entries.sort()
+        docs = sorted({entry >> ENTRY_BITS for entry in entries})
+        live: set[int] = set()
+        for first in range(0, len(docs), 500):
+            chunk = docs[first : first + 500]
+            live.update(row[0] for row in self._db.execute(
+                f"SELECT rowid FROM documents WHERE rowid IN ({','.join('?' * len(chunk))})",
+                chunk))
+        return [entry for entry in entries if entry >> ENTRY_BITS in live]
 
     def _publish_backlog(self) -> None:
         try:
