@@ -1,11 +1,13 @@
 """The search store of a project: documents and their entries in SQLite (search.sqlite in the
-project's directory, WAL), and the constraint tree compiled into SQL over B-tree indexes.
+project's directory, WAL), and the constraint tree compiled into SQL over posting rows.
 
 Layout: a document row per (collection, id); one entry row per (value, path) whose rowid is
-`document rowid << 20 | n`, so a document's entries are one rowid range; (word, entry) for
-the words of every entry (`word` and `word*` are lookups in it); the vocabulary of distinct
-words, also reversed (`*word` is a range of it, `*word*` a scan of it, never of the
-documents); facets and sortables."""
+`document rowid << 20 | n`, so a document's entries are one rowid range (per-document tests,
+path filters, stats); per update, a posting row per term (phrase, word, number, path) listing
+the entries that have it, as a JSON array (`json_each` reads it back in SQL), and merged with
+the term's other small rows later; the vocabulary of distinct words, also reversed (`*word`
+is a range of it) and a posting row per trigram of new words (`*word*`); facets and
+sortables."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from typing import Any
 import msgspec
 
 from fluxcore.errors import LogError
-from fluxcore.protocol import ProtocolError
+from fluxcore.protocol import ErrorCode, ProtocolError
 
 from ..store import connect, transaction
 from .constraints import (
@@ -148,8 +150,11 @@ Publish = Callable[[str, list[IndexedDocument]], None]
 OpenLog = Callable[[str], None]
 
 
-class SearchLayoutError(RuntimeError):
-    """A search.sqlite of a layout this version does not read."""
+class SearchLayoutError(ProtocolError):
+    """A search.sqlite of a layout this version does not read (the project does not open)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.UNAVAILABLE, message)
 
 
 class _Sql:
@@ -861,7 +866,7 @@ class SearchStore:
 # A posting row lists the entries (ids, ascending) that have a term, for one update or more.
 # Terms, by their first character: p + phrase (match, between on text), w + word (contains),
 # n + number key (between on numbers), s + short path and l + long path of every entry that
-# is not null (exists), f + facet name, NUL, value.
+# is not null (exists); and, in collection _WORDS, t + trigram listing words (not entries).
 
 def _number_key(number: float) -> str:
     """Hex digits whose text order is the numeric order of the number."""
