@@ -879,23 +879,34 @@ _WORDS = 0  # the collection of the trigram postings (of words, not entries): no
 _U64_MAX = (1 << 64) - 1
 
 
-# A value's phrase and words (as term keys), for values that repeat across documents (names,
-# cities, tags, small numbers); emptied when full.
-_ANALYZED: dict[tuple[int, str], tuple[str, list[str], list[str]]] = {}
-_ANALYZED_MAX = 200_000
+# A value's phrase, words and their terms, for values that repeat across documents (names,
+# cities, tags, small numbers); emptied when full. The same for the terms of paths.
+_ANALYZED: dict[tuple[int, str], tuple[str, str, list[str], list[str]]] = {}
+_PATH_TERMS: dict[str, tuple[str, str]] = {}
+_CACHED_MAX = 200_000
 
 
-def _analyzed(entry_type: int, value: str) -> tuple[str, list[str], list[str]]:
-    """The phrase of a value, its words, and their terms."""
+def _analyzed(entry_type: int, value: str) -> tuple[str, str, list[str], list[str]]:
+    """The phrase of a value, its term, its words and their terms."""
     key = (entry_type, value)
     found = _ANALYZED.get(key)
     if found is None:
         phrase = normalize(value) if entry_type == TEXT else value
         distinct = list(dict.fromkeys(words(phrase)))
-        found = (phrase, distinct, ["w" + word for word in distinct])
-        if len(_ANALYZED) >= _ANALYZED_MAX:
+        found = (phrase, "p" + phrase, distinct, ["w" + word for word in distinct])
+        if len(_ANALYZED) >= _CACHED_MAX:
             _ANALYZED.clear()
         _ANALYZED[key] = found
+    return found
+
+
+def _path_terms(lpath: str, spath: str) -> tuple[str, str]:
+    found = _PATH_TERMS.get(lpath)
+    if found is None:
+        found = ("s" + spath, "l" + lpath)
+        if len(_PATH_TERMS) >= _CACHED_MAX:
+            _PATH_TERMS.clear()
+        _PATH_TERMS[lpath] = found
     return found
 
 
@@ -903,20 +914,24 @@ def _add_entries(base: int, flat: list[tuple[int, str, str, str]],
                  entries: list[tuple[Any, ...]], terms: defaultdict[str, list[int]],
                  vocabulary: set[str]) -> None:
     """The entry rows of a document (ids from `base`), its terms and their entries added to
-    `terms` and its words to `vocabulary`."""
+    `terms` and its words to `vocabulary`. Path terms list the document (its first entry id)
+    once: exists asks for documents, not values."""
     add_words = vocabulary.update
+    paths: set[str] = set()
     for n, (entry_type, value, lpath, spath) in enumerate(flat):
         entry = base | n
-        phrase, found, word_terms = _analyzed(entry_type, value)
+        phrase, phrase_term, found, word_terms = _analyzed(entry_type, value)
         number = None
         if entry_type == NUMERIC:
             number = float(value)
             terms["n" + _number_key(number)].append(entry)
         entries.append((entry, entry_type, value, phrase, number, lpath, spath))
-        terms["p" + phrase].append(entry)
+        terms[phrase_term].append(entry)
         if entry_type != NULL:
-            terms["s" + spath].append(entry)
-            terms["l" + lpath].append(entry)
+            for path_term in _path_terms(lpath, spath):
+                if path_term not in paths:
+                    paths.add(path_term)
+                    terms[path_term].append(base)
         add_words(found)
         for term in word_terms:
             terms[term].append(entry)
