@@ -589,14 +589,15 @@ class SearchStore:
                 " value = ?", (node.name, node.value)).fetchone()
             return int(row[0] or 0)
         if isinstance(node, Match) and not node.strict:
-            term = "p" + normalize(node.value)
+            start = stop = "p" + normalize(node.value)
+            stop += "\0"
         elif (isinstance(node, Contains) and not node.prefix and not node.postfix
               and words(node.term) == [node.term]):
-            term = "w" + node.term
+            start, stop = f"w{node.term} ", f"w{node.term}!"
         else:
             return None
         row = self._db.execute(f"SELECT sum(n) FROM postings WHERE coll IN {in_colls} AND"
-                               " term = ?", (term,)).fetchone()
+                               " term >= ? AND term < ?", (start, stop)).fetchone()
         return min(int(row[0] or 0), limit)
 
     def _broad_estimate(self, wanted: int) -> int:
@@ -864,9 +865,11 @@ class SearchStore:
 
 # -- postings ------------------------------------------------------------------------------
 # A posting row lists the entries (ids, ascending) that have a term, for one update or more.
-# Terms, by their first character: p + phrase (match, between on text), w + word (contains),
-# n + number key (between on numbers), s + short path and l + long path of every entry that
-# is not null (exists); and, in collection _WORDS, t + trigram listing words (not entries).
+# Terms, by their first character: p + phrase (match, between on text), w + word + space +
+# short path (contains; a word has no space, and a space sorts below its characters),
+# n + number key + short path (between on numbers), s + short path and l + long path of
+# every entry that is not null (exists); and, in collection _WORDS, t + trigram listing
+# words (not entries).
 
 def _number_key(number: float) -> str:
     """Hex digits whose text order is the numeric order of the number."""
@@ -887,13 +890,13 @@ _CACHED_MAX = 200_000
 
 
 def _analyzed(entry_type: int, value: str) -> tuple[str, str, list[str], list[str]]:
-    """The phrase of a value, its term, its words and their terms."""
+    """The phrase of a value, its term, its words and their terms (without the path)."""
     key = (entry_type, value)
     found = _ANALYZED.get(key)
     if found is None:
         phrase = normalize(value) if entry_type == TEXT else value
         distinct = list(dict.fromkeys(words(phrase)))
-        found = (phrase, "p" + phrase, distinct, ["w" + word for word in distinct])
+        found = (phrase, "p" + phrase, distinct, [f"w{word} " for word in distinct])
         if len(_ANALYZED) >= _CACHED_MAX:
             _ANALYZED.clear()
         _ANALYZED[key] = found
@@ -924,7 +927,7 @@ def _add_entries(base: int, flat: list[tuple[int, str, str, str]],
         number = None
         if entry_type == NUMERIC:
             number = float(value)
-            terms["n" + _number_key(number)].append(entry)
+            terms["n" + _number_key(number) + spath].append(entry)
         entries.append((entry, entry_type, value, phrase, number, lpath, spath))
         terms[phrase_term].append(entry)
         if entry_type != NULL:
@@ -934,7 +937,7 @@ def _add_entries(base: int, flat: list[tuple[int, str, str, str]],
                     terms[path_term].append(base)
         add_words(found)
         for term in word_terms:
-            terms[term].append(entry)
+            terms[term + spath].append(entry)
 
 
 def _num(value: Any) -> Any:
@@ -998,10 +1001,11 @@ def _after(keys: list[tuple[str, bool, list[Any]]], row: Sequence[Any],
 
 # -- compiling constraints ---------------------------------------------------------------
 
-def _path_sql(glob: PathGlob, alias: str) -> tuple[str, list[Any]]:
-    # `+`: never drive a lookup by the path index; a value index is nearly always more
+def _path_sql(glob: PathGlob, alias: str, column: str = "") -> tuple[str, list[Any]]:
+    """The glob over the entry's path (`alias`.spath or .lpath), or over `column`."""
+    # `+`: never drive a lookup by a path index; a value index is nearly always more
     # selective (SQLite has no statistics to know that).
-    column = f"+{alias}.{'lpath' if glob.long else 'spath'}"
+    column = column or f"+{alias}.{'lpath' if glob.long else 'spath'}"
     parts, params = [], []
     for pattern in glob.globs:
         if is_literal(pattern):
@@ -1012,10 +1016,10 @@ def _path_sql(glob: PathGlob, alias: str) -> tuple[str, list[Any]]:
     return "(" + " OR ".join(parts) + ")", params
 
 
-def _paths_sql(paths: tuple[PathGlob, ...], alias: str, sql: _Sql) -> str:
+def _paths_sql(paths: tuple[PathGlob, ...], alias: str, sql: _Sql, column: str = "") -> str:
     parts = []
     for glob in paths:
-        cond, params = _path_sql(glob, alias)
+        cond, params = _path_sql(glob, alias, column)
         parts.append(cond)
         sql.add(*params)
     return "(" + " OR ".join(parts) + ")"
@@ -1034,21 +1038,32 @@ def _own_entries(cond: str, params: Sequence[Any], paths: tuple[PathGlob, ...],
 
 def _posted(term: str, params: Sequence[Any], colls: list[int], sql: _Sql, *,
             entry: str = "", entry_params: Sequence[Any] = (),
-            paths: tuple[PathGlob, ...] = ()) -> str:
+            paths: tuple[PathGlob, ...] = (), path_at: str = "",
+            source: str = "", source_params: Sequence[Any] = ()) -> str:
     """The documents with an entry posted under a term that meets `term` (about `p.term`)
-    and, if given, `entry` (about the entry `e`) at one of `paths`. A posting of a deleted
-    document names an entry id and a rowid that nothing has any more."""
-    sql.add(*params)
+    and, if given, `entry` (about the entry `e`) at one of `paths`; `path_at`: where in the
+    term its entry's short path starts (1-based, SQL); `source`: rows `v` the term condition
+    is about (each word of a vocabulary lookup). A posting of a deleted document names an
+    entry id and a rowid that nothing has any more."""
+    sql.add(*source_params, *params)
     join = extra = ""
-    if entry or paths:
+    if path_at and not entry and paths and not any(glob.long for glob in paths):
+        # The short path is the end of the term: no entry to look up.
+        extra = f" AND {_paths_sql(paths, '', sql, f'substr(p.term, {path_at})')}"
+    elif entry or paths:
         join = " JOIN entries e ON e.rowid = j.value"
         if entry:
             extra = f" AND {entry}"
             sql.add(*entry_params)
         if paths:
             extra += f" AND {_paths_sql(paths, 'e', sql)}"
-    return (f"d.rowid IN (SELECT j.value >> {ENTRY_BITS} FROM postings p, json_each(p.entries)"
-            f" j{join} WHERE p.coll IN ({','.join(map(str, colls))}) AND {term}{extra})")
+    in_colls = f"p.coll IN ({','.join(map(str, colls))}) AND {term}"
+    if source:
+        found, where = f"{source} v CROSS JOIN postings p ON {in_colls}", "1"
+    else:
+        found, where = "postings p", in_colls
+    return (f"d.rowid IN (SELECT j.value >> {ENTRY_BITS} FROM {found}, json_each(p.entries) j"
+            f"{join} WHERE {where}{extra})")
 
 
 def _compile(node: Node, colls: list[int], sql: _Sql, probe: bool = False) -> str:
@@ -1153,11 +1168,13 @@ def _between(node: Between, colls: list[int], sql: _Sql, probe: bool) -> str:
                 params.append(float(bound) if numeric else normalize(str(bound)))
         return _own_entries(" AND ".join(parts), params, node.paths, sql)
     if numeric:
+        # A key is 16 characters: any path after it keeps the order of the keys.
         start = "n" if low is None else "n" + _number_key(low)
         stop = "o" if high is None else "n" + _number_key(high)
-    else:
-        start = "p" if node.min is None else "p" + normalize(str(node.min))
-        stop = "q" if node.max is None else "p" + normalize(str(node.max))
+        return _posted("p.term >= ? AND p.term < ?", (start, stop), colls, sql,
+                       paths=node.paths, path_at="18")
+    start = "p" if node.min is None else "p" + normalize(str(node.min))
+    stop = "q" if node.max is None else "p" + normalize(str(node.max))
     return _posted("p.term >= ? AND p.term < ?", (start, stop), colls, sql, paths=node.paths)
 
 
@@ -1176,26 +1193,29 @@ def _contains(node: Contains, colls: list[int], sql: _Sql, probe: bool) -> str:
     word = found[best]
     open_left = node.prefix and best == 0 and term.startswith(word)
     open_right = node.postfix and best == len(found) - 1 and term.endswith(word)
-    params: list[Any]
+    source = ""
+    params: list[Any] = []
     if open_left and open_right and len(word) >= 3:
         # The words with the word's first trigram, and then the word in them.
-        cond = (f"p.term IN (SELECT 'w' || tj.value FROM postings t, json_each(t.entries) tj"
-                f" WHERE t.coll = {_WORDS} AND t.term = ? AND instr(tj.value, ?) > 0)")
+        source = (f"(SELECT tj.value AS word FROM postings t, json_each(t.entries) tj WHERE"
+                  f" t.coll = {_WORDS} AND t.term = ? AND instr(tj.value, ?) > 0)")
         params = ["t" + word[:3], word]
     elif open_left and open_right:
-        cond = "p.term IN (SELECT 'w' || v.word FROM vocabulary v WHERE instr(v.word, ?) > 0)"
+        source = "(SELECT v.word AS word FROM vocabulary v WHERE instr(v.word, ?) > 0)"
         params = [word]
     elif open_left:
-        cond = ("p.term IN (SELECT 'w' || v.word FROM vocabulary v WHERE v.rword >= ? AND"
-                " v.rword < ?)")
+        source = "(SELECT v.word AS word FROM vocabulary v WHERE v.rword >= ? AND v.rword < ?)"
         params = [word[::-1], word[::-1] + _TOP]
+    if source:  # the terms of each word found, at any path
+        cond = "p.term >= 'w' || v.word || ' ' AND p.term < 'w' || v.word || '!'"
+        term_params: list[Any] = []
     elif open_right:
         cond = "p.term >= ? AND p.term < ?"
-        params = ["w" + word, "w" + word + _TOP]
+        term_params = ["w" + word, "w" + word + _TOP]
     else:
-        cond = "p.term = ?"
-        params = ["w" + word]
-    if exact and not node.paths:
-        return _posted(cond, params, colls, sql)
-    return _posted(cond, params, colls, sql, entry="" if exact else "fc_find(e.phrase, ?)",
-                   entry_params=() if exact else (pattern,), paths=node.paths)
+        cond = "p.term >= ? AND p.term < ?"
+        term_params = [f"w{word} ", f"w{word}!"]
+    # The short path follows the word's first space.
+    return _posted(cond, term_params, colls, sql, entry="" if exact else "fc_find(e.phrase, ?)",
+                   entry_params=() if exact else (pattern,), paths=node.paths,
+                   path_at="instr(p.term, ' ') + 1", source=source, source_params=params)
