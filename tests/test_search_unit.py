@@ -569,3 +569,16 @@ def test_a_merge_that_fails_leaves_every_posting_row_as_it_was(store: Store) -> 
     assert store.store.merge_postings() > 0
     assert _postings(store, "wgamma u") == [12]
     assert len(store.ids({"contains": "gamma"})) == 12
+
+
+def test_a_merge_stops_at_its_budget_and_the_next_goes_on(store: Store) -> None:
+    for i in range(10):
+        store.index(str(i), {"a": "x", "b": "y"})
+    # Each of the terms of a and b (phrase, word, paths) has 10 rows of one entry: a budget
+    # of 20 entries merges two terms a call.
+    assert store.store.merge_postings(budget=20) == 2
+    assert store.store.merge_postings(budget=20) == 2
+    while store.store.merge_postings(budget=20):
+        pass
+    assert _postings(store, "wx a") == [10] and _postings(store, "px") == [10]
+    assert len(store.ids({"match": "x"})) == len(store.ids({"contains": "y"})) == 10

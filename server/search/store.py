@@ -55,11 +55,13 @@ ESTIMATE_CAP = 5000
 # Rows a walk in sort order tests before it gives up and sorts the matches instead.
 WALK_BUDGET = 4096
 # Posting rows of under MERGE_SMALL entries are merged once a term has MERGE_ROWS of them
-# (at most MERGE_MAX_ROWS at once); a call of merge_postings() looks at MERGE_TERMS terms.
-MERGE_SMALL = 4096
+# (at most MERGE_MAX_ROWS at once); a call of merge_postings() looks at MERGE_TERMS terms and
+# merges up to MERGE_BUDGET entries (it runs on the server's event loop: a few ms).
+MERGE_SMALL = 1024
 MERGE_ROWS = 8
 MERGE_MAX_ROWS = 64
-MERGE_TERMS = 2000
+MERGE_TERMS = 500
+MERGE_BUDGET = 16384
 _MANY = 1 << 62  # an estimate: at least as many as asked
 _FEW = 200  # documents few enough to test one by one against any constraint
 logger = logging.getLogger("fluxcore.server")
@@ -372,11 +374,12 @@ class SearchStore:
             self._store_upto()
         self.merge_postings()
 
-    def merge_postings(self, terms: int = MERGE_TERMS) -> int:
+    def merge_postings(self, terms: int = MERGE_TERMS, budget: int = MERGE_BUDGET) -> int:
         """Looks at the next `terms` terms (a sweep over every term, resumed where the last
-        call stopped) and, for each with MERGE_ROWS small posting rows or more, merges those
-        into one, without the entries of documents deleted since. Returns how many terms it
-        merged. One transaction: a crash leaves the rows as they were or merged."""
+        call stopped) and, for each with MERGE_ROWS small posting rows or more, merges the
+        smallest of them into one, without the entries of documents deleted since; stops once
+        `budget` entries were merged (the next call goes on from there). Returns how many
+        terms it merged. One transaction: a crash leaves the rows as they were or merged."""
         db = self._db
         merged = 0
         with transaction(db):
@@ -384,29 +387,42 @@ class SearchStore:
                 "SELECT coll, term, count(*) FROM postings WHERE (coll, term) > (?, ?) AND"
                 f" n < {MERGE_SMALL} GROUP BY coll, term ORDER BY coll, term LIMIT ?",
                 (*self._merged_upto, terms)).fetchall()
-            self._merged_upto = (found[-1][0], found[-1][1]) if len(found) == terms else (-1, "")
+            upto = (found[-1][0], found[-1][1]) if len(found) == terms else (-1, "")
             for coll, term, rows in found:
                 if rows < MERGE_ROWS:
                     continue
-                picked = db.execute(
-                    f"SELECT rowid, entries FROM postings WHERE coll = ? AND term = ? AND"
-                    f" n < {MERGE_SMALL} LIMIT {MERGE_MAX_ROWS}", (coll, term)).fetchall()
-                values: list[Any] = []
-                for _, text in picked:
-                    values.extend(json.loads(text))
-                if coll != _WORDS:  # entry ids: keep those of documents still stored
-                    values = self._live_entries(values)
-                    text = f"[{','.join(map(str, values))}]"
-                else:  # words, never deleted
-                    values.sort()
-                    text = json.dumps(values, ensure_ascii=False)
-                db.executemany("DELETE FROM postings WHERE rowid = ?",
-                               [(rowid,) for rowid, _ in picked])
-                if values:
-                    db.execute("INSERT INTO postings (coll, term, n, entries) VALUES"
-                               " (?, ?, ?, ?)", (coll, term, len(values), text))
+                picked: list[tuple[int, str]] = []
+                for rowid, n, text in db.execute(
+                        f"SELECT rowid, n, entries FROM postings WHERE coll = ? AND term = ? AND"
+                        f" n < {MERGE_SMALL} ORDER BY n LIMIT {MERGE_MAX_ROWS}", (coll, term)):
+                    if n > budget:
+                        break
+                    budget -= n
+                    picked.append((rowid, text))
+                if len(picked) < 2:  # out of budget: the next call starts at this term
+                    upto = self._merged_upto
+                    break
+                self._merge_rows(coll, term, picked)
+                self._merged_upto = (coll, term)
                 merged += 1
+            self._merged_upto = upto
         return merged
+
+    def _merge_rows(self, coll: int, term: str, picked: list[tuple[int, str]]) -> None:
+        values: list[Any] = []
+        for _, text in picked:
+            values.extend(json.loads(text))
+        if coll != _WORDS:  # entry ids: keep those of documents still stored
+            values = self._live_entries(values)
+            text = f"[{','.join(map(str, values))}]"
+        else:  # words, never deleted
+            values.sort()
+            text = json.dumps(values, ensure_ascii=False)
+        self._db.executemany("DELETE FROM postings WHERE rowid = ?",
+                             [(rowid,) for rowid, _ in picked])
+        if values:
+            self._db.execute("INSERT INTO postings (coll, term, n, entries) VALUES (?, ?, ?, ?)",
+                             (coll, term, len(values), text))
 
     def _live_entries(self, entries: list[int]) -> list[int]:
         """The entry ids, sorted, of documents that are stored."""
