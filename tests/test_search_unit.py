@@ -26,14 +26,7 @@ from fluxcore.server.search.flatten import (
     normalize,
     sortable_text,
 )
-from fluxcore.server.search.store import (
-    IndexedDocument,
-    Query,
-    SearchLayoutError,
-    SearchStore,
-    Sorting,
-    _Sql,
-)
+from fluxcore.server.search.store import IndexedDocument, Query, SearchStore, Sorting, _Sql
 
 # -- flattening ------------------------------------------------------------------------------
 
@@ -475,42 +468,75 @@ def test_plans_for_large_collections_find_the_same_documents(tmp_path: Path) -> 
         store.close()
 
 
-# -- postings: the layout, merges ------------------------------------------------------------
+# -- the write path: trigram rows, batched documents, the layout before them ------------------
 
-def test_a_store_of_the_layout_before_postings_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "search.sqlite"
+def _old_layout_store(path: Path) -> None:
+    """A search.sqlite as fluxcore wrote it before trigram rows: an FTS5 trigram table of the
+    vocabulary, filled by a trigger."""
     old = sqlite3.connect(path)
-    old.execute("CREATE TABLE words (word TEXT NOT NULL, entry INTEGER NOT NULL,"
-                " PRIMARY KEY (word, entry)) WITHOUT ROWID")
+    old.executescript("""
+        CREATE TABLE vocabulary (word TEXT PRIMARY KEY, rword TEXT NOT NULL) WITHOUT ROWID;
+        CREATE INDEX vocabulary_rword ON vocabulary (rword);
+        CREATE VIRTUAL TABLE vocabulary_trigrams USING fts5 (
+            word, tokenize = 'trigram', detail = 'none');
+        CREATE TRIGGER vocabulary_added AFTER INSERT ON vocabulary BEGIN
+            INSERT INTO vocabulary_trigrams (word) VALUES (new.word);
+        END;""")
     old.close()
-    with pytest.raises(SearchLayoutError, match="delete the file and index the documents"):
-        SearchStore(str(path), durable=False, publish=lambda c, items: None,
-                    open_log=lambda c: None)
 
 
-# Every kind of lookup a posting serves: phrase, word, word*, *word, *word*, number range,
-# text range, path.
-_LOOKUPS: list[Any] = [
-    {"match": "alpha beta"}, {"contains": "gamma"}, {"query": "gam*"}, {"query": "*mma"},
-    {"query": "*amm*"}, {"min": 4, "max": 6}, {"min": "alpha", "max": "alphb"},
-    {"exists": "extra"}, {"exists": "list/1"}, {"match": "alpha beta", "paths": ["t"]},
-    {"query": "*amm*", "paths": ["u"]},
-]
+def test_a_store_of_the_fts_layout_gets_trigram_rows_for_its_words(tmp_path: Path) -> None:
+    path = tmp_path / "search.sqlite"
+    _old_layout_store(path)
+    first = Store(tmp_path)
+    # Written as the old layout would: the trigger fills the FTS table (re-created here).
+    first.store._db.executescript("""
+        CREATE VIRTUAL TABLE vocabulary_trigrams USING fts5 (
+            word, tokenize = 'trigram', detail = 'none');
+        CREATE TRIGGER vocabulary_added AFTER INSERT ON vocabulary BEGIN
+            INSERT INTO vocabulary_trigrams (word) VALUES (new.word);
+        END;""")
+    first.store._db.execute("DELETE FROM word_trigrams")
+    first.index("1", {"t": "Abcdef ghij"})
+    first.store._db.execute("DELETE FROM word_trigrams")  # only the FTS table has them
+    first.store.close()
+    again = Store(tmp_path)
+    tables = {name for (name,) in again.store._db.execute("SELECT name FROM sqlite_master")}
+    assert "vocabulary_trigrams" not in tables and "vocabulary_added" not in tables
+    assert again.ids({"query": "*cde*"}) == ["1"] and again.ids({"query": "*hij*"}) == ["1"]
+    again.index("2", {"t": "xcdey"})
+    assert sorted(again.ids({"query": "*cde*"})) == ["1", "2"]
 
 
-def _answers(store: Store) -> list[list[str]]:
-    return [sorted(store.ids(c)) for c in _LOOKUPS]
+def test_infix_terms_find_words_new_in_any_update(store: Store) -> None:
+    store.index("1", {"t": "abcdef"})
+    store.index("2", {"t": "zabcd abcdef"})  # one word known already, one new
+    store.store.update([("index", IndexedDocument("c", str(i), 0, 0, "", b"",
+                                                  flatten({"t": f"q{i}bcd"}), [], []))
+                        for i in range(3, 6)])
+    assert sorted(store.ids({"query": "*bcd*"})) == ["1", "2", "3", "4", "5"]
+    assert sorted(store.ids({"query": "*abcd*"})) == ["1", "2"]
+    assert store.ids({"query": "*cdef*"}) == ["1", "2"]
+    assert store.ids({"query": "*bc*"}) == sorted(store.ids({"query": "*bcd*"}))
+    rows = store.store._db.execute("SELECT count(*) FROM word_trigrams WHERE trigram = 'abc'"
+                                   ).fetchone()[0]
+    assert rows == 2  # a row per update that brought new words with the trigram
 
 
-def test_postings_of_replaced_and_deleted_documents_find_nothing(store: Store) -> None:
+def test_replaced_and_deleted_documents_are_found_by_nothing(store: Store) -> None:
+    lookups: list[Any] = [
+        {"match": "alpha beta"}, {"contains": "gamma"}, {"query": "gam*"}, {"query": "*mma"},
+        {"query": "*amm*"}, {"min": 4, "max": 6}, {"min": "alpha", "max": "alphb"},
+        {"exists": "extra"}, {"exists": "list/1"}, {"match": "alpha beta", "paths": ["t"]},
+        {"query": "*amm*", "paths": ["u"]}]
     old = {"t": "Alpha Beta", "u": "gamma", "n": 5, "extra": 1, "list": [0, 1]}
-    for doc_id in ("replaced", "deleted", "kept"):
-        store.index(doc_id, old)
-    store.index("replaced", {"t": "other", "n": 50})
-    store.store.update([("delete", ("c", "deleted"))])
-    assert _answers(store) == [["kept"]] * len(_LOOKUPS)
-    store.store.merge_postings()
-    assert _answers(store) == [["kept"]] * len(_LOOKUPS)
+    store.store.update([("index", IndexedDocument("c", doc_id, 0, 0, "", b"", flatten(old),
+                                                  [], []))
+                        for doc_id in ("replaced", "deleted", "kept")])
+    store.store.update([("index", IndexedDocument("c", "replaced", 0, 0, "", b"",
+                                                  flatten({"t": "other", "n": 50}), [], [])),
+                        ("delete", ("c", "deleted")), ("delete", ("c", "nothing"))])
+    assert [store.ids(c) for c in lookups] == [["kept"]] * len(lookups)
 
 
 def test_numbers_are_ranged_in_numeric_order_across_signs(store: Store) -> None:
@@ -523,62 +549,14 @@ def test_numbers_are_ranged_in_numeric_order_across_signs(store: Store) -> None:
     assert sorted(store.ids({"max": -5}), key=int) == ["0"]
 
 
-def _postings(store: Store, term: str) -> list[int]:
-    return [n for (n,) in store.store._db.execute(
-        "SELECT n FROM postings WHERE term = ? ORDER BY n", (term,))]
-
-
-def test_merges_bring_small_posting_rows_together_without_deleted_entries(
-        store: Store) -> None:
-    # One update per document: a row per update for each term they share.
-    for i in range(20):
-        store.index(str(i), {"t": "Alpha Beta", "u": "gamma", "n": 5, "extra": i,
-                             "list": [i, i + 1]})
-    before = _answers(store)
-    assert _postings(store, "wgamma u") == [1] * 20
-    store.store.update([("delete", ("c", str(i))) for i in range(0, 20, 3)])
-    store.index("1", {"t": "Alpha Beta"})  # replaced: only its phrase is still there
-    live = 20 - 7
-    assert store.store.merge_postings() > 0
-    assert _postings(store, "wgamma u") == [live - 1]
-    assert _postings(store, "palpha beta") == [live]
-    assert _answers(store) == [sorted(set(ids) - {str(i) for i in range(0, 20, 3)}
-                                      - (set() if n in (0, 6, 9) else {"1"}))
-                               for n, ids in enumerate(before)]
-    # Rows merged and rows of later updates are merged again once they pile up.
-    for i in range(20, 30):
-        store.index(str(i), {"u": "gamma"})
-    store.store.merge_postings()
-    assert _postings(store, "wgamma u") == [live - 1 + 10]
-    assert len(store.ids({"contains": "gamma"})) == live - 1 + 10
-
-
-def test_a_merge_that_fails_leaves_every_posting_row_as_it_was(store: Store) -> None:
-    for i in range(12):
-        store.index(str(i), {"u": "gamma", "n": i})
-    rows = store.store._db.execute("SELECT count(*) FROM postings").fetchone()[0]
-    db = store.store._db
-    # SQLite itself fails the merge half-way: after the old rows are deleted, at the insert.
-    db.execute("CREATE TEMP TRIGGER fail BEFORE INSERT ON postings WHEN new.n > 1 BEGIN"
-               " SELECT RAISE(ABORT, 'no room'); END")
-    with pytest.raises(sqlite3.IntegrityError, match="no room"):
-        store.store.merge_postings()
-    assert db.execute("SELECT count(*) FROM postings").fetchone()[0] == rows
-    assert len(store.ids({"contains": "gamma"})) == 12
-    db.execute("DROP TRIGGER fail")
-    assert store.store.merge_postings() > 0
-    assert _postings(store, "wgamma u") == [12]
-    assert len(store.ids({"contains": "gamma"})) == 12
-
-
-def test_a_merge_stops_at_its_budget_and_the_next_goes_on(store: Store) -> None:
-    for i in range(10):
-        store.index(str(i), {"a": "x", "b": "y"})
-    # Each of the terms of a and b (phrase, word, paths) has 10 rows of one entry: a budget
-    # of 20 entries merges two terms a call.
-    assert store.store.merge_postings(budget=20) == 2
-    assert store.store.merge_postings(budget=20) == 2
-    while store.store.merge_postings(budget=20):
-        pass
-    assert _postings(store, "wx a") == [10] and _postings(store, "px") == [10]
-    assert len(store.ids({"match": "x"})) == len(store.ids({"contains": "y"})) == 10
+def test_document_rowids_are_never_used_again(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.index("a", {"v": 1})
+    store.index("b", {"v": 2})
+    rowid = store.store._db.execute("SELECT max(rowid) FROM documents").fetchone()[0]
+    store.store.update([("delete", ("c", "b"))])
+    store.store.close()
+    again = Store(tmp_path)  # the largest rowid was deleted: the next one is still above it
+    again.index("c", {"v": 3})
+    assert again.store._db.execute("SELECT rowid FROM documents WHERE id = 'c'"
+                                   ).fetchone()[0] == rowid + 1

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -352,20 +351,5 @@ def test_no_document_is_stored_when_its_collection_log_cannot_be_created(
             assert [m.message_id for m in client.read_from_index(
                 MessageType.DOCUMENT, 0, topic="old")] == ["a", "e"]
         assert not (tmp_path / "data" / "public" / "logs" / "document-new").exists()
-    finally:
-        server.kill()
-
-
-def test_a_project_with_a_search_store_of_the_old_layout_is_refused(tmp_path: Path) -> None:
-    project = tmp_path / "data" / "public"
-    project.mkdir(parents=True)
-    old = sqlite3.connect(project / "search.sqlite")
-    old.execute("CREATE TABLE words (word TEXT NOT NULL, entry INTEGER NOT NULL)")
-    old.close()
-    server = ServerProcess(tmp_path / "data").start()
-    try:
-        with pytest.raises(ProtocolError, match="layout of fluxcore before postings") as caught:
-            Client.connect(server.address, token=TOKEN).close()
-        assert caught.value.code == "unavailable"
     finally:
         server.kill()

@@ -1,22 +1,19 @@
 """The search store of a project: documents and their entries in SQLite (search.sqlite in the
-project's directory, WAL), and the constraint tree compiled into SQL over posting rows.
+project's directory, WAL), and the constraint tree compiled into SQL over B-tree indexes.
 
 Layout: a document row per (collection, id); one entry row per (value, path) whose rowid is
-`document rowid << 20 | n`, so a document's entries are one rowid range (per-document tests,
-path filters, stats); per update, a posting row per term (phrase, word, number, path) listing
-the entries that have it, as a JSON array (`json_each` reads it back in SQL), and merged with
-the term's other small rows later; the vocabulary of distinct words, also reversed (`*word`
-is a range of it) and a posting row per trigram of new words (`*word*`); facets and
-sortables."""
+`document rowid << 20 | n`, so a document's entries are one rowid range; (word, entry) for
+the words of every entry (`word` and `word*` are lookups in it); the vocabulary of distinct
+words, also reversed (`*word` is a range of it), and per update a row per trigram of the
+words new to the vocabulary, listing them as a JSON array (`*word*` is a lookup of one of
+its trigrams, never a scan of the documents); facets and sortables."""
 
 from __future__ import annotations
 
 import functools
 import json
 import logging
-import math
 import re
-import struct
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -26,7 +23,7 @@ from typing import Any
 import msgspec
 
 from fluxcore.errors import LogError
-from fluxcore.protocol import ErrorCode, ProtocolError
+from fluxcore.protocol import ProtocolError
 
 from ..store import connect, transaction
 from .constraints import (
@@ -42,10 +39,9 @@ from .constraints import (
     PathGlob,
     is_literal,
 )
-from .flatten import NULL, NUMERIC, TEXT, normalize, words
+from .flatten import NULL, NUMERIC, as_phrase, normalize, words
 
-__all__ = ["SEARCH_FILE", "IndexedDocument", "Query", "SearchLayoutError", "SearchStore",
-           "Sorting"]
+__all__ = ["SEARCH_FILE", "IndexedDocument", "Query", "SearchStore", "Sorting"]
 
 SEARCH_FILE = "search.sqlite"
 ENTRY_BITS = 20
@@ -54,14 +50,6 @@ MAX_ENTRIES = 1 << ENTRY_BITS  # entries of one document
 ESTIMATE_CAP = 5000
 # Rows a walk in sort order tests before it gives up and sorts the matches instead.
 WALK_BUDGET = 4096
-# Posting rows of under MERGE_SMALL entries are merged once a term has MERGE_ROWS of them
-# (at most MERGE_MAX_ROWS at once); a call of merge_postings() looks at MERGE_TERMS terms and
-# merges up to MERGE_BUDGET entries (it runs on the server's event loop: a few ms).
-MERGE_SMALL = 1024
-MERGE_ROWS = 8
-MERGE_MAX_ROWS = 64
-MERGE_TERMS = 500
-MERGE_BUDGET = 16384
 _MANY = 1 << 62  # an estimate: at least as many as asked
 _FEW = 200  # documents few enough to test one by one against any constraint
 logger = logging.getLogger("fluxcore.server")
@@ -75,14 +63,21 @@ CREATE TABLE IF NOT EXISTS documents (
     te INTEGER, type TEXT NOT NULL, data BLOB NOT NULL, UNIQUE (coll, id));
 CREATE INDEX IF NOT EXISTS documents_ts ON documents (coll, ts);
 CREATE TABLE IF NOT EXISTS entries (
-    rowid INTEGER PRIMARY KEY, type INTEGER NOT NULL, value TEXT NOT NULL,
-    phrase TEXT NOT NULL, number REAL, lpath TEXT NOT NULL, spath TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS postings (
-    rowid INTEGER PRIMARY KEY, coll INTEGER NOT NULL, term TEXT NOT NULL, n INTEGER NOT NULL,
-    entries TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS postings_term ON postings (coll, term, n);
+    rowid INTEGER PRIMARY KEY, coll INTEGER NOT NULL, type INTEGER NOT NULL,
+    value TEXT NOT NULL, phrase TEXT NOT NULL, number REAL, lpath TEXT NOT NULL,
+    spath TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS entries_phrase ON entries (coll, phrase, spath);
+CREATE INDEX IF NOT EXISTS entries_number ON entries (coll, number, spath)
+    WHERE number IS NOT NULL;
+CREATE INDEX IF NOT EXISTS entries_path ON entries (coll, spath);
+CREATE TABLE IF NOT EXISTS words (
+    word TEXT NOT NULL, entry INTEGER NOT NULL, PRIMARY KEY (word, entry)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS vocabulary (
-    rword TEXT PRIMARY KEY, word TEXT NOT NULL) WITHOUT ROWID;
+    word TEXT PRIMARY KEY, rword TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS vocabulary_rword ON vocabulary (rword);
+CREATE TABLE IF NOT EXISTS word_trigrams (
+    rowid INTEGER PRIMARY KEY, trigram TEXT NOT NULL, words TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS word_trigrams_trigram ON word_trigrams (trigram);
 CREATE TABLE IF NOT EXISTS facets (
     doc INTEGER NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, coll INTEGER NOT NULL,
     PRIMARY KEY (doc, name, value)) WITHOUT ROWID;
@@ -152,13 +147,6 @@ Publish = Callable[[str, list[IndexedDocument]], None]
 OpenLog = Callable[[str], None]
 
 
-class SearchLayoutError(ProtocolError):
-    """A search.sqlite of a layout this version does not read (the project does not open)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(ErrorCode.UNAVAILABLE, message)
-
-
 class _Sql:
     """A WHERE expression and its parameters."""
 
@@ -178,13 +166,17 @@ class SearchStore:
         # A bigger page cache and fewer checkpoints: index inserts land all over the B-trees.
         self._db.execute("PRAGMA cache_size=-65536")
         self._db.execute("PRAGMA wal_autocheckpoint=20000")
-        if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'words'").fetchone():
-            self._db.close()
-            raise SearchLayoutError(
-                f"{path} has the search layout of fluxcore before postings (a table per word"
-                " and entry): this version does not read it; delete the file and index the"
-                " documents again")
+        counted = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'facet_counts'").fetchone() is not None
+        fts = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'vocabulary_trigrams'").fetchone()
         self._db.executescript(_SCHEMA)
+        if fts is not None:  # a store from before the trigram rows: build them
+            self._migrate_trigrams()
+        if not counted:  # a store from before the counts: count what it has
+            with transaction(self._db):
+                self._db.execute("INSERT INTO facet_counts SELECT coll, name, value, count(*)"
+                                 " FROM facets GROUP BY coll, name, value")
         self._db.create_function("fc_find", 2, _find, deterministic=True)
         self._publish = publish
         self._open_log = open_log
@@ -196,11 +188,27 @@ class SearchStore:
         # Documents committed that their log did not take yet. Until the first retry() looks,
         # a crash may have left some.
         self.backlog = True
-        self._top = int(self._db.execute("SELECT max(rowid) FROM documents").fetchone()[0] or 0)
-        self._merged_upto: tuple[int, str] = (-1, "")  # where the sweep of merges is
+        self._top = self._max_rowid()  # the largest document rowid ever committed, about
         self._collections: dict[str, int] = dict(
             self._db.execute("SELECT name, id FROM collections").fetchall())
         self._names = {v: k for k, v in self._collections.items()}
+
+    def _max_rowid(self) -> int:
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'documents'"
+                               ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _migrate_trigrams(self) -> None:
+        """Replaces the FTS5 trigram table of the vocabulary (the layout before 2026-12-01)
+        with trigram rows, in one transaction."""
+        db = self._db
+        with transaction(db):
+            db.execute("DROP TRIGGER IF EXISTS vocabulary_added")
+            db.execute("DROP TABLE vocabulary_trigrams")
+            db.execute("DELETE FROM word_trigrams")
+            cursor = db.execute("SELECT word FROM vocabulary ORDER BY word")
+            while batch := cursor.fetchmany(50_000):
+                self._write_trigrams([word for (word,) in batch])
 
     def close(self) -> None:
         if not self.backlog:
@@ -226,22 +234,26 @@ class SearchStore:
         indexed: list[IndexedDocument] = []
         documents: list[tuple[Any, ...]] = []
         entries: list[tuple[Any, ...]] = []
-        postings: dict[int, defaultdict[str, list[int]]] = {}
+        word_rows: list[tuple[str, int]] = []
         vocabulary: set[str] = set()
         facets: list[tuple[int, str, str, int]] = []
         facet_counts: dict[tuple[int, str, str], int] = {}
         sortables: set[tuple[int, str, str]] = set()
         db = self._db
 
-        def flush_rows() -> None:
+        def flush() -> None:
             # Before a delete, so that it sees every row this batch wrote before it.
             db.executemany("INSERT INTO documents (rowid, coll, id, ts, te, type, data)"
                            " VALUES (?, ?, ?, ?, ?, ?, ?)", documents)
-            db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)", entries)
+            db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)", entries)
+            word_rows.sort()  # neighbours in the B-tree: fewer pages touched
+            db.executemany("INSERT INTO words VALUES (?, ?)", word_rows)
+            self._add_words(vocabulary)
             db.executemany("INSERT INTO facets VALUES (?, ?, ?, ?)", facets)
             self._count_facets(facet_counts, 1)
             db.executemany("INSERT INTO sortables VALUES (?, ?, ?)", sortables)
-            for rows in (documents, entries, facets, sortables, facet_counts):
+            for rows in (documents, entries, word_rows, vocabulary, facets, sortables,
+                         facet_counts):
                 rows.clear()
 
         # Every new collection's DOCUMENT log first: a document is not stored if its log
@@ -254,38 +266,41 @@ class SearchStore:
                 if self._stored_upto != self._published_upto:
                     self._write_upto()
                 live = self._live_rowids(updates)
-                # Rowids given here (AUTOINCREMENT: above any ever used) so that documents
-                # go in with executemany like the rest.
-                row = db.execute(
-                    "SELECT seq FROM sqlite_sequence WHERE name = 'documents'").fetchone()
-                next_doc = max(self._top, 0 if row is None else int(row[0])) + 1
+                # Rowids given here (above any ever used, as AUTOINCREMENT would) so that
+                # documents go in with executemany like the other rows.
+                next_doc = max(self._top, self._max_rowid()) + 1
                 for kind, item in updates:
                     if kind == "delete":
                         assert isinstance(item, tuple)
-                        found = live.pop(item, None)
-                        if found is not None:
-                            flush_rows()
-                            self._delete_rows([found])
-                        done.append(found is not None)
+                        found_doc = live.pop(item, None)
+                        if found_doc is not None:
+                            flush()
+                            self._delete_rows([found_doc])
+                        done.append(found_doc is not None)
                         continue
                     assert isinstance(item, IndexedDocument)
                     doc_key = (item.collection, item.id)
-                    found = live.get(doc_key)
-                    if found is not None:
+                    found_doc = live.get(doc_key)
+                    if found_doc is not None:
                         if kind == "index_if_not_exists":
                             done.append(False)
                             continue
-                        flush_rows()
-                        self._delete_rows([found])
+                        flush()
+                        self._delete_rows([found_doc])
                     coll = self._collection_id(item.collection)
                     doc = live[doc_key] = next_doc
                     next_doc += 1
                     documents.append((doc, coll, item.id, item.timestamp, item.end, item.type,
                                       item.data))
-                    terms = postings.get(coll)
-                    if terms is None:
-                        terms = postings[coll] = defaultdict(list)
-                    _add_entries(doc << ENTRY_BITS, item.entries, entries, terms, vocabulary)
+                    base = doc << ENTRY_BITS
+                    for n, (entry_type, value, lpath, spath) in enumerate(item.entries):
+                        phrase, found = _analyzed(entry_type, value)
+                        entry = base | n
+                        entries.append((entry, coll, entry_type, value, phrase,
+                                        float(value) if entry_type == NUMERIC else None,
+                                        lpath, spath))
+                        word_rows.extend((word, entry) for word in found)
+                        vocabulary.update(found)
                     for name, value in dict.fromkeys(item.facets):
                         facets.append((doc, name, value, coll))
                         key = (coll, name, value)
@@ -293,12 +308,10 @@ class SearchStore:
                     sortables.update((doc, name, value) for name, value in item.sortables)
                     indexed.append(item)
                     done.append(True)
-                flush_rows()
+                flush()
                 self._top = max(self._top, next_doc - 1)
-                self._write_postings(postings, vocabulary)
         except BaseException:
             # The rolled back transaction may have added collections: forget them.
-            self._top = int(db.execute("SELECT max(rowid) FROM documents").fetchone()[0] or 0)
             self._collections = dict(db.execute("SELECT name, id FROM collections").fetchall())
             self._names = {v: k for k, v in self._collections.items()}
             raise
@@ -316,37 +329,6 @@ class SearchStore:
             else:
                 self._published_upto = max(self._published_upto, top)
         return done
-
-    def _write_postings(self, postings: dict[int, defaultdict[str, list[int]]],
-                        vocabulary: set[str]) -> None:
-        """A posting row per term of an update (its entries, ascending: appended in entry
-        order) as a JSON array that json_each() reads back; the new words of the update in
-        the vocabulary, and a posting row per trigram of them that lists them."""
-        db = self._db
-        rows = [(coll, term, len(ids), f"[{','.join(map(str, ids))}]")
-                for coll, terms in postings.items() for term, ids in terms.items()]
-        rows.sort()  # neighbours in the term index: fewer pages touched
-        db.executemany("INSERT INTO postings (coll, term, n, entries) VALUES (?, ?, ?, ?)",
-                       rows)
-        if not vocabulary:
-            return
-        ordered = sorted(vocabulary)
-        known: set[str] = set()
-        for first in range(0, len(ordered), 500):
-            chunk = ordered[first : first + 500]
-            known.update(row[0] for row in db.execute(
-                f"SELECT word FROM vocabulary WHERE rword IN ({','.join('?' * len(chunk))})",
-                [w[::-1] for w in chunk]))
-        new = [w for w in ordered if w not in known]
-        db.executemany("INSERT INTO vocabulary VALUES (?, ?)", sorted((w[::-1], w) for w in new))
-        trigrams: dict[str, list[str]] = defaultdict(list)
-        for word in new:
-            for trigram in {word[i : i + 3] for i in range(len(word) - 2)}:
-                trigrams[trigram].append(word)
-        db.executemany(
-            f"INSERT INTO postings (coll, term, n, entries) VALUES ({_WORDS}, ?, ?, ?)",
-            sorted(("t" + trigram, len(found), json.dumps(found, ensure_ascii=False))
-                   for trigram, found in trigrams.items()))
 
     def _publish_all(self, indexed: list[IndexedDocument]) -> None:
         by_collection: dict[str, list[IndexedDocument]] = {}
@@ -367,74 +349,11 @@ class SearchStore:
 
     def retry(self) -> None:
         """Publishes the backlog if there is one, else stores how far the logs have every
-        document; then merges some posting rows (the server calls this every 100 ms)."""
+        document (the server calls this every 100 ms)."""
         if self.backlog:
             self._publish_backlog()
         else:
             self._store_upto()
-        self.merge_postings()
-
-    def merge_postings(self, terms: int = MERGE_TERMS, budget: int = MERGE_BUDGET) -> int:
-        """Looks at the next `terms` terms (a sweep over every term, resumed where the last
-        call stopped) and, for each with MERGE_ROWS small posting rows or more, merges the
-        smallest of them into one, without the entries of documents deleted since; stops once
-        `budget` entries were merged (the next call goes on from there). Returns how many
-        terms it merged. One transaction: a crash leaves the rows as they were or merged."""
-        db = self._db
-        merged = 0
-        with transaction(db):
-            found = db.execute(
-                "SELECT coll, term, count(*) FROM postings WHERE (coll, term) > (?, ?) AND"
-                f" n < {MERGE_SMALL} GROUP BY coll, term ORDER BY coll, term LIMIT ?",
-                (*self._merged_upto, terms)).fetchall()
-            upto = (found[-1][0], found[-1][1]) if len(found) == terms else (-1, "")
-            for coll, term, rows in found:
-                if rows < MERGE_ROWS:
-                    continue
-                picked: list[tuple[int, str]] = []
-                for rowid, n, text in db.execute(
-                        f"SELECT rowid, n, entries FROM postings WHERE coll = ? AND term = ? AND"
-                        f" n < {MERGE_SMALL} ORDER BY n LIMIT {MERGE_MAX_ROWS}", (coll, term)):
-                    if n > budget:
-                        break
-                    budget -= n
-                    picked.append((rowid, text))
-                if len(picked) < 2:  # out of budget: the next call starts at this term
-                    upto = self._merged_upto
-                    break
-                self._merge_rows(coll, term, picked)
-                self._merged_upto = (coll, term)
-                merged += 1
-            self._merged_upto = upto
-        return merged
-
-    def _merge_rows(self, coll: int, term: str, picked: list[tuple[int, str]]) -> None:
-        values: list[Any] = []
-        for _, text in picked:
-            values.extend(json.loads(text))
-        if coll != _WORDS:  # entry ids: keep those of documents still stored
-            values = self._live_entries(values)
-            text = f"[{','.join(map(str, values))}]"
-        else:  # words, never deleted
-            values.sort()
-            text = json.dumps(values, ensure_ascii=False)
-        self._db.executemany("DELETE FROM postings WHERE rowid = ?",
-                             [(rowid,) for rowid, _ in picked])
-        if values:
-            self._db.execute("INSERT INTO postings (coll, term, n, entries) VALUES (?, ?, ?, ?)",
-                             (coll, term, len(values), text))
-
-    def _live_entries(self, entries: list[int]) -> list[int]:
-        """The entry ids, sorted, of documents that are stored."""
-        entries.sort()
-        docs = sorted({entry >> ENTRY_BITS for entry in entries})
-        live: set[int] = set()
-        for first in range(0, len(docs), 500):
-            chunk = docs[first : first + 500]
-            live.update(row[0] for row in self._db.execute(
-                f"SELECT rowid FROM documents WHERE rowid IN ({','.join('?' * len(chunk))})",
-                chunk))
-        return [entry for entry in entries if entry >> ENTRY_BITS in live]
 
     def _publish_backlog(self) -> None:
         try:
@@ -493,12 +412,45 @@ class SearchStore:
                                 f" ({','.join('?' * len(chunk))})", (coll, *chunk)))
         return live
 
+    def _add_words(self, found: set[str]) -> None:
+        """The words new to the vocabulary go in it, with their trigram rows."""
+        if not found:
+            return
+        ordered = sorted(found)
+        known: set[str] = set()
+        for first in range(0, len(ordered), 500):
+            chunk = ordered[first : first + 500]
+            known.update(row[0] for row in self._db.execute(
+                f"SELECT word FROM vocabulary WHERE word IN ({','.join('?' * len(chunk))})",
+                chunk))
+        new = [word for word in ordered if word not in known]
+        self._db.executemany("INSERT INTO vocabulary VALUES (?, ?)",
+                             [(word, word[::-1]) for word in new])
+        self._write_trigrams(new)
+
+    def _write_trigrams(self, new: list[str]) -> None:
+        """A row per trigram of the words, listing them (a JSON array)."""
+        trigrams: dict[str, list[str]] = defaultdict(list)
+        for word in new:
+            for trigram in {word[i : i + 3] for i in range(len(word) - 2)}:
+                trigrams[trigram].append(word)
+        self._db.executemany(
+            "INSERT INTO word_trigrams (trigram, words) VALUES (?, ?)",
+            sorted((trigram, json.dumps(listed, ensure_ascii=False))
+                   for trigram, listed in trigrams.items()))
+
     def _delete_rows(self, docs: Sequence[int]) -> None:
-        """Deletes documents and their rows; their postings stay, and match nothing: a
-        document's rowid (so its entries' ids) is never used again."""
         db = self._db
-        db.executemany("DELETE FROM entries WHERE rowid BETWEEN ? AND ?",
-                       [(d << ENTRY_BITS, (d << ENTRY_BITS) | (MAX_ENTRIES - 1)) for d in docs])
+        ranges = [(d << ENTRY_BITS, (d << ENTRY_BITS) | (MAX_ENTRIES - 1)) for d in docs]
+        # The words of the entries, found again from their phrases (words has no entry index).
+        word_rows: list[tuple[str, int]] = []
+        for low, high in ranges:
+            for entry, phrase in db.execute(
+                    "SELECT rowid, phrase FROM entries WHERE rowid BETWEEN ? AND ?",
+                    (low, high)):
+                word_rows.extend((word, entry) for word in set(words(phrase)))
+        db.executemany("DELETE FROM words WHERE word = ? AND entry = ?", word_rows)
+        db.executemany("DELETE FROM entries WHERE rowid BETWEEN ? AND ?", ranges)
         removed: dict[tuple[int, str, str], int] = {}
         for first in range(0, len(docs), 500):
             chunk = docs[first : first + 500]
@@ -605,16 +557,16 @@ class SearchStore:
                 " value = ?", (node.name, node.value)).fetchone()
             return int(row[0] or 0)
         if isinstance(node, Match) and not node.strict:
-            start = stop = "p" + normalize(node.value)
-            stop += "\0"
+            inner = (f"SELECT 1 FROM entries e WHERE e.coll IN {in_colls} AND e.phrase = ?"
+                     f" LIMIT {int(limit)}")
+            param = normalize(node.value)
         elif (isinstance(node, Contains) and not node.prefix and not node.postfix
               and words(node.term) == [node.term]):
-            start, stop = f"w{node.term} ", f"w{node.term}!"
+            inner = f"SELECT 1 FROM words WHERE word = ? LIMIT {int(limit)}"
+            param = node.term
         else:
             return None
-        row = self._db.execute(f"SELECT sum(n) FROM postings WHERE coll IN {in_colls} AND"
-                               " term >= ? AND term < ?", (start, stop)).fetchone()
-        return min(int(row[0] or 0), limit)
+        return int(self._db.execute(f"SELECT count(*) FROM ({inner})", (param,)).fetchone()[0])
 
     def _broad_estimate(self, wanted: int) -> int:
         """How many matches make a walk of _walk_budget documents in sort order likely
@@ -879,81 +831,22 @@ class SearchStore:
         return {"since": since, "before": before, "counts": counts}
 
 
-# -- postings ------------------------------------------------------------------------------
-# A posting row lists the entries (ids, ascending) that have a term, for one update or more.
-# Terms, by their first character: p + phrase (match, between on text), w + word + space +
-# short path (contains; a word has no space, and a space sorts below its characters),
-# n + number key + short path (between on numbers), s + short path and l + long path of
-# every entry that is not null (exists); and, in collection _WORDS, t + trigram listing
-# words (not entries).
-
-def _number_key(number: float) -> str:
-    """Hex digits whose text order is the numeric order of the number."""
-    (bits,) = _U64.unpack(_F64.pack(number + 0.0))  # + 0.0: -0.0 is 0.0
-    return f"{(bits ^ _U64_MAX) if bits >> 63 else (bits | 1 << 63):016x}"
+# A value's phrase and its words, for values that repeat across documents (names, cities,
+# tags, small numbers); emptied when full.
+_ANALYZED: dict[tuple[int, str], tuple[str, tuple[str, ...]]] = {}
+_ANALYZED_MAX = 200_000
 
 
-_F64, _U64 = struct.Struct(">d"), struct.Struct(">Q")
-_WORDS = 0  # the collection of the trigram postings (of words, not entries): no collection
-_U64_MAX = (1 << 64) - 1
-
-
-# A value's phrase, words and their terms, for values that repeat across documents (names,
-# cities, tags, small numbers); emptied when full. The same for the terms of paths.
-_ANALYZED: dict[tuple[int, str], tuple[str, str, list[str], list[str]]] = {}
-_PATH_TERMS: dict[str, tuple[str, str]] = {}
-_CACHED_MAX = 200_000
-
-
-def _analyzed(entry_type: int, value: str) -> tuple[str, str, list[str], list[str]]:
-    """The phrase of a value, its term, its words and their terms (without the path)."""
+def _analyzed(entry_type: int, value: str) -> tuple[str, tuple[str, ...]]:
     key = (entry_type, value)
     found = _ANALYZED.get(key)
     if found is None:
-        phrase = normalize(value) if entry_type == TEXT else value
-        distinct = list(dict.fromkeys(words(phrase)))
-        found = (phrase, "p" + phrase, distinct, [f"w{word} " for word in distinct])
-        if len(_ANALYZED) >= _CACHED_MAX:
+        phrase = as_phrase(entry_type, value)
+        found = (phrase, tuple(set(words(phrase))))
+        if len(_ANALYZED) >= _ANALYZED_MAX:
             _ANALYZED.clear()
         _ANALYZED[key] = found
     return found
-
-
-def _path_terms(lpath: str, spath: str) -> tuple[str, str]:
-    found = _PATH_TERMS.get(lpath)
-    if found is None:
-        found = ("s" + spath, "l" + lpath)
-        if len(_PATH_TERMS) >= _CACHED_MAX:
-            _PATH_TERMS.clear()
-        _PATH_TERMS[lpath] = found
-    return found
-
-
-def _add_entries(base: int, flat: list[tuple[int, str, str, str]],
-                 entries: list[tuple[Any, ...]], terms: defaultdict[str, list[int]],
-                 vocabulary: set[str]) -> None:
-    """The entry rows of a document (ids from `base`), its terms and their entries added to
-    `terms` and its words to `vocabulary`. Path terms list the document (its first entry id)
-    once: exists asks for documents, not values."""
-    add_words = vocabulary.update
-    paths: set[str] = set()
-    for n, (entry_type, value, lpath, spath) in enumerate(flat):
-        entry = base | n
-        phrase, phrase_term, found, word_terms = _analyzed(entry_type, value)
-        number = None
-        if entry_type == NUMERIC:
-            number = float(value)
-            terms["n" + _number_key(number) + spath].append(entry)
-        entries.append((entry, entry_type, value, phrase, number, lpath, spath))
-        terms[phrase_term].append(entry)
-        if entry_type != NULL:
-            for path_term in _path_terms(lpath, spath):
-                if path_term not in paths:
-                    paths.add(path_term)
-                    terms[path_term].append(base)
-        add_words(found)
-        for term in word_terms:
-            terms[term + spath].append(entry)
 
 
 def _num(value: Any) -> Any:
@@ -1017,11 +910,10 @@ def _after(keys: list[tuple[str, bool, list[Any]]], row: Sequence[Any],
 
 # -- compiling constraints ---------------------------------------------------------------
 
-def _path_sql(glob: PathGlob, alias: str, column: str = "") -> tuple[str, list[Any]]:
-    """The glob over the entry's path (`alias`.spath or .lpath), or over `column`."""
-    # `+`: never drive a lookup by a path index; a value index is nearly always more
+def _path_sql(glob: PathGlob, alias: str) -> tuple[str, list[Any]]:
+    # `+`: never drive a lookup by the path index; a value index is nearly always more
     # selective (SQLite has no statistics to know that).
-    column = column or f"+{alias}.{'lpath' if glob.long else 'spath'}"
+    column = f"+{alias}.{'lpath' if glob.long else 'spath'}"
     parts, params = [], []
     for pattern in glob.globs:
         if is_literal(pattern):
@@ -1032,10 +924,10 @@ def _path_sql(glob: PathGlob, alias: str, column: str = "") -> tuple[str, list[A
     return "(" + " OR ".join(parts) + ")", params
 
 
-def _paths_sql(paths: tuple[PathGlob, ...], alias: str, sql: _Sql, column: str = "") -> str:
+def _paths_sql(paths: tuple[PathGlob, ...], alias: str, sql: _Sql) -> str:
     parts = []
     for glob in paths:
-        cond, params = _path_sql(glob, alias, column)
+        cond, params = _path_sql(glob, alias)
         parts.append(cond)
         sql.add(*params)
     return "(" + " OR ".join(parts) + ")"
@@ -1044,42 +936,15 @@ def _paths_sql(paths: tuple[PathGlob, ...], alias: str, sql: _Sql, column: str =
 _OWN_ENTRIES = f"BETWEEN d.rowid << {ENTRY_BITS} AND (d.rowid << {ENTRY_BITS}) | {MAX_ENTRIES - 1}"
 
 
-def _own_entries(cond: str, params: Sequence[Any], paths: tuple[PathGlob, ...],
-                 sql: _Sql) -> str:
-    """A test of the document's own entries (a rowid range): one meets `cond` at a path."""
-    sql.add(*params)
+def _entries_in(cond: str, paths: tuple[PathGlob, ...], colls: list[int], sql: _Sql,
+                probe: bool) -> str:
+    """Documents with an entry that meets `cond` at one of `paths`: the set of them from a
+    value index, or (probe) a test of the document's own entries (a rowid range)."""
     path = f" AND {_paths_sql(paths, 'e', sql)}" if paths else ""
-    return f"EXISTS (SELECT 1 FROM entries e WHERE e.rowid {_OWN_ENTRIES} AND {cond}{path})"
-
-
-def _posted(term: str, params: Sequence[Any], colls: list[int], sql: _Sql, *,
-            entry: str = "", entry_params: Sequence[Any] = (),
-            paths: tuple[PathGlob, ...] = (), path_at: str = "",
-            source: str = "", source_params: Sequence[Any] = ()) -> str:
-    """The documents with an entry posted under a term that meets `term` (about `p.term`)
-    and, if given, `entry` (about the entry `e`) at one of `paths`; `path_at`: where in the
-    term its entry's short path starts (1-based, SQL); `source`: rows `v` the term condition
-    is about (each word of a vocabulary lookup). A posting of a deleted document names an
-    entry id and a rowid that nothing has any more."""
-    sql.add(*source_params, *params)
-    join = extra = ""
-    if path_at and not entry and paths and not any(glob.long for glob in paths):
-        # The short path is the end of the term: no entry to look up.
-        extra = f" AND {_paths_sql(paths, '', sql, f'substr(p.term, {path_at})')}"
-    elif entry or paths:
-        join = " JOIN entries e ON e.rowid = j.value"
-        if entry:
-            extra = f" AND {entry}"
-            sql.add(*entry_params)
-        if paths:
-            extra += f" AND {_paths_sql(paths, 'e', sql)}"
-    in_colls = f"p.coll IN ({','.join(map(str, colls))}) AND {term}"
-    if source:
-        found, where = f"{source} v CROSS JOIN postings p ON {in_colls}", "1"
-    else:
-        found, where = "postings p", in_colls
-    return (f"d.rowid IN (SELECT j.value >> {ENTRY_BITS} FROM {found}, json_each(p.entries) j"
-            f"{join} WHERE {where}{extra})")
+    if probe:
+        return f"EXISTS (SELECT 1 FROM entries e WHERE e.rowid {_OWN_ENTRIES} AND {cond}{path})"
+    return (f"d.rowid IN (SELECT e.rowid >> {ENTRY_BITS} FROM entries e WHERE e.coll IN "
+            f"({','.join(map(str, colls))}) AND {cond}{path})")
 
 
 def _compile(node: Node, colls: list[int], sql: _Sql, probe: bool = False) -> str:
@@ -1101,42 +966,29 @@ def _compile(node: Node, colls: list[int], sql: _Sql, probe: bool = False) -> st
         return (f"d.rowid IN (SELECT f.doc FROM facets f WHERE f.coll IN "
                 f"({','.join(map(str, colls))}) AND f.name = ? AND f.value = ?)")
     if isinstance(node, Match):
-        phrase = normalize(node.value)
         if node.strict:
-            if probe:
-                return _own_entries("e.phrase IN (?, ?) AND e.value = ?",
-                                    (phrase, node.value, node.value), node.paths, sql)
-            return _posted("p.term IN (?, ?)", ("p" + phrase, "p" + node.value), colls, sql,
-                           entry="e.value = ?", entry_params=(node.value,), paths=node.paths)
-        if probe:
-            return _own_entries("e.phrase = ?", (phrase,), node.paths, sql)
-        return _posted("p.term = ?", ("p" + phrase,), colls, sql, paths=node.paths)
+            sql.add(normalize(node.value), node.value, node.value)
+            return _entries_in("e.phrase IN (?, ?) AND e.value = ?", node.paths, colls, sql,
+                               probe)
+        sql.add(normalize(node.value))
+        return _entries_in("e.phrase = ?", node.paths, colls, sql, probe)
     if isinstance(node, Between):
         return _between(node, colls, sql, probe)
     if isinstance(node, Exists):
-        return _exists(node, colls, sql, probe)
+        parts = []
+        for glob in node.paths:
+            column = "e.lpath" if glob.long else "e.spath"
+            for pattern in glob.globs:
+                if is_literal(pattern):
+                    parts.append(f"{column} = ? OR {column} GLOB ?")
+                    sql.add(pattern, _glob_escape(pattern) + "/*")
+                else:
+                    parts.append(f"{column} GLOB ? OR {column} GLOB ?")
+                    sql.add(pattern, pattern + "/*")
+        return _entries_in(f"e.type != {NULL} AND ({' OR '.join(parts)})", (), colls, sql,
+                           probe)
     assert isinstance(node, Contains)
     return _contains(node, colls, sql, probe)
-
-
-def _exists(node: Exists, colls: list[int], sql: _Sql, probe: bool) -> str:
-    """A value that is not null at the path or under it."""
-    parts, params = [], []
-    for glob in node.paths:
-        prefix = "l" if glob.long else "s"
-        column = "p.term" if not probe else ("e.lpath" if glob.long else "e.spath")
-        if probe:
-            prefix = ""
-        for pattern in glob.globs:
-            if is_literal(pattern):
-                parts.append(f"{column} = ? OR {column} GLOB ?")
-                params += [prefix + pattern, prefix + _glob_escape(pattern) + "/*"]
-            else:
-                parts.append(f"{column} GLOB ? OR {column} GLOB ?")
-                params += [prefix + pattern, prefix + pattern + "/*"]
-    if probe:
-        return _own_entries(f"e.type != {NULL} AND ({' OR '.join(parts)})", params, (), sql)
-    return _posted(f"({' OR '.join(parts)})", params, colls, sql)
 
 
 def _conjuncts(node: All) -> list[Node]:
@@ -1169,69 +1021,59 @@ def _glob_escape(text: str) -> str:
 
 def _between(node: Between, colls: list[int], sql: _Sql, probe: bool) -> str:
     numeric = isinstance(node.min, (int, float)) or isinstance(node.max, (int, float))
-    low = high = None
-    if numeric:
-        low = None if node.min is None else float(node.min)
-        high = None if node.max is None else float(node.max)
-        if (low is not None and math.isnan(low)) or (high is not None and math.isnan(high)):
-            return "0"  # as SQL: nothing compares with NaN
-    if probe:
-        column = "e.number" if numeric else "e.phrase"
-        parts, params = [], []
-        for bound, op in ((node.min, ">="), (node.max, "<")):
-            if bound is not None:
-                parts.append(f"{column} {op} ?")
-                params.append(float(bound) if numeric else normalize(str(bound)))
-        return _own_entries(" AND ".join(parts), params, node.paths, sql)
-    if numeric:
-        # A key is 16 characters: any path after it keeps the order of the keys.
-        start = "n" if low is None else "n" + _number_key(low)
-        stop = "o" if high is None else "n" + _number_key(high)
-        return _posted("p.term >= ? AND p.term < ?", (start, stop), colls, sql,
-                       paths=node.paths, path_at="18")
-    start = "p" if node.min is None else "p" + normalize(str(node.min))
-    stop = "q" if node.max is None else "p" + normalize(str(node.max))
-    return _posted("p.term >= ? AND p.term < ?", (start, stop), colls, sql, paths=node.paths)
+    column = "e.number" if numeric else "e.phrase"
+    parts = []
+    for bound, op in ((node.min, ">="), (node.max, "<")):
+        if bound is not None:
+            parts.append(f"{column} {op} ?")
+            sql.add(float(bound) if numeric else normalize(str(bound)))
+    return _entries_in(" AND ".join(parts), node.paths, colls, sql, probe)
 
 
 def _contains(node: Contains, colls: list[int], sql: _Sql, probe: bool) -> str:
     term = node.term
     found = words(term)
     pattern = contains_regex(term, node.prefix, node.postfix)
-    if probe or not found:  # the document's entries; no word to look up: a scan
-        # instr() first: a phrase without the term at all is never handed to Python.
-        return _own_entries("instr(e.phrase, ?) > 0 AND fc_find(e.phrase, ?)",
-                            (term, pattern), node.paths, sql)
     exact = len(found) == 1 and found[0] == term
+    if probe and exact and not node.prefix and not node.postfix and not node.paths:
+        sql.add(term)  # the word's index entry for one of the document's entries
+        return (f"EXISTS (SELECT 1 FROM words w WHERE w.word = ? AND w.entry"
+                f" {_OWN_ENTRIES})")
+    if probe or not found:  # the document's entries; no word to look up: a scan
+        sql.add(pattern)
+        return _entries_in("fc_find(e.phrase, ?)", node.paths, colls, sql, probe)
     # Look up the longest word; whether it may be cut on the left (right) of a word in the
     # text depends on whether it starts (ends) the term and the term may be cut there.
     best = max(range(len(found)), key=lambda i: len(found[i]))
     word = found[best]
     open_left = node.prefix and best == 0 and term.startswith(word)
     open_right = node.postfix and best == len(found) - 1 and term.endswith(word)
-    source = ""
-    params: list[Any] = []
     if open_left and open_right and len(word) >= 3:
         # The words with the word's first trigram, and then the word in them.
-        source = (f"(SELECT tj.value AS word FROM postings t, json_each(t.entries) tj WHERE"
-                  f" t.coll = {_WORDS} AND t.term = ? AND instr(tj.value, ?) > 0)")
-        params = ["t" + word[:3], word]
+        cond = ("w.word IN (SELECT tj.value FROM word_trigrams t, json_each(t.words) tj"
+                " WHERE t.trigram = ? AND instr(tj.value, ?) > 0)")
+        sql.add(word[:3], word)
     elif open_left and open_right:
-        source = "(SELECT v.word AS word FROM vocabulary v WHERE instr(v.word, ?) > 0)"
-        params = [word]
+        cond = "w.word IN (SELECT v.word FROM vocabulary v WHERE instr(v.word, ?) > 0)"
+        sql.add(word)
     elif open_left:
-        source = "(SELECT v.word AS word FROM vocabulary v WHERE v.rword >= ? AND v.rword < ?)"
-        params = [word[::-1], word[::-1] + _TOP]
-    if source:  # the terms of each word found, at any path
-        cond = "p.term >= 'w' || v.word || ' ' AND p.term < 'w' || v.word || '!'"
-        term_params: list[Any] = []
+        cond = ("w.word IN (SELECT v.word FROM vocabulary v WHERE v.rword >= ? AND"
+                " v.rword < ?)")
+        sql.add(word[::-1], word[::-1] + _TOP)
     elif open_right:
-        cond = "p.term >= ? AND p.term < ?"
-        term_params = ["w" + word, "w" + word + _TOP]
+        cond = "w.word >= ? AND w.word < ?"
+        sql.add(word, word + _TOP)
     else:
-        cond = "p.term >= ? AND p.term < ?"
-        term_params = [f"w{word} ", f"w{word}!"]
-    # The short path follows the word's first space.
-    return _posted(cond, term_params, colls, sql, entry="" if exact else "fc_find(e.phrase, ?)",
-                   entry_params=() if exact else (pattern,), paths=node.paths,
-                   path_at="instr(p.term, ' ') + 1", source=source, source_params=params)
+        cond = "w.word = ?"
+        sql.add(word)
+    if exact and not node.paths:
+        return f"d.rowid IN (SELECT w.entry >> {ENTRY_BITS} FROM words w WHERE {cond})"
+    extra = ""
+    if not exact:
+        extra = " AND fc_find(e.phrase, ?)"
+        sql.add(pattern)
+    if node.paths:
+        extra += f" AND {_paths_sql(node.paths, 'e', sql)}"
+    return (f"d.rowid IN (SELECT w.entry >> {ENTRY_BITS} FROM words w JOIN entries e ON"
+            f" e.rowid = w.entry WHERE {cond} AND +e.coll IN ({','.join(map(str, colls))})"
+            f"{extra})")
