@@ -188,7 +188,7 @@ class SearchStore:
         # Documents committed that their log did not take yet. Until the first retry() looks,
         # a crash may have left some.
         self.backlog = True
-        self._top = self._max_rowid()  # the largest document rowid ever committed, about
+        self._top = self._max_rowid()  # the largest document rowid ever given out
         self._collections: dict[str, int] = dict(
             self._db.execute("SELECT name, id FROM collections").fetchall())
         self._names = {v: k for k, v in self._collections.items()}
