@@ -182,6 +182,11 @@ def run_fluxcore(corpus: Corpus, work: Workload, base: str, results: Results) ->
                     work.buckets[i], "bucket").sort("-score").fetch(20)),
                     "match(bucket) (10 %) sorted by -score, top 20"),
             }
+            with results.attempt("round_trip_floor on fluxcore"):
+                # What any query costs before the search: one ping on the same connection.
+                seconds_list, hits = _timed(lambda i: int(client.ping() >= 0), work.n)
+                results.rows.extend(_latency_rows("round_trip_floor", SUBJECT, seconds_list,
+                                                  "client.ping()", hits))
             for name in QUERIES:
                 run, how = queries[name]
                 with results.attempt(f"{name} on fluxcore"):

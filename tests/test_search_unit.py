@@ -3,6 +3,7 @@ and every constraint and option against the SQLite store itself."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -465,3 +466,97 @@ def test_plans_for_large_collections_find_the_same_documents(tmp_path: Path) -> 
         assert stores[0].count(query) == stores[1].count(query) == stores[2].count(query)
     for store in stores:
         store.close()
+
+
+# -- the write path: trigram rows, batched documents, the layout before them ------------------
+
+def _old_layout_store(path: Path) -> None:
+    """A search.sqlite as fluxcore wrote it before trigram rows: an FTS5 trigram table of the
+    vocabulary, filled by a trigger."""
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE vocabulary (word TEXT PRIMARY KEY, rword TEXT NOT NULL) WITHOUT ROWID;
+        CREATE INDEX vocabulary_rword ON vocabulary (rword);
+        CREATE VIRTUAL TABLE vocabulary_trigrams USING fts5 (
+            word, tokenize = 'trigram', detail = 'none');
+        CREATE TRIGGER vocabulary_added AFTER INSERT ON vocabulary BEGIN
+            INSERT INTO vocabulary_trigrams (word) VALUES (new.word);
+        END;""")
+    old.close()
+
+
+def test_a_store_of_the_fts_layout_gets_trigram_rows_for_its_words(tmp_path: Path) -> None:
+    path = tmp_path / "search.sqlite"
+    _old_layout_store(path)
+    first = Store(tmp_path)
+    # Written as the old layout would: the trigger fills the FTS table (re-created here).
+    first.store._db.executescript("""
+        CREATE VIRTUAL TABLE vocabulary_trigrams USING fts5 (
+            word, tokenize = 'trigram', detail = 'none');
+        CREATE TRIGGER vocabulary_added AFTER INSERT ON vocabulary BEGIN
+            INSERT INTO vocabulary_trigrams (word) VALUES (new.word);
+        END;""")
+    first.store._db.execute("DELETE FROM word_trigrams")
+    first.index("1", {"t": "Abcdef ghij"})
+    first.store._db.execute("DELETE FROM word_trigrams")  # only the FTS table has them
+    first.store.close()
+    again = Store(tmp_path)
+    tables = {name for (name,) in again.store._db.execute("SELECT name FROM sqlite_master")}
+    assert "vocabulary_trigrams" not in tables and "vocabulary_added" not in tables
+    assert again.ids({"query": "*cde*"}) == ["1"] and again.ids({"query": "*hij*"}) == ["1"]
+    again.index("2", {"t": "xcdey"})
+    assert sorted(again.ids({"query": "*cde*"})) == ["1", "2"]
+
+
+def test_infix_terms_find_words_new_in_any_update(store: Store) -> None:
+    store.index("1", {"t": "abcdef"})
+    store.index("2", {"t": "zabcd abcdef"})  # one word known already, one new
+    store.store.update([("index", IndexedDocument("c", str(i), 0, 0, "", b"",
+                                                  flatten({"t": f"q{i}bcd"}), [], []))
+                        for i in range(3, 6)])
+    assert sorted(store.ids({"query": "*bcd*"})) == ["1", "2", "3", "4", "5"]
+    assert sorted(store.ids({"query": "*abcd*"})) == ["1", "2"]
+    assert store.ids({"query": "*cdef*"}) == ["1", "2"]
+    assert store.ids({"query": "*bc*"}) == sorted(store.ids({"query": "*bcd*"}))
+    rows = store.store._db.execute("SELECT count(*) FROM word_trigrams WHERE trigram = 'abc'"
+                                   ).fetchone()[0]
+    assert rows == 2  # a row per update that brought new words with the trigram
+
+
+def test_replaced_and_deleted_documents_are_found_by_nothing(store: Store) -> None:
+    lookups: list[Any] = [
+        {"match": "alpha beta"}, {"contains": "gamma"}, {"query": "gam*"}, {"query": "*mma"},
+        {"query": "*amm*"}, {"min": 4, "max": 6}, {"min": "alpha", "max": "alphb"},
+        {"exists": "extra"}, {"exists": "list/1"}, {"match": "alpha beta", "paths": ["t"]},
+        {"query": "*amm*", "paths": ["u"]}]
+    old = {"t": "Alpha Beta", "u": "gamma", "n": 5, "extra": 1, "list": [0, 1]}
+    store.store.update([("index", IndexedDocument("c", doc_id, 0, 0, "", b"", flatten(old),
+                                                  [], []))
+                        for doc_id in ("replaced", "deleted", "kept")])
+    store.store.update([("index", IndexedDocument("c", "replaced", 0, 0, "", b"",
+                                                  flatten({"t": "other", "n": 50}), [], [])),
+                        ("delete", ("c", "deleted")), ("delete", ("c", "nothing"))])
+    assert [store.ids(c) for c in lookups] == [["kept"]] * len(lookups)
+
+
+def test_numbers_are_ranged_in_numeric_order_across_signs(store: Store) -> None:
+    numbers = [-1e300, -5, -0.5, -0.0, 0, 0.25, 1, 2**60, 1e300]
+    for i, number in enumerate(numbers):
+        store.index(str(i), {"n": number})
+    assert sorted(store.ids({"min": -1, "max": 1}), key=int) == ["2", "3", "4", "5"]
+    assert sorted(store.ids({"min": 0, "max": 0.25}), key=int) == ["3", "4"]
+    assert sorted(store.ids({"min": 1}), key=int) == ["6", "7", "8"]
+    assert sorted(store.ids({"max": -5}), key=int) == ["0"]
+
+
+def test_document_rowids_are_never_used_again(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.index("a", {"v": 1})
+    store.index("b", {"v": 2})
+    rowid = store.store._db.execute("SELECT max(rowid) FROM documents").fetchone()[0]
+    store.store.update([("delete", ("c", "b"))])
+    store.store.close()
+    again = Store(tmp_path)  # the largest rowid was deleted: the next one is still above it
+    again.index("c", {"v": 3})
+    assert again.store._db.execute("SELECT rowid FROM documents WHERE id = 'c'"
+                                   ).fetchone()[0] == rowid + 1

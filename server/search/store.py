@@ -4,15 +4,18 @@ project's directory, WAL), and the constraint tree compiled into SQL over B-tree
 Layout: a document row per (collection, id); one entry row per (value, path) whose rowid is
 `document rowid << 20 | n`, so a document's entries are one rowid range; (word, entry) for
 the words of every entry (`word` and `word*` are lookups in it); the vocabulary of distinct
-words, also reversed (`*word` is a range of it, `*word*` a scan of it, never of the
-documents); facets and sortables."""
+words, also reversed (`*word` is a range of it), and per update a row per trigram of the
+words new to the vocabulary, listing them as a JSON array (`*word*` is a lookup of one of
+its trigrams, never a scan of the documents); facets and sortables."""
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import re
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,11 +75,9 @@ CREATE TABLE IF NOT EXISTS words (
 CREATE TABLE IF NOT EXISTS vocabulary (
     word TEXT PRIMARY KEY, rword TEXT NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS vocabulary_rword ON vocabulary (rword);
-CREATE VIRTUAL TABLE IF NOT EXISTS vocabulary_trigrams USING fts5 (
-    word, tokenize = 'trigram', detail = 'none');
-CREATE TRIGGER IF NOT EXISTS vocabulary_added AFTER INSERT ON vocabulary BEGIN
-    INSERT INTO vocabulary_trigrams (word) VALUES (new.word);
-END;
+CREATE TABLE IF NOT EXISTS word_trigrams (
+    rowid INTEGER PRIMARY KEY, trigram TEXT NOT NULL, words TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS word_trigrams_trigram ON word_trigrams (trigram);
 CREATE TABLE IF NOT EXISTS facets (
     doc INTEGER NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, coll INTEGER NOT NULL,
     PRIMARY KEY (doc, name, value)) WITHOUT ROWID;
@@ -167,7 +168,11 @@ class SearchStore:
         self._db.execute("PRAGMA wal_autocheckpoint=20000")
         counted = self._db.execute(
             "SELECT 1 FROM sqlite_master WHERE name = 'facet_counts'").fetchone() is not None
+        fts = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'vocabulary_trigrams'").fetchone()
         self._db.executescript(_SCHEMA)
+        if fts is not None:  # a store from before the trigram rows: build them
+            self._migrate_trigrams()
         if not counted:  # a store from before the counts: count what it has
             with transaction(self._db):
                 self._db.execute("INSERT INTO facet_counts SELECT coll, name, value, count(*)"
@@ -183,9 +188,27 @@ class SearchStore:
         # Documents committed that their log did not take yet. Until the first retry() looks,
         # a crash may have left some.
         self.backlog = True
+        self._top = self._max_rowid()  # the largest document rowid ever given out
         self._collections: dict[str, int] = dict(
             self._db.execute("SELECT name, id FROM collections").fetchall())
         self._names = {v: k for k, v in self._collections.items()}
+
+    def _max_rowid(self) -> int:
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'documents'"
+                               ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _migrate_trigrams(self) -> None:
+        """Replaces the FTS5 trigram table of the vocabulary (the layout before 2026-12-01)
+        with trigram rows, in one transaction."""
+        db = self._db
+        with transaction(db):
+            db.execute("DROP TRIGGER IF EXISTS vocabulary_added")
+            db.execute("DROP TABLE vocabulary_trigrams")
+            db.execute("DELETE FROM word_trigrams")
+            cursor = db.execute("SELECT word FROM vocabulary ORDER BY word")
+            while batch := cursor.fetchmany(50_000):
+                self._write_trigrams([word for (word,) in batch])
 
     def close(self) -> None:
         if not self.backlog:
@@ -209,6 +232,7 @@ class SearchStore:
         indexed document then goes to its collection's DOCUMENT log."""
         done: list[bool] = []
         indexed: list[IndexedDocument] = []
+        documents: list[tuple[Any, ...]] = []
         entries: list[tuple[Any, ...]] = []
         word_rows: list[tuple[str, int]] = []
         vocabulary: set[str] = set()
@@ -219,15 +243,17 @@ class SearchStore:
 
         def flush() -> None:
             # Before a delete, so that it sees every row this batch wrote before it.
+            db.executemany("INSERT INTO documents (rowid, coll, id, ts, te, type, data)"
+                           " VALUES (?, ?, ?, ?, ?, ?, ?)", documents)
             db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)", entries)
             word_rows.sort()  # neighbours in the B-tree: fewer pages touched
             db.executemany("INSERT INTO words VALUES (?, ?)", word_rows)
-            db.executemany("INSERT OR IGNORE INTO vocabulary VALUES (?, ?)",
-                           [(w, w[::-1]) for w in sorted(vocabulary)])
+            self._add_words(vocabulary)
             db.executemany("INSERT INTO facets VALUES (?, ?, ?, ?)", facets)
             self._count_facets(facet_counts, 1)
             db.executemany("INSERT INTO sortables VALUES (?, ?, ?)", sortables)
-            for rows in (entries, word_rows, vocabulary, facets, sortables, facet_counts):
+            for rows in (documents, entries, word_rows, vocabulary, facets, sortables,
+                         facet_counts):
                 rows.clear()
 
         # Every new collection's DOCUMENT log first: a document is not stored if its log
@@ -239,36 +265,40 @@ class SearchStore:
             with transaction(db):
                 if self._stored_upto != self._published_upto:
                     self._write_upto()
+                live = self._live_rowids(updates)
+                # Rowids given here (above any ever used, as AUTOINCREMENT would) so that
+                # documents go in with executemany like the other rows.
+                next_doc = max(self._top, self._max_rowid()) + 1
                 for kind, item in updates:
                     if kind == "delete":
                         assert isinstance(item, tuple)
-                        coll = self._collections.get(item[0])
-                        flush()
-                        done.append(coll is not None and self._delete_id(coll, item[1]))
+                        found_doc = live.pop(item, None)
+                        if found_doc is not None:
+                            flush()
+                            self._delete_rows([found_doc])
+                        done.append(found_doc is not None)
                         continue
                     assert isinstance(item, IndexedDocument)
-                    coll = self._collection_id(item.collection)
-                    row = db.execute("SELECT rowid FROM documents WHERE coll = ? AND id = ?",
-                                     (coll, item.id)).fetchone()
-                    if row is not None:
+                    doc_key = (item.collection, item.id)
+                    found_doc = live.get(doc_key)
+                    if found_doc is not None:
                         if kind == "index_if_not_exists":
                             done.append(False)
                             continue
                         flush()
-                        self._delete_rows([row[0]])
-                    cursor = db.execute(
-                        "INSERT INTO documents (coll, id, ts, te, type, data)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
-                        (coll, item.id, item.timestamp, item.end, item.type, item.data))
-                    doc = int(cursor.lastrowid or 0)
+                        self._delete_rows([found_doc])
+                    coll = self._collection_id(item.collection)
+                    doc = live[doc_key] = next_doc
+                    next_doc += 1
+                    documents.append((doc, coll, item.id, item.timestamp, item.end, item.type,
+                                      item.data))
                     base = doc << ENTRY_BITS
                     for n, (entry_type, value, lpath, spath) in enumerate(item.entries):
-                        phrase = as_phrase(entry_type, value)
+                        phrase, found = _analyzed(entry_type, value)
                         entry = base | n
                         entries.append((entry, coll, entry_type, value, phrase,
                                         float(value) if entry_type == NUMERIC else None,
                                         lpath, spath))
-                        found = set(words(phrase))
                         word_rows.extend((word, entry) for word in found)
                         vocabulary.update(found)
                     for name, value in dict.fromkeys(item.facets):
@@ -279,6 +309,7 @@ class SearchStore:
                     indexed.append(item)
                     done.append(True)
                 flush()
+                self._top = max(self._top, next_doc - 1)
         except BaseException:
             # The rolled back transaction may have added collections: forget them.
             self._collections = dict(db.execute("SELECT name, id FROM collections").fetchall())
@@ -287,7 +318,7 @@ class SearchStore:
         if self.backlog:  # earlier documents still wait for their logs: these go after them
             self._publish_backlog()
         elif indexed:
-            top = int(db.execute("SELECT max(rowid) FROM documents").fetchone()[0] or 0)
+            top = self._top
             try:
                 self._publish_all(indexed)
             except (OSError, LogError, ProtocolError) as exc:
@@ -360,13 +391,53 @@ class SearchStore:
         if sign < 0:
             self._db.execute("DELETE FROM facet_counts WHERE n <= 0")
 
-    def _delete_id(self, coll: int, doc_id: str) -> bool:
-        row = self._db.execute("SELECT rowid FROM documents WHERE coll = ? AND id = ?",
-                               (coll, doc_id)).fetchone()
-        if row is None:
-            return False
-        self._delete_rows([row[0]])
-        return True
+    def _live_rowids(self, updates: Sequence[tuple[str, IndexedDocument | tuple[str, str]]]
+                     ) -> dict[tuple[str, str], int]:
+        """The rowid of each (collection, id) of the updates that is stored."""
+        by_collection: dict[int, set[str]] = defaultdict(set)
+        for _, item in updates:
+            name, doc_id = ((item.collection, item.id) if isinstance(item, IndexedDocument)
+                            else item)
+            coll = self._collections.get(name)
+            if coll is not None:
+                by_collection[coll].add(doc_id)
+        live: dict[tuple[str, str], int] = {}
+        for coll, ids in by_collection.items():
+            ordered = sorted(ids)
+            for first in range(0, len(ordered), 500):
+                chunk = ordered[first : first + 500]
+                live.update(((self._names[coll], doc_id), rowid) for doc_id, rowid in
+                            self._db.execute(
+                                "SELECT id, rowid FROM documents WHERE coll = ? AND id IN"
+                                f" ({','.join('?' * len(chunk))})", (coll, *chunk)))
+        return live
+
+    def _add_words(self, found: set[str]) -> None:
+        """The words new to the vocabulary go in it, with their trigram rows."""
+        if not found:
+            return
+        ordered = sorted(found)
+        known: set[str] = set()
+        for first in range(0, len(ordered), 500):
+            chunk = ordered[first : first + 500]
+            known.update(row[0] for row in self._db.execute(
+                f"SELECT word FROM vocabulary WHERE word IN ({','.join('?' * len(chunk))})",
+                chunk))
+        new = [word for word in ordered if word not in known]
+        self._db.executemany("INSERT INTO vocabulary VALUES (?, ?)",
+                             [(word, word[::-1]) for word in new])
+        self._write_trigrams(new)
+
+    def _write_trigrams(self, new: list[str]) -> None:
+        """A row per trigram of the words, listing them (a JSON array)."""
+        trigrams: dict[str, list[str]] = defaultdict(list)
+        for word in new:
+            for trigram in {word[i : i + 3] for i in range(len(word) - 2)}:
+                trigrams[trigram].append(word)
+        self._db.executemany(
+            "INSERT INTO word_trigrams (trigram, words) VALUES (?, ?)",
+            sorted((trigram, json.dumps(listed, ensure_ascii=False))
+                   for trigram, listed in trigrams.items()))
 
     def _delete_rows(self, docs: Sequence[int]) -> None:
         db = self._db
@@ -500,8 +571,7 @@ class SearchStore:
     def _broad_estimate(self, wanted: int) -> int:
         """How many matches make a walk of _walk_budget documents in sort order likely
         (twice over) to find `wanted` of them in the largest collection there may be."""
-        (top,) = self._db.execute("SELECT max(rowid) FROM documents").fetchone()
-        return max(1, -(-2 * wanted * int(top or 0) // self._walk_budget))
+        return max(1, -(-2 * wanted * self._top // self._walk_budget))
 
     def _smallest(self, query: Query, many: int) -> int | None:
         """The fewest documents a constraint of the query finds, counted up to `many`
@@ -761,6 +831,24 @@ class SearchStore:
         return {"since": since, "before": before, "counts": counts}
 
 
+# A value's phrase and its words, for values that repeat across documents (names, cities,
+# tags, small numbers); emptied when full.
+_ANALYZED: dict[tuple[int, str], tuple[str, tuple[str, ...]]] = {}
+_ANALYZED_MAX = 200_000
+
+
+def _analyzed(entry_type: int, value: str) -> tuple[str, tuple[str, ...]]:
+    key = (entry_type, value)
+    found = _ANALYZED.get(key)
+    if found is None:
+        phrase = as_phrase(entry_type, value)
+        found = (phrase, tuple(set(words(phrase))))
+        if len(_ANALYZED) >= _ANALYZED_MAX:
+            _ANALYZED.clear()
+        _ANALYZED[key] = found
+    return found
+
+
 def _num(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)
@@ -961,9 +1049,10 @@ def _contains(node: Contains, colls: list[int], sql: _Sql, probe: bool) -> str:
     open_left = node.prefix and best == 0 and term.startswith(word)
     open_right = node.postfix and best == len(found) - 1 and term.endswith(word)
     if open_left and open_right and len(word) >= 3:
-        # The trigram index serves GLOB (a word has no GLOB characters: letters and digits).
-        cond = "w.word IN (SELECT t.word FROM vocabulary_trigrams t WHERE t.word GLOB ?)"
-        sql.add(f"*{word}*")
+        # The words with the word's first trigram, and then the word in them.
+        cond = ("w.word IN (SELECT tj.value FROM word_trigrams t, json_each(t.words) tj"
+                " WHERE t.trigram = ? AND instr(tj.value, ?) > 0)")
+        sql.add(word[:3], word)
     elif open_left and open_right:
         cond = "w.word IN (SELECT v.word FROM vocabulary v WHERE instr(v.word, ?) > 0)"
         sql.add(word)
