@@ -638,6 +638,9 @@ class Session(asyncio.BufferedProtocol):
         if last_index is not None and type(last_index) is not int:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'last_index' has the wrong type "
                                 f"({type(last_index).__name__})")
+        if last_index is not None and not 0 <= last_index < MAX_INDEX:
+            raise ProtocolError(ErrorCode.BAD_REQUEST,
+                                f"last_index must be an int from 0 to {MAX_INDEX - 1}")
         if store is not None and type(store) is not list:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'store_position' has the wrong "
                                 f"type ({type(store).__name__})")
