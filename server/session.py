@@ -777,7 +777,12 @@ class Session(asyncio.BufferedProtocol):
         frames: list[bytes] = []
         count = size = 0
         while True:
-            batch = log.read(after, max_count=max_size - count, max_bytes=READ_BYTES - size)
+            try:
+                batch = log.read(after, max_count=max_size - count, max_bytes=READ_BYTES - size)
+            except CorruptLogError:
+                if not count:
+                    raise
+                break  # the records before the damage go; a read from the damaged one fails
             frame, got = _proto.batch_frame(request_id, batch, None, "", "", False, None,
                                             0, 128, 0, False)
             frames.append(frame)
