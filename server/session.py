@@ -667,6 +667,9 @@ class Session(asyncio.BufferedProtocol):
         if last_index is not None and type(last_index) is not int:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'last_index' has the wrong type "
                                 f"({type(last_index).__name__})")
+        if last_index is not None and not 0 <= last_index < MAX_INDEX:
+            raise ProtocolError(ErrorCode.BAD_REQUEST,
+                                f"last_index must be an int from 0 to {MAX_INDEX - 1}")
         if store is not None and type(store) is not list:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'store_position' has the wrong "
                                 f"type ({type(store).__name__})")
@@ -803,7 +806,12 @@ class Session(asyncio.BufferedProtocol):
         frames: list[bytes] = []
         count = size = 0
         while True:
-            batch = log.read(after, max_count=max_size - count, max_bytes=READ_BYTES - size)
+            try:
+                batch = log.read(after, max_count=max_size - count, max_bytes=READ_BYTES - size)
+            except CorruptLogError:
+                if not count:
+                    raise
+                break  # the records before the damage go; a read from the damaged one fails
             frame, got = _proto.batch_frame(request_id, batch, None, "", "", False, None,
                                             0, 128, 0, False)
             frames.append(frame)

@@ -90,3 +90,14 @@ def test_parked_reads_of_a_connection_each_end_at_their_own_deadline(
         op, request_id, body = read_frame(sock)
         assert (op, request_id, records(body)[1]) == (Op.BATCH, 300, [])
         assert select.select([sock], [], [], 0.3)[0] == []  # nothing else comes
+
+
+def test_a_last_index_out_of_range_is_refused_naming_the_field(server: ServerProcess) -> None:
+    base = {"type": EVENT, "consumer": "range", "tracker": "t", "max_timeout_ms": 0}
+    with connect(server, "read-range") as sock:
+        for request_id, last_index in enumerate([-1, -(1 << 40), (1 << 64) - 1], 2):
+            op, body = ask(sock, Op.READ, request_id, {**base, "last_index": last_index})
+            assert error_code(op, body) == "bad_request"
+            assert "last_index" in decode_control(body)["message"]
+        op, body = ask(sock, Op.READ, 9, {**base, "last_index": 0})
+        assert op == Op.BATCH
