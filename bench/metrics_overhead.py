@@ -26,7 +26,6 @@ if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import msgspec
-import numpy as np
 
 from bench.service_fluxcore import BenchOrder
 from fluxcore._ext import _proto
@@ -65,13 +64,16 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--metrics", choices=("on", "off"), default="on")
     args = parser.parse_args()
-    seen = np.zeros(1, dtype=np.int64)
     app = Microclient("bench-typed")
     events = app.consumer("bench-typed", max_batch=BATCH, metrics=args.metrics == "on")
 
+    got = touched = 0
+
     @events.handle_event
-    def handler(order: BenchOrder) -> None:
-        seen[0] += order.items
+    def handler(order: BenchOrder) -> None:  # as the service row's handler
+        nonlocal got, touched
+        got += 1
+        touched += order.items
 
     (dispatcher,) = events.dispatchers()
     batch = messages(BATCH)
@@ -82,6 +84,8 @@ def main() -> None:
                  app.run_coroutine)
     seconds = time.perf_counter() - began
     handled = args.batches * BATCH
+    if got != handled:
+        raise RuntimeError(f"handled {got} of {handled} messages")
     print(json.dumps({"name": f"typed_dispatch_metrics_{args.metrics}", "system": "fluxcore",
                       "unit": "msg/s", "value": round(handled / seconds) if seconds else 0,
                       "n": handled}))
