@@ -357,11 +357,14 @@ def dispatch_plain(list messages, Py_ssize_t position, Py_ssize_t entry, dict pl
         found = plain.get(mtype)
         if found is None or (check_upcasts and mtype in upcast_types):
             return position, 0, DISPATCH_GENERAL
-        calls = <tuple>found
+        calls = <tuple?>found
         count = PyTuple_GET_SIZE(calls)
         handling.message = message
         while entry < count:
             call = <object>PyTuple_GET_ITEM(calls, entry)
+            if type(call) is not tuple or PyTuple_GET_SIZE(call) != 4:
+                raise TypeError(f"a plain handler is (code, function, decode, handler), "
+                                f"not {call!r}")
             handling.aggregates = None
             try:
                 (<object>PyTuple_GET_ITEM(call, 1))((<object>PyTuple_GET_ITEM(call, 2))(data))
