@@ -12,8 +12,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from fluxcore._ext._app import HandlerTimings
+from fluxcore._ext._app import HandlerTimings, Handling, dispatch_plain
 from fluxcore.app import Microclient, aggregate, apply
+from fluxcore.app.context import LocalMessage
 from fluxcore.client import MessageType
 
 from .service_harness import TOKEN, ServerProcess
@@ -53,6 +54,13 @@ def test_durations_are_the_time_between_handled_messages() -> None:
     assert timings.elapsed_us() >= durations[0]
     empty = HandlerTimings(0)
     assert msgspec.msgpack.decode(empty.encode("c", "", "EVENT", 0, [], []))["index"] == []
+
+
+def test_dispatch_plain_refuses_a_malformed_table() -> None:
+    message = LocalMessage("T", b"{}")
+    for table in ({"T": [(0, print, bytes, None)]}, {"T": ((0, print),)}):
+        with pytest.raises(TypeError):
+            dispatch_plain([message], 0, 0, table, set(), Handling(message), None, print)
 
 
 # -- live -----------------------------------------------------------------------------------
