@@ -724,20 +724,7 @@ cdef void put_batch_headers(char *w, uint32_t request_id, uint64_t total, int se
 @cython.final
 cdef class Message:
     """A message as read from the service."""
-    cdef readonly bytes data
-    cdef readonly str type
-    cdef readonly str message_id
-    cdef readonly str source
-    cdef readonly str target
-    cdef readonly str format
-    cdef readonly uint32_t revision
-    cdef readonly int64_t timestamp
-    cdef readonly int64_t request_id
-    cdef readonly uint64_t index
-    cdef readonly int segment
-    cdef readonly int flags
-    cdef bytes _metadata_raw
-    cdef object _metadata
+    # Its fields are declared in _proto.pxd (the microclient's dispatch loop reads them).
 
     @property
     def metadata(self):

@@ -410,15 +410,15 @@ class AppCore(HandlerGroup):
         options = dispatcher.options
         # Handlers of METRICS measure nothing: their metrics would feed them forever.
         measure = options.metrics and dispatcher.message_type is not MessageType.METRICS
-        metrics = BatchMetrics(options.name, dispatcher.message_type.name, dispatcher.codes) \
-            if measure else None
+        metrics = BatchMetrics(options.name, dispatcher.message_type.name, dispatcher.codes,
+                               len(messages)) if measure else None
         answers = yield from dispatcher.handle_batch(messages, metrics)
         if answers:
             yield Call("answer", (answers, dispatcher.web != []))
         if metrics is not None:
             tracker, segment = batch or ("", (0, 0))
             payloads = metrics.payloads(self.name, tracker, segment, len(messages))
-            if self._outbox.add(payloads, len(metrics.codes)):
+            if self._outbox.add(payloads, len(metrics)):
                 yield Call("send_metrics", (self._outbox.take(),))
 
     def handler_failed(self, handler: Handler, message: Incoming, exc: BaseException) -> None:

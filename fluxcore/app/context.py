@@ -8,14 +8,16 @@ import time
 import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .aggregates import AggregateRoot
+# The message being handled and the aggregates it loaded: compiled, as the dispatch loop
+# (fluxcore._ext._app) sets it for every message.
+from fluxcore._ext._app import Handling
 
 __all__ = [
     "CAUSATION",
     "CORRELATION",
+    "Handling",
     "TRACE_PREFIX",
     "Incoming",
     "LocalMessage",
@@ -71,22 +73,6 @@ class LocalMessage:
     timestamp: int = field(default_factory=lambda: int(time.time() * 1000))
     is_error: bool = False
     topic: str | None = None
-
-
-class Handling:
-    """The message being handled in this context, and the aggregates loaded meanwhile (they
-    are committed when the handler returns). One per handled message: kept small."""
-
-    __slots__ = ("aggregates", "message")
-
-    def __init__(self, message: Incoming) -> None:
-        self.message = message
-        self.aggregates: list[AggregateRoot[Any]] | None = None
-
-    def loaded(self, root: AggregateRoot[Any]) -> None:
-        if self.aggregates is None:
-            self.aggregates = []
-        self.aggregates.append(root)
 
 
 _handling: ContextVar[Handling | None] = ContextVar("fluxcore_app_handling", default=None)

@@ -5,12 +5,12 @@ the blocking app and the asyncio app only perform the I/O differently."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from fluxcore._ext._app import DISPATCH_DONE, DISPATCH_GENERAL, dispatch_plain
 from fluxcore.client import WebResponse
 from fluxcore.protocol import MessageType
 
@@ -27,6 +27,8 @@ __all__ = ["Answer", "Dispatcher", "web_response"]
 
 # A request's outcome: (request, encoded result | WebResponse | None, the exception or None)
 Answer = tuple[Incoming, Encoded | WebResponse | None, BaseException | None]
+# A handler called as function(decode(data)): (metrics code, function, decode, handler)
+PlainCall = tuple[int, Callable[[Any], Any], Callable[[bytes], Any], Handler]
 _json = msgspec.json.Encoder()
 
 
@@ -47,13 +49,12 @@ class Dispatcher:
         for handler in handlers:
             for name in handler.type_names:
                 self.by_type.setdefault(name, []).append(handler)
-        # type name -> [(metrics code, function, decode, handler)] if every handler of the
-        # type takes just the payload, is not a coroutine function and not periodic
+        # type name -> ((metrics code, function, decode, handler), ...) if every handler of
+        # the type takes just the payload, is not a coroutine function and not periodic
         self.codes = HandlerCodes()
-        self._simple: dict[str, list[tuple[int, Callable[[Any], Any],
-                                           Callable[[bytes], Any], Handler]]] = {
-            name: [(self.codes.code(h.name, name), h.fn,
-                    app.serializer.decoder(h.by_type[name]), h) for h in found]
+        self._plain: dict[str, tuple[PlainCall, ...]] = {
+            name: tuple((self.codes.code(h.name, name), h.fn,
+                         app.serializer.decoder(h.by_type[name]), h) for h in found)
             for name, found in self.by_type.items()
             if all(h.positional and not h.untyped for h in found)}
         # type name -> [(handler, decode)] for the usual case: no upcaster applies
@@ -81,57 +82,55 @@ class Dispatcher:
             for message in messages:
                 yield from self._handle(message, answers, metrics)
             return answers
-        # The usual case, kept tight: a typed handler of events (or schedules, ...) with
-        # only the payload for a parameter and no upcaster for its type.
-        simple = self._simple
+        # The usual case runs compiled (dispatch_plain): a typed handler of events (or
+        # schedules, ...) with only the payload for a parameter and no upcaster for its type.
+        # It stops at what needs Python: the general path, or aggregates to commit.
+        batch = messages if type(messages) is list else list(messages)
+        if not batch:
+            return answers
+        plain = self._plain
         upcast_types = self.app.serializer.upcasters.types
-        clock = time.perf_counter_ns
-        if metrics is not None:
-            add_code, add_index = metrics.codes.append, metrics.indexes.append
-            add_duration = metrics.durations.append
-        last = clock()
+        timings = metrics.timings if metrics is not None else None
+        failed = self.app.handler_failed
         # One Handling for the batch, pointed at each message in turn: what handlers send
         # carries that message's correlation.
-        handling = Handling(messages[0]) if messages else None
+        handling = Handling(batch[0])
+        position = entry = 0
         token = enter(handling)
         try:
-            for message in messages:
-                mtype = message.type
-                found = simple.get(mtype)
-                if found is None or mtype in upcast_types:
+            while True:
+                position, entry, stop = dispatch_plain(batch, position, entry, plain,
+                                                       upcast_types, handling, timings, failed)
+                if stop == DISPATCH_DONE:
+                    break
+                message = batch[position]
+                if stop == DISPATCH_GENERAL:
                     leave(token)
-                    if metrics is not None:
-                        metrics.last_ns = last
                     yield from self._handle(message, answers, metrics)
-                    if metrics is not None:
-                        last = metrics.last_ns
                     token = enter(handling)
+                    position += 1
                     continue
-                assert handling is not None
-                handling.message = message
-                for code, fn, decode, handler in found:
-                    handling.aggregates = None
-                    try:
-                        fn(decode(message.data))
-                        if handling.aggregates:
-                            for root in handling.aggregates:
-                                yield from root.commit_steps()
-                    except Exception as exc:  # noqa: BLE001 - logged (and counted) by the app
-                        if metrics is not None:
-                            metrics.last_ns = last
-                            metrics.add(handler.name, mtype, message.index, True)
-                            last = metrics.last_ns
-                        self.app.handler_failed(handler, message, exc)
-                        continue
-                    if metrics is not None:
-                        now = clock()
-                        add_duration((now - last) // 1000)
-                        last = now
-                        add_code(code)
-                        add_index(message.index)
+                yield from self._commit(plain[message.type][entry], handling, message,
+                                        metrics)
+                entry += 1
         finally:
             leave(token)
         return answers
+
+    def _commit(self, call: PlainCall, handling: Handling, message: Incoming,
+                metrics: BatchMetrics | None) -> Steps[None]:
+        """Commits the aggregates a plain handler loaded; then its call is measured."""
+        code, _fn, _decode, handler = call
+        failure: Exception | None = None
+        try:
+            for root in handling.aggregates or ():
+                yield from root.commit_steps()
+        except Exception as exc:  # noqa: BLE001 - logged (and counted) by the app
+            failure = exc
+        if metrics is not None:
+            metrics.timings.add(code, message.index, failure is not None)
+        if failure is not None:
+            self.app.handler_failed(handler, message, failure)
 
     def _handle(self, message: Incoming, answers: list[Answer],
                 metrics: BatchMetrics | None) -> Steps[None]:

@@ -12,6 +12,8 @@ import time
 
 import msgspec
 
+from fluxcore._ext._app import HandlerTimings
+
 __all__ = ["HANDLE_MESSAGE", "PROCESS_BATCH", "BatchMetrics", "HandlerCodes", "Outbox"]
 
 HANDLE_MESSAGE = "HandleMessage"
@@ -37,52 +39,41 @@ class HandlerCodes:
 
 
 class BatchMetrics:
-    """The measurements of one batch, gathered while its messages are handled: per handled
-    message its pair's code, its index and its duration, the time since the previous one was
-    done (or since the batch began): one clock reading per message."""
+    """The measurements of one batch, gathered while its messages are handled, in compiled
+    arrays (fluxcore._ext._app.HandlerTimings): per handled message its pair's code, its
+    index and its duration, the time since the previous one was done (or since the batch
+    began): one clock reading per message."""
 
-    __slots__ = ("codes", "consumer", "durations", "failed", "handlers", "indexes",
-                 "last_ns", "message_type", "started_ns")
+    __slots__ = ("consumer", "handlers", "message_type", "timings")
 
-    def __init__(self, consumer: str, message_type: str, handlers: HandlerCodes) -> None:
+    def __init__(self, consumer: str, message_type: str, handlers: HandlerCodes,
+                 expected: int = 1024) -> None:
         self.consumer = consumer
         self.message_type = message_type
         self.handlers = handlers
-        self.codes: list[int] = []
-        self.indexes: list[int] = []
-        self.durations: list[int] = []  # microseconds
-        self.failed: list[int] = []  # positions of the failed ones
-        self.started_ns = self.last_ns = time.perf_counter_ns()
+        self.timings = HandlerTimings(expected)
 
     def add(self, handler: str, payload_type: str, index: int, failed: bool) -> None:
-        now = time.perf_counter_ns()
-        if failed:
-            self.failed.append(len(self.codes))
-        self.codes.append(self.handlers.code(handler, payload_type))
-        self.indexes.append(index)
-        self.durations.append((now - self.last_ns) // 1000)
-        self.last_ns = now
+        self.timings.add(self.handlers.code(handler, payload_type), index, failed)
+
+    def __len__(self) -> int:
+        return len(self.timings)
 
     def payloads(self, client: str, tracker: str, segment: tuple[int, int],
                  batch_size: int) -> list[tuple[str, bytes]]:
         """(payload type, data) of the METRICS messages of this batch."""
         now = int(time.time() * 1000)
         out = []
-        if self.codes:
-            exceptional = [False] * len(self.codes)
-            for position in self.failed:
-                exceptional[position] = True
+        timings = self.timings
+        if len(timings):
             pairs = self.handlers.pairs
-            out.append((HANDLE_MESSAGE, _encode({
-                "consumer": self.consumer, "client": client, "message_type": self.message_type,
-                "timestamp": now, "handlers": [h for h, _ in pairs],
-                "payload_types": [t for _, t in pairs], "handler": self.codes,
-                "index": self.indexes, "duration_us": self.durations,
-                "exceptional": exceptional})))
+            out.append((HANDLE_MESSAGE, timings.encode(
+                self.consumer, client, self.message_type, now, [h for h, _ in pairs],
+                [t for _, t in pairs])))
         out.append((PROCESS_BATCH, _encode({
             "consumer": self.consumer, "client": client, "message_type": self.message_type,
             "tracker": tracker, "segment": list(segment), "batch_size": batch_size,
-            "duration_us": (time.perf_counter_ns() - self.started_ns) // 1000,
+            "duration_us": timings.elapsed_us(),
             "timestamp": now})))
         return out
 
