@@ -727,6 +727,14 @@ cdef class Message:
     # Its fields are declared in _proto.pxd (the microclient's dispatch loop reads them).
 
     @property
+    def message_id(self):
+        """The message id as str (decoded on first use)."""
+        if self._message_id is None:
+            self._message_id = PyUnicode_DecodeUTF8(self._message_id_raw, self._message_id_len,
+                                                    "replace")
+        return self._message_id
+
+    @property
     def metadata(self):
         """The metadata as a dict of str to str (decoded on first use)."""
         if self._metadata is None:
@@ -821,7 +829,11 @@ def decode_batch(buffer, Py_ssize_t start, Py_ssize_t end):
             m += MSG_HEADER_SIZE
             msg.type = types.get(m, h.type_len)
             m += h.type_len
-            msg.message_id = PyUnicode_DecodeUTF8(m, h.message_id_len, "replace")
+            if h.message_id_len <= MESSAGE_ID_INLINE:
+                memcpy(msg._message_id_raw, m, h.message_id_len)
+                msg._message_id_len = <uint8_t>h.message_id_len
+            else:
+                msg._message_id = PyUnicode_DecodeUTF8(m, h.message_id_len, "replace")
             m += h.message_id_len
             msg.source = sources.get(m, h.source_len)
             m += h.source_len

@@ -157,8 +157,13 @@ class Client(Operations):
                     raise ConnectionResetError("the server closed the connection")
                 end += received
                 frames, start, needed = _proto.frame_scan(buf, start, end, DEFAULT_MAX_FRAME)
-                for op, _flags, request_id, body_start, body_end in frames:
-                    self._deliver(op, request_id, bytes(buf[body_start:body_end]))
+                view = memoryview(buf)
+                try:
+                    # One copy per body (buf is reused); a bytearray slice would be a second.
+                    for op, _flags, request_id, body_start, body_end in frames:
+                        self._deliver(op, request_id, bytes(view[body_start:body_end]))
+                finally:
+                    view.release()  # buf may be resized below: no export may outlive this
                 if start == end:
                     start = end = 0
                 elif needed > len(buf) - start:
