@@ -722,6 +722,7 @@ cdef void put_batch_headers(char *w, uint32_t request_id, uint64_t total, int se
 # -- messages (client) ----------------------------------------------------------------------
 
 @cython.final
+@cython.no_gc  # see _proto.pxd
 cdef class Message:
     """A message as read from the service."""
     # Its fields are declared in _proto.pxd (the microclient's dispatch loop reads them).

@@ -78,11 +78,16 @@ class _Protocol(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return
-        for op, _flags, request_id, start, end in frames:
-            if not self.welcome.done():
-                self.welcome.set_result((op, bytes(buf[start:end])))
-                continue
-            self.client._deliver(op, request_id, bytes(buf[start:end]))
+        view = memoryview(buf)
+        try:
+            # One copy per body (buf is reused); a bytearray slice would be a second.
+            for op, _flags, request_id, start, end in frames:
+                if not self.welcome.done():
+                    self.welcome.set_result((op, bytes(view[start:end])))
+                    continue
+                self.client._deliver(op, request_id, bytes(view[start:end]))
+        finally:
+            view.release()  # buf shrinks below: no export may outlive this
         del buf[:consumed]
 
     def connection_lost(self, exc: Exception | None) -> None:
