@@ -3,6 +3,7 @@ as the protocol gives them, with no more objects per message than it needs."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import struct
 import sys
@@ -10,7 +11,10 @@ import sys
 import pytest
 
 from fluxcore._ext import _proto
+from fluxcore.client import AsyncClient, Client, MessageType
 from fluxcore.protocol import batch_body, encode_metadata
+
+from .service_harness import TOKEN, ServerProcess
 
 _MSG_HEADER = struct.Struct("<BBHHHHHIIIqq")  # docs/protocol.md, "A message"
 _REC_HEADER = struct.Struct("<IIQHHI")  # length, crc, index, segment, flags, reserved
@@ -90,3 +94,23 @@ def test_messages_are_not_tracked_by_the_garbage_collector() -> None:
     message = decode([record(1, b"an-id", b"x", metadata=encode_metadata({"k": "v"}) or b"")])[0]
     assert message.metadata == {"k": "v"}
     assert not gc.is_tracked(message)
+
+
+def test_both_clients_read_batches_split_over_many_receives(server: ServerProcess) -> None:
+    # 400 messages of 8 KiB: the answer (about 3.3 MB) arrives in many socket reads, and the
+    # small frames around it (acks) whole, many to one read.
+    payloads = [bytes([i % 251]) * 8192 for i in range(400)]
+
+    async def with_async_client() -> list[_proto.Message]:
+        async with await AsyncClient.connect(server.address, token=TOKEN, name="a") as client:
+            await client.publish_batch(MessageType.EVENT, payloads, type="Big")
+            for payload in payloads[:50]:
+                await client.publish(MessageType.EVENT, payload[:10], type="Small")
+            return await client.read_from_index(MessageType.EVENT, max_size=1000)
+
+    read_async = asyncio.run(with_async_client())
+    with Client.connect(server.address, token=TOKEN, name="s") as client:
+        read_sync = client.read_from_index(MessageType.EVENT, max_size=1000)
+    for messages in (read_async, read_sync):
+        assert [m.data for m in messages] == payloads + [p[:10] for p in payloads[:50]]
+        assert len({m.message_id for m in messages}) == 450

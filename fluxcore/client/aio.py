@@ -69,26 +69,36 @@ class _Protocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
+        pending = self._buf  # the start of a frame that a previous call did not complete
+        if pending:
+            pending += data
+        chunk = pending if pending else data
         try:
-            frames, consumed, _needed = _proto.frame_scan(buf, 0, len(buf), DEFAULT_MAX_FRAME)
+            frames, consumed, _needed = _proto.frame_scan(chunk, 0, len(chunk), DEFAULT_MAX_FRAME)
         except FrameError as exc:
             logger.error("bad frame from the server: %s", exc)
             if self.transport is not None:
                 self.transport.close()
             return
-        view = memoryview(buf)
-        try:
-            # One copy per body (buf is reused); a bytearray slice would be a second.
-            for op, _flags, request_id, start, end in frames:
-                if not self.welcome.done():
-                    self.welcome.set_result((op, bytes(view[start:end])))
-                    continue
-                self.client._deliver(op, request_id, bytes(view[start:end]))
-        finally:
-            view.release()  # buf shrinks below: no export may outlive this
-        del buf[:consumed]
+        if chunk is data:
+            # Frames are sliced from the bytes as they came: one copy each, none for the rest.
+            self._hand_over(frames, data)
+            if consumed < len(data):
+                pending += memoryview(data)[consumed:]
+            return
+        if frames:
+            with memoryview(pending) as view:  # released before pending shrinks
+                self._hand_over(frames, view)
+            del pending[:consumed]
+
+    def _hand_over(self, frames: list[tuple[int, int, int, int, int]],
+                   chunk: bytes | memoryview) -> None:
+        for op, _flags, request_id, start, end in frames:
+            body = bytes(chunk[start:end])  # a bytes slice is already bytes: not copied again
+            if not self.welcome.done():
+                self.welcome.set_result((op, body))
+                continue
+            self.client._deliver(op, request_id, body)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.writable.set()

@@ -140,6 +140,7 @@ class Client(Operations):
 
     def _read_frames(self) -> None:
         buf = bytearray(1 << 20)
+        view = memoryview(buf)  # made with buf: receives and frame bodies are sliced from it
         start = end = 0
         while not self._closed:
             sock = self._sock
@@ -152,24 +153,21 @@ class Client(Operations):
                         start, end = 0, end - start
                     else:
                         buf = buf + bytearray(len(buf))
-                received = sock.recv_into(memoryview(buf)[end:])
+                        view = memoryview(buf)
+                received = sock.recv_into(view[end:])
                 if not received:
                     raise ConnectionResetError("the server closed the connection")
                 end += received
                 frames, start, needed = _proto.frame_scan(buf, start, end, DEFAULT_MAX_FRAME)
-                view = memoryview(buf)
-                try:
+                for op, _flags, request_id, body_start, body_end in frames:
                     # One copy per body (buf is reused); a bytearray slice would be a second.
-                    for op, _flags, request_id, body_start, body_end in frames:
-                        self._deliver(op, request_id, bytes(view[body_start:body_end]))
-                finally:
-                    view.release()  # buf may be resized below: no export may outlive this
+                    self._deliver(op, request_id, bytes(view[body_start:body_end]))
                 if start == end:
                     start = end = 0
                 elif needed > len(buf) - start:
                     fresh = bytearray(max(needed, 2 * len(buf)))
                     fresh[: end - start] = buf[start:end]
-                    buf, start, end = fresh, 0, end - start
+                    buf, view, start, end = fresh, memoryview(fresh), 0, end - start
             except (OSError, FrameError) as exc:
                 if self._closed:
                     return
