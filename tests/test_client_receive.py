@@ -114,3 +114,16 @@ def test_both_clients_read_batches_split_over_many_receives(server: ServerProces
     for messages in (read_async, read_sync):
         assert [m.data for m in messages] == payloads + [p[:10] for p in payloads[:50]]
         assert len({m.message_id for m in messages}) == 450
+
+
+def test_message_fields_are_read_only_and_decoded_once() -> None:
+    raw = encode_metadata({"k": "v"})
+    assert raw is not None
+    message = decode([record(9, b"m-1", b"x", metadata=raw)])[0]
+    assert message.metadata is message.metadata and message.message_id is message.message_id
+    for name in ("data", "type", "message_id", "source", "target", "format", "metadata",
+                 "revision", "timestamp", "request_id", "index", "segment", "flags"):
+        with pytest.raises(AttributeError):
+            setattr(message, name, getattr(message, name))
+    assert (message.target, message.format, message.request_id, message.segment,
+            message.flags, message.is_error) == ("", "", -1, 9, 0, False)
