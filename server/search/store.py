@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 
+from fluxcore._ext._search import entry_rows
 from fluxcore.errors import LogError
 from fluxcore.protocol import ProtocolError
 
@@ -39,7 +40,7 @@ from .constraints import (
     PathGlob,
     is_literal,
 )
-from .flatten import NULL, NUMERIC, as_phrase, normalize, words
+from .flatten import NULL, normalize, words
 
 __all__ = ["SEARCH_FILE", "IndexedDocument", "Query", "SearchStore", "Sorting"]
 
@@ -292,15 +293,8 @@ class SearchStore:
                     next_doc += 1
                     documents.append((doc, coll, item.id, item.timestamp, item.end, item.type,
                                       item.data))
-                    base = doc << ENTRY_BITS
-                    for n, (entry_type, value, lpath, spath) in enumerate(item.entries):
-                        phrase, found = _analyzed(entry_type, value)
-                        entry = base | n
-                        entries.append((entry, coll, entry_type, value, phrase,
-                                        float(value) if entry_type == NUMERIC else None,
-                                        lpath, spath))
-                        word_rows.extend((word, entry) for word in found)
-                        vocabulary.update(found)
+                    entry_rows(doc << ENTRY_BITS, coll, item.entries, entries, word_rows,
+                               vocabulary)
                     for name, value in dict.fromkeys(item.facets):
                         facets.append((doc, name, value, coll))
                         key = (coll, name, value)
@@ -829,24 +823,6 @@ class SearchStore:
                     (since, step, *sql.params)):
                 counts[min(max(int(bucket), 0), resolution - 1)] += n
         return {"since": since, "before": before, "counts": counts}
-
-
-# A value's phrase and its words, for values that repeat across documents (names, cities,
-# tags, small numbers); emptied when full.
-_ANALYZED: dict[tuple[int, str], tuple[str, tuple[str, ...]]] = {}
-_ANALYZED_MAX = 200_000
-
-
-def _analyzed(entry_type: int, value: str) -> tuple[str, tuple[str, ...]]:
-    key = (entry_type, value)
-    found = _ANALYZED.get(key)
-    if found is None:
-        phrase = as_phrase(entry_type, value)
-        found = (phrase, tuple(set(words(phrase))))
-        if len(_ANALYZED) >= _ANALYZED_MAX:
-            _ANALYZED.clear()
-        _ANALYZED[key] = found
-    return found
 
 
 def _num(value: Any) -> Any:
