@@ -17,11 +17,12 @@ cdef str _TRIMMED = "".join(map(chr, range(33)))  # what Java's String.trim() re
 _accents_sub = re.compile("[\u0300-\u036f]+").sub
 _nfd = unicodedata.normalize
 
-# Field name -> path segment, and (type, value) -> (phrase, words): both repeat across
-# documents; each is emptied when full.
+# Field name -> path segment, and value -> (phrase, words) for TEXT and for the other types:
+# all repeat across documents; each is emptied when full.
 cdef dict _segments = {}
 cdef Py_ssize_t _SEGMENTS_MAX = 100_000
-cdef dict _analyzed = {}
+cdef dict _analyzed_texts = {}
+cdef dict _analyzed_others = {}
 cdef Py_ssize_t _ANALYZED_MAX = 200_000
 
 
@@ -144,16 +145,17 @@ def flatten(document: object, error: type) -> list:
 
 
 cdef tuple _analyze(int entry_type, str value):
-    # The phrase that match and contains compare, and its distinct words.
-    key = (entry_type, value)
-    found = _analyzed.get(key)
+    # The phrase that match and contains compare (TEXT normalized, any other type its value),
+    # and its distinct words.
+    cdef dict cache = _analyzed_texts if entry_type == _TEXT else _analyzed_others
+    found = cache.get(value)
     if found is not None:
         return <tuple>found
     cdef str phrase = normalize(value) if entry_type == _TEXT else value
     cdef tuple result = (phrase, tuple(set(words(phrase))))
-    if len(_analyzed) >= _ANALYZED_MAX:
-        _analyzed.clear()
-    _analyzed[key] = result
+    if len(cache) >= _ANALYZED_MAX:
+        cache.clear()
+    cache[value] = result
     return result
 
 
@@ -163,7 +165,6 @@ def entry_rows(long long base, object coll, list entries, list rows, list word_r
     path), with entry = base | n for the n-th entry, their (word, entry) rows, and adds
     their words to the vocabulary."""
     cdef Py_ssize_t n = 0
-    cdef long long entry
     cdef int entry_type
     cdef str value
     cdef tuple analyzed, found
@@ -172,10 +173,11 @@ def entry_rows(long long base, object coll, list entries, list rows, list word_r
         value = item[1]
         analyzed = _analyze(entry_type, value)
         found = <tuple>analyzed[1]
-        entry = base | n
-        rows.append((entry, coll, entry_type, value, analyzed[0],
+        entry = base | n  # one int object for the entry's row and its word rows
+        rows.append((entry, coll, item[0], value, analyzed[0],
                      float(value) if entry_type == _NUMERIC else None, item[2], item[3]))
         for word in found:
             word_rows.append((word, entry))
-        vocabulary.update(found)
+        if found:
+            vocabulary.update(found)
         n += 1

@@ -18,6 +18,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import msgspec
@@ -247,7 +248,9 @@ class SearchStore:
             db.executemany("INSERT INTO documents (rowid, coll, id, ts, te, type, data)"
                            " VALUES (?, ?, ?, ?, ?, ?, ?)", documents)
             db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)", entries)
-            word_rows.sort()  # neighbours in the B-tree: fewer pages touched
+            # Neighbours in the B-tree: fewer pages touched. Rows come in ascending entry
+            # order, so a stable sort by word alone is the (word, entry) order, and faster.
+            word_rows.sort(key=_word_of)
             db.executemany("INSERT INTO words VALUES (?, ?)", word_rows)
             self._add_words(vocabulary)
             db.executemany("INSERT INTO facets VALUES (?, ?, ?, ?)", facets)
@@ -823,6 +826,9 @@ class SearchStore:
                     (since, step, *sql.params)):
                 counts[min(max(int(bucket), 0), resolution - 1)] += n
         return {"since": since, "before": before, "counts": counts}
+
+
+_word_of = itemgetter(0)
 
 
 def _num(value: Any) -> Any:
