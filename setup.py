@@ -45,7 +45,7 @@ def extension(name: str) -> Extension:
     )
 
 
-extensions = [extension("_log"), extension("_proto"), extension("_app")]
+extensions = [extension("_log"), extension("_proto"), extension("_app"), extension("_search")]
 
 setup(
     packages=["fluxcore", "fluxcore._ext", "fluxcore.app", "fluxcore.client", "fluxcore.server",

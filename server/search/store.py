@@ -18,10 +18,12 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import msgspec
 
+from fluxcore._ext._search import entry_rows
 from fluxcore.errors import LogError
 from fluxcore.protocol import ProtocolError
 
@@ -39,7 +41,7 @@ from .constraints import (
     PathGlob,
     is_literal,
 )
-from .flatten import NULL, NUMERIC, as_phrase, normalize, words
+from .flatten import NULL, normalize, words
 
 __all__ = ["SEARCH_FILE", "IndexedDocument", "Query", "SearchStore", "Sorting"]
 
@@ -246,7 +248,9 @@ class SearchStore:
             db.executemany("INSERT INTO documents (rowid, coll, id, ts, te, type, data)"
                            " VALUES (?, ?, ?, ?, ?, ?, ?)", documents)
             db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)", entries)
-            word_rows.sort()  # neighbours in the B-tree: fewer pages touched
+            # Neighbours in the B-tree: fewer pages touched. Rows come in ascending entry
+            # order, so a stable sort by word alone is the (word, entry) order, and faster.
+            word_rows.sort(key=_word_of)
             db.executemany("INSERT INTO words VALUES (?, ?)", word_rows)
             self._add_words(vocabulary)
             db.executemany("INSERT INTO facets VALUES (?, ?, ?, ?)", facets)
@@ -292,15 +296,8 @@ class SearchStore:
                     next_doc += 1
                     documents.append((doc, coll, item.id, item.timestamp, item.end, item.type,
                                       item.data))
-                    base = doc << ENTRY_BITS
-                    for n, (entry_type, value, lpath, spath) in enumerate(item.entries):
-                        phrase, found = _analyzed(entry_type, value)
-                        entry = base | n
-                        entries.append((entry, coll, entry_type, value, phrase,
-                                        float(value) if entry_type == NUMERIC else None,
-                                        lpath, spath))
-                        word_rows.extend((word, entry) for word in found)
-                        vocabulary.update(found)
+                    entry_rows(doc << ENTRY_BITS, coll, item.entries, entries, word_rows,
+                               vocabulary)
                     for name, value in dict.fromkeys(item.facets):
                         facets.append((doc, name, value, coll))
                         key = (coll, name, value)
@@ -831,22 +828,7 @@ class SearchStore:
         return {"since": since, "before": before, "counts": counts}
 
 
-# A value's phrase and its words, for values that repeat across documents (names, cities,
-# tags, small numbers); emptied when full.
-_ANALYZED: dict[tuple[int, str], tuple[str, tuple[str, ...]]] = {}
-_ANALYZED_MAX = 200_000
-
-
-def _analyzed(entry_type: int, value: str) -> tuple[str, tuple[str, ...]]:
-    key = (entry_type, value)
-    found = _ANALYZED.get(key)
-    if found is None:
-        phrase = as_phrase(entry_type, value)
-        found = (phrase, tuple(set(words(phrase))))
-        if len(_ANALYZED) >= _ANALYZED_MAX:
-            _ANALYZED.clear()
-        _ANALYZED[key] = found
-    return found
+_word_of = itemgetter(0)
 
 
 def _num(value: Any) -> Any:
