@@ -24,12 +24,13 @@ if TYPE_CHECKING:
     from .session import Session
 
 __all__ = [
-    "MAX_ID", "REQUIRED", "BodyHandler", "ControlHandler", "control_and_messages", "field",
-    "identifier", "log_for", "message_type",
+    "MAX_ID", "MAX_INDEX", "REQUIRED", "BodyHandler", "ControlHandler", "control_and_messages",
+    "field", "identifier", "log_for", "message_type",
 ]
 
 REQUIRED: Any = object()
 MAX_ID = 1000  # keys, aggregate and entity ids
+MAX_INDEX = (1 << 64) - 1  # 2**64 - 1 itself marks a segment without a position
 
 # A handler of an op whose body is a control map: (session, request id, the map) -> the answer
 # map, a ready frame (bytes), or None for no answer.

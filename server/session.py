@@ -41,15 +41,16 @@ from fluxcore.protocol import (
 
 from .buffers import MAX_HELLO_FRAME, SMALL_BUFFER
 from .event_ops import EVENT_BODY_HANDLERS, EVENT_HANDLERS
+from .index_read_ops import INDEX_READ_HANDLERS
 from .metrics import SessionStats
-from .positions import merged_ranges
 from .reads import Deadlines, PendingRead, ReadParams, TypeFilter
-from .requests import BodyHandler, ControlHandler, log_for
+from .requests import MAX_INDEX, BodyHandler, ControlHandler, log_for
 from .requests import field as _field
 from .requests import message_type as _message_type
 from .retention_ops import RETENTION_HANDLERS
 from .schedule_ops import SCHEDULE_BODY_HANDLERS, SCHEDULE_HANDLERS
 from .search import SEARCH_HANDLERS
+from .tracking_ops import TRACKING_HANDLERS, store_position
 from .value_ops import VALUE_HANDLERS
 from .web import HTTP_METHODS, MAX_HEAD, HttpError, http_response, parse_http
 
@@ -66,7 +67,6 @@ _FRAME_HEADER = 12
 _REQUEST_ID = struct.Struct("<I")  # at offset 8 of a frame
 _SHRINK_AFTER_S = 1.0  # a grown receive buffer unused this long goes back to the small size
 _REFUSED_TIMEOUT_S = 1.0  # a connection refused for want of descriptors: closed this soon
-MAX_INDEX = (1 << 64) - 1  # 2**64 - 1 itself marks a segment without a position
 _TEXT = [("Content-Type", "text/plain")]
 
 
@@ -685,8 +685,8 @@ class Session(asyncio.BufferedProtocol):
             self._reads_seen[read.params.tracker_id] = read
         params = read.params
         if store is not None:  # the position after the tracker's previous batch
-            self._store_position(params.log_name, params.consumer, store[:2],
-                                 store[2] if len(store) == 3 else -1)
+            store_position(project, params.log_name, params.consumer, store[:2],
+                           store[2] if len(store) == 3 else -1)
         project.log(params.log_name)  # created now: refused (max_logs, descriptors) before parking
         cluster = project.cluster(params.log_name, params.consumer, read.single_tracker)
         self.clusters[(params.log_name, params.consumer)] = cluster
@@ -745,86 +745,7 @@ class Session(asyncio.BufferedProtocol):
         else:  # the server as a whole is over its bound: look again shortly
             asyncio.get_running_loop().call_later(0.005, read.wake)
 
-    def _cluster_of(self, req: dict[str, Any]) -> tuple[str, str]:
-        _, name = self._log_for(req)
-        return name, _field(req, "consumer", str)
 
-    def _on_store_position(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
-        name, consumer = self._cluster_of(req)
-        self._store_position(name, consumer, _field(req, "segment", list),
-                             _field(req, "last_index", int))
-        return {"ok": True}
-
-    def _store_position(self, log: str, consumer: str, segment: list[Any], index: object) -> None:
-        assert self.project is not None
-        if len(segment) != 2 or type(segment[0]) is not int or type(segment[1]) is not int or (
-                not 0 <= segment[0] <= segment[1] <= 128):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "segment must be [start, end] in 0..128")
-        if type(index) is not int or not 0 <= index < MAX_INDEX:
-            raise ProtocolError(ErrorCode.BAD_REQUEST,
-                                f"last_index must be an int from 0 to {MAX_INDEX - 1}")
-        self.project.positions.store(log, consumer, segment[0], segment[1], index)
-
-    def _on_reset_position(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.project is not None
-        name, consumer = self._cluster_of(req)
-        index = _field(req, "last_index", int)
-        if index < 0:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "last_index must not be negative")
-        self.project.positions.reset(name, consumer, index)
-        cluster = self.project.find_cluster(name, consumer)
-        if cluster is not None:
-            cluster.wake()  # waiting trackers read again from the new position
-        return {"ok": True}
-
-    def _on_get_position(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.project is not None
-        name, consumer = self._cluster_of(req)
-        return {"position": merged_ranges(self.project.positions.get(name, consumer))}
-
-    def _on_disconnect_tracker(self, request_id: int, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.project is not None
-        name, consumer = self._cluster_of(req)
-        tracker_id = _field(req, "tracker", str)
-        cluster = self.project.find_cluster(name, consumer)
-        left = bool(cluster is not None and cluster.leave(tracker_id))
-        if left:
-            self.server.tracker_gone(self.project, name, consumer, tracker_id, "left", self)
-        return {"ok": left}
-
-    def _on_read_from_index(self, request_id: int, req: dict[str, Any]) -> bytes:
-        assert self.project is not None
-        _, name = self._log_for(req)
-        min_index = _field(req, "min_index", int)
-        max_size = _field(req, "max_size", int, 1024)
-        if not 0 < max_size <= self.config.max_read_size or min_index < 0:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "bad min_index or max_size")
-        log = self.project.log(name)
-        after = max(min_index - 1, 0)
-        # One read ends at the end of a segment file: read on until max_size, READ_BYTES or
-        # the log's end.
-        frames: list[bytes] = []
-        count = size = 0
-        while True:
-            try:
-                batch = log.read(after, max_count=max_size - count, max_bytes=READ_BYTES - size)
-            except CorruptLogError:
-                if not count:
-                    raise
-                break  # the records before the damage go; a read from the damaged one fails
-            frame, got = _proto.batch_frame(request_id, batch, None, "", "", False, None,
-                                            0, 128, 0, False)
-            frames.append(frame)
-            count += got
-            size += len(frame)
-            after = batch.next_after
-            if count >= max_size or size >= READ_BYTES or not got or log.last_index <= after:
-                break
-        caught_up = count < max_size and log.last_index <= after
-        return _proto.join_batch_frames(frames, request_id, 0, 128, after, caught_up)[0]
-
-
-READ_BYTES = 16 << 20  # a READ_FROM_INDEX answer ends past this many bytes of records
 RESEND_SEARCH_MS = 10_000  # clock skew between client and server tolerated by the search
 
 
@@ -864,11 +785,8 @@ def _stored_runs(log: Any, buf: bytearray, offsets: Any, sent_ms: int
 
 
 _CONTROL: dict[int, ControlHandler] = {
-    Op.STORE_POSITION: Session._on_store_position,
-    Op.RESET_POSITION: Session._on_reset_position,
-    Op.GET_POSITION: Session._on_get_position,
-    Op.DISCONNECT_TRACKER: Session._on_disconnect_tracker,
-    Op.READ_FROM_INDEX: Session._on_read_from_index,
+    **TRACKING_HANDLERS,
+    **INDEX_READ_HANDLERS,
     **EVENT_HANDLERS,
     **RETENTION_HANDLERS,
     **SCHEDULE_HANDLERS,
