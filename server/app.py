@@ -129,6 +129,7 @@ class Server:
             await self._server.wait_closed()
         for project in self.projects.values():
             project.close()  # syncs every log (unless fsync is never)
+        self.open_logs.shutdown()  # and the idle logs being closed
         self._sync_pool.shutdown(wait=True)
         self.descriptors.close()
         os.close(self._data_dir_lock)

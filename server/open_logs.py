@@ -11,12 +11,20 @@ Closing waits for the end of the event loop's current callback: a Log that `Proj
 returned stays open until the code that asked for it returns to the loop. Code that keeps a log
 across an `await` looks it up again after (or, like a durable ack, learns from the log that a
 close synced it).
+
+A close syncs the log (unless its policy is ``never``): on a slow disk that takes long, so it
+runs on a thread of its own, never on the event loop. The log leaves its project first, on the
+loop, so nothing uses it while it closes; a log asked for again meanwhile is taken back if its
+close has not begun, else the project waits for that close before it opens the log again (the
+old writer holds the log's lock until its close ends: one writer at a time).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
@@ -43,12 +51,18 @@ def default_max_open_logs(descriptor_threshold: int) -> int:
 
 
 class OpenLogs:
-    """Every open log of the server's projects, least recently used first."""
+    """Every open log of the server's projects, least recently used first, and the idle ones
+    being closed. The owner of the thread that closes them: `shutdown()` waits for them."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._order: OrderedDict[Log, tuple[Project, str]] = OrderedDict()
         self._closing: asyncio.Handle | None = None
+        # Closes in flight, by (project, log name); the lock guards it and `closed` against
+        # the closing thread.
+        self._pending: dict[tuple[Project, str], tuple[Log, concurrent.futures.Future[None]]] = {}
+        self._lock = threading.Lock()
+        self._closer: concurrent.futures.ThreadPoolExecutor | None = None
         self.closed = 0  # logs closed for being idle, since the start (for stats and tests)
 
     def __len__(self) -> int:
@@ -64,7 +78,7 @@ class OpenLogs:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # no event loop (a project used on its own): close now
-                self.close_idle()
+                self.close_idle(in_background=False)
                 return
             self._closing = loop.call_soon(self.close_idle)
 
@@ -72,13 +86,51 @@ class OpenLogs:
         """`log` was closed by its project (the project closes)."""
         self._order.pop(log, None)
 
-    def close_idle(self) -> None:
-        """Closes the least recently used logs until at most `limit` are open."""
+    def close_idle(self, in_background: bool = True) -> None:
+        """Closes the least recently used logs until at most `limit` are open: each leaves its
+        project now, and is closed (synced) on the closing thread, or here if not
+        `in_background`."""
         self._closing = None
         while len(self._order) > self.limit:
             log, (project, name) = self._order.popitem(last=False)
-            try:
-                project.close_idle_log(name, log)
-            except (OSError, LogError) as exc:  # its final sync failed: said, and it is closed
-                logger.error("closing idle log %s of %s: %s", name, project.name, exc)
-            self.closed += 1
+            project.detach_log(name, log)
+            if not in_background:
+                self._close(project, name, log)
+                continue
+            if self._closer is None:
+                self._closer = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="fluxcore-close")
+            with self._lock:
+                future = self._closer.submit(self._close, project, name, log)
+                self._pending[(project, name)] = (log, future)
+
+    def reclaim(self, project: Project, name: str) -> Log | None:
+        """Before `project` opens its log `name`: the log itself if it was left to close and
+        its close has not begun (it is open, and the project's again); else None, once no
+        close of that log is in flight any more (this waits for one that runs)."""
+        with self._lock:
+            found = self._pending.get((project, name))
+            if found is not None and found[1].cancel():
+                del self._pending[(project, name)]
+                return found[0]
+        if found is not None:
+            found[1].result()  # _close reports its own errors
+        return None
+
+    def _close(self, project: Project, name: str, log: Log) -> None:
+        try:
+            log.close()
+        except (OSError, LogError) as exc:  # its final sync failed: said, and it is closed
+            logger.error("closing idle log %s of %s: %s", name, project.name, exc)
+        finally:
+            with self._lock:
+                found = self._pending.get((project, name))
+                if found is not None and found[0] is log:
+                    del self._pending[(project, name)]
+                self.closed += 1
+
+    def shutdown(self) -> None:
+        """Waits for the closes in flight and ends the closing thread."""
+        if self._closer is not None:
+            self._closer.shutdown(wait=True)
+            self._closer = None

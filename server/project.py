@@ -83,7 +83,8 @@ class Project:
         up again after an `await`."""
         log = self._logs.get(name)
         if log is None:
-            log = self._logs[name] = self._open_log(name)
+            reclaimed = None if self._open_logs is None else self._open_logs.reclaim(self, name)
+            log = self._logs[name] = self._open_log(name) if reclaimed is None else reclaimed
             self._closed_last_index.pop(name, None)
             if self._open_logs is not None:
                 self._open_logs.opened(log, self, name)
@@ -91,12 +92,12 @@ class Project:
             self._open_logs.used(log)
         return log
 
-    def close_idle_log(self, name: str, log: Log) -> None:
-        """Closes `log` (the server's LRU found it idle); the next log(name) reopens it."""
+    def detach_log(self, name: str, log: Log) -> None:
+        """`log` is about to be closed (the server's LRU found it idle): it is no longer
+        this project's; the next log(name) reopens it."""
         if self._logs.get(name) is log:
             del self._logs[name]
             self._closed_last_index[name] = log.last_index
-        log.close()
 
     def last_index(self, name: str) -> int:
         """The newest index of a log, without reopening it if it is closed (the server is its

@@ -283,3 +283,76 @@ def test_one_server_per_data_directory(small_lru: ServerProcess) -> None:
     assert second.returncode == 1, second.stdout + second.stderr
     assert "another process (a server?) uses this data directory" in second.stderr
     assert_healthy(small_lru)
+
+
+# Put into a server process as its sitecustomize: the final sync of the log named
+# FLUXCORE_TEST_GATED_LOG, when that log closes, makes the file `closing` in
+# FLUXCORE_TEST_GATE and then waits until the test makes `release` there: a disk as slow as
+# the test wants, at a moment the test knows.
+_SLOW_CLOSE_HOOK = """
+import os, time
+from fluxcore.log import Log
+
+_gate = os.environ["FLUXCORE_TEST_GATE"]
+_gated = os.environ["FLUXCORE_TEST_GATED_LOG"]
+_sync_to = Log._sync_to
+
+def _slow_sync_to(self, target):
+    if self.closed and os.path.basename(self.path) == _gated:
+        open(os.path.join(_gate, "closing"), "w").close()
+        give_up = time.monotonic() + 120
+        while not os.path.exists(os.path.join(_gate, "release")) and time.monotonic() < give_up:
+            time.sleep(0.01)
+    return _sync_to(self, target)
+
+Log._sync_to = _slow_sync_to
+"""
+
+
+def _wait_for_file(path: Path) -> None:
+    deadline = time.monotonic() + 60
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def test_a_slow_close_of_an_idle_log_does_not_stall_the_server(tmp_path: Path) -> None:
+    """One log open at a time, and the close of `gated` blocked in its final sync until the
+    test lets it go: meanwhile the server answers pings and appends to other logs, takes back
+    a log whose close had not begun yet, and an append to `gated` itself waits for that close
+    (one writer at a time), then is stored with what `gated` held before."""
+    hook, gate = tmp_path / "hook", tmp_path / "gate"
+    hook.mkdir()
+    gate.mkdir()
+    (hook / "sitecustomize.py").write_text(_SLOW_CLOSE_HOOK)
+    path = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
+    server = ServerProcess(tmp_path / "data", env={
+        "PYTHONPATH": path, "FLUXCORE_TEST_GATE": str(gate),
+        "FLUXCORE_TEST_GATED_LOG": "custom-gated", "FLUXCORE_MAX_OPEN_LOGS": "1",
+        "FLUXCORE_METRICS_INTERVAL_S": "0"}).start()
+    try:
+        with Client.connect(server.address, token=TOKEN, name="slow-close") as client:
+            first = client.publish(MessageType.CUSTOM, b"1", topic="gated")
+            client.publish(MessageType.CUSTOM, b"a", topic="other")  # gated closes
+            _wait_for_file(gate / "closing")
+            client.ping(timeout=30)  # a close that synced on the event loop: no answer
+            client.publish(MessageType.CUSTOM, b"x", topic="third", timeout=30)  # other closes
+            # other's close waits behind gated's: taken back, still open, no wait
+            client.publish(MessageType.CUSTOM, b"b", topic="other", timeout=30)
+            assert not (gate / "release").exists()
+            reopen = client.publish_batch_async(MessageType.CUSTOM, [b"2"], topic="gated")
+            assert reopen is not None
+            (gate / "release").touch()
+            second = reopen.result(60)
+            assert [(m.index, m.data) for m in client.read_from_index(
+                MessageType.CUSTOM, 0, 10, topic="gated")] == [(first, b"1"),
+                                                                (int(second[0]), b"2")]
+            assert [m.data for m in client.read_from_index(
+                MessageType.CUSTOM, 0, 10, topic="other")] == [b"a", b"b"]
+        assert server.stop() == 0
+        out = "".join(server.output)
+        assert "another writer" not in out and "LogLockedError" not in out, out[-3000:]
+        assert_no_closed_log_used(server)
+    finally:
+        (gate / "release").touch()
+        server.kill()
