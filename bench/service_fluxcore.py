@@ -46,6 +46,38 @@ class BenchOrder(msgspec.Struct):
     note: str
 
 
+def consume_typed_orders(name: str, first: int | None, count: int, metrics: bool,
+                         timeout: float, *, client: Any = None,
+                         address: str | None = None) -> Consumed:
+    """The consumer of consume_per_message_typed: a Microclient called `name` whose
+    `@handle_event` handler takes a BenchOrder, from index `first` until `count` messages came;
+    on `client`, or on a connection of its own to `address`."""
+    from fluxcore.app import Microclient
+
+    done = threading.Event()
+    got = touched = 0
+    app = Microclient(name, address, TOKEN, max_batch=CONSUME_BATCH, from_index=first,
+                      metrics=metrics)
+
+    @app.handle_event
+    def on_order(order: BenchOrder) -> None:
+        nonlocal got, touched
+        got += 1
+        touched += order.items
+        if got >= count:
+            done.set()
+
+    start = time.perf_counter_ns()
+    app.start(client)
+    try:
+        if not done.wait(timeout):
+            raise RuntimeError(f"consumer got {got} of {count} in {timeout:.0f} s")
+        seconds = (time.perf_counter_ns() - start) / 1e9
+    finally:
+        app.stop()
+    return Consumed(got, touched, seconds)
+
+
 class FluxcoreSystem(ServiceSystem, AsyncRequests):
     system = "fluxcore"
     setup = (
@@ -211,33 +243,21 @@ class FluxcoreSystem(ServiceSystem, AsyncRequests):
             if self._typed_first is None:
                 self._typed_first = int(indexes[0])
 
+    @property
+    def address(self) -> str:
+        """host:port of the server."""
+        return str(self._server.address)
+
+    @property
+    def typed_first(self) -> int | None:
+        """The index of the first message of the last `fill_typed`."""
+        return self._typed_first
+
     def consume_typed(self, count: int, metrics: bool = True) -> Consumed:
         """A Microclient's typed handler reads the `fill_typed` messages, metrics on."""
-        from fluxcore.app import Microclient
-
         self._consumers += 1
-        done = threading.Event()
-        got = touched = 0
-        app = Microclient(f"bench-typed-{self._consumers}", max_batch=CONSUME_BATCH,
-                          from_index=self._typed_first, metrics=metrics)
-
-        @app.handle_event
-        def on_order(order: BenchOrder) -> None:
-            nonlocal got, touched
-            got += 1
-            touched += order.items
-            if got >= count:
-                done.set()
-
-        start = time.perf_counter_ns()
-        app.start(self._client)
-        try:
-            if not done.wait(CONSUME_TIMEOUT_S):
-                raise RuntimeError(f"consumer got {got} of {count} in {CONSUME_TIMEOUT_S:.0f} s")
-            seconds = (time.perf_counter_ns() - start) / 1e9
-        finally:
-            app.stop()
-        return Consumed(got, touched, seconds)
+        return consume_typed_orders(f"bench-typed-{self._consumers}", self._typed_first, count,
+                                    metrics, CONSUME_TIMEOUT_S, client=self._client)
 
     def start_responder(self) -> None:
         from fluxcore.client import Client, MessageType

@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,34 +25,10 @@ if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import make_dataset
-from bench.service_fluxcore import TOKEN, BenchOrder, FluxcoreSystem
+from bench.service_fluxcore import FluxcoreSystem, consume_typed_orders
 
 SMALL, LARGE = 5_000, 25_000
 WAIT_S = 900.0
-
-
-def consume(address: str, first: int, count: int, metrics: bool, name: str) -> None:
-    """The row's consumer (FluxcoreSystem.consume_typed) over its own connection."""
-    from fluxcore.app import Microclient
-
-    done = threading.Event()
-    got = touched = 0
-    app = Microclient(name, address, TOKEN, max_batch=1000, from_index=first, metrics=metrics)
-
-    @app.handle_event
-    def on_order(order: BenchOrder) -> None:
-        nonlocal got, touched
-        got += 1
-        touched += order.items
-        if got >= count:
-            done.set()
-
-    app.start()
-    try:
-        if not done.wait(WAIT_S):
-            raise RuntimeError(f"consumed {got} of {count}")
-    finally:
-        app.stop()
 
 
 def instructions(address: str, first: int, count: int, metrics: str, name: str) -> int:
@@ -74,8 +49,8 @@ def rows(metrics_modes: list[str]) -> list[dict[str, Any]]:
         system = FluxcoreSystem(Path(directory), make_dataset())
         try:
             system.fill_typed(LARGE)
-            first = system._typed_first
-            address = system._server.address
+            first = system.typed_first
+            address = system.address
             assert first is not None
             for metrics in metrics_modes:
                 small = instructions(address, first, SMALL, metrics, f"cg-{metrics}-small")
@@ -97,7 +72,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.consume:
         address, first, count, metrics, name = args.consume
-        consume(address, int(first), int(count), metrics == "on", name)
+        consume_typed_orders(name, int(first), int(count), metrics == "on", WAIT_S,
+                             address=address)
         return
     print(json.dumps(rows(args.metrics), indent=1))
 
