@@ -4,7 +4,10 @@ positions that never move back)."""
 
 from __future__ import annotations
 
-from fluxcore.client import MessageType
+import struct
+import time
+
+from fluxcore.client import Guarantee, MessageType
 from fluxcore.client._wire import Codec
 from fluxcore.protocol import Op, decode_control
 
@@ -77,3 +80,29 @@ def test_store_position_never_moves_back_but_reset_does(server: ServerProcess) -
         assert decode_control(body) == {"ok": True}
         _op, body = ask(sock, Op.GET_POSITION, 12, {"type": EVENT, "consumer": "c"})
         assert decode_control(body) == {"position": [[0, 128], 7]}
+
+
+def test_a_new_consumer_starts_one_second_before_its_first_read(server: ServerProcess) -> None:
+    """A READ of a consumer with no position and no last_index reads after "now" minus one
+    second at the server: a message stored in that second is delivered, an older one is not."""
+    codec = Codec("newcomer", "raw", "public", TOKEN)
+    with connect(server, "newcomer") as sock:
+        sock.sendall(codec.append(1, MessageType.EVENT, [b"old"], payload_type="T",
+                                  guarantee=Guarantee.STORED))
+        assert read_frame(sock)[:2] == (Op.ACK, 1)
+        time.sleep(1.5)  # "old" is now more than a second old
+        # The APPEND and the READ in one write: the READ comes well within a second of it.
+        sock.sendall(codec.append(2, MessageType.EVENT, [b"new"], payload_type="T",
+                                  guarantee=Guarantee.STORED)
+                     + control(Op.READ, 3, {"type": EVENT, "consumer": "newcomer",
+                                            "tracker": "t1", "max_timeout_ms": 10_000}))
+        answers = {request_id: (op, body) for op, request_id, body in
+                   (read_frame(sock), read_frame(sock))}
+        op, ack = answers[2]
+        assert op == Op.ACK
+        (new_index,) = struct.unpack_from("<Q", ack)
+        op, body = answers[3]
+        assert op == Op.BATCH
+        _header, messages = records(body)
+        assert [index for _length, _crc, index, _segment, _message, _record in messages] == [
+            new_index]

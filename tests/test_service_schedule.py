@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from fluxcore import Log
+from fluxcore.app import Microclient
 from fluxcore.client import AsyncClient, Client, Message, MessageType, ProtocolError, Scheduled
 from fluxcore.protocol import Op, decode_control, encode_control, time_from_index
 
@@ -55,6 +56,34 @@ def test_delivered_at_the_deadline_not_before(client: Client) -> None:
     assert fired.message.index == message.index
     assert not client.cancel_schedule(sid)  # it was not pending any more
     assert client.get_schedule(sid) is None  # but it is gone now
+
+
+def test_a_naive_datetime_deadline_is_local_time(client: Client,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A datetime without tzinfo is the client's local time (the TZ of its process), as
+    datetime.timestamp() takes it, in client.schedule and app.schedule; an aware one is that
+    moment wherever the client is."""
+    monkeypatch.setenv("TZ", "XST-05:30")  # 5 h 30 min east of UTC: neither UTC nor whole hours
+    time.tzset()
+    try:
+        naive = datetime(2100, 1, 1, 12, 0)
+        client.schedule(b"local", naive, schedule_id="naive")
+        client.schedule(b"utc", naive.replace(tzinfo=UTC), schedule_id="aware")
+        local = client.get_schedule("naive")
+        utc = client.get_schedule("aware")
+        assert local is not None and utc is not None
+        assert utc.deadline_ms == 4102488000000  # 2100-01-01T12:00:00Z
+        assert local.deadline_ms == utc.deadline_ms - (5 * 3600 + 30 * 60) * 1000
+        app = Microclient("naive-deadlines").start(client)  # app.schedule: the same rule
+        try:
+            app.schedule(b"app", naive, schedule_id="app-naive")
+        finally:
+            app.stop()
+        from_app = client.get_schedule("app-naive")
+        assert from_app is not None and from_app.deadline_ms == local.deadline_ms
+    finally:
+        monkeypatch.undo()  # the TZ the process had
+        time.tzset()
 
 
 def test_replace_cancel_and_if_absent(client: Client) -> None:
