@@ -69,12 +69,20 @@ def consume_typed_orders(name: str, first: int | None, count: int, metrics: bool
 
     start = time.perf_counter_ns()
     app.start(client)
+    return consumed(done, timeout, start, lambda: (got, touched), app.stop)
+
+
+def consumed(done: threading.Event, timeout: float, start_ns: int,
+             progress: Callable[[], tuple[int, int]], stop: Callable[[], None]) -> Consumed:
+    """Waits up to `timeout` s for a consumer started at `start_ns` to set `done`, stops it,
+    and says what it got: `progress()` is (messages, payload bytes) so far."""
     try:
         if not done.wait(timeout):
-            raise RuntimeError(f"consumer got {got} of {count} in {timeout:.0f} s")
-        seconds = (time.perf_counter_ns() - start) / 1e9
+            raise RuntimeError(f"consumer got {progress()[0]} messages in {timeout:.0f} s")
+        seconds = (time.perf_counter_ns() - start_ns) / 1e9
     finally:
-        app.stop()
+        stop()
+    got, touched = progress()
     return Consumed(got, touched, seconds)
 
 
@@ -217,13 +225,7 @@ class FluxcoreSystem(ServiceSystem, AsyncRequests):
             max_size=CONSUME_BATCH,
             from_index=self._fill_first,
         )
-        try:
-            if not done.wait(CONSUME_TIMEOUT_S):
-                raise RuntimeError(f"consumer got {got} of {count} in {CONSUME_TIMEOUT_S:.0f} s")
-            seconds = (time.perf_counter_ns() - start) / 1e9
-        finally:
-            consumer.stop()
-        return Consumed(got, touched, seconds)
+        return consumed(done, CONSUME_TIMEOUT_S, start, lambda: (got, touched), consumer.stop)
 
     def fill_typed(self, count: int) -> None:
         """Publishes `count` JSON orders of about 100 bytes for consume_typed (untimed)."""
