@@ -109,6 +109,14 @@ class _Protocol(asyncio.Protocol):
                 exc or ConnectionResetError("the server closed the connection during HELLO"))
         self.client._connection_lost(self, exc)
 
+    def abandon(self) -> None:
+        """The handshake gave this connection up: closes it; nobody waits for its WELCOME
+        any more, so that future ends cancelled (or its error counts as seen)."""
+        if not self.welcome.cancel() and not self.welcome.cancelled():
+            self.welcome.exception()
+        if self.transport is not None:
+            self.transport.close()
+
     def pause_writing(self) -> None:
         self.writable.clear()
 
@@ -149,10 +157,16 @@ class AsyncClient(AsyncOperations):
     async def _handshake(self) -> _Protocol:
         """A new connection that said HELLO and got WELCOME, and is still open."""
         loop = asyncio.get_running_loop()
-        transport, protocol = await asyncio.wait_for(
-            loop.create_connection(lambda: _Protocol(self), self.host, self.port, ssl=self._tls),
-            self._connect_timeout)
+        made: list[_Protocol] = []  # the connection's, as soon as it is made
+
+        def new_protocol() -> _Protocol:
+            made.append(_Protocol(self))
+            return made[-1]
+
         try:
+            transport, protocol = await asyncio.wait_for(
+                loop.create_connection(new_protocol, self.host, self.port, ssl=self._tls),
+                self._connect_timeout)
             transport.write(self._codec.hello(0))
             op, body = await asyncio.wait_for(protocol.welcome, self._connect_timeout)
             raise_for(op, body)
@@ -163,7 +177,10 @@ class AsyncClient(AsyncOperations):
                 # was not for the client's connection and went unheeded.
                 raise ConnectionResetError("the server closed the connection after WELCOME")
         except BaseException:
-            transport.close()
+            # Failed, timed out or cancelled, also inside create_connection after the
+            # connection was made: that connection is given up.
+            for given_up in made:
+                given_up.abandon()
             raise
         return protocol
 
