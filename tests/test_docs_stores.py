@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import msgspec
 import pytest
@@ -123,7 +122,7 @@ def test_schedule_replace_if_absent_cancel_and_fired(client: Client) -> None:
     assert client.schedule(b"second", timedelta(hours=2), schedule_id="s",
                            if_absent=True) is None
     kept = client.get_schedule("s")
-    assert kept is not None and kept.message.data == b"first"
+    assert kept is not None and kept.message.data == b"first" and not kept.fired
     assert (kept.message.type, kept.message.revision) == ("T", 3)
     # the same id again replaces message and deadline
     soon = datetime.now(UTC) + timedelta(milliseconds=300)
@@ -139,7 +138,7 @@ def test_schedule_replace_if_absent_cancel_and_fired(client: Client) -> None:
     assert time_from_index(fired[0].index) == round(soon.timestamp() * 1000)  # its deadline
     # a fired schedule stays findable until cancelled; cancel says it was not pending
     found = client.get_schedule("s")
-    assert found is not None and found.message.index == fired[0].index
+    assert found is not None and found.message.index == fired[0].index and found.fired
     assert client.schedule(b"again", timedelta(hours=1), schedule_id="s",
                            if_absent=True) is None  # even a fired one stays
     assert client.cancel_schedule("s") is False

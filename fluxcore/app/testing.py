@@ -195,6 +195,9 @@ class MemoryBackend:
     def cancel_schedule(self, schedule_id: str) -> bool:
         return self.schedules.pop(schedule_id, None) is not None
 
+    def fired_deadline(self, schedule_id: str) -> int | None:
+        return None  # a schedule fires here only while its handlers run, and goes
+
     def advance(self, delta_ms: int) -> Steps[None]:
         """Moves the clock, firing each schedule that comes due, in deadline order."""
         until = self.clock_ms + delta_ms

@@ -159,11 +159,13 @@ def deadline_ms(deadline: Deadline) -> int:
 
 @dataclass(frozen=True)
 class Scheduled:
-    """A pending schedule: its id, its deadline (epoch ms) and the message it will deliver."""
+    """A schedule: its id, its deadline (epoch ms), the message it delivers, and whether it
+    has fired (its message is in the SCHEDULE log) or is still pending."""
 
     schedule_id: str
     deadline_ms: int
     message: Message
+    fired: bool = False
 
 
 _RECORD_HEADER = struct.Struct("<IIQHHI")
@@ -179,7 +181,8 @@ def scheduled_from(answer: dict[str, Any] | None) -> Scheduled | None:
     fired = answer.get("index")
     index = int(answer["deadline"]) << 16 if fired is None else int(fired)
     record = _RECORD_HEADER.pack(length, 0, index, int(answer["segment"]), 0, 0) + message
-    return Scheduled(str(answer["id"]), int(answer["deadline"]), decode_record(record))
+    return Scheduled(str(answer["id"]), int(answer["deadline"]), decode_record(record),
+                     fired is not None)
 
 
 def schedule_request(
