@@ -579,3 +579,114 @@ def test_periodic_job_that_came_due_while_no_instance_ran(live: ServerProcess) -
     assert len(runs) == len(set(runs))
     assert all(r > scheduled.deadline_ms and (r - scheduled.deadline_ms) % 1000 == 0
                for r in runs)
+
+
+class Lookup(msgspec.Struct):
+    key: str
+
+
+class Found(msgspec.Struct):
+    key: str
+    value: int
+
+
+def lookup_app(url: str | None = None) -> Microclient:
+    app = Microclient("lookup", url, token=TOKEN)
+
+    @app.handle_query
+    def lookup(query: Lookup) -> Any:
+        if query.key == "unencodable":
+            return object()  # not a payload: the requester gets the error
+        if query.key == "none":
+            return None
+        return Found(query.key, 7)
+
+    return app
+
+
+def test_results_none_typed_and_unencodable_in_memory_and_live(live: ServerProcess) -> None:
+    fixture = TestFixture(lookup_app())
+    fixture.when_query(Lookup("a")).expect_result(Found("a", 7))
+    fixture.when_query(Lookup("none")).expect_result(None)
+    fixture.when_query(Lookup("unencodable")).expect_error(HandlerError)
+    fixture.when_query(Lookup("b")).expect_result(Found("b", 7))  # the consumer goes on
+
+    app = lookup_app(live.address)
+    name = project()
+    with Client.connect(live.address, token=TOKEN, project=name) as client, \
+            running(app, client):
+        assert app.query(Lookup("a")) == Found("a", 7)
+        assert app.query(Lookup("a"), result_type=dict) == {"key": "a", "value": 7}
+        assert app.query(Lookup("none")) is None
+        with pytest.raises(HandlerError) as failed:
+            app.query(Lookup("unencodable"), timeout=20)
+        assert failed.value.error_type == "SerializationError"
+        assert app.query(Lookup("b"), timeout=20) == Found("b", 7)
+
+
+def test_fixture_schedules_behave_as_the_servers() -> None:
+    # Fired schedules stay until cancelled or replaced, as on the server: if_absent keeps a
+    # fired one, and cancelling it says it was not pending.
+    app = Microclient("sched")
+    fired: list[Tick] = []
+
+    @app.handle_schedule
+    def on_tick(job: Tick) -> None:
+        fired.append(job)
+
+    fixture = TestFixture(app)
+    fixture.when_applying(lambda a: a.schedule(Tick(), timedelta(minutes=1),
+                                               schedule_id="s")).expect_schedules(Tick)
+    assert fixture.result == "s"
+    fixture.when_applying(lambda a: a.schedule(Tick(), timedelta(minutes=5), schedule_id="s",
+                                               if_absent=True))
+    assert fixture.result is None  # pending: kept
+    fixture.when_time_elapses(timedelta(minutes=2))
+    assert len(fired) == 1
+    fixture.when_applying(lambda a: a.schedule(Tick(), timedelta(minutes=1), schedule_id="s",
+                                               if_absent=True))
+    assert fixture.result is None  # fired: kept too
+    fixture.when_applying(lambda a: a.cancel_schedule("s"))
+    assert fixture.result is False  # it had fired
+    fixture.when_applying(lambda a: a.schedule(Tick(), timedelta(minutes=1), schedule_id="s",
+                                               if_absent=True))
+    assert fixture.result == "s"  # gone after the cancel: stored again
+    fixture.when_applying(lambda a: a.cancel_schedule("s"))
+    assert fixture.result is True  # pending
+
+
+class Item(msgspec.Struct):
+    name: str
+
+
+def test_web_handlers_with_query_strings_and_headers() -> None:
+    app = Microclient("web")
+
+    @app.handle_web("GET", "/items/{item_id}")
+    def get_item(item_id: int, message: Message) -> Item | Any:
+        from fluxcore.app import WebResponse
+        if item_id == 0:
+            return WebResponse(b"nope", 404, {"X-Reason": "zero"})
+        return Item(f"{item_id}:{message.metadata['url']}")
+
+    @app.handle_web("POST", "/items")
+    def post_item(item: Item) -> Item:
+        return Item(item.name.upper())
+
+    @app.handle_web("GET", "/names/{name}")
+    def get_name(name: str) -> str:
+        return name
+
+    fixture = TestFixture(app)
+    fixture.when_web_request("GET", "/items/3?full=1").expect_web_response(
+        {"name": "3:/items/3?full=1"}, headers={"content-type": "application/json"})
+    fixture.when_web_request("GET", "/items/0").expect_web_response(
+        b"nope", status=404, headers={"x-reason": "zero"})
+    fixture.when_web_request("POST", "/items", Item("tea")).expect_web_response(Item("TEA"))
+    fixture.when_web_request("POST", "/items", b"not json").expect_web_response(status=500)
+    # a path parameter that does not convert fails the handler, as a body that does not
+    # decode does: 500, and the consumer goes on
+    fixture.when_web_request("GET", "/items/x").expect_web_response(status=500)
+    fixture.when_web_request("GET", "/items/4").expect_web_response({"name": "4:/items/4"})
+    # path parameters arrive percent-decoded
+    fixture.when_web_request("GET", "/names/tea%20cup").expect_web_response(b"tea cup")

@@ -13,6 +13,7 @@ import typing
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 from fluxcore.protocol import MessageType, check_name
 
@@ -323,8 +324,12 @@ class Handler:
         found = self.route.fullmatch(path)
         if found is None:
             return None
-        return {name: convert(found.group(name))
-                for name, convert in self.path_params.items()}
+        # Raises ValueError (TypeError from a converter, too) when a value does not convert.
+        try:
+            return {name: convert(unquote(found.group(name)))
+                    for name, convert in self.path_params.items()}
+        except TypeError as exc:
+            raise ValueError(str(exc)) from exc
 
     def web_filter(self) -> str:
         """The type filter (a regex over "METHOD /path") that brings this route's requests."""
