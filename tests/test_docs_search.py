@@ -456,3 +456,22 @@ def test_datetime_fields_sort_as_instants_whatever_their_offset(client: Client) 
     assert ids(client.search("meet").sort("when").fetch()) == ["m1", "m2", "m3"]
     got = client.get_document("meet", "m2", type=Meeting)
     assert got is not None and got.document.when == meetings["m2"].when
+
+
+def test_numbers_match_as_numbers(client: Client) -> None:
+    # JSON's 1 and 1.0 are one number: match finds either (strict: the raw value exactly)
+    client.index({"price": 10}, collection="num", id="int")
+    client.index({"price": 10.0}, collection="num", id="float")
+    client.index({"price": 10.5}, collection="num", id="half")
+    for value in (10, 10.0):
+        assert sorted(ids(client.search("num").match(value, "price").fetch())) == [
+            "float", "int"]
+    assert ids(client.search("num").match(10, "price", strict=True).fetch()) == ["int"]
+    assert ids(client.search("num").match(10.0, "price", strict=True).fetch()) == ["float"]
+    assert ids(client.search("num").match(10.5, "price").fetch()) == ["half"]
+    assert client.search("num").not_(match(10)).count() == 1
+
+
+def test_stream_page_size_is_checked(client: Client) -> None:
+    with pytest.raises(ValueError, match="page_size"):
+        list(client.search("x").stream(page_size=0))
