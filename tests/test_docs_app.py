@@ -690,3 +690,26 @@ def test_web_handlers_with_query_strings_and_headers() -> None:
     fixture.when_web_request("GET", "/items/4").expect_web_response({"name": "4:/items/4"})
     # path parameters arrive percent-decoded
     fixture.when_web_request("GET", "/names/tea%20cup").expect_web_response(b"tea cup")
+
+
+class Audit(msgspec.Struct):
+    order_id: str
+
+
+def test_live_fixture_expect_no_commands_waits_as_expect_no_events(
+        live: ServerProcess) -> None:
+    # Live, what the handlers send comes after the step returned: "no commands" is only
+    # known after waiting, as expect_no_events waits.
+    app = Microclient("auditor", live.address, token=TOKEN)
+
+    @app.handle_event
+    def on_placed(event: Placed) -> None:
+        time.sleep(0.1)
+        app.send_and_forget(Audit(event.order_id))
+
+    with TestFixture.live(live.address, app, token=TOKEN, project=project(),
+                          timeout=5) as fixture:
+        fixture.when_event(Placed("o-1"))
+        with pytest.raises(AssertionError, match="expected no commands"):
+            fixture.expect_no_commands()
+        fixture.expect_commands(Audit("o-1"))

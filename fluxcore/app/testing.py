@@ -514,6 +514,8 @@ class TestFixture:
         return self
 
     def expect_no_commands(self) -> TestFixture:
+        if self.live_mode:  # what the handlers send comes after the step returned
+            time.sleep(min(self.timeout, 0.5))
         if self.recorder.sent.commands:
             raise AssertionError(f"expected no commands, got {self.recorder.sent.commands!r}")
         return self
