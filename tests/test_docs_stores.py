@@ -14,10 +14,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import msgspec
 import pytest
 
+from fluxcore import Log
 from fluxcore.client import (
     AsyncClient,
     Client,
@@ -338,3 +340,49 @@ def test_request_errors_and_timeouts(shared: ServerProcess) -> None:
             assert [m.request_id for m in errors] == [failed.value.result.request_id]
         finally:
             consumer.stop()
+
+
+# -- the command line ------------------------------------------------------------------------
+
+def test_tail_follow_and_since(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    with Log(path) as log:
+        log.append_batch([b"old-1", b"old-2"])
+        first_ms = log.last_index >> 16
+        # -f: what is appended from now on, as it comes
+        follow = subprocess.Popen([sys.executable, "-m", "fluxcore", "tail", str(path), "-f"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        since = subprocess.Popen([sys.executable, "-m", "fluxcore", "tail", str(path), "-f",
+                                  "--since-ms", str(first_ms)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert since.stdout is not None and follow.stdout is not None
+            # with --since-ms: the records from then on, then what comes
+            assert since.stdout.readline().split()[2] == b"old-1"
+            assert since.stdout.readline().split()[2] == b"old-2"
+            time.sleep(1.0)  # the follower has opened the log at its end
+            index = log.append(b"new-1")
+            line = follow.stdout.readline().split()
+            assert line == [str(index).encode(), str(index >> 16).encode(), b"new-1"]
+            assert since.stdout.readline().split()[2] == b"new-1"
+        finally:
+            follow.kill()
+            since.kill()
+            follow.wait()
+            since.wait()
+
+
+def test_tail_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    with Log(path) as log:
+        log.append_batch([b"x" * 100] * 200_000)
+    # `fluxcore tail DIR | head -1`: the reader goes away; tail stops without an error
+    proc = subprocess.Popen([sys.executable, "-m", "fluxcore", "tail", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().endswith(b"x" * 100 + b"\n")
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.wait(60)
+    assert err == b"", err
+    assert proc.returncode == 141  # 128 + SIGPIPE, as a shell reports it
