@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -386,3 +387,42 @@ def test_tail_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     proc.wait(60)
     assert err == b"", err
     assert proc.returncode == 141  # 128 + SIGPIPE, as a shell reports it
+
+
+def test_a_call_refused_for_bad_input_leaves_requests_working(shared: ServerProcess) -> None:
+    # After a request got its result, the client's next READ of results goes out with the
+    # next frame it writes. A call whose frame cannot be built (bad input) must not lose
+    # that READ: the requests after it still get their results.
+    def bad_calls(client: Any) -> list[Callable[[], Any]]:
+        return [lambda: client.index({"n": 10**20}, collection="c", id="x"),
+                lambda: client.publish(MessageType.EVENT, b"x", metadata={"k": 1})]
+
+    with Client.connect(shared.address, token=TOKEN, name="echo",
+                        project="bad-input") as handler, \
+            Client.connect(shared.address, token=TOKEN, name="asker",
+                           project="bad-input") as client:
+        consumer = handler.consume("echo", MessageType.QUERY, lambda m: m.data)
+        try:
+            for i, bad in enumerate(bad_calls(client)):
+                assert client.request(MessageType.QUERY, b"%d" % i, timeout=20).data == (
+                    b"%d" % i)
+                with pytest.raises((ValueError, TypeError)):
+                    bad()
+                assert client.request(MessageType.QUERY, b"after", timeout=20).data == (
+                    b"after")
+
+            async def main() -> None:
+                async with await AsyncClient.connect(shared.address, token=TOKEN,
+                                                     name="async-asker",
+                                                     project="bad-input") as aclient:
+                    for bad in bad_calls(aclient):
+                        assert (await aclient.request(MessageType.QUERY, b"a",
+                                                      timeout=20)).data == b"a"
+                        with pytest.raises((ValueError, TypeError)):
+                            await bad()
+                        assert (await aclient.request(MessageType.QUERY, b"b",
+                                                      timeout=20)).data == b"b"
+
+            asyncio.run(main())
+        finally:
+            consumer.stop()
