@@ -475,3 +475,47 @@ def test_numbers_match_as_numbers(client: Client) -> None:
 def test_stream_page_size_is_checked(client: Client) -> None:
     with pytest.raises(ValueError, match="page_size"):
         list(client.search("x").stream(page_size=0))
+
+
+def test_query_syntax_as_documented(client: Client) -> None:
+    docs = {"d1": "apple banana", "d2": "apple cherry", "d3": "banana cherry",
+            "d4": "kaasbroodje", "d5": "apple-pie", "d6": "Äpfel und Birnen"}
+    client.index_many([index_entry({"text": t}, collection="q", id=i, timestamp=n)
+                       for n, (i, t) in enumerate(docs.items())])
+
+    def q(text: str, **options: Any) -> list[str]:
+        return sorted(ids(client.search("q").query(text, **options).fetch()))
+
+    assert q("apple banana") == ["d1"]  # terms ANDed
+    assert q("apple & banana") == q("apple AND banana") == ["d1"]
+    assert q("apple banana | cherry") == ["d1", "d2"]  # a AND (b OR c)
+    assert q("apple OR banana") == ["d1", "d2", "d3", "d5"]
+    assert q("!apple") == ["d3", "d4", "d6"]
+    assert q("cherry !(apple)") == ["d3"]
+    assert q("(apple | banana) cherry") == ["d2", "d3"]
+    assert q('"apple banana"') == ["d1"]  # a phrase: one contains
+    assert q('"banana apple"') == []
+    assert q("k*aas*") == ["d4"]  # contains k* AND contains *aas*
+    assert q("*broodje") == ["d4"]
+    assert q("kaas") == []  # whole words unless * opens a side
+    assert q("pie") == ["d5"]  # `-` separates words
+    assert q("apfel") == ["d6"]  # accents and case ignored
+    assert q("ban", look_ahead_for_all_terms=True) == ["d1", "d3"]
+    assert q("apple(pie)") == ["d5"]  # operator characters separate words
+    for bad in ("(apple", "apple)", '"apple', "| apple", "apple |", "apple !"):
+        with pytest.raises(ProtocolError, match="bad_request"):
+            client.search("q").query(bad).fetch()
+
+
+def test_since_before_and_globs(client: Client) -> None:
+    index_users(client)
+    assert ids(client.search("users").since(2000).before(2000).fetch()) == ["u2"]  # equal
+    assert ids(client.search("users").since(2000).before(3000).fetch()) == ["u2"]
+    assert sorted(ids(client.search("users").exists("address").fetch())) == [
+        "u1", "u2", "u3", "u4"]  # at the path or under it
+    assert ids(client.search("users").match("bern", "*.city").fetch()) == ["u2"]
+    assert ids(client.search("users").match("bern", "**").fetch()) == ["u2"]
+    assert ids(client.search("users").match("bern", "addr[a-z]ss.c?ty").fetch()) == ["u2"]
+    assert ids(client.search("users").match("bern", "address.[^c]ity").fetch()) == []
+    assert sorted(ids(client.search("users").match("active", "{status,name}")
+                      .fetch())) == ["u1", "u3"]
