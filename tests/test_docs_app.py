@@ -713,3 +713,41 @@ def test_live_fixture_expect_no_commands_waits_as_expect_no_events(
         with pytest.raises(AssertionError, match="expected no commands"):
             fixture.expect_no_commands()
         fixture.expect_commands(Audit("o-1"))
+
+
+def test_async_app_periodic_job_that_came_due_while_no_instance_ran(
+        live: ServerProcess) -> None:
+    runs: list[int] = []
+    name = project()
+
+    def async_nightly() -> AsyncMicroclient:
+        app = AsyncMicroclient("nightly", live.address, token=TOKEN, project=name)
+
+        @app.handle_schedule
+        @periodic(every=timedelta(seconds=1), schedule_id="nightly-job")
+        async def nightly(job: Nightly, message: Message) -> None:
+            runs.append(message.index >> 16)
+
+        return app
+
+    async def main() -> None:
+        from fluxcore.client import AsyncClient
+        async with await AsyncClient.connect(live.address, token=TOKEN,
+                                             project=name) as client:
+            async with async_nightly():
+                pass
+            scheduled = await client.get_schedule("nightly-job")
+            assert scheduled is not None and not scheduled.fired
+            await asyncio.sleep(max(scheduled.deadline_ms / 1000 - time.time(), 0) + 1.5)
+            found = await client.get_schedule("nightly-job")
+            assert found is not None and found.fired
+            async with async_nightly():
+                for _ in range(400):
+                    if len(runs) >= 2:
+                        break
+                    await asyncio.sleep(0.05)
+            assert len(runs) >= 2 and len(runs) == len(set(runs))
+            assert all(r > scheduled.deadline_ms and (r - scheduled.deadline_ms) % 1000 == 0
+                       for r in runs)
+
+    asyncio.run(main())
