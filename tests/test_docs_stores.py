@@ -426,3 +426,15 @@ def test_a_call_refused_for_bad_input_leaves_requests_working(shared: ServerProc
             asyncio.run(main())
         finally:
             consumer.stop()
+
+
+def test_bad_consumer_and_stream_arguments_are_clear_errors(client: Client) -> None:
+    # refused at once, not by a tracker failing in the background
+    with pytest.raises(ValueError, match="type_filter"):
+        client.consume("c", MessageType.EVENT, print, type_filter="(")
+    with pytest.raises(ValueError, match="trackers"):
+        client.consume("c", MessageType.EVENT, print, trackers=0)
+    # expected_sequence is a stream's last number: -1 (empty) or more; not a conflict
+    with pytest.raises(ProtocolError, match="bad_request: expected_sequence"):
+        client.append_events("agg", [b"x"], expected_sequence=-2)
+    assert client.get_events("agg") == []

@@ -590,6 +590,12 @@ class ConsumerSpec:
     def __post_init__(self) -> None:
         if self.trackers < 1:
             raise ValueError("trackers must be at least 1")
+        if self.type_filter is not None:
+            try:  # the server's regular expressions are Python's too
+                re.compile(self.type_filter)
+            except re.error as exc:
+                raise ValueError(f"type_filter {self.type_filter!r} is not a regular "
+                                 f"expression: {exc}") from None
 
     @property
     def read_timeout(self) -> float:
