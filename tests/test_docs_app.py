@@ -751,3 +751,48 @@ def test_async_app_periodic_job_that_came_due_while_no_instance_ran(
                        for r in runs)
 
     asyncio.run(main())
+
+
+class Shipped(msgspec.Struct):
+    order_id: str
+
+
+def test_one_consumer_name_is_one_consumer(live: ServerProcess) -> None:
+    # app.consumer("views") twice is the same consumer: its handlers together get every
+    # message (two consumers of one name would split the segments and lose messages)
+    app = Microclient("names", live.address, token=TOKEN)
+    seen: list[str] = []
+    lock = threading.Lock()
+    placed_views = app.consumer("views", from_index=0)
+    shipped_views = app.consumer("views", from_index=0)
+    assert shipped_views is placed_views
+
+    @placed_views.handle_event
+    def on_placed(event: Placed) -> None:
+        with lock:
+            seen.append("placed " + event.order_id)
+
+    @shipped_views.handle_event
+    def on_shipped(event: Shipped) -> None:
+        with lock:
+            seen.append("shipped " + event.order_id)
+
+    with pytest.raises(ValueError, match="views"):
+        app.consumer("views", trackers=3)  # the same name with other options
+    with pytest.raises(ValueError, match="names"):
+        app.consumer("names", trackers=2)  # the app's own consumer has other options
+
+    name = project()
+    keys = [f"o{i}" for i in range(40)]
+    with Client.connect(live.address, token=TOKEN, project=name) as client:
+        client.publish_batch(MessageType.EVENT,
+                             [msgspec.json.encode(Placed(k)) for k in keys], type="Placed",
+                             keys=keys)
+        client.publish_batch(MessageType.EVENT,
+                             [msgspec.json.encode(Shipped(k)) for k in keys], type="Shipped",
+                             keys=keys)
+        with running(app, client):
+            wait_until(lambda: len(seen) == 80)
+            time.sleep(0.3)
+    assert sorted(seen) == sorted([f"placed {k}" for k in keys]
+                                  + [f"shipped {k}" for k in keys])

@@ -359,12 +359,11 @@ class AppCore(HandlerGroup):
     def consumer(self, name: str, *, trackers: int = 1, max_batch: int = 1024,
                  type_filter: str | None = None, from_index: int | None = None,
                  metrics: bool | None = None) -> HandlerGroup:
-        """Another consumer of this app: decorate its handlers with the group's methods."""
-        group = HandlerGroup(self, ConsumerOptions(
+        """Another consumer of this app: decorate its handlers with the group's methods. The
+        same name again is the same consumer (with the same options)."""
+        return self._group(ConsumerOptions(
             name, trackers, max_batch, type_filter, from_index,
             self.options.metrics if metrics is None else metrics))
-        self.groups.append(group)
-        return group
 
     def register(self, *objects: Any) -> Self:
         """Adds decorated functions (to the app's consumer), objects or classes whose methods
@@ -395,8 +394,13 @@ class AppCore(HandlerGroup):
         return self
 
     def _group(self, options: ConsumerOptions) -> HandlerGroup:
+        # One name, one consumer: two of one name would split its segments between them,
+        # each reading only its own handlers' types.
         for group in self.groups:
             if group.options.name == options.name:
+                if group.options != options:
+                    raise ValueError(f"the app has a consumer {options.name!r} already, with "
+                                     f"other options ({group.options} against {options})")
                 return group
         group = HandlerGroup(self, options)
         self.groups.append(group)
