@@ -677,6 +677,8 @@ def test_web_handlers_with_query_strings_and_headers() -> None:
     def get_name(name: str) -> str:
         return name
 
+    with pytest.raises(ValueError, match="FETCH"):
+        app.handle_web("FETCH", "/items")  # never reaches the service as HTTP
     fixture = TestFixture(app)
     fixture.when_web_request("GET", "/items/3?full=1").expect_web_response(
         {"name": "3:/items/3?full=1"}, headers={"content-type": "application/json"})

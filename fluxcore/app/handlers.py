@@ -116,11 +116,18 @@ def handle_custom(topic: str) -> Callable[[F], F]:
     return _marker(HandlerKind(MessageType.CUSTOM, topic=topic))
 
 
+# The methods the service recognizes as HTTP (docs/protocol.md, "HTTP").
+WEB_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+
+
 def handle_web(method: str, path: str) -> Callable[[F], F]:
     """Handles the web requests (WEBREQUEST) of `method` on `path`; `{name}` in the path is a
     path parameter, passed to the parameter of that name (converted to its annotation)."""
     if not path.startswith("/"):
         raise ValueError(f"a web path starts with '/', not {path!r}")
+    if method.upper() not in WEB_METHODS:
+        raise ValueError(f"the service takes web requests of {', '.join(WEB_METHODS)}, not "
+                         f"{method!r}")
     return _marker(HandlerKind(MessageType.WEBREQUEST, web_method=method.upper(),
                                web_path=path))
 
