@@ -7,6 +7,8 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -131,6 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except BrokenPipeError:
+        # The reader of our output went away (`fluxcore tail DIR | head`): stop quietly, as
+        # other tools do; stdout goes to /dev/null so the interpreter's last flush is quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except (LogError, OSError, ValueError, ProtocolError) as exc:
         print(f"fluxcore: {exc}", file=sys.stderr)
         return 1

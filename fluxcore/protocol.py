@@ -171,7 +171,10 @@ _metadata_decoder = msgspec.msgpack.Decoder(dict[str, str])
 
 
 def encode_control(value: Any) -> bytes:
-    return _encoder.encode(value)
+    try:
+        return _encoder.encode(value)
+    except OverflowError as exc:  # msgpack carries integers of 64 bits (JSON has no bound)
+        raise ValueError(f"an integer of the request is out of range: {exc}") from None
 
 
 def decode_control(body: bytes | memoryview) -> dict[str, Any]:

@@ -33,9 +33,12 @@ def _event_batch(entry: Any) -> EventBatch:
     count = field(entry, "count", int)
     if count < 0:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "a batch's count must not be negative")
+    expected = field(entry, "expected_sequence", int, None)
+    if expected is not None and expected < -1:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "expected_sequence is a stream's last "
+                            "number: -1 (empty) or more")
     return EventBatch(identifier(entry, "aggregate"), count,
-                      bool(field(entry, "store_only", bool, False)),
-                      field(entry, "expected_sequence", int, None))
+                      bool(field(entry, "store_only", bool, False)), expected)
 
 
 def _relationships(req: dict[str, Any], name: str) -> list[tuple[str, str, str]]:

@@ -79,6 +79,10 @@ class AsyncLiveBackend:
     async def cancel_schedule(self, schedule_id: str) -> bool:
         return await self.client.cancel_schedule(schedule_id)
 
+    async def fired_deadline(self, schedule_id: str) -> int | None:
+        found = await self.client.get_schedule(schedule_id)
+        return found.deadline_ms if found is not None and found.fired else None
+
     async def get_events(self, aggregate_id: str, after: int) -> Sequence[Incoming]:
         return await self.client.get_events(aggregate_id, after_sequence=after)
 

@@ -139,6 +139,7 @@ class Backend(Protocol):
     def schedule(self, payload: Encoded, deadline_ms: int, schedule_id: str, *,
                  metadata: Metadata | None, if_absent: bool) -> bool: ...
     def cancel_schedule(self, schedule_id: str) -> bool: ...
+    def fired_deadline(self, schedule_id: str) -> int | None: ...
     def get_events(self, aggregate_id: str, after: int) -> Sequence[Incoming]: ...
     def append_events(self, aggregate_id: str, events: Sequence[Encoded],
                       expected_sequence: int | None, metadata: Metadata | None) -> int: ...
@@ -239,6 +240,12 @@ class LiveBackend:
 
     def cancel_schedule(self, schedule_id: str) -> bool:
         return self.client.cancel_schedule(schedule_id)
+
+    def fired_deadline(self, schedule_id: str) -> int | None:
+        """The deadline of the schedule with this id if it has fired; None if it is pending
+        or there is none."""
+        found = self.client.get_schedule(schedule_id)
+        return found.deadline_ms if found is not None and found.fired else None
 
     def get_events(self, aggregate_id: str, after: int) -> Sequence[Incoming]:
         return self.client.get_events(aggregate_id, after_sequence=after)
@@ -352,12 +359,11 @@ class AppCore(HandlerGroup):
     def consumer(self, name: str, *, trackers: int = 1, max_batch: int = 1024,
                  type_filter: str | None = None, from_index: int | None = None,
                  metrics: bool | None = None) -> HandlerGroup:
-        """Another consumer of this app: decorate its handlers with the group's methods."""
-        group = HandlerGroup(self, ConsumerOptions(
+        """Another consumer of this app: decorate its handlers with the group's methods. The
+        same name again is the same consumer (with the same options)."""
+        return self._group(ConsumerOptions(
             name, trackers, max_batch, type_filter, from_index,
             self.options.metrics if metrics is None else metrics))
-        self.groups.append(group)
-        return group
 
     def register(self, *objects: Any) -> Self:
         """Adds decorated functions (to the app's consumer), objects or classes whose methods
@@ -388,8 +394,13 @@ class AppCore(HandlerGroup):
         return self
 
     def _group(self, options: ConsumerOptions) -> HandlerGroup:
+        # One name, one consumer: two of one name would split its segments between them,
+        # each reading only its own handlers' types.
         for group in self.groups:
             if group.options.name == options.name:
+                if group.options != options:
+                    raise ValueError(f"the app has a consumer {options.name!r} already, with "
+                                     f"other options ({group.options} against {options})")
                 return group
         group = HandlerGroup(self, options)
         self.groups.append(group)
@@ -451,14 +462,20 @@ class AppCore(HandlerGroup):
         return Encoded(b"", handler.periodic_type, 0)
 
     def create_periodic_steps(self) -> Steps[None]:
-        """The first schedule of each periodic handler, unless one is pending."""
+        """The first schedule of each periodic handler, unless one is pending. One that has
+        fired and was not followed by the next (no instance ran, or this consumer, new,
+        starts past its message) is followed now, on its grid."""
         now = yield Call("now_ms")
         for handler in self.periodic_handlers():
             assert handler.periodic is not None
-            deadline = first_deadline(handler.periodic, now)
-            yield Call("schedule", (self._periodic_payload(handler), deadline,
-                                    self.periodic_id(handler)),
-                       {"metadata": {DEADLINE_KEY: str(deadline)}, "if_absent": True})
+            sid = self.periodic_id(handler)
+            fired = yield Call("fired_deadline", (sid,))
+            if fired is None:
+                deadline = first_deadline(handler.periodic, now)
+            else:
+                deadline = next_deadline(handler.periodic, fired, now)
+            yield Call("schedule", (self._periodic_payload(handler), deadline, sid),
+                       {"metadata": {DEADLINE_KEY: str(deadline)}, "if_absent": fired is None})
 
     def schedule_next_steps(self, handler: Handler, message: Incoming) -> Steps[None]:
         """After a periodic handler ran: its next schedule, under the same id."""

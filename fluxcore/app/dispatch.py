@@ -136,7 +136,11 @@ class Dispatcher:
                 metrics: BatchMetrics | None) -> Steps[None]:
         if self.web:
             for handler in self.web:
-                path = handler.route_match(message.type)
+                try:
+                    path = handler.route_match(message.type)
+                except ValueError as exc:  # a path parameter that does not convert
+                    self._failed(handler, message, message.type, exc, answers, metrics)
+                    return
                 if path is not None:
                     yield from self._web(handler, message, path, answers, metrics)
                     return
@@ -203,10 +207,14 @@ class Dispatcher:
         token = enter(handling)
         failed: BaseException | None = None
         value: Any = None
+        result: Any = None
         try:
             value = handler.fn(**handler.arguments(payload, message, path))
             if handler.is_async:
                 value = yield Await(value)
+            if self.requests and message.request_id >= 0:
+                # A result that cannot be sent fails the handler: nothing is committed.
+                result = self.app.encode_result(value, web=handler.route is not None)
             for root in handling.aggregates or ():
                 yield from root.commit_steps()
         except Exception as exc:  # noqa: BLE001 - the requester's error, or logged
@@ -221,8 +229,7 @@ class Dispatcher:
         if failed is not None:
             self._report(handler, message, failed, answers)
         elif self.requests and message.request_id >= 0:
-            answers.append((message, self.app.encode_result(value, web=handler.route
-                                                            is not None), None))
+            answers.append((message, result, None))
         return value
 
     def _web(self, handler: Handler, message: Incoming, path: dict[str, Any],

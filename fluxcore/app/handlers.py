@@ -13,6 +13,7 @@ import typing
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 from fluxcore.protocol import MessageType, check_name
 
@@ -115,11 +116,18 @@ def handle_custom(topic: str) -> Callable[[F], F]:
     return _marker(HandlerKind(MessageType.CUSTOM, topic=topic))
 
 
+# The methods the service recognizes as HTTP (docs/protocol.md, "HTTP").
+WEB_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+
+
 def handle_web(method: str, path: str) -> Callable[[F], F]:
     """Handles the web requests (WEBREQUEST) of `method` on `path`; `{name}` in the path is a
     path parameter, passed to the parameter of that name (converted to its annotation)."""
     if not path.startswith("/"):
         raise ValueError(f"a web path starts with '/', not {path!r}")
+    if method.upper() not in WEB_METHODS:
+        raise ValueError(f"the service takes web requests of {', '.join(WEB_METHODS)}, not "
+                         f"{method!r}")
     return _marker(HandlerKind(MessageType.WEBREQUEST, web_method=method.upper(),
                                web_path=path))
 
@@ -323,8 +331,12 @@ class Handler:
         found = self.route.fullmatch(path)
         if found is None:
             return None
-        return {name: convert(found.group(name))
-                for name, convert in self.path_params.items()}
+        # Raises ValueError (TypeError from a converter, too) when a value does not convert.
+        try:
+            return {name: convert(unquote(found.group(name)))
+                    for name, convert in self.path_params.items()}
+        except TypeError as exc:
+            raise ValueError(str(exc)) from exc
 
     def web_filter(self) -> str:
         """The type filter (a regex over "METHOD /path") that brings this route's requests."""

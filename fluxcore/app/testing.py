@@ -84,6 +84,7 @@ class MemoryBackend:
         self.streams: dict[str, list[LocalMessage]] = {}
         self.values: dict[str, bytes] = {}
         self.schedules: dict[str, tuple[int, Encoded, Metadata | None]] = {}
+        self.fired: set[str] = set()  # ids of schedules that fired: kept, as the server does
         self.queue: deque[tuple[MessageType, str | None, LocalMessage]] = deque()
         self.index = 0
         self.dispatchers: dict[tuple[MessageType, str | None], list[Dispatcher]] = {}
@@ -190,20 +191,32 @@ class MemoryBackend:
             return False
         self.recorder.record("schedules", [payload])
         self.schedules[schedule_id] = (deadline_ms, payload, metadata)
+        self.fired.discard(schedule_id)
         return True
 
     def cancel_schedule(self, schedule_id: str) -> bool:
-        return self.schedules.pop(schedule_id, None) is not None
+        """True if it was pending; a fired one goes too."""
+        found = self.schedules.pop(schedule_id, None) is not None
+        was_fired = schedule_id in self.fired
+        self.fired.discard(schedule_id)
+        return found and not was_fired
+
+    def fired_deadline(self, schedule_id: str) -> int | None:
+        if schedule_id not in self.fired:
+            return None
+        return self.schedules[schedule_id][0]
 
     def advance(self, delta_ms: int) -> Steps[None]:
         """Moves the clock, firing each schedule that comes due, in deadline order."""
         until = self.clock_ms + delta_ms
         for _ in range(MAX_CASCADE):
-            due = [(d, sid) for sid, (d, _p, _m) in self.schedules.items() if d <= until]
+            due = [(d, sid) for sid, (d, _p, _m) in self.schedules.items()
+                   if d <= until and sid not in self.fired]
             if not due:
                 break
             deadline, sid = min(due)
-            _d, payload, metadata = self.schedules.pop(sid)
+            _d, payload, metadata = self.schedules[sid]
+            self.fired.add(sid)
             self.clock_ms = max(self.clock_ms, deadline)
             yield from self._deliver(MessageType.SCHEDULE, None,
                                      self._message(payload, metadata))
@@ -501,6 +514,8 @@ class TestFixture:
         return self
 
     def expect_no_commands(self) -> TestFixture:
+        if self.live_mode:  # what the handlers send comes after the step returned
+            time.sleep(min(self.timeout, 0.5))
         if self.recorder.sent.commands:
             raise AssertionError(f"expected no commands, got {self.recorder.sent.commands!r}")
         return self

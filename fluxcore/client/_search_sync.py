@@ -53,6 +53,8 @@ class Search(_Query):
     def stream(self, page_size: int = 1000, *,
                type: Any = None) -> Iterator[Document[Any]]:
         """Every matching document, fetched page by page after the last hit."""
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            raise ValueError(f"page_size must be a positive int, not {page_size!r}")
         last: str | None = None
         first = True
         while True:

@@ -159,11 +159,13 @@ def deadline_ms(deadline: Deadline) -> int:
 
 @dataclass(frozen=True)
 class Scheduled:
-    """A pending schedule: its id, its deadline (epoch ms) and the message it will deliver."""
+    """A schedule: its id, its deadline (epoch ms), the message it delivers, and whether it
+    has fired (its message is in the SCHEDULE log) or is still pending."""
 
     schedule_id: str
     deadline_ms: int
     message: Message
+    fired: bool = False
 
 
 _RECORD_HEADER = struct.Struct("<IIQHHI")
@@ -179,7 +181,8 @@ def scheduled_from(answer: dict[str, Any] | None) -> Scheduled | None:
     fired = answer.get("index")
     index = int(answer["deadline"]) << 16 if fired is None else int(fired)
     record = _RECORD_HEADER.pack(length, 0, index, int(answer["segment"]), 0, 0) + message
-    return Scheduled(str(answer["id"]), int(answer["deadline"]), decode_record(record))
+    return Scheduled(str(answer["id"]), int(answer["deadline"]), decode_record(record),
+                     fired is not None)
 
 
 def schedule_request(
@@ -587,6 +590,12 @@ class ConsumerSpec:
     def __post_init__(self) -> None:
         if self.trackers < 1:
             raise ValueError("trackers must be at least 1")
+        if self.type_filter is not None:
+            try:  # the server's regular expressions are Python's too
+                re.compile(self.type_filter)
+            except re.error as exc:
+                raise ValueError(f"type_filter {self.type_filter!r} is not a regular "
+                                 f"expression: {exc}") from None
 
     @property
     def read_timeout(self) -> float:

@@ -268,9 +268,11 @@ class AsyncClient(AsyncOperations):
                prefix: bytes = b"") -> asyncio.Future[Reply] | None:
         if self._closed or self._gone is not None:
             raise ConnectionLost("the client is closed" if self._closed else str(self._gone))
-        owed = self._owed_read() if self._owed is not None else b""  # goes last
         request_id = self._codec.next_request_id()
+        # The frame first: one that cannot be built (bad input) sends nothing and leaves the
+        # owed READ of results owed, not registered and never written.
         frame = frame_of(request_id)
+        owed = self._owed_read() if self._owed is not None else b""  # goes last
         future = None
         if answer:
             pending = self._pending[request_id] = Pending(frame, append)

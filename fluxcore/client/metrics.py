@@ -29,10 +29,12 @@ def metrics_summary(client: _Reader, since_s: float = 300.0) -> dict[str, Any]:
     after = max(int((time.time() - since_s) * 1000), 0) << 16
     messages: list[Message] = []
     while True:
+        # A page may hold fewer than asked while more follow (an answer ends near 16 MiB):
+        # only an empty one is the end of the log.
         page = client.read_from_index(MessageType.METRICS, after, 10_000)
-        messages.extend(page)
-        if len(page) < 10_000:
+        if not page:
             return summarize(messages)
+        messages.extend(page)
         after = page[-1].index + 1
 
 

@@ -153,12 +153,12 @@ def _at(document: Any, path: str) -> list[Any]:
 
 
 def _sortable(value: Any) -> Any:
-    """Times as ISO-8601 UTC with milliseconds, which orders as the times do."""
+    """Times as ISO-8601 UTC with milliseconds, which orders as the times do. A naive
+    datetime is local time, as everywhere in the client (datetime.timestamp())."""
     if isinstance(value, list):
         return [_sortable(v) for v in value]
     if isinstance(value, datetime):
-        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+        return value.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
     return value
 
 
@@ -182,7 +182,11 @@ def index_entry(document: Any, *, collection: str, id: str, timestamp: Moment | 
     """One document of an INDEX_DOCUMENTS request. `timestamp` defaults to now."""
     data = _to_builtins(document)
     ms = _ms(timestamp) if timestamp is not None else int(time.time() * 1000)
-    sortable = {name: _sortable(value) for name, value in _named(sortables, data).items()}
+    # Sortables found by path keep the document's datetimes as datetimes: as JSON text
+    # each would keep its own UTC offset, and such texts do not sort as the times do.
+    timed = data if sortables is None or isinstance(sortables, Mapping) else \
+        msgspec.to_builtins(document, str_keys=True, builtin_types=(datetime,))
+    sortable = {name: _sortable(value) for name, value in _named(sortables, timed).items()}
     return {"collection": collection, "id": id, "timestamp": ms, "end": _ms(end),
             "document": data, "facets": _named(facets, data), "sortables": sortable,
             "data_type": type if type is not None else (

@@ -288,9 +288,11 @@ class Client(Operations):
                prefix: bytes) -> Pending | None:
         """With the send lock held: one write of `prefix`, the new request's frame, and the
         owed READ of results if there is one."""
-        owed = self._owed_read() if self._owed is not None else b""  # goes last
         request_id = self._codec.next_request_id()
+        # The frame first: one that cannot be built (bad input) sends nothing and leaves the
+        # owed READ of results owed, not registered and never written.
         frame = frame_of(request_id)
+        owed = self._owed_read() if self._owed is not None else b""  # goes last
         pending = None
         if answer:
             pending = self._pending[request_id] = Pending(frame, append)

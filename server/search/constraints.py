@@ -198,6 +198,18 @@ def _text(value: Any, name: str, where: str) -> str:
     return value
 
 
+def _number_twin(value: Any) -> str | None:
+    """The other text of an integral number: JSON's 1 and 1.0 are one number, which a
+    document holds as the text `1` or `1.0` (its NUMERIC entry); None for other values."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not value.is_integer():
+        return None
+    if abs(value) >= 2**53:
+        return None
+    return str(int(value)) if isinstance(value, float) else repr(float(value))
+
+
 def _flag(raw: dict[str, Any], name: str, where: str) -> bool:
     value = raw.get(name, False)
     if not isinstance(value, bool):
@@ -236,8 +248,12 @@ def parse_constraint(raw: Any, where: str = "constraints/0",
     if not isinstance(raw, dict):
         raise ConstraintError(f"{where}: a constraint is a map, not {type(raw).__name__}")
     if "match" in raw:
-        return Match(_text(raw["match"], "match", where), _paths(raw, where),
-                     _flag(raw, "strict", where))
+        match = Match(_text(raw["match"], "match", where), _paths(raw, where),
+                      _flag(raw, "strict", where))
+        twin = _number_twin(raw["match"])
+        if twin is None or match.strict:
+            return match
+        return Any_((match, Match(twin, match.paths)))
     if "contains" in raw:
         return Contains(normalize(_text(raw["contains"], "contains", where)), _paths(raw, where),
                         _flag(raw, "prefixSearch", where), _flag(raw, "postfixSearch", where))

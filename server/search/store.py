@@ -813,7 +813,7 @@ class SearchStore:
         before = query.before if query.before is not None else int(time.time() * 1000)
         counts = [0] * resolution
         if since is None:
-            return {"since": None, "before": query.before, "counts": counts}
+            return {"since": None, "before": before, "counts": counts}
         sql = _Sql()
         where = self._where(query, sql)
         if where is not None:
