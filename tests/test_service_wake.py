@@ -161,7 +161,7 @@ def park_all(server: ServerProcess, client: Client, log: list[Published], round_
         for read in c.reads:
             c.conn.send(read.request())
     leaving = []
-    for i in range(6):  # gone by the time the append comes
+    for _ in range(6):  # gone by the time the append comes
         conn = connect(server)
         conn.send(parked(after=last).request())
         leaving.append(conn)
