@@ -275,10 +275,19 @@ class PendingRead:
         return _ONE_BY_ONE if scanned else _NOTHING
 
     def answered_shared(self, size: int, count: int) -> None:
-        """Its group's frame (`size` bytes, `count` messages) went to its socket."""
-        self.session.stats_delivered(size, count)
+        """Its group's frame (`size` bytes, `count` messages) went to its socket. What
+        _finish() does, but for a read of a group that a wake took out of the project's
+        groups (it watches no appends either): once per answered consumer, so kept short."""
+        session = self.session
+        stats = session.stats
+        stats.batches_out += 1
+        stats.messages_out += count
+        stats.bytes_out += size
         self.cluster.processing(self.tracker)
-        self._finish()
+        self.done = True
+        self.group = None
+        self.cluster.unwatch(self)
+        session.reads.discard(self)
 
     def _deliver(self, frame: bytes | bytearray, count: int) -> None:
         self.cluster.processing(self.tracker)

@@ -330,15 +330,11 @@ class Session(asyncio.BufferedProtocol):
 
     def delivered(self, frame: bytes | bytearray, count: int) -> None:
         """A READ's batch of `count` messages goes out."""
-        self.stats_delivered(len(frame), count)
-        self.send(frame)
-
-    def stats_delivered(self, size: int, count: int) -> None:
-        """A READ's batch of `count` messages, `size` bytes, went out."""
         stats = self.stats
         stats.batches_out += 1
         stats.messages_out += count
-        stats.bytes_out += size
+        stats.bytes_out += len(frame)
+        self.send(frame)
 
     @property
     def socket_fd(self) -> int:
