@@ -226,3 +226,42 @@ def test_a_position_stored_while_a_read_waits_moves_it_out_of_its_group(
         assert received(conns[1], 1) == {2: [(late[0].index, "A", b"late")]}
         for conn in (*conns, other):
             conn.close()
+
+
+def test_a_read_whose_segments_change_while_it_waits_gets_only_its_segments(
+        server: ServerProcess) -> None:
+    """A parked read of a consumer whose second tracker joins meanwhile: the first keeps half
+    the segments, and after one append each gets the messages of its own half, none twice,
+    while a read that had the same answer before (another consumer, every segment) gets all."""
+    with Client.connect(server.address, token=TOKEN, name="publisher") as client:
+        log = publish(client, [b"first"], ["A"])
+        last = log[-1].index
+        # Another consumer at the same position, with every segment: the first tracker's
+        # read would get the same answer as its read, until the second tracker joins.
+        whole = Parked(1, "whole", after=last, own_index=False)
+        whole_conn = connect(server)
+        store_position(whole_conn, 9, whole.consumer, last)
+        whole_conn.send(whole.request())
+        conns = [connect(server), connect(server)]
+        store_position(conns[0], 9, "halves", last)
+        for i, conn in enumerate(conns):
+            body = {"type": CUSTOM, "topic": TOPIC, "consumer": "halves", "tracker": f"t{i}",
+                    "max_size": 100, "max_timeout_ms": 60_000}
+            conn.send(frame(READ, 10 + i, msgspec.msgpack.encode(body)))
+            time.sleep(0.3)  # the first parks alone, with every segment; then the second joins
+        indexes = client.publish_batch(MessageType.CUSTOM, [b"m%d" % k for k in range(40)],
+                                       topic=TOPIC, keys=[f"key-{k}" for k in range(40)])
+        assert indexes is not None
+        got = []
+        for i, conn in enumerate(conns):
+            reply = conn.recv_frame(30)
+            assert reply is not None and reply[:2] == (BATCH, 10 + i), reply
+            seg_start, seg_end, _caught_up, _last, messages = _proto.decode_batch(
+                reply[2], 0, len(reply[2]))
+            assert (seg_start, seg_end) == ((0, 64) if i == 0 else (64, 128))
+            assert all(seg_start <= m.segment < seg_end for m in messages)
+            got += [m.index for m in messages]
+        assert sorted(got) == [int(i) for i in indexes]
+        assert [m[0] for m in received(whole_conn, 1)[1]] == [int(i) for i in indexes]
+        for conn in (*conns, whole_conn):
+            conn.close()
