@@ -376,8 +376,12 @@ def wake_all(project: Project, groups: list[ShareGroup], waiters: list[Waiter]) 
                 continue
             frame, count = cast(tuple[bytes, int], found)
             sent = np.empty(len(group.reads), dtype=np.int64)
-            whole = _proto.frame_send_each(frame, group.transports, group.fds,
-                                           group.request_ids, sent)
+            try:
+                whole = _proto.frame_send_each(frame, group.transports, group.fds,
+                                               group.request_ids, sent)
+            except BaseException:  # nothing known sent: each read tries on its own
+                one_by_one.extend(group.reads)
+                raise
             if whole != len(group.reads):
                 _send_rest(group, frame, sent, one_by_one)
             sent_groups.append((group, sent, len(frame), count))
