@@ -95,7 +95,7 @@ def _traced_server(trace_path: str, argv: list[str]) -> int:
     session_cls.buffer_updated = traced_buffer_updated  # type: ignore[method-assign]
     session_cls.delivered = traced_delivered  # type: ignore[method-assign]
     project_cls.appended = traced_appended  # type: ignore[method-assign]
-    _proto.frame_send_each = traced_send_each
+    _proto.frame_send_each = traced_send_each  # type: ignore[assignment]
 
     def dump() -> None:
         Path(trace_path).write_text(json.dumps(events))
