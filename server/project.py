@@ -201,10 +201,10 @@ class Project:
             waiters.discard(waiter)
 
     def appended(self, log: str) -> None:
-        groups = self.share_groups.of(log)
+        parked = self.share_groups.of(log)
         waiters = self._append_waiters.get(log)
-        if groups or waiters:
-            wake_all(self, groups, list(waiters) if waiters else [])
+        if parked or waiters:
+            wake_all(self, log, parked, list(waiters) if waiters else [])
 
     def _positions_moved(self, log: str, consumer: str) -> None:
         """A consumer's positions were stored: its parked reads would read from elsewhere."""

@@ -16,6 +16,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -148,8 +149,12 @@ class PendingRead:
         self._watching = False
         self._next_after = 0  # where the last read of an attempt ended
         self._planned: tuple[Any, tuple[int, int], tuple[Any, int, tuple[int, int]]] | None = None
-        self.group: ShareGroup | None = None  # while parked, unless it has no segments
+        # While parked with segments: the key it waits under in its project's ShareGroups,
+        # and the group it shares with other reads of that key, if any.
+        self.parked_key: Hashable | None = None
+        self.group: ShareGroup | None = None
         self.slot = 0  # its entry in the group's arrays
+        self._watches_appends = False  # parked without segments: woken by every append
 
     def start(self) -> None:
         self.session.reads.add(self)
@@ -285,7 +290,7 @@ class PendingRead:
         stats.bytes_out += size
         self.cluster.processing(self.tracker)
         self.done = True
-        self.group = None
+        self.group = self.parked_key = None
         self.cluster.unwatch(self)
         session.reads.discard(self)
 
@@ -309,12 +314,17 @@ class PendingRead:
         if self.done or not self._watching:
             return
         plan = self._plan() if self.params.tracker_id in self.cluster.trackers else None
+        log = self.params.log_name
         if plan is None:
-            self.project.share_groups.leave(self)
-            self.project.watch_appends(self.params.log_name, self)
+            self.project.share_groups.leave(self, log)
+            if not self._watches_appends:
+                self._watches_appends = True
+                self.project.watch_appends(log, self)
         else:
-            self.project.unwatch_appends(self.params.log_name, self)
-            self.project.share_groups.join(self, self.params.log_name, self._share_key(*plan))
+            if self._watches_appends:
+                self._watches_appends = False
+                self.project.unwatch_appends(log, self)
+            self.project.share_groups.join(self, log, self._share_key(*plan))
 
     def expire(self) -> None:
         """Its deadline passed (Deadlines): an empty batch, unless it was answered."""
@@ -334,8 +344,9 @@ class PendingRead:
         self.done = True
         if self._watching:
             self.cluster.unwatch(self)
-            self.project.share_groups.leave(self)
-            self.project.unwatch_appends(self.params.log_name, self)
+            self.project.share_groups.leave(self, self.params.log_name)
+            if self._watches_appends:
+                self.project.unwatch_appends(self.params.log_name, self)
         self.session.reads.discard(self)
 
     def cancel(self) -> None:
@@ -348,33 +359,49 @@ _NOTHING = object()  # a group's read found nothing new: its reads stay parked
 _ONE_BY_ONE = object()  # a group's read cannot answer for the others: each tries on its own
 
 
-def wake_all(project: Project, groups: list[ShareGroup], waiters: list[Waiter]) -> None:
-    """After an append to a log: every read parked on it tries again, in one pass. The reads
+def wake_all(project: Project, log: str, parked: list[PendingRead | ShareGroup],
+             waiters: list[Waiter]) -> None:
+    """After an append to `log`: every read parked on it tries again, in one pass. The reads
     of a group (the same messages through the same filter; most often consumers that are all
     caught up) share one read of the log and one frame, built for the first of them and
     written to all of their sockets by one compiled call, each with its own request id. The
     bookkeeping of the answered reads waits for the end of the pass (the sends come first:
-    they are what the consumers wait for). Anything unusual (the whole server over its
-    buffer bound, a connection with answers queued, a tracker that left, a batch all
-    filtered out) takes the one-read-at-a-time path."""
+    they are what the consumers wait for). A read alone with its key answers as at any other
+    time. Anything unusual (the whole server over its buffer bound, a connection with
+    answers queued, a tracker that left, a batch all filtered out) takes the
+    one-read-at-a-time path."""
     sent_groups: list[tuple[ShareGroup, Any, int, int]] = []
     one_by_one: list[Waiter] = []
     over_buffer: bool | None = None  # the server's, looked at once per pass
     try:
-        for group in groups:
-            if group.detached or not group.reads:
-                continue  # answered or emptied by an earlier wake of this pass
-            leader = group.reads[0]
+        for entry in parked:
+            if type(entry) is ShareGroup:
+                if entry.detached or not entry.reads:
+                    continue  # answered or emptied by an earlier wake of this pass
+                leader = entry.reads[0]
+            else:
+                leader = cast(PendingRead, entry)
+                if leader.parked_key is None or leader.group is not None:
+                    continue  # answered, or moved into a group, by an earlier wake of this pass
             if over_buffer is None:
                 over_buffer = leader.session.server.over_buffer()
-            found = _ONE_BY_ONE if over_buffer else leader.shared_answer()
+            alone = leader is entry
+            if over_buffer or (alone and not leader.session.writable):
+                found: object = _ONE_BY_ONE
+            else:
+                found = leader.shared_answer()
             if found is _NOTHING:
                 continue
-            project.share_groups.detach(group)
+            project.share_groups.take(log, entry)
             if found is _ONE_BY_ONE:
-                one_by_one.extend(group.reads)
+                one_by_one.extend([leader] if alone else cast(ShareGroup, entry).reads)
                 continue
             frame, count = cast(tuple[bytes, int], found)
+            if alone:
+                leader._deliver(frame, count)
+                leader._finish()
+                continue
+            group = cast(ShareGroup, entry)
             sent = np.empty(len(group.reads), dtype=np.int64)
             try:
                 whole = _proto.frame_send_each(frame, group.transports, group.fds,

@@ -50,6 +50,7 @@ class ShareGroup:
 
     def _remove(self, read: PendingRead) -> None:
         read.group = None
+        read.parked_key = None
         if self.detached:
             return
         # The last entry takes the place of the one that leaves: O(1), order does not matter
@@ -68,44 +69,62 @@ class ShareGroup:
 
 
 class ShareGroups:
-    """The groups of a project's parked reads, by log and key."""
+    """The parked reads of a project, by log and key: a read alone with its key is kept as it
+    is (most often a handler waiting for its request: no group to build and take apart); a
+    second read with the same key makes the two a ShareGroup. A read with a `parked_key` and
+    no group is the entry of its key; `take` and `leave` clear its `parked_key`."""
 
     def __init__(self) -> None:
-        self._by_log: dict[str, dict[Hashable, ShareGroup]] = {}
+        self._by_log: dict[str, dict[Hashable, PendingRead | ShareGroup]] = {}
 
-    def of(self, log: str) -> list[ShareGroup]:
-        groups = self._by_log.get(log)
-        return list(groups.values()) if groups else []
+    def of(self, log: str) -> list[PendingRead | ShareGroup]:
+        entries = self._by_log.get(log)
+        return list(entries.values()) if entries else []
 
     def join(self, read: PendingRead, log: str, key: Hashable) -> None:
-        """`read` parks in the group of `key` (leaving the one it was in)."""
+        """`read` parks under `key` (leaving where it was)."""
+        if read.parked_key is not None:
+            if read.parked_key == key and (read.group is None or not read.group.detached):
+                return
+            self.leave(read, log)
+        entries = self._by_log.setdefault(log, {})
+        found = entries.get(key)
+        if found is None:
+            entries[key] = read
+        elif type(found) is ShareGroup:
+            found._add(read)
+        else:  # a second read with this key: the two make a group
+            group = entries[key] = ShareGroup(log, key)
+            group._add(found)  # type: ignore[arg-type]
+            group._add(read)
+        read.parked_key = key
+
+    def leave(self, read: PendingRead, log: str) -> None:
+        key = read.parked_key
+        if key is None:
+            return
+        read.parked_key = None
         group = read.group
         if group is not None:
-            if group.key == key and not group.detached:
-                return
-            self.leave(read)
-        groups = self._by_log.setdefault(log, {})
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = ShareGroup(log, key)
-        group._add(read)
+            group._remove(read)
+            if not group.reads and not group.detached:
+                self._drop(log, key)
+        else:
+            entries = self._by_log.get(log)
+            if entries is not None and entries.get(key) is read:
+                self._drop(log, key)
 
-    def leave(self, read: PendingRead) -> None:
-        group = read.group
-        if group is None:
-            return
-        group._remove(read)
-        if not group.reads and not group.detached:
-            self._drop(group)
+    def take(self, log: str, entry: PendingRead | ShareGroup) -> None:
+        """A wake answers `entry`: it leaves the project's reads as it is."""
+        if type(entry) is ShareGroup:
+            entry.detached = True
+            self._drop(log, entry.key)
+        else:
+            self._drop(log, entry.parked_key)  # type: ignore[union-attr]
+            entry.parked_key = None  # type: ignore[union-attr]
 
-    def detach(self, group: ShareGroup) -> None:
-        """A wake answers `group`: it leaves the project's groups as it is."""
-        if not group.detached:
-            group.detached = True
-            self._drop(group)
-
-    def _drop(self, group: ShareGroup) -> None:
-        groups = self._by_log[group.log]
-        del groups[group.key]
-        if not groups:
-            del self._by_log[group.log]
+    def _drop(self, log: str, key: Hashable) -> None:
+        entries = self._by_log[log]
+        del entries[key]
+        if not entries:
+            del self._by_log[log]
