@@ -2,11 +2,12 @@
 with one read of the log, one frame and one compiled call that writes it to every socket of
 the group (reads.py, wake_all).
 
-A read joins the group of its key when it parks and moves when its key changes: its tracker's
-segment range (the cluster wakes its reads then), its consumer's stored positions (the project
-regroups that consumer's reads on every store), or when it is answered or cancelled. Each group
-keeps, beside its reads, the arrays the compiled send takes (sockets, request ids, transports),
-so a wake does no work per read before the last socket has its frame.
+A read parks under its key (alone, or in the group of the reads with that key) and moves when
+its key changes: its tracker's segment range (the cluster wakes its reads then), its consumer's
+stored positions (the project regroups that consumer's reads on every store); it leaves when it
+is answered or cancelled. Each group keeps, beside its reads, the arrays the compiled send takes
+(sockets, request ids, transports), so a wake does no work per read before the last socket has
+its frame.
 """
 
 from __future__ import annotations
