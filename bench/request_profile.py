@@ -58,6 +58,7 @@ def _traced_server(trace_path: str, argv: list[str]) -> int:
     from fluxcore.server import session as session_module
 
     from fluxcore import cli
+    from fluxcore._ext import _proto
 
     events: list[Event] = []
     clock = time.perf_counter_ns
@@ -77,6 +78,16 @@ def _traced_server(trace_path: str, argv: list[str]) -> int:
         record((clock(), f"server batch to {self.client_name}"))
         delivered(self, frame, count)
 
+    send_each = _proto.frame_send_each
+
+    def traced_send_each(frame: bytes, transports: list[Any], *args: Any) -> int:
+        # Parked READs answered with their group's frame (server/reads.py), written here;
+        # recorded before, as `delivered` is (the frame may arrive before this call returns).
+        now = clock()
+        for transport in transports:
+            record((now, f"server batch to {transport.get_protocol().client_name}"))
+        return send_each(frame, transports, *args)
+
     def traced_appended(self: Any, log: str) -> None:
         record((clock(), f"server appended {log}"))
         appended(self, log)
@@ -84,6 +95,7 @@ def _traced_server(trace_path: str, argv: list[str]) -> int:
     session_cls.buffer_updated = traced_buffer_updated  # type: ignore[method-assign]
     session_cls.delivered = traced_delivered  # type: ignore[method-assign]
     project_cls.appended = traced_appended  # type: ignore[method-assign]
+    _proto.frame_send_each = traced_send_each  # type: ignore[assignment]
 
     def dump() -> None:
         Path(trace_path).write_text(json.dumps(events))

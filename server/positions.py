@@ -8,6 +8,7 @@ messages are delivered again (at least once), never that one is skipped."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +34,7 @@ class PositionStore:
         )
         self._cache: dict[tuple[str, str], Positions] = {}
         self._dirty: set[tuple[str, str]] = set()
+        self.on_write: Callable[[str, str], None] | None = None  # (log, consumer) moved
 
     def get(self, log: str, consumer: str) -> Positions:
         """The 128 positions (UNSET where none was stored). Do not modify the array: a store
@@ -69,6 +71,8 @@ class PositionStore:
     def _write(self, log: str, consumer: str, positions: Positions) -> None:
         self._cache[(log, consumer)] = positions
         self._dirty.add((log, consumer))
+        if self.on_write is not None:
+            self.on_write(log, consumer)
 
     def flush(self) -> None:
         """Writes the positions changed since the last flush, in one transaction."""

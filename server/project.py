@@ -17,11 +17,12 @@ from fluxcore.protocol import ErrorCode, MessageType, ProtocolError, check_name,
 from .config import ServerConfig
 from .events import EVENTS_FILE, EventStore
 from .positions import PositionStore
-from .reads import wake_all
+from .reads import PendingRead, wake_all
 from .schedules import SCHEDULES_FILE, ScheduleStore
 from .search import SEARCH_FILE, SearchStore, document_publisher
 from .tracking import Cluster, Waiter
 from .values import VALUES_FILE, ValueStore
+from .wake_groups import ShareGroups
 from .web import WebProxy
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class Project:
                             if entry.startswith(NAMED_LOG_PREFIXES)}
         state = os.path.join(self.path, "state.sqlite")
         self.positions = PositionStore(state)
+        self.positions.on_write = self._positions_moved
         self._settings = sqlite3.connect(state, check_same_thread=False)
         self._settings.execute("CREATE TABLE IF NOT EXISTS log_settings ("
                                " log TEXT PRIMARY KEY, retention_ms INTEGER)")
@@ -58,7 +60,8 @@ class Project:
         self._logs: dict[str, Log] = {}
         self._closed_last_index: dict[str, int] = {}  # of logs closed while idle
         self._clusters: dict[tuple[str, str], Cluster] = {}
-        self._append_waiters: dict[str, set[Waiter]] = {}
+        self._append_waiters: dict[str, set[Waiter]] = {}  # but the parked reads in groups
+        self.share_groups = ShareGroups()  # parked reads by log and what they would get
         # Ids of the messages the server writes itself: unique per run of the server, too.
         self._own_prefix = os.urandom(4).hex()
         self._own_counter = 0
@@ -199,9 +202,18 @@ class Project:
             waiters.discard(waiter)
 
     def appended(self, log: str) -> None:
+        parked = self.share_groups.of(log)
         waiters = self._append_waiters.get(log)
-        if waiters:
-            wake_all(list(waiters))
+        if parked or waiters:
+            wake_all(self, log, parked, list(waiters) if waiters else [])
+
+    def _positions_moved(self, log: str, consumer: str) -> None:
+        """A consumer's positions were stored: its parked reads would read from elsewhere."""
+        cluster = self._clusters.get((log, consumer))
+        if cluster is not None:
+            for waiter in cluster.watchers():
+                if type(waiter) is PendingRead:
+                    waiter.regroup()
 
     def append_own(self, log_name: str, message_type: MessageType, payload: bytes, *,
                    payload_type: str, source: str, metadata: bytes | None = None,

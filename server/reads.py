@@ -3,7 +3,9 @@ append to its log, the next change of its cluster, or its deadline (long poll).
 
 A parked read is woken by a plain call from the code that appended or rebalanced, and answers
 from there, in the same turn of the event loop: no task, no future, no extra loop iteration
-between an append and the batch leaving for the tracker that waited for it.
+between an append and the batch leaving for the tracker that waited for it. Parked reads that
+would get the same answer wait in one group (wake_groups.py): an append answers a group with one
+read of the log, one frame and one compiled send to all of its sockets.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -25,6 +28,7 @@ from fluxcore.protocol import ErrorCode
 
 from .positions import UNSET
 from .tracking import EMPTY
+from .wake_groups import ShareGroup
 
 logger = logging.getLogger("fluxcore.server")
 
@@ -145,6 +149,12 @@ class PendingRead:
         self._watching = False
         self._next_after = 0  # where the last read of an attempt ended
         self._planned: tuple[Any, tuple[int, int], tuple[Any, int, tuple[int, int]]] | None = None
+        # While parked with segments: the key it waits under in its project's ShareGroups,
+        # and the group it shares with other reads of that key, if any.
+        self.parked_key: Hashable | None = None
+        self.group: ShareGroup | None = None
+        self.slot = 0  # its entry in the group's arrays
+        self._watches_appends = False  # parked without segments: woken by every append
 
     def start(self) -> None:
         self.session.reads.add(self)
@@ -155,7 +165,7 @@ class PendingRead:
         if self.done:
             return
         if not self.session.can_send():
-            self._watch()
+            self._park()
             self.session.when_writable(self)
             return
         try:
@@ -168,7 +178,7 @@ class PendingRead:
         if answered:
             self._finish()
         else:
-            self._watch()
+            self._park()
 
     def _attempt(self) -> bool:
         params = self.params
@@ -247,19 +257,42 @@ class PendingRead:
                 (self.session.client_id, params.tracker_id) if params.filter_target else None,
                 None if positions is None else positions[seg_range[0]:seg_range[1]].tobytes())
 
-    def _answer_first(self, positions: Any, start: int, seg_range: tuple[int, int]) -> object:
-        """One attempt of the first read of its kind in wake_all(); returns what the others
-        of its kind do: its (frame, count), _NOTHING or _ONE_BY_ONE."""
-        frame, count, scanned = self._frame(
-            self.request_id, self._read(start, seg_range), positions, start, seg_range)
-        if count or (scanned and positions is None):
-            self._deliver(frame, count)
-            self._finish()
-            return frame, count
-        if scanned:
-            self.wake()
+    def shared_answer(self) -> object:
+        """For wake_all(): what every read of this one's group gets now, if this one can
+        answer for them: its (frame, count), _NOTHING (nothing new: they stay parked), or
+        _ONE_BY_ONE (anything unusual: each read tries on its own)."""
+        if self.params.tracker_id not in self.cluster.trackers:
+            return _ONE_BY_ONE  # (it gets its empty batch that way)
+        plan = self._plan()
+        if plan is None:
             return _ONE_BY_ONE
-        return _NOTHING
+        positions, start, seg_range = plan
+        try:
+            batch = self._read(start, seg_range)
+        except CorruptLogError:
+            return _ONE_BY_ONE  # each reader is told
+        if not len(batch) and batch.next_after == start:
+            return _NOTHING
+        frame, count, scanned = self._frame(self.request_id, batch, positions, start,
+                                            seg_range)
+        if count or (scanned and positions is None):
+            return frame, count
+        return _ONE_BY_ONE if scanned else _NOTHING
+
+    def answered_shared(self, size: int, count: int) -> None:
+        """Its group's frame (`size` bytes, `count` messages) went to its socket. What
+        _finish() does, but for a read of a group that a wake took out of the project's
+        groups (it watches no appends either): once per answered consumer, so kept short."""
+        session = self.session
+        stats = session.stats
+        stats.batches_out += 1
+        stats.messages_out += count
+        stats.bytes_out += size
+        self.cluster.processing(self.tracker)
+        self.done = True
+        self.group = self.parked_key = None
+        self.cluster.unwatch(self)
+        session.reads.discard(self)
 
     def _deliver(self, frame: bytes | bytearray, count: int) -> None:
         self.cluster.processing(self.tracker)
@@ -268,12 +301,30 @@ class PendingRead:
     def _send(self, frame: bytes) -> None:
         self.session.send(frame)
 
-    def _watch(self) -> None:
+    def _park(self) -> None:
         if not self._watching:
             self._watching = True
             self.session.deadlines.add(self)
             self.cluster.watch(self)
-            self.project.watch_appends(self.params.log_name, self)
+        self.regroup()
+
+    def regroup(self) -> None:
+        """Joins the group of what its answer now depends on (or, without segments for now,
+        waits for appends alone)."""
+        if self.done or not self._watching:
+            return
+        plan = self._plan() if self.params.tracker_id in self.cluster.trackers else None
+        log = self.params.log_name
+        if plan is None:
+            self.project.share_groups.leave(self, log)
+            if not self._watches_appends:
+                self._watches_appends = True
+                self.project.watch_appends(log, self)
+        else:
+            if self._watches_appends:
+                self._watches_appends = False
+                self.project.unwatch_appends(log, self)
+            self.project.share_groups.join(self, log, self._share_key(*plan))
 
     def expire(self) -> None:
         """Its deadline passed (Deadlines): an empty batch, unless it was answered."""
@@ -293,7 +344,9 @@ class PendingRead:
         self.done = True
         if self._watching:
             self.cluster.unwatch(self)
-            self.project.unwatch_appends(self.params.log_name, self)
+            self.project.share_groups.leave(self, self.params.log_name)
+            if self._watches_appends:
+                self.project.unwatch_appends(self.params.log_name, self)
         self.session.reads.discard(self)
 
     def cancel(self) -> None:
@@ -302,52 +355,80 @@ class PendingRead:
             self._finish()
 
 
-_NOTHING = object()  # a shared read found nothing new: the reads with its key stay parked
-_ONE_BY_ONE = object()  # a shared read found only filtered-out messages
+_NOTHING = object()  # a group's read found nothing new: its reads stay parked
+_ONE_BY_ONE = object()  # a group's read cannot answer for the others: each tries on its own
 
 
-def wake_all(waiters: list[Waiter]) -> None:
-    """After an append: every read parked on the log tries again, in one pass. Reads that
-    would read the same messages through the same filter (most often: consumers that are all
-    caught up) share one read of the log and one frame, built for the first of them; the
-    others get it with their own request id, written to their sockets as the pass reaches
-    them, and their bookkeeping waits for the end of the pass (the sends come first: they are
-    what the consumers wait for). Anything unusual (a full connection, a tracker that left, a
-    batch all filtered out) takes the one-read-at-a-time path."""
-    shared: dict[object, object] = {}
-    answered: list[PendingRead] = []  # sent a shared frame: finished after the pass
+def wake_all(project: Project, log: str, parked: list[PendingRead | ShareGroup],
+             waiters: list[Waiter]) -> None:
+    """After an append to `log`: every read parked on it tries again, in one pass. The reads
+    of a group (the same messages through the same filter; most often consumers that are all
+    caught up) share one read of the log and one frame, built for the first of them and
+    written to all of their sockets by one compiled call, each with its own request id. The
+    bookkeeping of the answered reads waits for the end of the pass (the sends come first:
+    they are what the consumers wait for). A read alone with its key answers as at any other
+    time. Anything unusual (the whole server over its buffer bound, a connection with
+    answers queued, a tracker that left, a batch all filtered out) takes the
+    one-read-at-a-time path."""
+    sent_groups: list[tuple[ShareGroup, Any, int, int]] = []
+    one_by_one: list[Waiter] = []
     over_buffer: bool | None = None  # the server's, looked at once per pass
     try:
-        for waiter in waiters:
-            if type(waiter) is not PendingRead:
-                waiter.wake()
-                continue
-            read = waiter
-            if read.done:
-                continue
+        for entry in parked:
+            if type(entry) is ShareGroup:
+                if entry.detached or not entry.reads:
+                    continue  # answered or emptied by an earlier wake of this pass
+                leader = entry.reads[0]
+            else:
+                leader = cast(PendingRead, entry)
+                if leader.parked_key is None or leader.group is not None:
+                    continue  # answered, or moved into a group, by an earlier wake of this pass
             if over_buffer is None:
-                over_buffer = read.session.server.over_buffer()
-            if (over_buffer or not read.session.writable
-                    or read.params.tracker_id not in read.cluster.trackers):
-                read.wake()
+                over_buffer = leader.session.server.over_buffer()
+            alone = leader is entry
+            if over_buffer or (alone and not leader.session.writable):
+                found: object = _ONE_BY_ONE
+            else:
+                found = leader.shared_answer()
+            if found is _NOTHING:
                 continue
-            plan = read._plan()
-            if plan is None:
-                continue  # no segments for now: it stays parked, watching its cluster
-            if len(waiters) == 1:  # nobody to share with (a handler waiting for its request)
-                read._answer_first(*plan)
-                return
-            key = read._share_key(*plan)
-            found = shared.get(key)
-            if found is None:
-                shared[key] = read._answer_first(*plan)
-            elif found is _ONE_BY_ONE:
-                read.wake()
-            elif found is not _NOTHING:
-                frame, count = cast(tuple[bytes, int], found)
-                read.session.deliver_shared(frame, count, read.request_id)
-                answered.append(read)
+            project.share_groups.take(log, entry)
+            if found is _ONE_BY_ONE:
+                one_by_one.extend([leader] if alone else cast(ShareGroup, entry).reads)
+                continue
+            frame, count = cast(tuple[bytes, int], found)
+            if alone:
+                leader._deliver(frame, count)
+                leader._finish()
+                continue
+            group = cast(ShareGroup, entry)
+            sent = np.empty(len(group.reads), dtype=np.int64)
+            try:
+                whole = _proto.frame_send_each(frame, group.transports, group.fds,
+                                               group.request_ids, sent)
+            except BaseException:  # nothing known sent: each read tries on its own
+                one_by_one.extend(group.reads)
+                raise
+            if whole != len(group.reads):
+                _send_rest(group, frame, sent, one_by_one)
+            sent_groups.append((group, sent, len(frame), count))
+        one_by_one.extend(waiters)
     finally:
-        for read in answered:
-            read.cluster.processing(read.tracker)
-            read._finish()
+        for group, sent, size, count in sent_groups:
+            for read, written in zip(group.reads, sent.tolist(), strict=True):
+                if written != _proto.SEND_SKIPPED and not read.done:
+                    read.answered_shared(size, count)
+        for waiter in one_by_one:
+            waiter.wake()
+
+
+def _send_rest(group: ShareGroup, frame: bytes, sent: Any, one_by_one: list[Waiter]) -> None:
+    """What frame_send_each() left: a socket that took part of the frame (or none of it, or
+    failed) gets the rest through its transport, now, before anything else can be written
+    to it; a read whose connection had answers queued is answered on its own later."""
+    for i in np.flatnonzero(sent != len(frame)).tolist():
+        read, written = group.reads[i], int(sent[i])
+        if written == _proto.SEND_SKIPPED:
+            one_by_one.append(read)
+        else:  # on an error the transport finds it and closes the connection, as for any write
+            read.session.send_rest(frame, read.request_id, max(written, 0))

@@ -336,30 +336,18 @@ class Session(asyncio.BufferedProtocol):
         stats.bytes_out += len(frame)
         self.send(frame)
 
-    def deliver_shared(self, frame: bytes | bytearray, count: int, request_id: int) -> None:
-        """A READ's batch built for another read (the same messages, the same filter) goes
-        out with this read's `request_id`: written straight to the socket in one compiled
-        call when nothing is queued before it (what the transport itself would do, without
-        a copy of the frame), else, or for what the socket did not take, through the
-        transport, in order."""
-        stats = self.stats
-        stats.batches_out += 1
-        stats.messages_out += count
-        stats.bytes_out += len(frame)
-        transport = self.transport
-        if self.closed or transport is None:
-            return
-        written = 0
-        if (self._socket_fd >= 0 and not transport.is_closing()
-                and not transport.get_write_buffer_size()):
-            written = _proto.frame_send_as(self._socket_fd, frame, request_id)
-            if written == len(frame):
-                return
-        # Would block, partly written, or an error: the transport sends the rest (and, on an
-        # error, finds it and closes the connection, as for any write).
-        copy = bytearray(frame)
-        _REQUEST_ID.pack_into(copy, 8, request_id)
-        self.send(copy[max(written, 0):])
+    @property
+    def socket_fd(self) -> int:
+        """The descriptor of a plain TCP connection (a frame shared by parked reads is written
+        to it directly: _proto.frame_send_each), -1 for TLS."""
+        return self._socket_fd
+
+    def send_rest(self, frame: bytes | bytearray, request_id: int, written: int) -> None:
+        """What the socket did not take of a frame written to it directly (`written` bytes of
+        it), with `request_id` in place of the frame's own, through the transport."""
+        rest = bytearray(frame)
+        _REQUEST_ID.pack_into(rest, 8, request_id)
+        self.send(rest[written:])
 
     def _fail(self, request_id: int, code: str, message: str) -> None:
         """An error after which the stream cannot be trusted: answer, then close."""

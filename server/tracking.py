@@ -149,7 +149,7 @@ class Cluster:
         for tracker_id in gone:
             del self.trackers[tracker_id]
         if gone:
-            self._rebalance()
+            self._gone()
         return gone
 
     def purge(self, now: float) -> list[str]:
@@ -162,14 +162,21 @@ class Cluster:
         for tracker_id in gone:
             del self.trackers[tracker_id]
         if gone:
-            self._rebalance()
+            self._gone()
         return gone
 
-    def _rebalance(self) -> None:
+    def _gone(self) -> None:
+        # Reads of a tracker that is gone must end even if no range moved: a parked read is
+        # answered for its group without looking at its own tracker (reads.py).
+        if not self._rebalance():
+            self.wake()
+
+    def _rebalance(self) -> bool:
+        """Returns whether a range moved (the waiting reads were woken)."""
         ordered = sorted(self.trackers.values(), key=lambda t: t.tracker_id)
         balanced = tuple((t.tracker_id, t.range) if t.fixed else t.tracker_id for t in ordered)
         if balanced == self._balanced:
-            return
+            return False
         self._balanced = balanced
         before = {t.tracker_id: t.range for t in ordered}
         movable = [t for t in ordered if not t.fixed]
@@ -186,6 +193,8 @@ class Cluster:
                 t.range = assigned
         if {t.tracker_id: t.range for t in ordered} != before:
             self.wake()
+            return True
+        return False
 
     # -- waiting for a change of ranges --------------------------------------------------
 
@@ -195,6 +204,9 @@ class Cluster:
 
     def unwatch(self, waiter: Waiter) -> None:
         self._waiters.discard(waiter)
+
+    def watchers(self) -> list[Waiter]:
+        return list(self._waiters)
 
     def wake(self) -> None:
         for waiter in list(self._waiters):

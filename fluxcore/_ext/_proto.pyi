@@ -1,4 +1,5 @@
 # Type stubs of the compiled wire format (fluxcore/_ext/_proto.pyx).
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
@@ -79,7 +80,12 @@ def empty_batch_frame(
     request_id: int, seg_start: int, seg_end: int, last_index: int, caught_up: bool
 ) -> bytes: ...
 def set_metadata_decoder(decoder: Any) -> None: ...
-def frame_send_as(fd: int, frame: Buffer, request_id: int) -> int: ...
+SEND_SKIPPED: int
+
+def frame_send_each(
+    frame: Buffer, transports: list[Any], fds: array[int], request_ids: array[int],
+    sent: npt.NDArray[np.int64],
+) -> int: ...
 def decode_batch(
     buffer: Buffer, start: int, end: int
 ) -> tuple[int, int, bool, int, list[Message]]: ...

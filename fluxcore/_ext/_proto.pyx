@@ -18,6 +18,7 @@ from cpython.sequence cimport PySequence_Fast, PySequence_Fast_GET_ITEM, PySeque
 from cpython.unicode cimport PyUnicode_Check, PyUnicode_DecodeUTF8
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
 
 from fluxcore._ext._log cimport Batch
@@ -666,14 +667,17 @@ def empty_batch_frame(uint32_t request_id, int seg_start, int seg_end, uint64_t 
     return PyBytes_FromStringAndSize(buf, FRAME_HEADER_SIZE + BATCH_HEADER_SIZE)
 
 
-def frame_send_as(int fd, const unsigned char[::1] frame, uint32_t request_id):
-    """Writes `frame` to the socket `fd` with `request_id` in place of its own, without
-    blocking and without copying it (one sendmsg of three pieces). Returns the bytes written:
-    0 if the socket would block, -errno on another error; the caller sends what is left.
-    One frame shared by many waiting reads goes to each of their sockets this way."""
-    cdef Py_ssize_t size = frame.shape[0]
-    if size < FRAME_HEADER_SIZE:
-        raise FrameError(f"a frame of {size} bytes has no header")
+# A socket frame_send_each() did not write to: its transport has bytes queued (the frame must
+# go behind them) or is closing. Its read is answered the ordinary way.
+cdef int64_t SKIPPED = -(<int64_t>1 << 40)
+cdef int64_t TO_SEND = -(<int64_t>1 << 41)  # marks the sends to make, in send_each()
+SEND_SKIPPED = SKIPPED
+
+
+cdef int64_t send_spliced(int fd, const unsigned char *frame, Py_ssize_t size,
+                          uint32_t request_id) noexcept nogil:
+    """One non-blocking sendmsg of `frame` with `request_id` spliced in (no copy): the bytes
+    written, 0 if the socket would block, -errno on another error."""
     cdef unsigned char rid[4]
     rid[0] = request_id & 0xFF  # little endian, as every integer of the protocol
     rid[1] = (request_id >> 8) & 0xFF
@@ -682,20 +686,87 @@ def frame_send_as(int fd, const unsigned char[::1] frame, uint32_t request_id):
     cdef iovec iov[3]
     cdef msghdr msg
     memset(&msg, 0, sizeof(msg))
-    iov[0].iov_base = <void *>&frame[0]
+    iov[0].iov_base = <void *>frame
     iov[0].iov_len = 8  # length, op, flags, reserved: the request id follows
     iov[1].iov_base = <void *>rid
     iov[1].iov_len = 4
-    iov[2].iov_base = <void *>&frame[0] + FRAME_HEADER_SIZE
+    iov[2].iov_base = <void *>(frame + FRAME_HEADER_SIZE)
     iov[2].iov_len = <size_t>(size - FRAME_HEADER_SIZE)
     msg.msg_iov = iov
     msg.msg_iovlen = 3
-    cdef ssize_t sent = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL)
-    if sent >= 0:
-        return sent
+    cdef ssize_t written = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL)
+    if written >= 0:
+        return written
     if errno == EAGAIN or errno == EINTR:  # EWOULDBLOCK is EAGAIN on Linux
         return 0
     return -errno
+
+
+cdef Py_ssize_t send_each(const unsigned char *frame, Py_ssize_t size, const int *fds,
+                          const uint32_t *request_ids, int64_t *sent, Py_ssize_t count,
+                          int max_fd) noexcept nogil:
+    """The sends of frame_send_each(); returns how many were whole. After a socket took only
+    part of a frame (or nothing), later frames for it are not written (0): they go behind
+    the rest, through its transport, so that a connection's frames never interleave."""
+    cdef Py_ssize_t i, j, whole = 0
+    cdef int fd
+    cdef unsigned char *blocked = NULL  # one byte per descriptor, made at the first block
+    for i in range(count):
+        if sent[i] != TO_SEND:
+            continue
+        fd = fds[i]
+        if blocked != NULL and blocked[fd]:
+            sent[i] = 0
+            continue
+        sent[i] = send_spliced(fd, frame, size, request_ids[i])
+        if sent[i] == size:
+            whole += 1
+        else:
+            if blocked == NULL:
+                blocked = <unsigned char *>calloc(<size_t>max_fd + 1, 1)
+                if blocked == NULL:  # no memory for the map: nothing more is written here
+                    for j in range(i + 1, count):
+                        if sent[j] == TO_SEND:
+                            sent[j] = 0
+                    return whole
+            blocked[fd] = 1
+    free(blocked)
+    return whole
+
+
+def frame_send_each(const unsigned char[::1] frame, list transports, const int[::1] fds,
+                    const uint32_t[::1] request_ids, int64_t[::1] sent):
+    """Writes `frame` to many sockets, to socket `fds[i]` with `request_ids[i]` in place of
+    its own, each in one non-blocking sendmsg without a copy, the GIL released for the
+    sends. `transports[i]` is the asyncio transport of `fds[i]`: a socket whose transport
+    has bytes queued or is closing is not written to (sent[i] = SEND_SKIPPED), nor is a
+    descriptor below 0 (sent[i] = 0: a TLS connection). Else sent[i] is the bytes written:
+    the size of the frame, less if the socket took only part of it (the caller sends the
+    rest through the transport, in order), or -errno. Returns how many went whole. A socket
+    may appear more than once: its frames leave in the order given."""
+    cdef Py_ssize_t size = frame.shape[0]
+    cdef Py_ssize_t count = len(transports), i
+    if size < FRAME_HEADER_SIZE:
+        raise FrameError(f"a frame of {size} bytes has no header")
+    if fds.shape[0] < count or request_ids.shape[0] < count or sent.shape[0] < count:
+        raise ValueError("fds, request_ids and sent must have an entry per transport")
+    cdef int max_fd = 0
+    for i in range(count):
+        transport = transports[i]
+        if transport.get_write_buffer_size() or transport.is_closing():
+            sent[i] = SKIPPED
+        elif fds[i] < 0:
+            sent[i] = 0
+        else:
+            sent[i] = TO_SEND
+            if fds[i] > max_fd:
+                max_fd = fds[i]
+    if count == 0:
+        return 0
+    cdef Py_ssize_t whole
+    with nogil:
+        whole = send_each(&frame[0], size, &fds[0], &request_ids[0], &sent[0], count, max_fd)
+    return whole
 
 
 cdef void put_batch_headers(char *w, uint32_t request_id, uint64_t total, int seg_start,
