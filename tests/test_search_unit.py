@@ -560,3 +560,44 @@ def test_document_rowids_are_never_used_again(tmp_path: Path) -> None:
     again.index("c", {"v": 3})
     assert again.store._db.execute("SELECT rowid FROM documents WHERE id = 'c'"
                                    ).fetchone()[0] == rowid + 1
+
+
+# -- query plans -----------------------------------------------------------------------------
+
+def _plan(store: SearchStore, sql: str, params: list[Any]) -> list[str]:
+    return [row[3] for row in store._db.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+
+
+def test_words_at_a_path_look_up_the_rarest_and_test_the_others_per_document(
+        store: Store) -> None:
+    # alpha in 3 documents, beta in 12, gamma in 24: the set of alpha's documents, each
+    # tested for beta and gamma by a seek in the words index, not three sets intersected.
+    for i in range(24):
+        text = " ".join(w for w, every in (("alpha", 8), ("beta", 2), ("gamma", 1))
+                        if i % every == 0)
+        store.index(str(i), {"t": text, "u": "alpha beta gamma"}, ts=i)
+    query = store.query({"query": "gamma beta alpha", "paths": ["t"]})
+    assert store.ids({"query": "gamma beta alpha", "paths": ["t"]}) == ["0", "8", "16"]
+    params = _Sql()
+    where = store.store._where(query, params)
+    plan = _plan(store.store, f"SELECT d.rowid FROM documents d WHERE {where}", params.params)
+    assert sum("LIST SUBQUERY" in step for step in plan) == 1, plan
+    assert sum("CORRELATED SCALAR SUBQUERY" in step for step in plan) == 2, plan
+    assert sum("word=? AND entry>? AND entry<?" in step for step in plan) == 2, plan
+
+
+def test_a_match_at_a_path_is_tested_per_document_by_one_index_seek(store: Store) -> None:
+    for i in range(10):
+        store.index(str(i), {"bucket": i % 3, "other": i % 3}, ts=i,
+                    sortables=[("n", sortable_text(i, "n"))])
+    query = store.query({"match": 1, "paths": ["bucket"]})
+    params = _Sql()
+    test = store.store._where(query, params, probe=True)
+    plan = _plan(store.store, f"SELECT d.rowid FROM documents d WHERE {test}", params.params)
+    assert any("entries_phrase (coll=? AND phrase=? AND spath=? AND rowid>? AND rowid<?)"
+               in step for step in plan), plan
+    assert store.ids({"match": 1, "paths": ["bucket"]}, sort=["-n"]) == ["7", "4", "1"]
+
+
+def test_the_store_reads_its_file_through_a_mapping(store: Store) -> None:
+    assert store.store._db.execute("PRAGMA mmap_size").fetchone()[0] > 0
