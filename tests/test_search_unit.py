@@ -4,6 +4,9 @@ and every constraint and option against the SQLite store itself."""
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -220,8 +223,10 @@ class Store:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(tmp_path)
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = Store(tmp_path)
+    yield opened
+    opened.store.close()
 
 
 def test_match_is_whole_value_case_and_accent_insensitive(store: Store) -> None:
@@ -601,3 +606,30 @@ def test_a_match_at_a_path_is_tested_per_document_by_one_index_seek(store: Store
 
 def test_the_store_reads_its_file_through_a_mapping(store: Store) -> None:
     assert store.store._db.execute("PRAGMA mmap_size").fetchone()[0] > 0
+
+
+def test_the_wal_goes_into_the_file_from_a_thread_that_close_stops(tmp_path: Path) -> None:
+    def checkpointers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "fluxcore-checkpoint"}
+
+    others = checkpointers()
+    store = Store(tmp_path)
+    store.index("1", {"v": 1})  # a commit far below any WAL size that checkpoints it
+    started = checkpointers() - others
+    assert len(started) == 1
+    # The database file alone (immutable: no WAL read, nothing cached) has it soon.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        file_only = sqlite3.connect(f"file:{tmp_path / 'search.sqlite'}?immutable=1", uri=True)
+        try:
+            if file_only.execute("SELECT count(*) FROM documents").fetchone()[0] == 1:
+                break
+        except sqlite3.DatabaseError:
+            pass  # the file is still without its tables
+        finally:
+            file_only.close()
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the WAL was not checkpointed")
+    store.store.close()
+    assert not any(t.is_alive() for t in started)

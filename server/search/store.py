@@ -11,7 +11,6 @@ its trigrams, never a scan of the documents); facets and sortables."""
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import re
 import time
@@ -27,7 +26,7 @@ from fluxcore._ext._search import entry_rows
 from fluxcore.errors import LogError
 from fluxcore.protocol import ProtocolError
 
-from ..store import connect, transaction
+from ..store import Checkpointer, connect, transaction
 from .constraints import (
     All,
     Any_,
@@ -53,6 +52,7 @@ ESTIMATE_CAP = 5000
 # Rows a walk in sort order tests before it gives up and sorts the matches instead.
 WALK_BUDGET = 4096
 MMAP_BYTES = 1 << 40
+WAL_BACKSTOP_PAGES = 50_000
 _MANY = 1 << 62  # an estimate: at least as many as asked
 _FEW = 200  # documents few enough to test one by one against any constraint
 logger = logging.getLogger("fluxcore.server")
@@ -166,13 +166,18 @@ class SearchStore:
         self._estimate_cap = estimate_cap
         self._walk_budget = walk_budget
         self._db = connect(path, durable=durable)
-        # A bigger page cache and fewer checkpoints: index inserts land all over the B-trees.
+        # A bigger page cache: index inserts land all over the B-trees. Checkpoints are the
+        # checkpointer's, in a thread of its own (started by the first update); a commit
+        # checkpoints only past a WAL of WAL_BACKSTOP_PAGES.
         self._db.execute("PRAGMA cache_size=-65536")
         # Queries read the file through a mapping (SQLite caps the size it maps): a page
         # outside the cache costs no read() and no copy. SQLite writes with write() all
         # the same.
         self._db.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
-        self._db.execute("PRAGMA wal_autocheckpoint=20000")
+        self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_BACKSTOP_PAGES}")
+        self._path = path
+        self._durable = durable
+        self._checkpointer: Checkpointer | None = None
         counted = self._db.execute(
             "SELECT 1 FROM sqlite_master WHERE name = 'facet_counts'").fetchone() is not None
         fts = self._db.execute(
@@ -220,6 +225,9 @@ class SearchStore:
     def close(self) -> None:
         if not self.backlog:
             self._store_upto()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         self._db.close()
 
     # -- writing -------------------------------------------------------------------------
@@ -317,6 +325,7 @@ class SearchStore:
             self._collections = dict(db.execute("SELECT name, id FROM collections").fetchall())
             self._names = {v: k for k, v in self._collections.items()}
             raise
+        self._checkpoint_soon()
         if self.backlog:  # earlier documents still wait for their logs: these go after them
             self._publish_backlog()
         elif indexed:
@@ -331,6 +340,11 @@ class SearchStore:
             else:
                 self._published_upto = max(self._published_upto, top)
         return done
+
+    def _checkpoint_soon(self) -> None:
+        """After a write: the checkpointer runs (a store in memory has no WAL)."""
+        if self._checkpointer is None and self._path != ":memory:":
+            self._checkpointer = Checkpointer(self._path, durable=self._durable)
 
     def _publish_all(self, indexed: list[IndexedDocument]) -> None:
         by_collection: dict[str, list[IndexedDocument]] = {}
@@ -438,7 +452,7 @@ class SearchStore:
                 trigrams[trigram].append(word)
         self._db.executemany(
             "INSERT INTO word_trigrams (trigram, words) VALUES (?, ?)",
-            sorted((trigram, json.dumps(listed, ensure_ascii=False))
+            sorted((trigram, _json_encode(listed).decode())
                    for trigram, listed in trigrams.items()))
 
     def _delete_rows(self, docs: Sequence[int]) -> None:
@@ -471,6 +485,7 @@ class SearchStore:
         with transaction(self._db):
             found = self._matching_rowids(query)
             self._delete_rows(found)
+        self._checkpoint_soon()
         return len(found)
 
     def delete_collection(self, name: str) -> int:
@@ -481,6 +496,7 @@ class SearchStore:
             docs = [r[0] for r in self._db.execute(
                 "SELECT rowid FROM documents WHERE coll = ?", (coll,))]
             self._delete_rows(docs)
+        self._checkpoint_soon()
         return len(docs)
 
     # -- reading -------------------------------------------------------------------------
@@ -839,6 +855,7 @@ class SearchStore:
 
 
 _word_of = itemgetter(0)
+_json_encode = msgspec.json.Encoder().encode
 
 
 def _num(value: Any) -> Any:
