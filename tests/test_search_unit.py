@@ -633,3 +633,41 @@ def test_the_wal_goes_into_the_file_from_a_thread_that_close_stops(tmp_path: Pat
         raise AssertionError("the WAL was not checkpointed")
     store.store.close()
     assert not any(t.is_alive() for t in started)
+
+
+@pytest.mark.parametrize(("durable", "level"), [(True, 2), (False, 1)])
+def test_commits_are_synced_only_under_the_always_policy(tmp_path: Path, durable: bool,
+                                                         level: int) -> None:
+    # FULL (2) syncs each commit: it survives a power loss. NORMAL (1): a commit survives a
+    # kill -9 of the server (the WAL is written before the answer), not a power loss; the
+    # checkpoints sync (the file stays whole). The checkpointer connects the same way.
+    store = SearchStore(str(tmp_path / "search.sqlite"), durable=durable,
+                        publish=lambda c, items: None, open_log=lambda c: None)
+    store.update([("index", IndexedDocument("c", "1", 0, 0, "", b"", flatten({"v": 1}), [],
+                                            []))])
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == level
+    store.close()
+
+
+def test_entries_written_before_empty_values_and_long_paths_read_the_same(
+        store: Store) -> None:
+    # Since 2026-12-01 a value equal to its phrase and a long path equal to the short one
+    # are stored empty; rows written before have them in full, and read the same.
+    store.index("1", {"n": 42, "s": "plain", "t": "Mixed Case", "l": [{"k": "x"}, 7]},
+                facets=[("f", "a")])
+    queries: list[Any] = [{"match": "plain", "strict": True}, {"match": 42, "strict": True},
+                          {"match": "Mixed Case", "strict": True}, {"exists": "l/0/k"},
+                          {"match": 7, "paths": ["l/1"]}, {"match": "x", "paths": ["l.0.*"]}]
+    stats = store.store.document_stats(store.query(), [path_glob("n", "f")],
+                                       [path_glob("s", "g")])
+    empty = store.store._db.execute(
+        "SELECT count(*) FROM entries WHERE value = '' OR lpath = ''").fetchone()[0]
+    assert empty == 5  # values of n, s, l/0/k and l/1; long paths of n, s and t
+    new = [store.ids(q) for q in queries]
+    store.store._db.execute(
+        "UPDATE entries SET value = iif(value = '', phrase, value),"
+        " lpath = iif(lpath = '', spath, lpath)")
+    assert [store.ids(q) for q in queries] == new == [["1"]] * len(queries)
+    assert store.store.document_stats(store.query(), [path_glob("n", "f")],
+                                      [path_glob("s", "g")]) == stats
+    assert stats[0]["group"] == {"s": "plain"}
