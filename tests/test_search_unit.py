@@ -576,7 +576,9 @@ def _plan(store: SearchStore, sql: str, params: list[Any]) -> list[str]:
 def test_words_at_a_path_look_up_the_rarest_and_test_the_others_per_document(
         store: Store) -> None:
     # alpha in 3 documents, beta in 12, gamma in 24: the set of alpha's documents, each
-    # tested for beta and gamma by a seek in the words index, not three sets intersected.
+    # tested for beta and gamma by a seek in the words index, not three sets intersected;
+    # the set itself keeps only documents with beta and gamma anywhere before it reads
+    # their entries (paths) and documents.
     for i in range(24):
         text = " ".join(w for w, every in (("alpha", 8), ("beta", 2), ("gamma", 1))
                         if i % every == 0)
@@ -587,8 +589,10 @@ def test_words_at_a_path_look_up_the_rarest_and_test_the_others_per_document(
     where = store.store._where(query, params)
     plan = _plan(store.store, f"SELECT d.rowid FROM documents d WHERE {where}", params.params)
     assert sum("LIST SUBQUERY" in step for step in plan) == 1, plan
-    assert sum("CORRELATED SCALAR SUBQUERY" in step for step in plan) == 2, plan
-    assert sum("word=? AND entry>? AND entry<?" in step for step in plan) == 2, plan
+    assert sum("CORRELATED SCALAR SUBQUERY" in step for step in plan) == 4, plan
+    assert sum("word=? AND entry>? AND entry<?" in step for step in plan) == 4, plan
+    narrowing = plan.index("SEARCH wn USING PRIMARY KEY (word=? AND entry>? AND entry<?)")
+    assert narrowing < plan.index("SEARCH e USING INTEGER PRIMARY KEY (rowid=?)"), plan
 
 
 def test_a_match_at_a_path_is_tested_per_document_by_one_index_seek(store: Store) -> None:

@@ -549,6 +549,7 @@ class SearchStore:
         if not items:
             return "1"
         probed: set[int] = set()
+        driver = -1
         if len(items) > 1:
             cap = self._estimate_cap
             estimates = [self._estimate(n, colls, cap) for n in items]
@@ -565,8 +566,13 @@ class SearchStore:
                               (_seeks(node) and (n is None or n >= least)) or
                               (n is not None and n >= 8 * least) or
                               (n is None and least <= _FEW))}
-        return "(" + " AND ".join(_compile(n, colls, sql, probe=i in probed)
-                                  for i, n in enumerate(items)) + ")"
+        parts = []
+        for i, node in enumerate(items):
+            part = _compile(node, colls, sql, probe=i in probed)
+            if i == driver:
+                part = _narrowed(part, [items[j] for j in sorted(probed)], sql)
+            parts.append(part)
+        return "(" + " AND ".join(parts) + ")"
 
     def _estimate(self, node: Node, colls: list[int], limit: int) -> int | None:
         """About how many documents (entries) a constraint finds, counted up to `limit`;
@@ -1040,6 +1046,24 @@ def _probes_well(node: Node) -> bool:
     if isinstance(node, Contains):
         return not node.prefix and not node.postfix and words(node.term) == [node.term]
     return True
+
+
+def _narrowed(driver: str, probed: list[Node], sql: _Sql) -> str:
+    """The driver's set (`d.rowid IN (SELECT <document> FROM ...)`) without the documents
+    that lack a word a probed contains needs (anywhere: the probe checks its paths), so
+    that documents, entries and the probes are read only for documents with every word."""
+    needed = [node.term for node in probed if isinstance(node, Contains) and _probes_well(node)]
+    head = "d.rowid IN (SELECT "
+    if not needed or not driver.startswith(head) or not driver.endswith(")"):
+        return driver
+    doc = driver[len(head) : driver.index(" FROM ")]
+    tests = []
+    for term in needed:
+        tests.append(f"EXISTS (SELECT 1 FROM words wn WHERE wn.word = ? AND wn.entry BETWEEN"
+                     f" ({doc}) << {ENTRY_BITS} AND (({doc}) << {ENTRY_BITS}) |"
+                     f" {MAX_ENTRIES - 1})")
+        sql.add(term)
+    return f"{driver[:-1]} AND {' AND '.join(tests)})"
 
 
 def _seeks(node: Node) -> bool:
