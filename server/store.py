@@ -50,7 +50,11 @@ class Checkpointer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fluxcore-checkpoint",
                                         daemon=True)
-        self._thread.start()
+        try:
+            self._thread.start()
+        except RuntimeError:  # no thread to be had: nothing of this stays open
+            self._db.close()
+            raise
 
     def _run(self) -> None:
         try:

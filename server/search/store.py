@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -342,9 +343,16 @@ class SearchStore:
         return done
 
     def _checkpoint_soon(self) -> None:
-        """After a write: the checkpointer runs (a store in memory has no WAL)."""
+        """After a write: the checkpointer runs (a store in memory has no WAL). If it cannot
+        start (no descriptor, no thread), commits checkpoint past the backstop meanwhile and
+        the next write tries again: the write itself is done."""
         if self._checkpointer is None and self._path != ":memory:":
-            self._checkpointer = Checkpointer(self._path, durable=self._durable)
+            try:
+                self._checkpointer = Checkpointer(self._path, durable=self._durable)
+            except (sqlite3.Error, OSError, RuntimeError) as exc:
+                logger.warning("the search store's checkpointer did not start (commits"
+                               " checkpoint past %d pages meanwhile): %s", WAL_BACKSTOP_PAGES,
+                               exc)
 
     def _publish_all(self, indexed: list[IndexedDocument]) -> None:
         by_collection: dict[str, list[IndexedDocument]] = {}
