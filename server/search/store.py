@@ -2,7 +2,8 @@
 project's directory, WAL), and the constraint tree compiled into SQL over B-tree indexes.
 
 Layout: a document row per (collection, id); one entry row per (value, path) whose rowid is
-`document rowid << 20 | n`, so a document's entries are one rowid range; (word, entry) for
+`document rowid << 20 | n`, so a document's entries are one rowid range (its value is stored
+empty when it equals its phrase, its long path when it equals the short one); (word, entry) for
 the words of every entry (`word` and `word*` are lookups in it); the vocabulary of distinct
 words, also reversed (`*word` is a range of it), and per update a row per trigram of the
 words new to the vocabulary, listing them as a JSON array (`*word*` is a lookup of one of
