@@ -94,8 +94,10 @@ def ref_entry_rows(base: int, coll: int, entries: list[Any]
         phrase = ref_normalize(value) if entry_type == TEXT else value
         found = set(ref_words(phrase))
         entry = base | n
-        rows.append((entry, coll, entry_type, value, phrase,
-                     float(value) if entry_type == NUMERIC else None, lpath, spath))
+        # A value equal to its phrase, a long path equal to the short one: stored empty.
+        rows.append((entry, coll, entry_type, "" if value == phrase else value, phrase,
+                     float(value) if entry_type == NUMERIC else None,
+                     "" if lpath == spath else lpath, spath))
         word_rows.extend((word, entry) for word in found)
         vocabulary.update(found)
     return rows, word_rows, vocabulary

@@ -83,9 +83,9 @@ def path_matches(lpath: str, spath: str, patterns: list[str]) -> bool:
         return True
     for pattern in patterns:
         pattern = pattern.replace(".", "/")
-        options = [pattern]
-        if pattern.startswith("{"):
-            options = pattern[1:-1].split(",")
+        braces = re.fullmatch(r"(.*)\{([^{}]*)\}(.*)", pattern)  # one group, anywhere
+        options = ([braces[1] + o + braces[3] for o in braces[2].split(",")] if braces
+                   else [pattern])
         for option in options:
             long = any(re.fullmatch(r"-?\d+", s) for s in option.split("/"))
             if fnmatch.fnmatchcase(lpath if long else spath, option):

@@ -4,6 +4,9 @@ and every constraint and option against the SQLite store itself."""
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -220,8 +223,10 @@ class Store:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(tmp_path)
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = Store(tmp_path)
+    yield opened
+    opened.store.close()
 
 
 def test_match_is_whole_value_case_and_accent_insensitive(store: Store) -> None:
@@ -560,3 +565,113 @@ def test_document_rowids_are_never_used_again(tmp_path: Path) -> None:
     again.index("c", {"v": 3})
     assert again.store._db.execute("SELECT rowid FROM documents WHERE id = 'c'"
                                    ).fetchone()[0] == rowid + 1
+
+
+# -- query plans -----------------------------------------------------------------------------
+
+def _plan(store: SearchStore, sql: str, params: list[Any]) -> list[str]:
+    return [row[3] for row in store._db.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+
+
+def test_words_at_a_path_look_up_the_rarest_and_test_the_others_per_document(
+        store: Store) -> None:
+    # alpha in 3 documents, beta in 12, gamma in 24: the set of alpha's documents, each
+    # tested for beta and gamma by a seek in the words index, not three sets intersected;
+    # the set itself keeps only documents with beta and gamma anywhere before it reads
+    # their entries (paths) and documents.
+    for i in range(24):
+        text = " ".join(w for w, every in (("alpha", 8), ("beta", 2), ("gamma", 1))
+                        if i % every == 0)
+        store.index(str(i), {"t": text, "u": "alpha beta gamma"}, ts=i)
+    query = store.query({"query": "gamma beta alpha", "paths": ["t"]})
+    assert store.ids({"query": "gamma beta alpha", "paths": ["t"]}) == ["0", "8", "16"]
+    params = _Sql()
+    where = store.store._where(query, params)
+    plan = _plan(store.store, f"SELECT d.rowid FROM documents d WHERE {where}", params.params)
+    assert sum("LIST SUBQUERY" in step for step in plan) == 1, plan
+    assert sum("CORRELATED SCALAR SUBQUERY" in step for step in plan) == 4, plan
+    assert sum("word=? AND entry>? AND entry<?" in step for step in plan) == 4, plan
+    narrowing = plan.index("SEARCH wn USING PRIMARY KEY (word=? AND entry>? AND entry<?)")
+    assert narrowing < plan.index("SEARCH e USING INTEGER PRIMARY KEY (rowid=?)"), plan
+
+
+def test_a_match_at_a_path_is_tested_per_document_by_one_index_seek(store: Store) -> None:
+    for i in range(10):
+        store.index(str(i), {"bucket": i % 3, "other": i % 3}, ts=i,
+                    sortables=[("n", sortable_text(i, "n"))])
+    query = store.query({"match": 1, "paths": ["bucket"]})
+    params = _Sql()
+    test = store.store._where(query, params, probe=True)
+    plan = _plan(store.store, f"SELECT d.rowid FROM documents d WHERE {test}", params.params)
+    assert any("entries_phrase (coll=? AND phrase=? AND spath=? AND rowid>? AND rowid<?)"
+               in step for step in plan), plan
+    assert store.ids({"match": 1, "paths": ["bucket"]}, sort=["-n"]) == ["7", "4", "1"]
+
+
+def test_the_store_reads_its_file_through_a_mapping(store: Store) -> None:
+    assert store.store._db.execute("PRAGMA mmap_size").fetchone()[0] > 0
+
+
+def test_the_wal_goes_into_the_file_from_a_thread_that_close_stops(tmp_path: Path) -> None:
+    def checkpointers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "fluxcore-checkpoint"}
+
+    others = checkpointers()
+    store = Store(tmp_path)
+    store.index("1", {"v": 1})  # a commit far below any WAL size that checkpoints it
+    started = checkpointers() - others
+    assert len(started) == 1
+    # The database file alone (immutable: no WAL read, nothing cached) has it soon.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        file_only = sqlite3.connect(f"file:{tmp_path / 'search.sqlite'}?immutable=1", uri=True)
+        try:
+            if file_only.execute("SELECT count(*) FROM documents").fetchone()[0] == 1:
+                break
+        except sqlite3.DatabaseError:
+            pass  # the file is still without its tables
+        finally:
+            file_only.close()
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the WAL was not checkpointed")
+    store.store.close()
+    assert not any(t.is_alive() for t in started)
+
+
+@pytest.mark.parametrize(("durable", "level"), [(True, 2), (False, 1)])
+def test_commits_are_synced_only_under_the_always_policy(tmp_path: Path, durable: bool,
+                                                         level: int) -> None:
+    # FULL (2) syncs each commit: it survives a power loss. NORMAL (1): a commit survives a
+    # kill -9 of the server (the WAL is written before the answer), not a power loss; the
+    # checkpoints sync (the file stays whole). The checkpointer connects the same way.
+    store = SearchStore(str(tmp_path / "search.sqlite"), durable=durable,
+                        publish=lambda c, items: None, open_log=lambda c: None)
+    store.update([("index", IndexedDocument("c", "1", 0, 0, "", b"", flatten({"v": 1}), [],
+                                            []))])
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == level
+    store.close()
+
+
+def test_entries_written_before_empty_values_and_long_paths_read_the_same(
+        store: Store) -> None:
+    # Since 2026-12-01 a value equal to its phrase and a long path equal to the short one
+    # are stored empty; rows written before have them in full, and read the same.
+    store.index("1", {"n": 42, "s": "plain", "t": "Mixed Case", "l": [{"k": "x"}, 7]},
+                facets=[("f", "a")])
+    queries: list[Any] = [{"match": "plain", "strict": True}, {"match": 42, "strict": True},
+                          {"match": "Mixed Case", "strict": True}, {"exists": "l/0/k"},
+                          {"match": 7, "paths": ["l/1"]}, {"match": "x", "paths": ["l.0.*"]}]
+    stats = store.store.document_stats(store.query(), [path_glob("n", "f")],
+                                       [path_glob("s", "g")])
+    empty = store.store._db.execute(
+        "SELECT count(*) FROM entries WHERE value = '' OR lpath = ''").fetchone()[0]
+    assert empty == 5  # values of n, s, l/0/k and l/1; long paths of n, s and t
+    new = [store.ids(q) for q in queries]
+    store.store._db.execute(
+        "UPDATE entries SET value = iif(value = '', phrase, value),"
+        " lpath = iif(lpath = '', spath, lpath)")
+    assert [store.ids(q) for q in queries] == new == [["1"]] * len(queries)
+    assert store.store.document_stats(store.query(), [path_glob("n", "f")],
+                                      [path_glob("s", "g")]) == stats
+    assert stats[0]["group"] == {"s": "plain"}

@@ -238,8 +238,10 @@ def test_last_hit_paging_under_concurrent_indexing(client: Client,
 
 
 @pytest.mark.slow
-def test_bulks_are_all_or_nothing_across_kill_9(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "data").start()
+@pytest.mark.parametrize("fsync", ["never", "interval", "always"])
+def test_bulks_are_all_or_nothing_across_kill_9(tmp_path: Path, fsync: str) -> None:
+    # Whatever the fsync policy: an acknowledged bulk is there after a kill -9.
+    server = ServerProcess(tmp_path / "data", "--fsync", fsync).start()
     acknowledged: list[int] = []
     size = 300
     try:

@@ -163,19 +163,25 @@ def entry_rows(long long base, object coll, list entries, list rows, list word_r
                set vocabulary) -> None:
     """Appends the entries' rows (entry, coll, type, value, phrase, number, long path, short
     path), with entry = base | n for the n-th entry, their (word, entry) rows, and adds
-    their words to the vocabulary."""
+    their words to the vocabulary. A value equal to its phrase, and a long path equal to
+    the short one, is the empty string (it reads as the other; an empty value has an
+    empty phrase, an empty long path an empty short one)."""
     cdef Py_ssize_t n = 0
     cdef int entry_type
-    cdef str value
+    cdef str value, phrase, long_path, short_path
     cdef tuple analyzed, found
     for item in entries:
         entry_type = item[0]
         value = item[1]
+        long_path = item[2]
+        short_path = item[3]
         analyzed = _analyze(entry_type, value)
+        phrase = <str>analyzed[0]
         found = <tuple>analyzed[1]
         entry = base | n  # one int object for the entry's row and its word rows
-        rows.append((entry, coll, item[0], value, analyzed[0],
-                     float(value) if entry_type == _NUMERIC else None, item[2], item[3]))
+        rows.append((entry, coll, item[0], "" if value == phrase else value, phrase,
+                     float(value) if entry_type == _NUMERIC else None,
+                     "" if long_path == short_path else long_path, short_path))
         for word in found:
             word_rows.append((word, entry))
         if found:

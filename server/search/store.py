@@ -2,7 +2,8 @@
 project's directory, WAL), and the constraint tree compiled into SQL over B-tree indexes.
 
 Layout: a document row per (collection, id); one entry row per (value, path) whose rowid is
-`document rowid << 20 | n`, so a document's entries are one rowid range; (word, entry) for
+`document rowid << 20 | n`, so a document's entries are one rowid range (its value is stored
+empty when it equals its phrase, its long path when it equals the short one); (word, entry) for
 the words of every entry (`word` and `word*` are lookups in it); the vocabulary of distinct
 words, also reversed (`*word` is a range of it), and per update a row per trigram of the
 words new to the vocabulary, listing them as a JSON array (`*word*` is a lookup of one of
@@ -11,9 +12,9 @@ its trigrams, never a scan of the documents); facets and sortables."""
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import re
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -27,7 +28,7 @@ from fluxcore._ext._search import entry_rows
 from fluxcore.errors import LogError
 from fluxcore.protocol import ProtocolError
 
-from ..store import connect, transaction
+from ..store import Checkpointer, connect, transaction
 from .constraints import (
     All,
     Any_,
@@ -52,6 +53,8 @@ MAX_ENTRIES = 1 << ENTRY_BITS  # entries of one document
 ESTIMATE_CAP = 5000
 # Rows a walk in sort order tests before it gives up and sorts the matches instead.
 WALK_BUDGET = 4096
+MMAP_BYTES = 1 << 40
+WAL_BACKSTOP_PAGES = 50_000
 _MANY = 1 << 62  # an estimate: at least as many as asked
 _FEW = 200  # documents few enough to test one by one against any constraint
 logger = logging.getLogger("fluxcore.server")
@@ -165,9 +168,18 @@ class SearchStore:
         self._estimate_cap = estimate_cap
         self._walk_budget = walk_budget
         self._db = connect(path, durable=durable)
-        # A bigger page cache and fewer checkpoints: index inserts land all over the B-trees.
+        # A bigger page cache: index inserts land all over the B-trees. Checkpoints are the
+        # checkpointer's, in a thread of its own (started by the first update); a commit
+        # checkpoints only past a WAL of WAL_BACKSTOP_PAGES.
         self._db.execute("PRAGMA cache_size=-65536")
-        self._db.execute("PRAGMA wal_autocheckpoint=20000")
+        # Queries read the file through a mapping (SQLite caps the size it maps): a page
+        # outside the cache costs no read() and no copy. SQLite writes with write() all
+        # the same.
+        self._db.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
+        self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_BACKSTOP_PAGES}")
+        self._path = path
+        self._durable = durable
+        self._checkpointer: Checkpointer | None = None
         counted = self._db.execute(
             "SELECT 1 FROM sqlite_master WHERE name = 'facet_counts'").fetchone() is not None
         fts = self._db.execute(
@@ -215,6 +227,9 @@ class SearchStore:
     def close(self) -> None:
         if not self.backlog:
             self._store_upto()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         self._db.close()
 
     # -- writing -------------------------------------------------------------------------
@@ -312,6 +327,7 @@ class SearchStore:
             self._collections = dict(db.execute("SELECT name, id FROM collections").fetchall())
             self._names = {v: k for k, v in self._collections.items()}
             raise
+        self._checkpoint_soon()
         if self.backlog:  # earlier documents still wait for their logs: these go after them
             self._publish_backlog()
         elif indexed:
@@ -326,6 +342,18 @@ class SearchStore:
             else:
                 self._published_upto = max(self._published_upto, top)
         return done
+
+    def _checkpoint_soon(self) -> None:
+        """After a write: the checkpointer runs (a store in memory has no WAL). If it cannot
+        start (no descriptor, no thread), commits checkpoint past the backstop meanwhile and
+        the next write tries again: the write itself is done."""
+        if self._checkpointer is None and self._path != ":memory:":
+            try:
+                self._checkpointer = Checkpointer(self._path, durable=self._durable)
+            except (sqlite3.Error, OSError, RuntimeError) as exc:
+                logger.warning("the search store's checkpointer did not start (commits"
+                               " checkpoint past %d pages meanwhile): %s", WAL_BACKSTOP_PAGES,
+                               exc)
 
     def _publish_all(self, indexed: list[IndexedDocument]) -> None:
         by_collection: dict[str, list[IndexedDocument]] = {}
@@ -433,7 +461,7 @@ class SearchStore:
                 trigrams[trigram].append(word)
         self._db.executemany(
             "INSERT INTO word_trigrams (trigram, words) VALUES (?, ?)",
-            sorted((trigram, json.dumps(listed, ensure_ascii=False))
+            sorted((trigram, _json_encode(listed).decode())
                    for trigram, listed in trigrams.items()))
 
     def _delete_rows(self, docs: Sequence[int]) -> None:
@@ -466,6 +494,7 @@ class SearchStore:
         with transaction(self._db):
             found = self._matching_rowids(query)
             self._delete_rows(found)
+        self._checkpoint_soon()
         return len(found)
 
     def delete_collection(self, name: str) -> int:
@@ -476,6 +505,7 @@ class SearchStore:
             docs = [r[0] for r in self._db.execute(
                 "SELECT rowid FROM documents WHERE coll = ?", (coll,))]
             self._delete_rows(docs)
+        self._checkpoint_soon()
         return len(docs)
 
     # -- reading -------------------------------------------------------------------------
@@ -528,21 +558,30 @@ class SearchStore:
         if not items:
             return "1"
         probed: set[int] = set()
+        driver = -1
         if len(items) > 1:
             cap = self._estimate_cap
             estimates = [self._estimate(n, colls, cap) for n in items]
             known = [(n, i) for i, n in enumerate(estimates) if n is not None]
             if known:
                 least, driver = min(known)
-                # A test per document of the driver's set costs more than a set lookup:
-                # only against a much larger set, or an unknown one while the driver's is
-                # small.
+                # A test per document of the driver's set that is one index seek costs
+                # about what a row of the constraint's own set does: test whenever that
+                # set is not smaller. A test that reads the document's entries costs
+                # more: only against a much larger set, or an unknown one while the
+                # driver's is small.
                 probed = {i for i, (node, n) in enumerate(zip(items, estimates, strict=True))
                           if i != driver and _probes_well(node) and (
+                              (_seeks(node) and (n is None or n >= least)) or
                               (n is not None and n >= 8 * least) or
                               (n is None and least <= _FEW))}
-        return "(" + " AND ".join(_compile(n, colls, sql, probe=i in probed)
-                                  for i, n in enumerate(items)) + ")"
+        parts = []
+        for i, node in enumerate(items):
+            part = _compile(node, colls, sql, probe=i in probed)
+            if i == driver:
+                part = _narrowed(part, [items[j] for j in sorted(probed)], sql)
+            parts.append(part)
+        return "(" + " AND ".join(parts) + ")"
 
     def _estimate(self, node: Node, colls: list[int], limit: int) -> int | None:
         """About how many documents (entries) a constraint finds, counted up to `limit`;
@@ -586,25 +625,25 @@ class SearchStore:
         return smallest
 
     def _walk(self, walk_sql: str, params: list[Any], wanted: int) -> list[int] | None:
-        """The first `wanted` distinct documents of a walk of (rowid, matches) rows, or None
-        if the walk ended or went past self._walk_budget rows first (then sort the matches)."""
+        """The first `wanted` distinct matching documents among the first
+        self._walk_budget rows of a walk of (doc, matches) rows, or None if there are
+        fewer (then sort the matches). Rows that do not match never leave SQLite."""
         found: dict[int, None] = {}
-        walked = 0
-        cursor = self._db.execute(walk_sql, params)
+        cursor = self._db.execute(
+            f"SELECT walked.doc FROM ({walk_sql} LIMIT {int(self._walk_budget)}) walked"
+            " WHERE walked.matches", params)
         try:
-            while len(found) < wanted and walked < self._walk_budget:
-                batch = cursor.fetchmany(256)
+            while len(found) < wanted:
+                batch = cursor.fetchmany(wanted)
                 if not batch:
                     return None
-                for rowid, matches in batch:
-                    walked += 1
-                    if matches:
-                        found.setdefault(rowid)
-                        if len(found) >= wanted:
-                            break
+                for (rowid,) in batch:
+                    found.setdefault(rowid)
+                    if len(found) >= wanted:
+                        break
         finally:
             cursor.close()
-        return list(found) if len(found) >= wanted else None
+        return list(found)
 
     def _page(self, page: list[int]) -> list[dict[str, Any]]:
         if not page:
@@ -632,11 +671,13 @@ class SearchStore:
         if name == "timestamp":
             # Documents without a timestamp sort last: the walk leaves them out and gives up
             # when it runs out (the general sort then has them).
-            walk = (f"SELECT d.rowid, {test} FROM documents d WHERE d.coll = {colls[0]} AND"
+            walk = (f"SELECT d.rowid AS doc, {test} AS matches FROM documents d WHERE"
+                    f" d.coll = {colls[0]} AND"
                     f" d.ts IS NOT NULL ORDER BY d.ts {order}, d.rowid {order}")
             params = sql.params
         else:
-            walk = (f"SELECT s.doc, {test} FROM sortables s CROSS JOIN documents d ON"
+            walk = (f"SELECT s.doc AS doc, {test} AS matches FROM sortables s CROSS JOIN"
+                    f" documents d ON"
                     f" d.rowid = s.doc WHERE s.name = ? ORDER BY s.value {order},"
                     f" s.doc {order}")
             params = [*sql.params, sortable_name(name)]
@@ -775,7 +816,7 @@ class SearchStore:
         for glob in group_by:
             cond, params = _path_sql(glob, "g")
             group_exprs.append(
-                "(SELECT g.value FROM entries g WHERE g.rowid BETWEEN d.rowid << 20 AND "
+                f"(SELECT {_value('g')} FROM entries g WHERE g.rowid BETWEEN d.rowid << 20 AND "
                 f"(d.rowid << 20) | {MAX_ENTRIES - 1} AND g.type != {NULL} AND {cond}"
                 " ORDER BY g.rowid LIMIT 1)")
             group_params.extend(params)
@@ -829,6 +870,7 @@ class SearchStore:
 
 
 _word_of = itemgetter(0)
+_json_encode = msgspec.json.Encoder().encode
 
 
 def _num(value: Any) -> Any:
@@ -892,10 +934,20 @@ def _after(keys: list[tuple[str, bool, list[Any]]], row: Sequence[Any],
 
 # -- compiling constraints ---------------------------------------------------------------
 
+def _value(alias: str) -> str:
+    """An entry's raw value (stored empty when it equals the phrase)."""
+    return f"iif({alias}.value = '', {alias}.phrase, {alias}.value)"
+
+
+def _long_path(alias: str) -> str:
+    """An entry's long path (stored empty when it equals the short one)."""
+    return f"iif({alias}.lpath = '', {alias}.spath, {alias}.lpath)"
+
+
 def _path_sql(glob: PathGlob, alias: str) -> tuple[str, list[Any]]:
     # `+`: never drive a lookup by the path index; a value index is nearly always more
     # selective (SQLite has no statistics to know that).
-    column = f"+{alias}.{'lpath' if glob.long else 'spath'}"
+    column = _long_path(alias) if glob.long else f"+{alias}.spath"
     parts, params = [], []
     for pattern in glob.globs:
         if is_literal(pattern):
@@ -950,16 +1002,25 @@ def _compile(node: Node, colls: list[int], sql: _Sql, probe: bool = False) -> st
     if isinstance(node, Match):
         if node.strict:
             sql.add(normalize(node.value), node.value, node.value)
-            return _entries_in("e.phrase IN (?, ?) AND e.value = ?", node.paths, colls, sql,
-                               probe)
-        sql.add(normalize(node.value))
-        return _entries_in("e.phrase = ?", node.paths, colls, sql, probe)
+            cond = f"e.phrase IN (?, ?) AND {_value('e')} = ?"
+        else:
+            sql.add(normalize(node.value))
+            cond = "e.phrase = ?"
+        paths = _literal_short_paths(node.paths)
+        if probe and paths:
+            # One seek in the phrase index (coll, phrase, spath, rowid): the document's
+            # entries with the phrase at those paths, not a read of all of its entries.
+            sql.add(*paths)
+            return (f"EXISTS (SELECT 1 FROM entries e WHERE e.coll IN"
+                    f" ({','.join(map(str, colls))}) AND {cond} AND e.spath IN"
+                    f" ({','.join('?' * len(paths))}) AND e.rowid {_OWN_ENTRIES})")
+        return _entries_in(cond, node.paths, colls, sql, probe)
     if isinstance(node, Between):
         return _between(node, colls, sql, probe)
     if isinstance(node, Exists):
         parts = []
         for glob in node.paths:
-            column = "e.lpath" if glob.long else "e.spath"
+            column = _long_path("e") if glob.long else "e.spath"
             for pattern in glob.globs:
                 if is_literal(pattern):
                     parts.append(f"{column} = ? OR {column} GLOB ?")
@@ -992,9 +1053,48 @@ def _probes_well(node: Node) -> bool:
     if isinstance(node, Not):
         return _probes_well(node.item)
     if isinstance(node, Contains):
-        return (not node.prefix and not node.postfix and not node.paths
-                and words(node.term) == [node.term])
+        return not node.prefix and not node.postfix and words(node.term) == [node.term]
     return True
+
+
+def _narrowed(driver: str, probed: list[Node], sql: _Sql) -> str:
+    """The driver's set (`d.rowid IN (SELECT <document> FROM ...)`) without the documents
+    that lack a word a probed contains needs (anywhere: the probe checks its paths), so
+    that documents, entries and the probes are read only for documents with every word."""
+    needed = [node.term for node in probed if isinstance(node, Contains) and _probes_well(node)]
+    head = "d.rowid IN (SELECT "
+    if not needed or not driver.startswith(head) or not driver.endswith(")"):
+        return driver
+    doc = driver[len(head) : driver.index(" FROM ")]
+    tests = []
+    for term in needed:
+        tests.append(f"EXISTS (SELECT 1 FROM words wn WHERE wn.word = ? AND wn.entry BETWEEN"
+                     f" ({doc}) << {ENTRY_BITS} AND (({doc}) << {ENTRY_BITS}) |"
+                     f" {MAX_ENTRIES - 1})")
+        sql.add(term)
+    return f"{driver[:-1]} AND {' AND '.join(tests)})"
+
+
+def _seeks(node: Node) -> bool:
+    """Whether testing one document for the constraint is an index seek or a few, not a
+    read of the document's entries."""
+    if isinstance(node, (All, Any_)):
+        return all(_seeks(n) for n in node.items)
+    if isinstance(node, Not):
+        return _seeks(node.item)
+    if isinstance(node, Contains):
+        return _probes_well(node)
+    if isinstance(node, Match):
+        return _literal_short_paths(node.paths) is not None
+    return isinstance(node, Facet)
+
+
+def _literal_short_paths(paths: tuple[PathGlob, ...]) -> list[str] | None:
+    """The short paths of globs that are all plain short paths, else None."""
+    if not paths or any(glob.long for glob in paths):
+        return None
+    found = [pattern for glob in paths for pattern in glob.globs]
+    return found if all(is_literal(pattern) for pattern in found) else None
 
 
 def _glob_escape(text: str) -> str:
@@ -1017,10 +1117,14 @@ def _contains(node: Contains, colls: list[int], sql: _Sql, probe: bool) -> str:
     found = words(term)
     pattern = contains_regex(term, node.prefix, node.postfix)
     exact = len(found) == 1 and found[0] == term
-    if probe and exact and not node.prefix and not node.postfix and not node.paths:
+    if probe and exact and not node.prefix and not node.postfix:
         sql.add(term)  # the word's index entry for one of the document's entries
-        return (f"EXISTS (SELECT 1 FROM words w WHERE w.word = ? AND w.entry"
-                f" {_OWN_ENTRIES})")
+        if not node.paths:
+            return (f"EXISTS (SELECT 1 FROM words w WHERE w.word = ? AND w.entry"
+                    f" {_OWN_ENTRIES})")
+        return (f"EXISTS (SELECT 1 FROM words w JOIN entries e ON e.rowid = w.entry WHERE"
+                f" w.word = ? AND w.entry {_OWN_ENTRIES} AND"
+                f" {_paths_sql(node.paths, 'e', sql)})")
     if probe or not found:  # the document's entries; no word to look up: a scan
         sql.add(pattern)
         return _entries_in("fc_find(e.phrase, ?)", node.paths, colls, sql, probe)
