@@ -16,6 +16,7 @@ from typing import Any, ClassVar, TypeVar
 import msgspec
 
 from bench.common import Dataset, new_event_loop
+from bench.request_responder import ResponderProcess
 from bench.servers import fluxcore_argv, fluxcore_ready, free_port, running_server
 from bench.service_workloads import (
     CONSUME_BATCH,
@@ -23,6 +24,7 @@ from bench.service_workloads import (
     REQUEST_TIMEOUT_S,
     AsyncRequests,
     Consumed,
+    RemoteResponder,
     ServiceSystem,
     check_reply,
     chunks,
@@ -46,7 +48,7 @@ class BenchOrder(msgspec.Struct):
     note: str
 
 
-class FluxcoreSystem(ServiceSystem, AsyncRequests):
+class FluxcoreSystem(ServiceSystem, AsyncRequests, RemoteResponder):
     system = "fluxcore"
     setup = (
         "fluxcore serve --fsync interval: a STORED publish is acked once appended to the"
@@ -81,6 +83,18 @@ class FluxcoreSystem(ServiceSystem, AsyncRequests):
         ),
         "request_p50_async": "await AsyncClient.request(COMMAND), one in flight",
         "request_p99_async": "await AsyncClient.request(COMMAND), one in flight",
+        "request_rate_2proc": (
+            "as request_rate; the responder (a Client COMMAND consumer returning the payload)"
+            " runs in a process of its own (bench/request_responder.py)"
+        ),
+        "request_p50_2proc": "as request_p50, the responder in a process of its own",
+        "request_p99_2proc": "as request_p99, the responder in a process of its own",
+        "request_rate_async_2proc": (
+            "as request_rate_async; the responder (an AsyncClient COMMAND consumer on uvloop)"
+            " runs in a process of its own"
+        ),
+        "request_p50_async_2proc": "as request_p50_async, the responder in a process of its own",
+        "request_p99_async_2proc": "as request_p99_async, the responder in a process of its own",
     }
 
     @classmethod
@@ -113,6 +127,7 @@ class FluxcoreSystem(ServiceSystem, AsyncRequests):
         self._loop: asyncio.AbstractEventLoop | None = None  # of the asyncio clients
         self._async_client: Any = None
         self._async_responder: Any = None
+        self._remote: ResponderProcess | None = None  # the responder of the _2proc rows
         try:
             port = free_port()
             (directory / "data").mkdir()
@@ -309,7 +324,8 @@ class FluxcoreSystem(ServiceSystem, AsyncRequests):
         if self._async_client is None:
             self._async_client = loop.run_until_complete(
                 AsyncClient.connect(self._server.address, token=TOKEN, name="bench-async"))
-            loop.run_until_complete(self._start_async_responder())
+            if self._remote is None:
+                loop.run_until_complete(self._start_async_responder())
         return loop.run_until_complete(work(self._async_client))
 
     async def _start_async_responder(self) -> None:
@@ -329,6 +345,29 @@ class FluxcoreSystem(ServiceSystem, AsyncRequests):
                 check_reply(b"probe", answer.data)
                 return
         raise RuntimeError(f"the asyncio responder answered no probe in {PROBE_TRIES} tries")
+
+    def start_remote_responder(self, asyncio_client: bool) -> None:
+        """The responder moves to a process of its own (a Client consumer, or an AsyncClient
+        one): the in-process responders stop first, so only it answers."""
+        from fluxcore.client import MessageType
+
+        if self._responder is not None:
+            self._responder.stop()
+        if self._async_responder is not None and self._loop is not None:
+            self._loop.run_until_complete(self._async_responder.close())
+            self._async_responder = None
+        if self._remote is not None:
+            self._remote.close()
+            self._remote = None
+        self._remote = ResponderProcess(
+            "fluxcore-async" if asyncio_client else "fluxcore", self._server.address)
+        for _ in range(PROBE_TRIES):
+            with contextlib.suppress(TimeoutError):
+                answer = self._client.request(MessageType.COMMAND, b"probe",
+                                              timeout=PROBE_TIMEOUT_S)
+                check_reply(b"probe", answer.data)
+                return
+        raise RuntimeError(f"the responder process answered no probe in {PROBE_TRIES} tries")
 
     def request_rate_async(self, count: int, in_flight: int) -> None:
         from fluxcore.client import MessageType
@@ -371,6 +410,8 @@ class FluxcoreSystem(ServiceSystem, AsyncRequests):
 
     def close(self) -> None:
         try:
+            if self._remote is not None:
+                self._remote.close()
             if self._loop is not None:
                 for client in (self._async_responder, self._async_client):
                     if client is not None:
