@@ -74,3 +74,41 @@ async def _requests(address: str) -> None:
 def test_responder_kind_is_checked() -> None:
     with pytest.raises(ValueError, match="responder kind"):
         ResponderProcess("redis", "127.0.0.1:1")
+
+
+def test_service_suite_two_process_rows(tmp_path: Path) -> None:
+    """The suite's `_2proc` rows for fluxcore: Client and AsyncClient requesters against a
+    responder process (small counts)."""
+    from bench.common import Results, make_dataset
+    from bench.service_fluxcore import FluxcoreSystem
+    from bench.service_workloads import ServiceSizes, _two_process_rows
+
+    system = FluxcoreSystem(tmp_path, make_dataset())
+    results = Results()
+    try:
+        system.start_responder()
+        _two_process_rows(system, ServiceSizes(publish=0, consume=0, request=200, latency=100,
+                                               repeats=1), results)
+    finally:
+        system.close()
+    assert not results.skipped
+    assert sorted(row.name for row in results.rows) == sorted(
+        f"request_{kind}{suffix}_2proc" for kind in ("rate", "p50", "p99")
+        for suffix in ("", "_async"))
+    assert all(row.value > 0 and "process of its own" in str(row.extra["how"])
+               for row in results.rows)
+
+
+def test_paired_requests_two_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import request_pairs
+    from bench.service_peers import JetStreamSystem
+
+    if JetStreamSystem.unavailable() is not None:
+        pytest.skip(str(JetStreamSystem.unavailable()))
+    monkeypatch.setattr(request_pairs, "LATENCY_COUNT", 50)
+    monkeypatch.setattr(request_pairs, "RATE_COUNT", 200)
+    text = request_pairs.paired_requests(1, str(tmp_path), two_process=True)
+    assert "the responder in its own process" in text
+    for name in ("fluxcore Client", "NATS (with Client)", "fluxcore AsyncClient",
+                 "NATS (with AsyncClient)"):
+        assert f"  {name}" in text.split("medians over the rounds:")[1]
