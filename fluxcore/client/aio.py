@@ -149,9 +149,12 @@ class AsyncClient(AsyncOperations):
     async def _handshake(self) -> _Protocol:
         """A new connection that said HELLO and got WELCOME, and is still open."""
         loop = asyncio.get_running_loop()
-        transport, protocol = await asyncio.wait_for(
-            loop.create_connection(lambda: _Protocol(self), self.host, self.port, ssl=self._tls),
-            self._connect_timeout)
+        if self.unix_path is not None:
+            connecting = loop.create_unix_connection(lambda: _Protocol(self), self.unix_path)
+        else:
+            connecting = loop.create_connection(lambda: _Protocol(self), self.host, self.port,
+                                                ssl=self._tls)
+        transport, protocol = await asyncio.wait_for(connecting, self._connect_timeout)
         try:
             transport.write(self._codec.hello(0))
             op, body = await asyncio.wait_for(protocol.welcome, self._connect_timeout)
@@ -189,7 +192,7 @@ class AsyncClient(AsyncOperations):
         if exc is not None:
             # A bug of ours, not a lost connection: nobody would answer the callers any more,
             # so they get the error now and every later call fails at once.
-            logger.error("reconnecting to %s:%d failed", self.host, self.port, exc_info=exc)
+            logger.error("reconnecting to %s failed", self.address, exc_info=exc)
             self._gone = ConnectionLost(f"the client's reconnect failed: {exc!r}")
             self._fail_pending(self._gone)
 
@@ -197,7 +200,7 @@ class AsyncClient(AsyncOperations):
         """Reconnects with backoff and resends what was not answered, however often the new
         connections fail (to connect, during HELLO, during the resend: a connection lost
         after this task made it the client's starts a new one)."""
-        logger.warning("connection to %s:%d lost; reconnecting", self.host, self.port)
+        logger.warning("connection to %s lost; reconnecting", self.address)
         self._backoff.lost()
         while not self._closed and self._protocol is None:
             await asyncio.sleep(self._backoff.wait())
@@ -210,9 +213,9 @@ class AsyncClient(AsyncOperations):
                     self._gone = exc
                     self._fail_pending(exc)
                     return
-                logger.warning("reconnecting to %s:%d: %s", self.host, self.port, exc)
+                logger.warning("reconnecting to %s: %s", self.address, exc)
             except (TimeoutError, OSError, FrameError) as exc:
-                logger.info("reconnecting to %s:%d: %s", self.host, self.port, exc)
+                logger.info("reconnecting to %s: %s", self.address, exc)
             else:
                 transport = protocol.transport
                 assert transport is not None
