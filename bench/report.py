@@ -39,6 +39,9 @@ SERVICE_ORDER = (
     "request_rate_async_2proc",
     "request_p50_async_2proc",
     "request_p99_async_2proc",
+    "request_rate_unix",
+    "request_p50_unix",
+    "request_p99_unix",
 )
 
 

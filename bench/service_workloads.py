@@ -136,6 +136,15 @@ class RemoteResponder(abc.ABC):
         returns."""
 
 
+class UnixRequests(abc.ABC):
+    """A system that also serves a Unix domain socket (rows `request_*_unix`)."""
+
+    @abc.abstractmethod
+    def use_unix_socket(self) -> None:
+        """The requester and an in-process responder connect over the Unix socket from now
+        on; request_rate and request_latencies then go through it."""
+
+
 def time_repeats(work: Callable[[], tuple[int, float]], repeats: int) -> Timing:
     """Like common.time_runs, for work that times itself: it returns (messages, seconds).
 
@@ -282,6 +291,8 @@ def _run_rows(system: ServiceSystem, sizes: ServiceSizes, results: Results) -> N
             _async_request_rows(system, sizes, results)
         if isinstance(system, RemoteResponder):
             _two_process_rows(system, sizes, results)
+        if isinstance(system, UnixRequests):
+            _unix_rows(system, sizes, results)
 
 
 def _async_request_rows(system: AsyncRequests, sizes: ServiceSizes, results: Results) -> None:
@@ -324,6 +335,24 @@ def _two_process_rows(system: RemoteResponder, sizes: ServiceSizes, results: Res
             for row in _latency_rows(system, latencies, suffix, sizes, note):
                 row.name += "_2proc"
                 results.rows.append(_row(system, row))
+
+
+def _unix_rows(system: UnixRequests, sizes: ServiceSizes, results: Results) -> None:
+    """request_rate and request_p50/p99 again over the Unix socket (`_unix`), requester and
+    responder in one process as in the TCP rows."""
+    assert isinstance(system, ServiceSystem)
+    name, note = system.system, system.setup
+    with results.attempt(f"request rows_unix on {name}"):
+        progress(f"{name}: request rows over the Unix domain socket")
+        system.use_unix_socket()
+        work = _timed(lambda: system.request_rate(sizes.request, IN_FLIGHT), sizes.request)
+        timing = time_repeats(work, sizes.repeats)
+        row = Row.throughput("request_rate_unix", name, timing, note)
+        row.extra["in_flight"] = IN_FLIGHT
+        results.rows.append(_row(system, row))
+        for row in _latency_rows(system, system.request_latencies, "", sizes, note):
+            row.name += "_unix"
+            results.rows.append(_row(system, row))
 
 
 def _latency_rows(system: ServiceSystem, latencies: Callable[[int], list[int]], suffix: str,

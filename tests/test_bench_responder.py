@@ -81,25 +81,30 @@ def test_service_suite_two_process_rows(tmp_path: Path) -> None:
     responder process (small counts)."""
     from bench.common import Results, make_dataset
     from bench.service_fluxcore import FluxcoreSystem
-    from bench.service_workloads import ServiceSizes, _two_process_rows
+    from bench.service_workloads import ServiceSizes, _two_process_rows, _unix_rows
 
     system = FluxcoreSystem(tmp_path, make_dataset())
     results = Results()
+    sizes = ServiceSizes(publish=0, consume=0, request=200, latency=100, repeats=1)
     try:
         system.start_responder()
-        _two_process_rows(system, ServiceSizes(publish=0, consume=0, request=200, latency=100,
-                                               repeats=1), results)
+        _two_process_rows(system, sizes, results)
+        _unix_rows(system, sizes, results)
     finally:
         system.close()
     assert not results.skipped
     assert sorted(row.name for row in results.rows) == sorted(
-        f"request_{kind}{suffix}_2proc" for kind in ("rate", "p50", "p99")
-        for suffix in ("", "_async"))
-    assert all(row.value > 0 and "process of its own" in str(row.extra["how"])
-               for row in results.rows)
+        [f"request_{kind}{suffix}_2proc" for kind in ("rate", "p50", "p99")
+         for suffix in ("", "_async")]
+        + [f"request_{kind}_unix" for kind in ("rate", "p50", "p99")])
+    for row in results.rows:
+        assert row.value > 0
+        assert ("process of its own" if row.name.endswith("_2proc") else "Unix domain socket") \
+            in str(row.extra["how"])
 
 
-def test_paired_requests_two_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_paired_requests_two_process_over_unix(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from bench import request_pairs
     from bench.service_peers import JetStreamSystem
 
@@ -107,8 +112,8 @@ def test_paired_requests_two_process(tmp_path: Path, monkeypatch: pytest.MonkeyP
         pytest.skip(str(JetStreamSystem.unavailable()))
     monkeypatch.setattr(request_pairs, "LATENCY_COUNT", 50)
     monkeypatch.setattr(request_pairs, "RATE_COUNT", 200)
-    text = request_pairs.paired_requests(1, str(tmp_path), two_process=True)
-    assert "the responder in its own process" in text
+    text = request_pairs.paired_requests(1, str(tmp_path), two_process=True, unix=True)
+    assert "the responder in its own process; fluxcore over its Unix socket" in text
     for name in ("fluxcore Client", "NATS (with Client)", "fluxcore AsyncClient",
                  "NATS (with AsyncClient)"):
         assert f"  {name}" in text.split("medians over the rounds:")[1]
