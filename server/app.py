@@ -91,8 +91,13 @@ class Server:
             # Same sessions as over TCP, without TLS: the socket file's permissions guard it.
             # A socket file left by a server that died is replaced (asyncio and uvloop both
             # remove a stale socket at the path; anything else there is an error).
-            self._unix_server = await loop.create_unix_server(
-                lambda: Session(self), self.config.unix_path, backlog=1024)
+            try:
+                self._unix_server = await loop.create_unix_server(
+                    lambda: Session(self), self.config.unix_path, backlog=1024)
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot listen on the Unix socket"
+                                         f" {self.config.unix_path}: {exc.strerror or exc}"
+                              ) from exc
         self._purge_task = loop.create_task(self._purge_loop())
         self._flush_task = loop.create_task(self._flush_loop())
         if self.config.metrics_interval_s > 0:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,3 +168,15 @@ def test_unix_path_from_the_environment(tmp_path: Path, socket_path: str) -> Non
             client.ping()
     finally:
         server.stop()
+
+
+def test_a_socket_path_it_cannot_use_stops_serve_naming_it(tmp_path: Path) -> None:
+    for path in (tmp_path / "no-such-dir" / "s.sock", tmp_path / "a-file"):
+        if path.name == "a-file":
+            path.write_text("not a socket")  # replaced only if it is a socket
+        done = subprocess.run(
+            [sys.executable, "-m", "fluxcore", "serve", "--data", str(tmp_path / "data"),
+             "--port", "0", "--token", TOKEN, "--unix", str(path)],
+            text=True, capture_output=True, timeout=60)
+        assert done.returncode != 0
+        assert f"cannot listen on the Unix socket {path}" in done.stderr
