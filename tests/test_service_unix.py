@@ -161,13 +161,18 @@ def test_unix_addresses_are_checked() -> None:
         Client.connect("unix:/tmp/fluxcore-no-such.sock", token=TOKEN)
 
 
-def test_unix_path_from_the_environment(tmp_path: Path, socket_path: str) -> None:
-    server = ServerProcess(tmp_path / "data", env={"FLUXCORE_UNIX_PATH": socket_path}).start()
-    try:
-        with Client.connect(f"unix:{socket_path}", token=TOKEN) as client:
-            client.ping()
-    finally:
-        server.stop()
+def test_unix_path_from_the_environment_or_the_config_file(tmp_path: Path,
+                                                            socket_path: str) -> None:
+    config = tmp_path / "fluxcore.toml"
+    config.write_text(f"unix_path = {socket_path!r}\n".replace("'", '"'))
+    for server in (ServerProcess(tmp_path / "data", env={"FLUXCORE_UNIX_PATH": socket_path}),
+                   ServerProcess(tmp_path / "data", "--config", str(config))):
+        server.start()
+        try:
+            with Client.connect(f"unix:{socket_path}", token=TOKEN) as client:
+                client.ping()
+        finally:
+            assert server.stop() == 0
 
 
 def test_a_socket_path_it_cannot_use_stops_serve_naming_it(tmp_path: Path) -> None:
