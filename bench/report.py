@@ -33,6 +33,15 @@ SERVICE_ORDER = (
     "request_rate_async",
     "request_p50_async",
     "request_p99_async",
+    "request_rate_2proc",
+    "request_p50_2proc",
+    "request_p99_2proc",
+    "request_rate_async_2proc",
+    "request_p50_async_2proc",
+    "request_p99_async_2proc",
+    "request_rate_unix",
+    "request_p50_unix",
+    "request_p99_unix",
 )
 
 

@@ -5,7 +5,7 @@ python bench/run.py --suite service --json FILE [--quick] [--dir DIR]
 python bench/run.py --suite scale --json FILE [--quick] [--dir DIR] [--only ROW]
 python bench/run.py --suite search --json FILE [--quick] [--documents N] [--dir DIR]
 python bench/run.py --suite service --profile-request [--async] [--requests N]
-python bench/run.py --suite service --paired-requests [--rounds N]
+python bench/run.py --suite service --paired-requests [--rounds N] [--two-process] [--unix]
 python bench/run.py --suite service --server-cpu [--requests N] [--in-flight N] [--server-profile F]
 python bench/run.py --suite service --read-path [--requests N]
 python -m bench.run ...
@@ -66,6 +66,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=4, help="with --paired-requests")
     parser.add_argument(
+        "--two-process",
+        action="store_true",
+        help="with --paired-requests: each system's responder in a process of its own",
+    )
+    parser.add_argument(
+        "--unix",
+        action="store_true",
+        help="with --paired-requests: fluxcore over its Unix domain socket (NATS on TCP)",
+    )
+    parser.add_argument(
         "--server-cpu",
         action="store_true",
         help="service suite: the server's CPU time per 1,000 request/response round trips",
@@ -82,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.suite == "service" and args.paired_requests:
         from bench.request_pairs import paired_requests
 
-        print(paired_requests(args.rounds, args.dir))
+        print(paired_requests(args.rounds, args.dir, args.two_process, args.unix))
         return 0
     if args.suite == "service" and args.read_path:
         from bench.read_path import read_path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import tempfile
 import threading
 import time
 from collections import deque
@@ -16,6 +17,7 @@ from typing import Any, ClassVar, TypeVar
 import msgspec
 
 from bench.common import Dataset, new_event_loop
+from bench.request_responder import ResponderProcess
 from bench.servers import fluxcore_argv, fluxcore_ready, free_port, running_server
 from bench.service_workloads import (
     CONSUME_BATCH,
@@ -23,7 +25,9 @@ from bench.service_workloads import (
     REQUEST_TIMEOUT_S,
     AsyncRequests,
     Consumed,
+    RemoteResponder,
     ServiceSystem,
+    UnixRequests,
     check_reply,
     chunks,
 )
@@ -86,7 +90,7 @@ def consumed(done: threading.Event, timeout: float, start_ns: int,
     return Consumed(got, touched, seconds)
 
 
-class FluxcoreSystem(ServiceSystem, AsyncRequests):
+class FluxcoreSystem(ServiceSystem, AsyncRequests, RemoteResponder, UnixRequests):
     system = "fluxcore"
     setup = (
         "fluxcore serve --fsync interval: a STORED publish is acked once appended to the"
@@ -121,6 +125,24 @@ class FluxcoreSystem(ServiceSystem, AsyncRequests):
         ),
         "request_p50_async": "await AsyncClient.request(COMMAND), one in flight",
         "request_p99_async": "await AsyncClient.request(COMMAND), one in flight",
+        "request_rate_2proc": (
+            "as request_rate; the responder (a Client COMMAND consumer returning the payload)"
+            " runs in a process of its own (bench/request_responder.py)"
+        ),
+        "request_p50_2proc": "as request_p50, the responder in a process of its own",
+        "request_p99_2proc": "as request_p99, the responder in a process of its own",
+        "request_rate_async_2proc": (
+            "as request_rate_async; the responder (an AsyncClient COMMAND consumer on uvloop)"
+            " runs in a process of its own"
+        ),
+        "request_p50_async_2proc": "as request_p50_async, the responder in a process of its own",
+        "request_p99_async_2proc": "as request_p99_async, the responder in a process of its own",
+        "request_rate_unix": (
+            "as request_rate (responder in this process), requester and responder connected to"
+            " the server's Unix domain socket (fluxcore serve --unix); the peers' rows are TCP"
+        ),
+        "request_p50_unix": "as request_p50, over the Unix domain socket",
+        "request_p99_unix": "as request_p99, over the Unix domain socket",
     }
 
     @classmethod
@@ -153,19 +175,23 @@ class FluxcoreSystem(ServiceSystem, AsyncRequests):
         self._loop: asyncio.AbstractEventLoop | None = None  # of the asyncio clients
         self._async_client: Any = None
         self._async_responder: Any = None
+        self._remote: ResponderProcess | None = None  # the responder of the _2proc rows
+        self._tcp_clients: list[Any] = []  # replaced by Unix socket ones (use_unix_socket)
         try:
             port = free_port()
             (directory / "data").mkdir()
+            self._unix_path = _socket_path(directory, port)
             server = self._stack.enter_context(
                 running_server(
                     "fluxcore",
-                    fluxcore_argv(port, directory, TOKEN),
+                    [*fluxcore_argv(port, directory, TOKEN), "--unix", self._unix_path],
                     port,
                     directory,
                     ready=fluxcore_ready,
                 )
             )
             self._server = server
+            self._address = server.address  # where requesters and responders connect
             self._client = Client.connect(server.address, token=TOKEN, name="bench")
         except BaseException:
             self.close()
@@ -265,7 +291,7 @@ class FluxcoreSystem(ServiceSystem, AsyncRequests):
         from fluxcore.client import Client, MessageType
 
         self._responder_client = Client.connect(
-            self._server.address, token=TOKEN, name="bench-responder"
+            self._address, token=TOKEN, name="bench-responder"
         )
         self._responder = self._responder_client.consume(
             "bench-responder", MessageType.COMMAND, lambda message: message.data, trackers=1
@@ -330,8 +356,9 @@ class FluxcoreSystem(ServiceSystem, AsyncRequests):
         loop = self._loop
         if self._async_client is None:
             self._async_client = loop.run_until_complete(
-                AsyncClient.connect(self._server.address, token=TOKEN, name="bench-async"))
-            loop.run_until_complete(self._start_async_responder())
+                AsyncClient.connect(self._address, token=TOKEN, name="bench-async"))
+            if self._remote is None:
+                loop.run_until_complete(self._start_async_responder())
         return loop.run_until_complete(work(self._async_client))
 
     async def _start_async_responder(self) -> None:
@@ -341,7 +368,7 @@ class FluxcoreSystem(ServiceSystem, AsyncRequests):
         if self._responder is not None:
             self._responder.stop()
         self._async_responder = await AsyncClient.connect(
-            self._server.address, token=TOKEN, name="bench-responder-async")
+            self._address, token=TOKEN, name="bench-responder-async")
         await self._async_responder.consume(
             "bench-responder", MessageType.COMMAND, lambda message: message.data, trackers=1)
         for _ in range(PROBE_TRIES):
@@ -351,6 +378,51 @@ class FluxcoreSystem(ServiceSystem, AsyncRequests):
                 check_reply(b"probe", answer.data)
                 return
         raise RuntimeError(f"the asyncio responder answered no probe in {PROBE_TRIES} tries")
+
+    def start_remote_responder(self, asyncio_client: bool) -> None:
+        """The responder moves to a process of its own (a Client consumer, or an AsyncClient
+        one): the in-process responders stop first, so only it answers."""
+        from fluxcore.client import MessageType
+
+        if self._responder is not None:
+            self._responder.stop()
+        if self._async_responder is not None and self._loop is not None:
+            self._loop.run_until_complete(self._async_responder.close())
+            self._async_responder = None
+        if self._remote is not None:
+            self._remote.close()
+            self._remote = None
+        self._remote = ResponderProcess(
+            "fluxcore-async" if asyncio_client else "fluxcore", self._address)
+        for _ in range(PROBE_TRIES):
+            with contextlib.suppress(TimeoutError):
+                answer = self._client.request(MessageType.COMMAND, b"probe",
+                                              timeout=PROBE_TIMEOUT_S)
+                check_reply(b"probe", answer.data)
+                return
+        raise RuntimeError(f"the responder process answered no probe in {PROBE_TRIES} tries")
+
+    def use_unix_socket(self) -> None:
+        """From now on requesters and responders connect to the Unix domain socket: the
+        requester's Client and a responder in this process, as for request_rate (any other
+        responder stops first)."""
+        from fluxcore.client import Client
+
+        if self._remote is not None:
+            self._remote.close()
+            self._remote = None
+        if self._async_responder is not None and self._loop is not None:
+            self._loop.run_until_complete(self._async_responder.close())
+            self._async_responder = None
+        if self._responder is not None:
+            self._responder.stop()
+        if self._async_client is not None and self._loop is not None:
+            self._loop.run_until_complete(self._async_client.close())
+            self._async_client = None  # the next asyncio row connects over the socket
+        self._tcp_clients += [self._client, self._responder_client]
+        self._address = f"unix:{self._unix_path}"
+        self._client = Client.connect(self._address, token=TOKEN, name="bench-unix")
+        self.start_responder()
 
     def request_rate_async(self, count: int, in_flight: int) -> None:
         from fluxcore.client import MessageType
@@ -393,6 +465,8 @@ class FluxcoreSystem(ServiceSystem, AsyncRequests):
 
     def close(self) -> None:
         try:
+            if self._remote is not None:
+                self._remote.close()
             if self._loop is not None:
                 for client in (self._async_responder, self._async_client):
                     if client is not None:
@@ -403,9 +477,19 @@ class FluxcoreSystem(ServiceSystem, AsyncRequests):
                 getattr(self._responder, "stop", None),
                 getattr(self._responder_client, "close", None),
                 getattr(self._client, "close", None),
+                *(client.close for client in self._tcp_clients if client is not None),
             ):
                 if closing is not None:
                     with contextlib.suppress(Exception):
                         closing()
         finally:
             self._stack.close()
+
+
+def _socket_path(directory: Path, port: int) -> str:
+    """The server's Unix socket: in its directory unless that path is too long for AF_UNIX
+    (107 bytes), then in the temporary directory."""
+    path = directory / "fluxcore.sock"
+    if len(str(path)) > 100:
+        path = Path(tempfile.gettempdir()) / f"fluxcore-bench-{port}.sock"
+    return str(path)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from bench.common import Dataset, new_event_loop
+from bench.request_responder import NATS_SUBJECT, ResponderProcess
 from bench.servers import (
     find_binary,
     free_port,
@@ -33,6 +34,7 @@ from bench.service_workloads import (
     CONSUME_BATCH,
     REQUEST_TIMEOUT_S,
     Consumed,
+    RemoteResponder,
     ServiceSystem,
     check_reply,
     chunks,
@@ -283,7 +285,7 @@ class RedisSystem(ServiceSystem):
         self._stack.close()
 
 
-class JetStreamSystem(ServiceSystem):
+class JetStreamSystem(ServiceSystem, RemoteResponder):
     system = "jetstream"
     setup = (
         "nats-server -js, file storage: a publish is acked once written to the store"
@@ -302,8 +304,14 @@ class JetStreamSystem(ServiceSystem):
         ),
         "request_p50": "as request_rate, one request in flight",
         "request_p99": "as request_rate, one request in flight",
+        "request_rate_2proc": (
+            "as request_rate; the responder (nats-py on uvloop, msg.respond) runs in a process"
+            " of its own (bench/request_responder.py)"
+        ),
+        "request_p50_2proc": "as request_p50, the responder in a process of its own",
+        "request_p99_2proc": "as request_p99, the responder in a process of its own",
     }
-    _SUBJECT = "requests"
+    _SUBJECT = NATS_SUBJECT
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -328,6 +336,7 @@ class JetStreamSystem(ServiceSystem):
         self._consumers = 0
         self._nc: Any = None
         self._responder_nc: Any = None
+        self._remote: ResponderProcess | None = None  # the responder of the _2proc rows
         try:
             binary = find_binary("nats-server")
             assert binary is not None
@@ -419,6 +428,15 @@ class JetStreamSystem(ServiceSystem):
         await self._responder_nc.subscribe(self._SUBJECT, cb=respond)
         await self._responder_nc.flush()
 
+    def start_remote_responder(self, asyncio_client: bool) -> None:
+        """The responder moves to a process of its own (nats-py either way)."""
+        if self._responder_nc is not None:
+            self._run(self._responder_nc.close())
+            self._responder_nc = None
+        if self._remote is None:
+            self._remote = ResponderProcess("nats", self._url)
+        self._run(self._nc.request(self._SUBJECT, b"probe", timeout=REQUEST_TIMEOUT_S))
+
     def request_rate(self, count: int, in_flight: int) -> None:
         self._run(self._request_rate(count, in_flight))
 
@@ -461,6 +479,8 @@ class JetStreamSystem(ServiceSystem):
 
     def close(self) -> None:
         try:
+            if self._remote is not None:
+                self._remote.close()
             if not self._loop.is_closed():
                 with contextlib.suppress(Exception):
                     self._run(self._close_connections())

@@ -126,6 +126,25 @@ class AsyncRequests(abc.ABC):
         """As request_latencies, through the asyncio client."""
 
 
+class RemoteResponder(abc.ABC):
+    """A system whose responder can run in a process of its own (rows `request_*_2proc`)."""
+
+    @abc.abstractmethod
+    def start_remote_responder(self, asyncio_client: bool) -> None:
+        """Stops the in-process responder and starts one in another process (written with the
+        asyncio client if `asyncio_client` and the system has both), answering when this
+        returns."""
+
+
+class UnixRequests(abc.ABC):
+    """A system that also serves a Unix domain socket (rows `request_*_unix`)."""
+
+    @abc.abstractmethod
+    def use_unix_socket(self) -> None:
+        """The requester and an in-process responder connect over the Unix socket from now
+        on; request_rate and request_latencies then go through it."""
+
+
 def time_repeats(work: Callable[[], tuple[int, float]], repeats: int) -> Timing:
     """Like common.time_runs, for work that times itself: it returns (messages, seconds).
 
@@ -270,6 +289,10 @@ def _run_rows(system: ServiceSystem, sizes: ServiceSizes, results: Results) -> N
                 system, system.request_latencies, "", sizes, note))
         if isinstance(system, AsyncRequests):
             _async_request_rows(system, sizes, results)
+        if isinstance(system, RemoteResponder):
+            _two_process_rows(system, sizes, results)
+        if isinstance(system, UnixRequests):
+            _unix_rows(system, sizes, results)
 
 
 def _async_request_rows(system: AsyncRequests, sizes: ServiceSizes, results: Results) -> None:
@@ -286,6 +309,50 @@ def _async_request_rows(system: AsyncRequests, sizes: ServiceSizes, results: Res
         progress(f"{name}: async request latency (1 in flight)")
         results.rows.extend(_row(system, r) for r in _latency_rows(
             system, system.request_latencies_async, "_async", sizes, note))
+
+
+def _two_process_rows(system: RemoteResponder, sizes: ServiceSizes, results: Results) -> None:
+    """The request rows again with the responder in a process of its own (`_2proc`): with the
+    blocking client, then (a system with AsyncRequests) with the asyncio client."""
+    assert isinstance(system, ServiceSystem)
+    name, note = system.system, system.setup
+    runs: list[tuple[str, bool, Callable[[int, int], None], Callable[[int], list[int]]]] = [
+        ("", False, system.request_rate, system.request_latencies)]
+    if isinstance(system, AsyncRequests):
+        runs.append(("_async", True, system.request_rate_async, system.request_latencies_async))
+    for suffix, asyncio_client, rate, latencies in runs:
+        with results.attempt(f"request rows{suffix}_2proc on {name}"):
+            progress(f"{name}: the responder in a process of its own{suffix}")
+            system.start_remote_responder(asyncio_client)
+
+            def timed_rate(rate: Callable[[int, int], None] = rate) -> None:
+                rate(sizes.request, IN_FLIGHT)
+
+            timing = time_repeats(_timed(timed_rate, sizes.request), sizes.repeats)
+            row = Row.throughput(f"request_rate{suffix}_2proc", name, timing, note)
+            row.extra["in_flight"] = IN_FLIGHT
+            results.rows.append(_row(system, row))
+            for row in _latency_rows(system, latencies, suffix, sizes, note):
+                row.name += "_2proc"
+                results.rows.append(_row(system, row))
+
+
+def _unix_rows(system: UnixRequests, sizes: ServiceSizes, results: Results) -> None:
+    """request_rate and request_p50/p99 again over the Unix socket (`_unix`), requester and
+    responder in one process as in the TCP rows."""
+    assert isinstance(system, ServiceSystem)
+    name, note = system.system, system.setup
+    with results.attempt(f"request rows_unix on {name}"):
+        progress(f"{name}: request rows over the Unix domain socket")
+        system.use_unix_socket()
+        work = _timed(lambda: system.request_rate(sizes.request, IN_FLIGHT), sizes.request)
+        timing = time_repeats(work, sizes.repeats)
+        row = Row.throughput("request_rate_unix", name, timing, note)
+        row.extra["in_flight"] = IN_FLIGHT
+        results.rows.append(_row(system, row))
+        for row in _latency_rows(system, system.request_latencies, "", sizes, note):
+            row.name += "_unix"
+            results.rows.append(_row(system, row))
 
 
 def _latency_rows(system: ServiceSystem, latencies: Callable[[int], list[int]], suffix: str,

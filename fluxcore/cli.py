@@ -65,6 +65,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config = server.ServerConfig.from_sources(
         args.config, data_dir=args.data, host=args.host, port=args.port, token=args.token,
         tokens_file=args.tokens, fsync=args.fsync, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        unix_path=args.unix,
     )
     if not config.tokens.by_project and config.tokens.default is None:
         print("fluxcore: no --token or --tokens given: every project accepts the token 'dev'",
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data directory (FLUXCORE_DATA_DIR)")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="TCP port (default 8765; 0 picks a free one)")
+    p.add_argument("--unix", help="also listen on this Unix socket path (FLUXCORE_UNIX_PATH)")
     p.add_argument("--token", help="the token of every project")
     p.add_argument("--tokens", help='JSON file {"project": "token", "*": "default"}')
     p.add_argument("--fsync", choices=["never", "interval", "always"])

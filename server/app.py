@@ -43,6 +43,7 @@ class Server:
         self.projects: dict[str, Project] = {}
         self.stopping = False
         self._server: asyncio.Server | None = None
+        self._unix_server: asyncio.AbstractServer | None = None
         self._purge_task: asyncio.Task[None] | None = None
         self._flush_task: asyncio.Task[None] | None = None
         self._metrics_task: asyncio.Task[None] | None = None
@@ -86,6 +87,17 @@ class Server:
             lambda: Session(self), self.config.host, self.config.port, ssl=context,
             reuse_address=True, backlog=1024,
         )
+        if self.config.unix_path:
+            # Same sessions as over TCP, without TLS: the socket file's permissions guard it.
+            # A socket file left by a server that died is replaced (asyncio and uvloop both
+            # remove a stale socket at the path; anything else there is an error).
+            try:
+                self._unix_server = await loop.create_unix_server(
+                    lambda: Session(self), self.config.unix_path, backlog=1024)
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot listen on the Unix socket"
+                                         f" {self.config.unix_path}: {exc.strerror or exc}"
+                              ) from exc
         self._purge_task = loop.create_task(self._purge_loop())
         self._flush_task = loop.create_task(self._flush_loop())
         if self.config.metrics_interval_s > 0:
@@ -111,6 +123,8 @@ class Server:
         self.stopping = True
         if self._server is not None:
             self._server.close()
+        if self._unix_server is not None:
+            self._unix_server.close()
         for session in list(self.sessions):
             if session.transport is not None:
                 session.transport.pause_reading()
@@ -127,6 +141,11 @@ class Server:
                     await task
         if self._server is not None:
             await self._server.wait_closed()
+        if self._unix_server is not None:
+            self._unix_server.close()
+            await self._unix_server.wait_closed()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(str(self.config.unix_path))
         for project in self.projects.values():
             project.close()  # syncs every log (unless fsync is never)
         self.open_logs.shutdown()  # and the idle logs being closed
@@ -286,7 +305,8 @@ async def _serve(config: ServerConfig) -> None:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    print(f"fluxcore listening on {config.host}:{server.port}", flush=True)
+    unix = f" and unix:{config.unix_path}" if config.unix_path else ""
+    print(f"fluxcore listening on {config.host}:{server.port}{unix}", flush=True)
     try:
         await stop.wait()
     finally:

@@ -58,6 +58,7 @@ class ServerConfig:
     data_dir: str
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    unix_path: str | None = None  # also listen on this Unix domain socket (no TLS there)
     tokens: Tokens = field(default_factory=Tokens)
     fsync: str = "interval"
     fsync_interval_ms: int = 100
@@ -200,6 +201,7 @@ _RANGES: dict[str, tuple[float, float | None]] = {
 }
 _CHECKS = {
     "data_dir": _check_str, "host": _check_str, "tls_cert": _check_str, "tls_key": _check_str,
+    "unix_path": _check_str,
     "web_project": _check_str, "fsync": _check_fsync,
     "segment_file_size": _check_segment_file_size,
     **{name: _check_number for name in (

@@ -49,6 +49,7 @@ from ._wire import (
     schedule_answer,
     schedule_request,
     scheduled_from,
+    unix_path_of,
     value_answer,
     values_request,
 )
@@ -88,7 +89,12 @@ class AsyncOperations(AsyncSearchMethods):
     def _init_state(self, address: str, token: str, name: str, project: str,
                     client_id: str | None, reconnect: bool, tls: ssl.SSLContext | None,
                     connect_timeout: float) -> None:
-        self.host, self.port = parse_address(address)
+        self.address = address
+        # A Unix domain socket ('unix:/path'), or TCP to host:port.
+        self.unix_path = unix_path_of(address)
+        if self.unix_path is not None and tls is not None:
+            raise ValueError("TLS is for TCP: a unix: address takes no tls context")
+        self.host, self.port = ("", 0) if self.unix_path is not None else parse_address(address)
         self.client_id = client_id or new_client_id()
         self.name = name
         self._codec = Codec(self.client_id, name, project, token)

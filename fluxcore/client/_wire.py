@@ -46,6 +46,7 @@ __all__ = [
     "Scheduled",
     "WebResponse",
     "parse_address",
+    "unix_path_of",
 ]
 
 logger = logging.getLogger("fluxcore.client")
@@ -95,6 +96,20 @@ class Backoff:
         delay = self._delay
         self._delay = min(max(2 * delay, self.first), self.most)
         return delay
+
+
+UNIX_PREFIX = "unix:"
+
+
+def unix_path_of(address: str) -> str | None:
+    """The socket path of a 'unix:/path' address (a Unix domain socket), else None."""
+    if not address.startswith(UNIX_PREFIX):
+        return None
+    path = address[len(UNIX_PREFIX):]
+    if not path:
+        raise ValueError(f"a unix: address names the socket's path, as unix:/run/fluxcore.sock,"
+                         f" not {address!r}")
+    return path
 
 
 def parse_address(address: str) -> tuple[str, int]:

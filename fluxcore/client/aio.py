@@ -163,10 +163,13 @@ class AsyncClient(AsyncOperations):
             made.append(_Protocol(self))
             return made[-1]
 
+        if self.unix_path is not None:
+            connecting = loop.create_unix_connection(new_protocol, self.unix_path)
+        else:
+            connecting = loop.create_connection(new_protocol, self.host, self.port,
+                                                ssl=self._tls)
         try:
-            transport, protocol = await asyncio.wait_for(
-                loop.create_connection(new_protocol, self.host, self.port, ssl=self._tls),
-                self._connect_timeout)
+            transport, protocol = await asyncio.wait_for(connecting, self._connect_timeout)
             transport.write(self._codec.hello(0))
             op, body = await asyncio.wait_for(protocol.welcome, self._connect_timeout)
             raise_for(op, body)
@@ -206,7 +209,7 @@ class AsyncClient(AsyncOperations):
         if exc is not None:
             # A bug of ours, not a lost connection: nobody would answer the callers any more,
             # so they get the error now and every later call fails at once.
-            logger.error("reconnecting to %s:%d failed", self.host, self.port, exc_info=exc)
+            logger.error("reconnecting to %s failed", self.address, exc_info=exc)
             self._gone = ConnectionLost(f"the client's reconnect failed: {exc!r}")
             self._fail_pending(self._gone)
 
@@ -214,7 +217,7 @@ class AsyncClient(AsyncOperations):
         """Reconnects with backoff and resends what was not answered, however often the new
         connections fail (to connect, during HELLO, during the resend: a connection lost
         after this task made it the client's starts a new one)."""
-        logger.warning("connection to %s:%d lost; reconnecting", self.host, self.port)
+        logger.warning("connection to %s lost; reconnecting", self.address)
         self._backoff.lost()
         while not self._closed and self._protocol is None:
             await asyncio.sleep(self._backoff.wait())
@@ -227,9 +230,9 @@ class AsyncClient(AsyncOperations):
                     self._gone = exc
                     self._fail_pending(exc)
                     return
-                logger.warning("reconnecting to %s:%d: %s", self.host, self.port, exc)
+                logger.warning("reconnecting to %s: %s", self.address, exc)
             except (TimeoutError, OSError, FrameError) as exc:
-                logger.info("reconnecting to %s:%d: %s", self.host, self.port, exc)
+                logger.info("reconnecting to %s: %s", self.address, exc)
             else:
                 transport = protocol.transport
                 assert transport is not None

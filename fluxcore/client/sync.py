@@ -105,9 +105,10 @@ class Client(Operations):
 
     def _handshake(self) -> socket.socket:
         """A new connection that said HELLO and got WELCOME."""
-        sock = socket.create_connection((self.host, self.port), timeout=self._connect_timeout)
+        sock = self._connect()
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.unix_path is None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._tls is not None:
                 sock = self._tls.wrap_socket(sock, server_hostname=self.host)
             sock.sendall(self._codec.hello(0))
@@ -119,6 +120,18 @@ class Client(Operations):
             sock.close()
             raise
         sock.settimeout(None)
+        return sock
+
+    def _connect(self) -> socket.socket:
+        if self.unix_path is None:
+            return socket.create_connection((self.host, self.port), timeout=self._connect_timeout)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self._connect_timeout)
+            sock.connect(self.unix_path)
+        except BaseException:
+            sock.close()
+            raise
         return sock
 
     @staticmethod
@@ -135,7 +148,7 @@ class Client(Operations):
         except Exception as exc:
             # A bug of ours, not a lost connection: nobody would answer the callers any more,
             # so they get the error now and every later call fails at once.
-            logger.exception("the reader of %s:%d failed", self.host, self.port)
+            logger.exception("the reader of %s failed", self.address)
             self._give_up(ConnectionLost(f"the client's reader failed: {exc!r}"))
 
     def _read_frames(self) -> None:
@@ -201,7 +214,7 @@ class Client(Operations):
         if not self._reconnect:
             self._give_up(ConnectionLost(str(exc)))
             return False
-        logger.warning("connection to %s:%d lost (%s); reconnecting", self.host, self.port, exc)
+        logger.warning("connection to %s lost (%s); reconnecting", self.address, exc)
         self._backoff.lost()
         while not self._closed:
             time.sleep(self._backoff.wait())
@@ -213,9 +226,9 @@ class Client(Operations):
                 if retry_exc.code == ErrorCode.AUTH:
                     self._give_up(retry_exc)
                     return False
-                logger.warning("reconnecting to %s:%d: %s", self.host, self.port, retry_exc)
+                logger.warning("reconnecting to %s: %s", self.address, retry_exc)
             except (OSError, FrameError) as retry_exc:
-                logger.info("reconnecting to %s:%d: %s", self.host, self.port, retry_exc)
+                logger.info("reconnecting to %s: %s", self.address, retry_exc)
             else:
                 self._backoff.connected()
                 return self._start_resend(sock)
@@ -250,7 +263,7 @@ class Client(Operations):
                 sock.sendall(frame)
         except OSError as exc:
             # The reader sees this connection fail too, and connects again.
-            logger.info("resending to %s:%d failed: %s", self.host, self.port, exc)
+            logger.info("resending to %s failed: %s", self.address, exc)
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
         finally:
