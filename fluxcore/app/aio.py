@@ -198,16 +198,26 @@ class AsyncMicroclient(AppCore):
 
     async def serve(self) -> None:
         """start(), then wait until stop() or SIGINT/SIGTERM; then stop."""
-        await self.start()
-        assert self._stopped is not None
         loop = asyncio.get_running_loop()
+        terminated = asyncio.Event()  # a signal during start(), before _stopped exists
+
+        def on_signal() -> None:
+            terminated.set()
+            if self._stopped is not None:
+                self._stopped.set()
+
         signals = []
+        # Before start(): a SIGTERM sent once the handlers answer must stop the app, not
+        # kill the process.
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, self._stopped.set)
+                loop.add_signal_handler(sig, on_signal)
                 signals.append(sig)
         try:
-            await self._stopped.wait()
+            await self.start()
+            assert self._stopped is not None
+            if not terminated.is_set():
+                await self._stopped.wait()
         finally:
             for sig in signals:
                 loop.remove_signal_handler(sig)

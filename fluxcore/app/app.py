@@ -602,12 +602,25 @@ class Microclient(AppCore):
     def run(self) -> None:
         """start(), then block until stop() (from a handler or another thread), SIGINT or
         SIGTERM; then stop."""
-        self.start()
+        terminated = threading.Event()  # start() clears _stopped: a SIGTERM during it stays
+
+        def on_sigterm(*_: object) -> None:
+            terminated.set()
+            self._stopped.set()
+
         previous = None
         if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGTERM, lambda *_: self._stopped.set())
+            # Before start(): a SIGTERM sent once the handlers answer must stop the app, not
+            # kill the process.
+            previous = signal.signal(signal.SIGTERM, on_sigterm)
         try:
-            while not self._stopped.wait(0.5):
+            self.start()
+        except BaseException:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            raise
+        try:
+            while not terminated.is_set() and not self._stopped.wait(0.5):
                 pass
         except KeyboardInterrupt:
             pass
