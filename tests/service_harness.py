@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,30 @@ class ServerProcess:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
         return 0
+
+
+def module_server(tmp_path_factory: pytest.TempPathFactory, name: str,
+                  *extra: str) -> Iterator[ServerProcess]:
+    """For a module-scoped fixture: a server of its own in a fresh directory, stopped after."""
+    proc = ServerProcess(tmp_path_factory.mktemp(name) / "data", *extra).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def stopped_by_sigterm(proc: subprocess.Popen[str]) -> str:
+    """Sends SIGTERM to an app run as a program, checks that it exited cleanly (status 0),
+    and returns what it printed; kills it if it did not end."""
+    try:
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        return out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 CLIENT_CHILD = Path(__file__).with_name("_client_proc.py")

@@ -30,7 +30,7 @@ from fluxcore.app import (
 )
 from fluxcore.client import AsyncClient, Message, MessageType
 
-from .service_harness import TOKEN, ServerProcess
+from .service_harness import TOKEN, ServerProcess, stopped_by_sigterm
 
 
 @pytest.fixture(scope="module")
@@ -417,11 +417,8 @@ def test_async_app_run_until_sigterm(live: ServerProcess) -> None:
         caller.url, caller.token, caller.project = live.address, TOKEN, "aio-run"
         with caller:
             assert caller.query(Ping(1), timeout=30) == 2
-        proc.terminate()
-        out, err = proc.communicate(timeout=30)
-        assert proc.returncode == 0, err
-        assert out == "stopped\n"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    assert stopped_by_sigterm(proc) == "stopped\n"

@@ -39,7 +39,7 @@ from fluxcore.app import (
 from fluxcore.client import Client, Message, MessageType, ProtocolError, WebResponse
 from fluxcore.client import ConcurrencyError as WireConcurrencyError
 
-from .service_harness import TOKEN, ServerProcess
+from .service_harness import TOKEN, ServerProcess, stopped_by_sigterm
 from .test_service_web import http
 
 
@@ -536,14 +536,11 @@ def test_run_until_sigterm_and_with_statement(live: ServerProcess) -> None:
         with caller:
             assert caller.send(orders.PlaceOrder("r-1", ["x"]), timeout=30) == "r-1"
         assert caller.client is None  # stopped by the with statement
-        proc.terminate()
-        out, err = proc.communicate(timeout=30)
-        assert proc.returncode == 0, err
-        assert out == "stopped\n"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    assert stopped_by_sigterm(proc) == "stopped\n"
 
 
 def test_publish_batch_with_a_type_per_message(live: ServerProcess) -> None:

@@ -10,16 +10,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from .service_harness import TOKEN, ServerProcess
+from .service_harness import TOKEN, ServerProcess, module_server, stopped_by_sigterm
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("app-signals") / "data").start()
-    try:
-        yield proc
-    finally:
-        proc.kill()
+    yield from module_server(tmp_path_factory, "app-signals")
 
 
 # start() is made slow, and says when it begins, so the signal lands inside it every time.
@@ -66,11 +62,8 @@ def test_sigterm_while_run_starts_the_app_stops_it_cleanly(live: ServerProcess,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "starting\n"
-        proc.terminate()
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
-        assert out == "stopped\n"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    assert stopped_by_sigterm(proc) == "stopped\n"

@@ -43,16 +43,12 @@ from fluxcore.app import (
 from fluxcore.client import Client, RequestError
 from fluxcore.client import ConcurrencyError as ClientConcurrencyError
 
-from .service_harness import TOKEN, ServerProcess
+from .service_harness import TOKEN, ServerProcess, module_server
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("docs-app") / "data").start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
+    yield from module_server(tmp_path_factory, "docs-app")
 
 
 _projects = iter(range(1_000_000))

@@ -32,18 +32,14 @@ from fluxcore.client.search import (
     query,
 )
 
-from .service_harness import TOKEN, ServerProcess
+from .service_harness import TOKEN, ServerProcess, module_server
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 @pytest.fixture(scope="module")
 def search_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("docs-search") / "data").start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
+    yield from module_server(tmp_path_factory, "docs-search")
 
 
 _projects = iter(range(1_000_000))

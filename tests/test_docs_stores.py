@@ -32,16 +32,12 @@ from fluxcore.client import (
 )
 from fluxcore.protocol import Guarantee, time_from_index
 
-from .service_harness import TOKEN, ServerProcess
+from .service_harness import TOKEN, ServerProcess, module_server
 
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("docs-stores") / "data").start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
+    yield from module_server(tmp_path_factory, "docs-stores")
 
 
 _projects = iter(range(1_000_000))
